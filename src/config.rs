@@ -1,0 +1,808 @@
+//! Node configuration: one TOML file, environment overrides, and validation that names the
+//! offending key.
+//!
+//! With no file at all the defaults are the *embedded* node: two demo symbols, the quote
+//! simulator, the paper venue and a demo account. `SIGNALGATE_<SECTION>_<KEY>` overrides any key
+//! of a section (`SIGNALGATE_HTTP_ADDR=0.0.0.0:8080`); values are read as TOML when they parse
+//! as such (numbers, booleans, arrays) and as strings otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::account::{LimitOverrides, RiskLimits};
+use crate::fixed::{parse_decimal, MONEY_DECIMALS};
+
+/// A decimal written as a TOML string (`"0.01"`) or number (`0.01`, `5`); parsed exactly later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Decimal(pub String);
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            F(f64),
+        }
+        Ok(Decimal(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::I(i) => i.to_string(),
+            // Rust prints the shortest text that reads back as the same f64: "0.01" stays "0.01".
+            Raw::F(f) => f.to_string(),
+        }))
+    }
+}
+
+impl Decimal {
+    fn new(s: &str) -> Self {
+        Decimal(s.to_string())
+    }
+
+    /// The value with `decimals` implied decimals, or an explanation.
+    pub fn parse(&self, decimals: u8) -> Result<i64, String> {
+        parse_decimal(self.0.as_bytes(), decimals).map_err(|e| format!("{:?} {}", self.0, e.describe()))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Identity and logging.
+    pub node: NodeConfig,
+    /// The public HTTP API.
+    pub http: HttpConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// The data directory.
+    pub journal: JournalConfig,
+    /// Cores and executors.
+    pub topology: TopologyConfig,
+    /// Node-wide risk settings.
+    pub risk: RiskConfig,
+    /// Engine memory bounds.
+    pub engine: EngineSection,
+    /// Where orders go.
+    pub venue: VenueConfig,
+    /// Market data.
+    pub market: MarketConfig,
+    /// The demo account created at start.
+    pub demo: DemoConfig,
+    /// Tradable symbols.
+    pub symbols: Vec<SymbolConfig>,
+    /// Tiers by name; the defaults `free`, `pro` and `enterprise` are kept unless redefined.
+    pub tiers: BTreeMap<String, TierConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name shown in logs and `/health`.
+    pub name: String,
+    /// Log filter (`error`, `warn`, `info`, `debug`, or an env_logger spec); `RUST_LOG` wins.
+    pub log: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address of the public API.
+    pub addr: String,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Time allowed to send a request's headers.
+    pub header_read_timeout_ms: u64,
+    /// Connections at once; more get 503 and are closed.
+    pub max_connections: usize,
+    /// Requests in progress at once; more get 503 with `Retry-After`.
+    pub max_inflight: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+    /// Listen backlog.
+    pub backlog: i32,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address of the admin API (keep it private).
+    pub addr: String,
+    /// Bearer token for the admin API; empty = a random one is made and printed at start.
+    pub token: String,
+}
+
+/// `[journal]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// The node's data directory (locked while the node runs).
+    pub dir: PathBuf,
+}
+
+/// `[topology]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// Cores of the hot path (HTTP, engine, venue). One core for now.
+    pub hot: Vec<usize>,
+    /// Cores reserved for fan-out (WebSocket streams).
+    pub fanout: Vec<usize>,
+    /// Pin executors to their cores (turn off to run many nodes on a small machine).
+    pub pin: bool,
+    /// Memory glommio registers with io_uring per executor, in KiB.
+    pub io_memory_kib: usize,
+    /// Spin this long before parking an idle executor (0 = park at once).
+    pub spin_before_park_us: u64,
+}
+
+/// `[risk]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Largest distance of a limit price from the mid, in basis points.
+    pub price_collar_bps: u32,
+    /// Oldest quote a market order may be priced from.
+    pub max_quote_age_ms: u64,
+}
+
+/// `[engine]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Signal ids remembered at most (oldest dropped first when full).
+    pub idempotency_capacity: usize,
+    /// How long a signal id is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Orders remembered per account (open orders are always kept).
+    pub orders_per_account: usize,
+}
+
+/// `[venue]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VenueConfig {
+    /// Which venue: only `paper` for now.
+    pub kind: String,
+    /// Slippage of market orders, basis points.
+    pub slippage_bps: u32,
+    /// Fee, basis points of notional.
+    pub fee_bps: u32,
+    /// Simulated venue latency, microseconds.
+    pub latency_us: u64,
+}
+
+/// `[market]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketConfig {
+    /// Run the built-in quote simulator.
+    pub simulator: bool,
+    /// Milliseconds between simulated quotes of each symbol.
+    pub interval_ms: u64,
+    /// Seed of the simulator's random walk.
+    pub seed: u64,
+}
+
+/// `[demo]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Create a demo account and print its key at start.
+    pub enabled: bool,
+    /// Its name.
+    pub name: String,
+    /// Its tier.
+    pub tier: String,
+    /// Its starting cash.
+    pub cash: Decimal,
+}
+
+/// `[[symbols]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymbolConfig {
+    /// Name, e.g. `BTC-USD` (letters, digits, `-`, `_`, `.`, `/`; at most 32 bytes).
+    pub name: String,
+    /// Decimals of prices.
+    pub price_decimals: u8,
+    /// Decimals of quantities.
+    pub qty_decimals: u8,
+    /// Price increment.
+    pub tick: Decimal,
+    /// Quantity increment.
+    pub lot: Decimal,
+    /// Largest quantity of one order.
+    pub max_order_qty: Decimal,
+    /// Starting price of the simulator.
+    #[serde(default = "default_initial_price")]
+    pub initial_price: Decimal,
+    /// Standard step of the simulator's random walk, basis points.
+    #[serde(default = "default_volatility")]
+    pub volatility_bps: u32,
+}
+
+fn default_initial_price() -> Decimal {
+    Decimal::new("100")
+}
+
+fn default_volatility() -> u32 {
+    2
+}
+
+/// `[tiers.NAME]` — money values are decimals in the account currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// API requests per key per minute.
+    pub requests_per_minute: u32,
+    /// Largest notional of one order.
+    pub max_order_notional: Decimal,
+    /// Largest notional of a position in one symbol.
+    pub max_position_notional: Decimal,
+    /// Largest gross exposure.
+    pub max_gross_exposure: Decimal,
+    /// Orders per second per account.
+    pub max_orders_per_second: u32,
+    /// Daily loss that halts the account ("0" = none).
+    pub max_daily_loss: Decimal,
+    /// Open orders at once.
+    pub max_open_orders: u32,
+    /// Gross exposure per unit of equity.
+    #[serde(default = "default_leverage")]
+    pub leverage: u32,
+}
+
+fn default_leverage() -> u32 {
+    1
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            journal: JournalConfig::default(),
+            topology: TopologyConfig::default(),
+            risk: RiskConfig::default(),
+            engine: EngineSection::default(),
+            venue: VenueConfig::default(),
+            market: MarketConfig::default(),
+            demo: DemoConfig::default(),
+            symbols: default_symbols(),
+            tiers: default_tiers(),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { name: "signalgate".into(), log: "info".into() }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_inflight: 4096,
+            shutdown_grace_ms: 8_000,
+            backlog: 1024,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { addr: "127.0.0.1:8081".into(), token: String::new() }
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig { dir: PathBuf::from("signalgate-data") }
+    }
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+        TopologyConfig {
+            hot: vec![0],
+            fanout: vec![if cores > 1 { 1 } else { 0 }],
+            pin: true,
+            io_memory_kib: 1024,
+            spin_before_park_us: 0,
+        }
+    }
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig { price_collar_bps: 500, max_quote_age_ms: 5_000 }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection { idempotency_capacity: 100_000, idempotency_ttl_secs: 86_400, orders_per_account: 10_000 }
+    }
+}
+
+impl Default for VenueConfig {
+    fn default() -> Self {
+        VenueConfig { kind: "paper".into(), slippage_bps: 2, fee_bps: 5, latency_us: 0 }
+    }
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig { simulator: true, interval_ms: 100, seed: 42 }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { enabled: true, name: "demo".into(), tier: "pro".into(), cash: Decimal::new("100000") }
+    }
+}
+
+fn default_symbols() -> Vec<SymbolConfig> {
+    vec![
+        SymbolConfig {
+            name: "BTC-USD".into(),
+            price_decimals: 2,
+            qty_decimals: 4,
+            tick: Decimal::new("0.01"),
+            lot: Decimal::new("0.0001"),
+            max_order_qty: Decimal::new("50"),
+            initial_price: Decimal::new("65000"),
+            volatility_bps: 2,
+        },
+        SymbolConfig {
+            name: "ETH-USD".into(),
+            price_decimals: 2,
+            qty_decimals: 3,
+            tick: Decimal::new("0.01"),
+            lot: Decimal::new("0.001"),
+            max_order_qty: Decimal::new("500"),
+            initial_price: Decimal::new("3200"),
+            volatility_bps: 3,
+        },
+    ]
+}
+
+fn tier(rpm: u32, order: &str, position: &str, gross: &str, ops: u32, loss: &str, open: u32) -> TierConfig {
+    TierConfig {
+        requests_per_minute: rpm,
+        max_order_notional: Decimal::new(order),
+        max_position_notional: Decimal::new(position),
+        max_gross_exposure: Decimal::new(gross),
+        max_orders_per_second: ops,
+        max_daily_loss: Decimal::new(loss),
+        max_open_orders: open,
+        leverage: 1,
+    }
+}
+
+fn default_tiers() -> BTreeMap<String, TierConfig> {
+    BTreeMap::from([
+        ("free".to_string(), tier(60, "1000", "5000", "10000", 2, "500", 10)),
+        ("pro".to_string(), tier(1200, "50000", "100000", "250000", 20, "10000", 100)),
+        ("enterprise".to_string(), tier(60_000, "1000000", "5000000", "20000000", 500, "250000", 1000)),
+    ])
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, e.g. `http.addr` or `symbols[1].tick`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Sections that environment variables may override.
+const ENV_SECTIONS: &[&str] =
+    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo"];
+
+/// Prefix of overriding environment variables.
+pub const ENV_PREFIX: &str = "SIGNALGATE_";
+
+impl Config {
+    /// Reads `path` (or nothing, for the embedded default) and applies `env` overrides
+    /// (`(name, value)` pairs; only `SIGNALGATE_*` ones are looked at). Syntax and type errors
+    /// come back as one [`ConfigError`] each.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                vec![ConfigError { key: p.display().to_string(), message: format!("cannot read the file: {e}") }]
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses TOML text and applies environment overrides.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, Vec<ConfigError>> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            vec![ConfigError { key: "(file)".into(), message: e.to_string().trim_end().to_string() }]
+        })?;
+        let mut errors = Vec::new();
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let lower = rest.to_ascii_lowercase();
+            let Some((section, key)) = lower.split_once('_') else {
+                errors.push(ConfigError { key: name.clone(), message: "expected SIGNALGATE_<SECTION>_<KEY>".into() });
+                continue;
+            };
+            if !ENV_SECTIONS.contains(&section) {
+                errors.push(ConfigError {
+                    key: name.clone(),
+                    message: format!("unknown section {section:?}; sections: {}", ENV_SECTIONS.join(", ")),
+                });
+                continue;
+            }
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value.clone()));
+            let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_string(), parsed);
+                    overridden.push(name);
+                }
+                _ => errors.push(ConfigError { key: name, message: format!("[{section}] is not a table in the file") }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            let mut message = e.message().to_string();
+            if !overridden.is_empty() {
+                message.push_str(&format!(" (environment overrides applied: {})", overridden.join(", ")));
+            }
+            vec![ConfigError { key: "(file)".into(), message }]
+        })?;
+        for (name, t) in default_tiers() {
+            config.tiers.entry(name).or_insert(t);
+        }
+        Ok(config)
+    }
+
+    /// Every semantic problem, each naming its key. `cores` are the ids of the host's cores.
+    pub fn validate(&self, cores: &[usize]) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |key: &str, message: String| errs.push(ConfigError { key: key.to_string(), message });
+        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
+            err("http.addr", format!("{:?} is not an IP:port address ({e})", self.http.addr));
+        }
+        if let Err(e) = self.admin.addr.parse::<SocketAddr>() {
+            err("admin.addr", format!("{:?} is not an IP:port address ({e})", self.admin.addr));
+        }
+        if self.http.addr == self.admin.addr && !self.http.addr.ends_with(":0") {
+            err("admin.addr", "must differ from http.addr".into());
+        }
+        if !self.admin.token.is_empty() && self.admin.token.len() < 16 {
+            err("admin.token", "must be at least 16 characters (or empty to generate one)".into());
+        }
+        if self.http.max_body_bytes == 0 {
+            err("http.max_body_bytes", "must be positive".into());
+        }
+        if self.http.max_connections == 0 {
+            err("http.max_connections", "must be positive".into());
+        }
+        if self.http.max_inflight == 0 {
+            err("http.max_inflight", "must be positive".into());
+        }
+        if self.http.header_read_timeout_ms == 0 {
+            err("http.header_read_timeout_ms", "must be positive".into());
+        }
+        if self.http.shutdown_grace_ms > 9_000 {
+            err("http.shutdown_grace_ms", "must be at most 9000 so the node exits within 10 s of SIGTERM".into());
+        }
+        if self.journal.dir.as_os_str().is_empty() {
+            err("journal.dir", "must not be empty".into());
+        }
+        match self.topology.hot.len() {
+            1 => {}
+            0 => err("topology.hot", "needs one core".into()),
+            _ => err("topology.hot", "one hot core is supported for now (accounts are not sharded yet)".into()),
+        }
+        if self.topology.fanout.is_empty() {
+            err("topology.fanout", "needs at least one core".into());
+        }
+        for (key, list) in [("topology.hot", &self.topology.hot), ("topology.fanout", &self.topology.fanout)] {
+            for c in list {
+                if !cores.contains(c) {
+                    err(key, format!("core {c} does not exist on this host (cores: {cores:?})"));
+                }
+            }
+        }
+        if self.topology.io_memory_kib < 64 {
+            err("topology.io_memory_kib", "must be at least 64".into());
+        }
+        if self.risk.max_quote_age_ms == 0 {
+            err("risk.max_quote_age_ms", "must be positive".into());
+        }
+        if self.engine.idempotency_capacity == 0 {
+            err("engine.idempotency_capacity", "must be positive".into());
+        }
+        if self.engine.orders_per_account == 0 {
+            err("engine.orders_per_account", "must be positive".into());
+        }
+        if self.venue.kind != "paper" {
+            err("venue.kind", format!("{:?} is not a known venue; known: \"paper\"", self.venue.kind));
+        }
+        if self.venue.fee_bps > 10_000 || self.venue.slippage_bps > 10_000 {
+            err("venue", "fee_bps and slippage_bps must be at most 10000".into());
+        }
+        if self.market.interval_ms == 0 {
+            err("market.interval_ms", "must be positive".into());
+        }
+        if self.symbols.is_empty() {
+            err("symbols", "define at least one [[symbols]]".into());
+        }
+        if self.symbols.len() > usize::from(u16::MAX) {
+            err("symbols", "too many symbols".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.symbols.iter().enumerate() {
+            let k = |f: &str| format!("symbols[{i}].{f}");
+            if s.name.is_empty()
+                || s.name.len() > 32
+                || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+            {
+                err(&k("name"), format!("{:?}: use 1–32 letters, digits, '-', '_', '.', '/'", s.name));
+            }
+            if !names.insert(s.name.as_str()) {
+                err(&k("name"), format!("{:?} is defined twice", s.name));
+            }
+            if u16::from(s.price_decimals) + u16::from(s.qty_decimals) > u16::from(MONEY_DECIMALS) {
+                err(
+                    &k("qty_decimals"),
+                    format!("price_decimals + qty_decimals must be at most {MONEY_DECIMALS} so notionals are exact"),
+                );
+                continue;
+            }
+            for (field, value, decimals) in [
+                ("tick", &s.tick, s.price_decimals),
+                ("lot", &s.lot, s.qty_decimals),
+                ("max_order_qty", &s.max_order_qty, s.qty_decimals),
+                ("initial_price", &s.initial_price, s.price_decimals),
+            ] {
+                match value.parse(decimals) {
+                    Ok(v) if v > 0 => {}
+                    Ok(_) => err(&k(field), "must be positive".into()),
+                    Err(e) => err(&k(field), format!("{e} (decimals: {decimals})")),
+                }
+            }
+        }
+        for (name, t) in &self.tiers {
+            let k = |f: &str| format!("tiers.{name}.{f}");
+            for (field, value) in [
+                ("max_order_notional", &t.max_order_notional),
+                ("max_position_notional", &t.max_position_notional),
+                ("max_gross_exposure", &t.max_gross_exposure),
+                ("max_daily_loss", &t.max_daily_loss),
+            ] {
+                match value.parse(MONEY_DECIMALS) {
+                    Ok(v) if v >= 0 => {}
+                    Ok(_) => err(&k(field), "must not be negative".into()),
+                    Err(e) => err(&k(field), e),
+                }
+            }
+            if t.max_open_orders == 0 {
+                err(&k("max_open_orders"), "must be positive".into());
+            }
+            if t.leverage == 0 {
+                err(&k("leverage"), "must be positive".into());
+            }
+        }
+        if self.demo.enabled {
+            if !self.tiers.contains_key(&self.demo.tier) {
+                err("demo.tier", format!("{:?} is not a tier", self.demo.tier));
+            }
+            if let Err(e) = self.demo.cash.parse(MONEY_DECIMALS) {
+                err("demo.cash", e);
+            }
+            if self.demo.name.is_empty() || self.demo.name.len() > 64 {
+                err("demo.name", "must be 1–64 bytes".into());
+            }
+        }
+        errs
+    }
+}
+
+impl TierConfig {
+    /// The tier's limits in engine units (call after [`Config::validate`]).
+    pub fn limits(&self) -> RiskLimits {
+        let money = |d: &Decimal| d.parse(MONEY_DECIMALS).unwrap_or(0);
+        RiskLimits {
+            requests_per_minute: self.requests_per_minute,
+            max_order_notional: money(&self.max_order_notional),
+            max_position_notional: money(&self.max_position_notional),
+            max_gross_exposure: money(&self.max_gross_exposure),
+            max_orders_per_second: self.max_orders_per_second,
+            max_daily_loss: money(&self.max_daily_loss),
+            max_open_orders: self.max_open_orders,
+            leverage: self.leverage,
+        }
+    }
+}
+
+/// Parses an account's `limits` object (admin API): the same keys as a tier, all optional.
+pub fn parse_limit_overrides(v: &serde_json::Value) -> Result<LimitOverrides, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("limits must be an object".into());
+    };
+    let mut o = LimitOverrides::default();
+    for (k, v) in obj {
+        let count = || -> Result<u32, String> {
+            v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("limits.{k} must be a whole number"))
+        };
+        let money = || -> Result<i64, String> {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return Err(format!("limits.{k} must be a decimal string or number")),
+            };
+            match parse_decimal(text.as_bytes(), MONEY_DECIMALS) {
+                Ok(m) if m >= 0 => Ok(m),
+                Ok(_) => Err(format!("limits.{k} must not be negative")),
+                Err(e) => Err(format!("limits.{k} {}", e.describe())),
+            }
+        };
+        match k.as_str() {
+            "requests_per_minute" => o.requests_per_minute = Some(count()?),
+            "max_orders_per_second" => o.max_orders_per_second = Some(count()?),
+            "max_open_orders" => o.max_open_orders = Some(count()?.max(1)),
+            "leverage" => o.leverage = Some(count()?.max(1)),
+            "max_order_notional" => o.max_order_notional = Some(money()?),
+            "max_position_notional" => o.max_position_notional = Some(money()?),
+            "max_gross_exposure" => o.max_gross_exposure = Some(money()?),
+            "max_daily_loss" => o.max_daily_loss = Some(money()?),
+            _ => return Err(format!("limits.{k} is not a known limit")),
+        }
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let c = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(c.validate(&[0, 1]), vec![]);
+        assert_eq!(c.symbols.len(), 2);
+        assert_eq!(c.tiers.len(), 3);
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_complete() {
+        let text = include_str!("../signalgate.example.toml");
+        let c = Config::from_toml(text, env(&[])).unwrap();
+        assert_eq!(c.validate(&[0, 1]), vec![]);
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = Config::from_toml(
+            "[http]\naddr = \"127.0.0.1:1\"\n",
+            env(&[
+                ("SIGNALGATE_HTTP_ADDR", "0.0.0.0:9000"),
+                ("SIGNALGATE_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("SIGNALGATE_JOURNAL_DIR", "/tmp/x"),
+                ("SIGNALGATE_TOPOLOGY_HOT", "[1]"),
+                ("SIGNALGATE_TOPOLOGY_PIN", "false"),
+                ("SIGNALGATE_MARKET_SIMULATOR", "false"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.addr, "0.0.0.0:9000");
+        assert_eq!(c.admin.token, "0123456789abcdef0123");
+        assert_eq!(c.journal.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.topology.hot, vec![1]);
+        assert!(!c.topology.pin);
+        assert!(!c.market.simulator);
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_named() {
+        let e = Config::from_toml("[http]\nadress = \"x\"\n", env(&[])).unwrap_err();
+        assert!(e[0].message.contains("adress"), "{e:?}");
+        let e = Config::from_toml("[htp]\n", env(&[])).unwrap_err();
+        assert!(e[0].message.contains("htp"), "{e:?}");
+        let e = Config::from_toml("", env(&[("SIGNALGATE_NOPE_X", "1")])).unwrap_err();
+        assert_eq!(e[0].key, "SIGNALGATE_NOPE_X");
+        let e = Config::from_toml("", env(&[("SIGNALGATE_HTTP_ADRES", "1")])).unwrap_err();
+        assert!(e[0].message.contains("adres") && e[0].message.contains("SIGNALGATE_HTTP_ADRES"), "{e:?}");
+        let e = Config::from_toml("[http]\nmax_body_bytes = \"big\"\n", env(&[])).unwrap_err();
+        assert!(e[0].message.contains("invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn validate_names_each_bad_key() {
+        let text = r#"
+            [http]
+            addr = "nowhere"
+            [topology]
+            hot = [7]
+            [[symbols]]
+            name = "X"
+            price_decimals = 2
+            qty_decimals = 2
+            tick = "0.001"
+            lot = "0.01"
+            max_order_qty = "-1"
+            [tiers.vip]
+            requests_per_minute = 1
+            max_order_notional = "abc"
+            max_position_notional = "1"
+            max_gross_exposure = "1"
+            max_orders_per_second = 1
+            max_daily_loss = "0"
+            max_open_orders = 1
+        "#;
+        let c = Config::from_toml(text, env(&[])).unwrap();
+        let keys: Vec<String> = c.validate(&[0, 1]).into_iter().map(|e| e.key).collect();
+        for k in
+            ["http.addr", "topology.hot", "symbols[0].tick", "symbols[0].max_order_qty", "tiers.vip.max_order_notional"]
+        {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        assert!(c.tiers.contains_key("free"), "default tiers are kept");
+    }
+
+    #[test]
+    fn decimals_may_be_strings_or_numbers() {
+        let c = Config::from_toml("[demo]\ncash = 2500.5\n", env(&[])).unwrap();
+        assert_eq!(c.demo.cash.parse(2), Ok(250_050));
+        let c = Config::from_toml("[demo]\ncash = 7\n", env(&[])).unwrap();
+        assert_eq!(c.demo.cash.parse(0), Ok(7));
+    }
+
+    #[test]
+    fn limit_overrides_parse_and_explain() {
+        let o =
+            parse_limit_overrides(&serde_json::json!({"requests_per_minute": 100000, "max_order_notional": "2500.5"}))
+                .unwrap();
+        assert_eq!(o.requests_per_minute, Some(100_000));
+        assert_eq!(o.max_order_notional, Some(250_050_000_000));
+        assert!(parse_limit_overrides(&serde_json::json!({"nope": 1})).unwrap_err().contains("limits.nope"));
+        assert!(parse_limit_overrides(&serde_json::json!({"max_daily_loss": "-1"})).is_err());
+        assert!(parse_limit_overrides(&serde_json::json!([])).is_err());
+    }
+}

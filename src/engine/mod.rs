@@ -1,0 +1,951 @@
+//! The trading engine: accounts, orders, positions, risk — and nothing else.
+//!
+//! Sans-I/O and single-writer: it never touches a socket, a file, a clock or a random number
+//! generator. Each command takes the current time and returns a result; every state change it
+//! makes is an [`event::Event`], applied through [`Engine::apply_event`] and left in
+//! [`Engine::events`] for the caller to journal and publish. In steady state a command
+//! allocates nothing: every map and buffer is sized when accounts are created.
+
+pub mod account;
+pub mod event;
+pub mod idempotency;
+pub mod market;
+pub mod order;
+pub mod position;
+pub mod risk;
+pub mod symbol;
+pub mod types;
+
+use std::collections::{HashMap, VecDeque};
+
+use account::{Account, AccountName, AccountState, KeyRecord, LimitOverrides, Roles, StateReason, Tier, TierId};
+use event::{Event, EventKind, OrderView, PositionView, SignalAnswer};
+use idempotency::IdempotencyStore;
+use market::Quote;
+use order::{transition, Order, OrderEvent, OrderStatus};
+use position::Position;
+use risk::{Reject, RejectCode, Unit};
+use symbol::SymbolTable;
+use types::{day_of, AccountId, KeyId, Nanos, OrderId, OrderType, Side, SignalKey, SymbolId, Tag, Tif};
+
+use crate::fixed::div_round;
+use crate::venue::{Execution, Venue};
+
+/// Engine settings that are not per account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Largest distance of a limit price from the mid, in basis points.
+    pub price_collar_bps: u32,
+    /// Oldest quote a market order may be priced from.
+    pub max_quote_age: Nanos,
+    /// Idempotency records kept at most.
+    pub idempotency_capacity: usize,
+    /// How long an idempotency record lives.
+    pub idempotency_ttl: Nanos,
+    /// Orders remembered per account (open ones are always kept).
+    pub orders_per_account: usize,
+}
+
+/// How much to trade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// A quantity (quantity units).
+    Qty(i64),
+    /// A notional (money units), converted at the order's reference price, rounded down to a lot.
+    Notional(i64),
+}
+
+/// What a signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Buy this much.
+    Buy(Size),
+    /// Sell this much.
+    Sell(Size),
+    /// Cancel working orders in the symbol and flatten the position.
+    Close,
+    /// Reach this signed position (counting working orders).
+    Target(i64),
+}
+
+/// A signal or order, validated and in engine units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalSpec {
+    /// Symbol.
+    pub symbol: SymbolId,
+    /// What to do.
+    pub intent: Intent,
+    /// Market or limit.
+    pub order_type: OrderType,
+    /// Limit price (price units), 0 for market orders.
+    pub limit_price: i64,
+    /// Time in force.
+    pub tif: Tif,
+    /// Strategy tag.
+    pub strategy: Tag,
+    /// Client signal id, for idempotency.
+    pub signal_id: Option<SignalKey>,
+}
+
+/// The result of a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalOutcome {
+    /// The answer.
+    pub answer: SignalAnswer,
+    /// Whether it is the recorded answer of an earlier signal with the same id.
+    pub replayed: bool,
+}
+
+/// The engine. `V` is the venue orders go to.
+pub struct Engine<V> {
+    cfg: EngineConfig,
+    symbols: SymbolTable,
+    tiers: Vec<Tier>,
+    accounts: Vec<Account>,
+    keys: Vec<KeyRecord>,
+    key_index: HashMap<[u8; 32], KeyId>,
+    orders: HashMap<OrderId, Order>,
+    quotes: Vec<Option<Quote>>,
+    idempotency: IdempotencyStore,
+    venue: V,
+    next_seq: u64,
+    next_order: u64,
+    day: u32,
+    events: Vec<Event>,
+    executions: Vec<Execution>,
+}
+
+impl<V: Venue> Engine<V> {
+    /// An engine with no accounts.
+    pub fn new(cfg: EngineConfig, symbols: SymbolTable, tiers: Vec<Tier>, venue: V) -> Self {
+        let n = symbols.len();
+        Engine {
+            cfg,
+            idempotency: IdempotencyStore::new(cfg.idempotency_capacity, cfg.idempotency_ttl),
+            symbols,
+            tiers,
+            accounts: Vec::new(),
+            keys: Vec::new(),
+            key_index: HashMap::new(),
+            orders: HashMap::new(),
+            quotes: vec![None; n],
+            venue,
+            next_seq: 1,
+            next_order: 1,
+            day: 0,
+            events: Vec::with_capacity(4096),
+            executions: Vec::with_capacity(1024),
+        }
+    }
+
+    // ----- reading -----
+
+    /// Events produced by the last command, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Sequence number of the last event.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The symbols.
+    pub fn symbols(&self) -> &SymbolTable {
+        &self.symbols
+    }
+
+    /// The tiers.
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// The tier called `name`.
+    pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
+        self.tiers.iter().position(|t| t.name == name).map(|i| i as TierId)
+    }
+
+    /// Every account, in id order.
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    /// One account.
+    pub fn account(&self, id: AccountId) -> Option<&Account> {
+        self.index_of(id).map(|i| &self.accounts[i])
+    }
+
+    /// One key.
+    pub fn key(&self, id: KeyId) -> Option<&KeyRecord> {
+        (id.0 as usize).checked_sub(1).and_then(|i| self.keys.get(i))
+    }
+
+    /// The key whose SHA-256 is `hash`, revoked or not.
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&KeyRecord> {
+        self.key_index.get(hash).and_then(|id| self.key(*id))
+    }
+
+    /// One order, if still remembered.
+    pub fn order(&self, id: OrderId) -> Option<&Order> {
+        self.orders.get(&id)
+    }
+
+    /// Orders remembered in the engine.
+    pub fn orders_len(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Last quote of a symbol.
+    pub fn quote(&self, symbol: SymbolId) -> Option<&Quote> {
+        self.quotes.get(usize::from(symbol.0)).and_then(Option::as_ref)
+    }
+
+    /// The venue.
+    pub fn venue(&self) -> &V {
+        &self.venue
+    }
+
+    /// The venue, mutably (for adapters that need to be driven).
+    pub fn venue_mut(&mut self) -> &mut V {
+        &mut self.venue
+    }
+
+    /// The idempotency records.
+    pub fn idempotency(&self) -> &IdempotencyStore {
+        &self.idempotency
+    }
+
+    fn index_of(&self, id: AccountId) -> Option<usize> {
+        let i = (id.0 as usize).checked_sub(1)?;
+        (i < self.accounts.len()).then_some(i)
+    }
+
+    fn account_index(&self, id: AccountId) -> Result<usize, Reject> {
+        self.index_of(id).ok_or(Reject::plain(RejectCode::AccountNotFound))
+    }
+
+    /// Mark price of a symbol: the last mid, if any.
+    pub fn mark(&self, symbol: SymbolId) -> Option<i64> {
+        self.quote(symbol).map(Quote::mid)
+    }
+
+    fn position_value(&self, symbol: usize, p: &Position) -> i64 {
+        match self.quotes[symbol] {
+            Some(q) => p.market_value(q.mid(), self.symbols.all()[symbol].money_per_unit()),
+            None => p.cost,
+        }
+    }
+
+    /// Cash plus the market value of every position.
+    pub fn equity(&self, account: &Account) -> i64 {
+        let mut v = account.cash;
+        for (s, p) in account.positions.iter().enumerate() {
+            if p.qty != 0 {
+                v += self.position_value(s, p);
+            }
+        }
+        v
+    }
+
+    /// Unrealized P&L over all positions.
+    pub fn unrealized(&self, account: &Account) -> i64 {
+        let mut v = 0;
+        for (s, p) in account.positions.iter().enumerate() {
+            if p.qty != 0 {
+                v += self.position_value(s, p) - p.cost;
+            }
+        }
+        v
+    }
+
+    /// Notional of `qty` at the mark (or at `fallback` when there is no quote).
+    fn exposure_of(&self, symbol: usize, qty: i64, fallback: i64) -> i64 {
+        let spec = &self.symbols.all()[symbol];
+        let price = self.quotes[symbol].map_or(fallback, |q| q.mid());
+        spec.notional(price, qty.abs()).unwrap_or(i64::MAX)
+    }
+
+    /// Sum over symbols of the absolute notional the account may reach with its open orders.
+    pub fn gross_exposure(&self, account: &Account) -> i64 {
+        let mut g: i64 = 0;
+        for (s, p) in account.positions.iter().enumerate() {
+            let worst = p.worst_case_qty();
+            if worst != 0 {
+                let fallback = if p.qty != 0 { p.avg_price(self.symbols.all()[s].money_per_unit()) } else { 0 };
+                g = g.saturating_add(self.exposure_of(s, worst, fallback));
+            }
+        }
+        g
+    }
+
+    /// Equity minus the equity at the start of the UTC day.
+    pub fn daily_pnl(&self, account: &Account) -> i64 {
+        self.equity(account) - account.day_start_equity
+    }
+
+    /// The order part of an answer.
+    pub fn order_view(&self, o: &Order) -> OrderView {
+        OrderView {
+            id: o.id,
+            symbol: o.symbol,
+            side: o.side,
+            qty: o.qty,
+            filled_qty: o.filled_qty,
+            avg_price: self.avg_fill_price(o),
+            status: o.status,
+        }
+    }
+
+    /// Average fill price of an order (price units), 0 when nothing filled.
+    pub fn avg_fill_price(&self, o: &Order) -> i64 {
+        if o.filled_qty == 0 {
+            return 0;
+        }
+        let mpu = self.symbols.get(o.symbol).money_per_unit();
+        div_round(i128::from(o.filled_notional), i128::from(o.filled_qty) * mpu) as i64
+    }
+
+    /// The position part of an answer.
+    pub fn position_view(&self, account: &Account, symbol: SymbolId) -> PositionView {
+        let p = &account.positions[usize::from(symbol.0)];
+        PositionView { symbol, qty: p.qty, avg_price: p.avg_price(self.symbols.get(symbol).money_per_unit()) }
+    }
+
+    // ----- commands -----
+
+    fn begin(&mut self) {
+        self.events.clear();
+    }
+
+    fn emit(&mut self, now: Nanos, kind: EventKind) {
+        let e = Event { seq: self.next_seq, ts: now, kind };
+        self.apply_event(&e);
+        self.events.push(e);
+    }
+
+    /// Opens an account.
+    pub fn create_account(
+        &mut self,
+        name: AccountName,
+        tier: TierId,
+        cash: i64,
+        overrides: LimitOverrides,
+        now: Nanos,
+    ) -> Result<AccountId, Reject> {
+        self.begin();
+        if usize::from(tier) >= self.tiers.len() {
+            return Err(Reject::plain(RejectCode::AccountNotFound));
+        }
+        let account = AccountId(self.accounts.len() as u32 + 1);
+        self.emit(now, EventKind::AccountCreated { account, name, tier, cash, overrides });
+        Ok(account)
+    }
+
+    /// Adds an API key (by its hash) to an account.
+    pub fn add_key(&mut self, account: AccountId, hash: [u8; 32], roles: Roles, now: Nanos) -> Result<KeyId, Reject> {
+        self.begin();
+        self.account_index(account)?;
+        let key = KeyId(self.keys.len() as u32 + 1);
+        self.emit(now, EventKind::KeyAdded { key, account, hash, roles });
+        Ok(key)
+    }
+
+    /// Revokes a key; `false` when there is no such key.
+    pub fn revoke_key(&mut self, key: KeyId, now: Nanos) -> bool {
+        self.begin();
+        match self.key(key) {
+            Some(k) if !k.revoked => {
+                self.emit(now, EventKind::KeyRevoked { key });
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Replaces an account's limit overrides.
+    pub fn set_limits(&mut self, account: AccountId, overrides: LimitOverrides, now: Nanos) -> Result<(), Reject> {
+        self.begin();
+        self.account_index(account)?;
+        self.emit(now, EventKind::LimitsSet { account, overrides });
+        Ok(())
+    }
+
+    /// The kill switch: cancels every open order and halts the account.
+    pub fn halt(&mut self, account: AccountId, now: Nanos) -> Result<(), Reject> {
+        self.begin();
+        let idx = self.account_index(account)?;
+        self.halt_account(idx, StateReason::KillSwitch, now);
+        Ok(())
+    }
+
+    /// Resumes trading, fully or only to reduce positions.
+    pub fn resume(&mut self, account: AccountId, reducing: bool, now: Nanos) -> Result<(), Reject> {
+        self.begin();
+        let idx = self.account_index(account)?;
+        let state = if reducing { AccountState::Reducing } else { AccountState::Active };
+        if self.accounts[idx].state != state {
+            self.emit(now, EventKind::AccountStateChanged { account, state, reason: StateReason::Resumed });
+        }
+        Ok(())
+    }
+
+    fn halt_account(&mut self, idx: usize, reason: StateReason, now: Nanos) {
+        let account = self.accounts[idx].id;
+        if self.accounts[idx].state != AccountState::Halted {
+            self.emit(now, EventKind::AccountStateChanged { account, state: AccountState::Halted, reason });
+        }
+        self.cancel_open_orders(idx, None, now);
+    }
+
+    /// Cancels the account's open orders (in one symbol, or all). Walks the list from the end,
+    /// so the swap-removals of confirmed cancels never skip an order.
+    fn cancel_open_orders(&mut self, idx: usize, symbol: Option<SymbolId>, now: Nanos) {
+        let mut i = self.accounts[idx].open_orders.len();
+        while i > 0 {
+            i -= 1;
+            let Some(&id) = self.accounts[idx].open_orders.get(i) else { continue };
+            if symbol.is_none_or(|s| self.orders[&id].symbol == s) {
+                self.cancel_open(id, now);
+            }
+        }
+    }
+
+    /// Cancels one of the account's orders.
+    pub fn cancel_order(&mut self, account: AccountId, order: OrderId, now: Nanos) -> Result<(), Reject> {
+        self.begin();
+        self.account_index(account)?;
+        let o = match self.orders.get(&order) {
+            Some(o) if o.account == account => o,
+            _ => return Err(Reject::plain(RejectCode::OrderNotFound)),
+        };
+        if transition(o.status, OrderEvent::CancelRequest).is_none() {
+            return Err(Reject::plain(RejectCode::NotCancelable));
+        }
+        self.cancel_open(order, now);
+        Ok(())
+    }
+
+    fn cancel_open(&mut self, id: OrderId, now: Nanos) {
+        let Some(&o) = self.orders.get(&id) else { return };
+        if transition(o.status, OrderEvent::CancelRequest).is_none() {
+            // Already pending cancel: the venue will confirm.
+            return;
+        }
+        self.emit(now, EventKind::OrderUpdated { order: id, event: OrderEvent::CancelRequest });
+        self.venue.cancel(&o, now, &mut self.executions);
+        self.apply_executions(now);
+    }
+
+    /// A signal (or a direct order, as `Buy`/`Sell` of a quantity).
+    pub fn signal(&mut self, account: AccountId, s: &SignalSpec, now: Nanos) -> Result<SignalOutcome, Reject> {
+        self.begin();
+        let idx = self.account_index(account)?;
+        if let Some(key) = &s.signal_id {
+            if let Some(answer) = self.idempotency.get(account, key, now) {
+                return Ok(SignalOutcome { answer: *answer, replayed: true });
+            }
+        }
+        match self.run_signal(idx, s, now) {
+            Ok(answer) => {
+                if let Some(signal) = s.signal_id {
+                    self.emit(now, EventKind::SignalAnswered { account, signal, answer });
+                }
+                Ok(SignalOutcome { answer, replayed: false })
+            }
+            Err(r) => {
+                self.emit(now, EventKind::Rejected { account, code: r.code });
+                if r.code == RejectCode::MaxDailyLoss {
+                    self.halt_account(idx, StateReason::DailyLoss, now);
+                }
+                Err(r)
+            }
+        }
+    }
+
+    fn run_signal(&mut self, idx: usize, s: &SignalSpec, now: Nanos) -> Result<SignalAnswer, Reject> {
+        self.roll_day(idx, now);
+        let sym = usize::from(s.symbol.0);
+        let (side, qty) = match s.intent {
+            Intent::Buy(size) => (Side::Buy, self.size_to_qty(Side::Buy, size, s)?),
+            Intent::Sell(size) => (Side::Sell, self.size_to_qty(Side::Sell, size, s)?),
+            Intent::Close => {
+                self.cancel_open_orders(idx, Some(s.symbol), now);
+                let q = self.accounts[idx].positions[sym].qty;
+                (if q > 0 { Side::Sell } else { Side::Buy }, q.abs())
+            }
+            Intent::Target(target) => {
+                let p = &self.accounts[idx].positions[sym];
+                let working = p.qty + p.open_buy - p.open_sell;
+                let delta = target - working;
+                (if delta > 0 { Side::Buy } else { Side::Sell }, delta.abs())
+            }
+        };
+        let order = match (qty, s.intent) {
+            (0, Intent::Buy(_) | Intent::Sell(_)) => return Err(Reject::plain(RejectCode::QtyZero)),
+            (0, _) => None,
+            _ => Some(self.place(idx, side, qty, s, now)?),
+        };
+        let account = &self.accounts[idx];
+        Ok(SignalAnswer {
+            order: order.and_then(|id| self.orders.get(&id)).map(|o| self.order_view(o)),
+            position: self.position_view(account, s.symbol),
+        })
+    }
+
+    /// The reference price of an order: the limit, or the touch it would take.
+    fn reference_price(&self, side: Side, s: &SignalSpec) -> Option<i64> {
+        match s.order_type {
+            OrderType::Limit => Some(s.limit_price),
+            OrderType::Market => self.quotes[usize::from(s.symbol.0)].map(|q| match side {
+                Side::Buy => q.ask,
+                Side::Sell => q.bid,
+            }),
+        }
+    }
+
+    fn size_to_qty(&self, side: Side, size: Size, s: &SignalSpec) -> Result<i64, Reject> {
+        match size {
+            Size::Qty(q) => Ok(q),
+            Size::Notional(n) => {
+                let spec = self.symbols.get(s.symbol);
+                let price = self.reference_price(side, s).filter(|p| *p > 0).ok_or(Reject::over(
+                    RejectCode::StaleQuote,
+                    -1,
+                    (self.cfg.max_quote_age / 1_000_000) as i64,
+                    Unit::Millis,
+                ))?;
+                let units = i128::from(n) / (i128::from(price) * spec.money_per_unit());
+                let units = i64::try_from(units).unwrap_or(i64::MAX);
+                Ok(units - units % spec.lot)
+            }
+        }
+    }
+
+    /// Risk-checks, journals (as an event) and sends one order; returns its id.
+    fn place(&mut self, idx: usize, side: Side, qty: i64, s: &SignalSpec, now: Nanos) -> Result<OrderId, Reject> {
+        self.check_order(idx, side, qty, s, now)?;
+        let id = OrderId(self.next_order);
+        let account = self.accounts[idx].id;
+        let tif = if s.order_type == OrderType::Market { Tif::Ioc } else { s.tif };
+        let order = Order {
+            id,
+            account,
+            symbol: s.symbol,
+            side,
+            order_type: s.order_type,
+            tif,
+            qty,
+            filled_qty: 0,
+            filled_notional: 0,
+            limit_price: if s.order_type == OrderType::Limit { s.limit_price } else { 0 },
+            status: OrderStatus::PendingNew,
+            strategy: s.strategy,
+            created_at: now,
+            updated_at: now,
+        };
+        self.emit(now, EventKind::OrderAccepted { order });
+        let spec = self.symbols.get(s.symbol);
+        self.venue.submit(&order, spec, self.quotes[usize::from(s.symbol.0)].as_ref(), now, &mut self.executions);
+        self.apply_executions(now);
+        Ok(id)
+    }
+
+    /// Pre-trade risk checks, in the order documented in `docs/api.md`.
+    fn check_order(&self, idx: usize, side: Side, qty: i64, s: &SignalSpec, now: Nanos) -> Result<(), Reject> {
+        let a = &self.accounts[idx];
+        let spec = self.symbols.get(s.symbol);
+        let sym = usize::from(s.symbol.0);
+        let pos = &a.positions[sym];
+        let before = pos.with_open(side);
+        let after = before + side.sign() * qty;
+        let increases = after.abs() > before.abs();
+        match a.state {
+            AccountState::Halted => return Err(Reject::plain(RejectCode::AccountHalted)),
+            AccountState::Reducing => {
+                let shrinks =
+                    pos.qty != 0 && after.abs() <= pos.qty.abs() && (after == 0 || after.signum() == pos.qty.signum());
+                if !shrinks {
+                    return Err(Reject::plain(RejectCode::ReduceOnly));
+                }
+            }
+            AccountState::Active => {}
+        }
+        if increases && a.limits.max_daily_loss > 0 {
+            let loss = -self.daily_pnl(a);
+            if loss >= a.limits.max_daily_loss {
+                return Err(Reject::over(RejectCode::MaxDailyLoss, loss, a.limits.max_daily_loss, Unit::Money));
+            }
+        }
+        if qty <= 0 {
+            return Err(Reject::plain(RejectCode::QtyZero));
+        }
+        if qty % spec.lot != 0 {
+            return Err(Reject::over(RejectCode::LotSize, qty, spec.lot, Unit::Qty(spec.qty_decimals)));
+        }
+        if qty > spec.max_order_qty {
+            return Err(Reject::over(RejectCode::MaxOrderQty, qty, spec.max_order_qty, Unit::Qty(spec.qty_decimals)));
+        }
+        if s.order_type == OrderType::Limit && (s.limit_price <= 0 || s.limit_price % spec.tick != 0) {
+            return Err(Reject::over(RejectCode::TickSize, s.limit_price, spec.tick, Unit::Price(spec.price_decimals)));
+        }
+        let max_open = a.limits.max_open_orders as usize;
+        if a.open_orders.len() >= max_open {
+            return Err(Reject::over(
+                RejectCode::MaxOpenOrders,
+                a.open_orders.len() as i64 + 1,
+                max_open as i64,
+                Unit::Count,
+            ));
+        }
+        let max_age_ms = (self.cfg.max_quote_age / 1_000_000) as i64;
+        let Some(q) = self.quotes[sym] else {
+            return Err(Reject::over(RejectCode::StaleQuote, -1, max_age_ms, Unit::Millis));
+        };
+        let reference = match s.order_type {
+            OrderType::Market => {
+                let age = now.saturating_sub(q.ts);
+                if age > self.cfg.max_quote_age {
+                    return Err(Reject::over(
+                        RejectCode::StaleQuote,
+                        (age / 1_000_000) as i64,
+                        max_age_ms,
+                        Unit::Millis,
+                    ));
+                }
+                match side {
+                    Side::Buy => q.ask,
+                    Side::Sell => q.bid,
+                }
+            }
+            OrderType::Limit => {
+                let mid = q.mid().max(1);
+                let deviation = (i128::from(s.limit_price - mid).abs() * 10_000 / i128::from(mid)) as i64;
+                if deviation > i64::from(self.cfg.price_collar_bps) {
+                    return Err(Reject::over(
+                        RejectCode::PriceCollar,
+                        deviation,
+                        i64::from(self.cfg.price_collar_bps),
+                        Unit::Bps,
+                    ));
+                }
+                s.limit_price
+            }
+        };
+        let notional = spec.notional(reference, qty).unwrap_or(i64::MAX);
+        if notional > a.limits.max_order_notional {
+            return Err(Reject::over(RejectCode::MaxOrderNotional, notional, a.limits.max_order_notional, Unit::Money));
+        }
+        if increases {
+            let position_notional = spec.notional(reference, after.abs()).unwrap_or(i64::MAX);
+            if position_notional > a.limits.max_position_notional {
+                return Err(Reject::over(
+                    RejectCode::MaxPositionNotional,
+                    position_notional,
+                    a.limits.max_position_notional,
+                    Unit::Money,
+                ));
+            }
+            let gross_before = self.gross_exposure(a);
+            let fallback = if pos.qty != 0 { pos.avg_price(spec.money_per_unit()) } else { reference };
+            let symbol_before = self.exposure_of(sym, pos.worst_case_qty(), fallback);
+            let other_side = pos.with_open(side.opposite());
+            let symbol_after = spec.notional(reference, after.abs().max(other_side.abs())).unwrap_or(i64::MAX);
+            let gross_after = gross_before.saturating_sub(symbol_before).saturating_add(symbol_after);
+            if gross_after > a.limits.max_gross_exposure {
+                return Err(Reject::over(
+                    RejectCode::MaxGrossExposure,
+                    gross_after,
+                    a.limits.max_gross_exposure,
+                    Unit::Money,
+                ));
+            }
+            let buying_power =
+                self.equity(a).saturating_mul(i64::from(a.limits.leverage)).saturating_sub(gross_before).max(0);
+            if notional > buying_power {
+                return Err(Reject::over(RejectCode::BuyingPower, notional, buying_power, Unit::Money));
+            }
+        }
+        let mut rate = a.order_rate;
+        if !rate.admit(now, a.limits.max_orders_per_second).allowed {
+            let limit = i64::from(a.limits.max_orders_per_second);
+            return Err(Reject::over(RejectCode::OrderRate, limit, limit, Unit::Count));
+        }
+        Ok(())
+    }
+
+    fn roll_day(&mut self, idx: usize, now: Nanos) {
+        let day = day_of(now);
+        if self.accounts[idx].day != day {
+            let equity = self.equity(&self.accounts[idx]);
+            let account = self.accounts[idx].id;
+            self.emit(now, EventKind::DayStarted { account, day, equity });
+        }
+    }
+
+    /// A quote: stored, and resting orders may fill.
+    pub fn on_quote(&mut self, quote: Quote, now: Nanos) {
+        self.begin();
+        if usize::from(quote.symbol.0) >= self.quotes.len() {
+            return;
+        }
+        self.emit(now, EventKind::Quote(quote));
+        let spec = self.symbols.get(quote.symbol);
+        self.venue.on_quote(&quote, spec, now, &mut self.executions);
+        self.apply_executions(now);
+    }
+
+    /// Periodic work: delayed venue work, day-order expiry, idempotency expiry.
+    pub fn housekeeping(&mut self, now: Nanos) {
+        self.begin();
+        self.venue.poll(now, &mut self.executions);
+        self.apply_executions(now);
+        let day = day_of(now);
+        if day != self.day {
+            let first_run = self.day == 0;
+            self.day = day;
+            if !first_run {
+                self.expire_day_orders(day, now);
+            }
+        }
+        self.idempotency.expire(now);
+    }
+
+    fn expire_day_orders(&mut self, day: u32, now: Nanos) {
+        for idx in 0..self.accounts.len() {
+            let mut i = 0;
+            while i < self.accounts[idx].open_orders.len() {
+                let id = self.accounts[idx].open_orders[i];
+                let o = self.orders[&id];
+                if o.tif == Tif::Day && day_of(o.created_at) < day && transition(o.status, OrderEvent::Expire).is_some()
+                {
+                    self.venue.forget(&o);
+                    self.emit(now, EventKind::OrderUpdated { order: id, event: OrderEvent::Expire });
+                    continue; // the order left the open list
+                }
+                i += 1;
+            }
+        }
+    }
+
+    fn apply_executions(&mut self, now: Nanos) {
+        let first_event = self.events.len();
+        let mut executions = std::mem::take(&mut self.executions);
+        for ex in executions.drain(..) {
+            match ex {
+                Execution::Ack { order } => self.order_event(order, OrderEvent::Ack, now),
+                Execution::Canceled { order } => self.order_event(order, OrderEvent::Canceled, now),
+                Execution::Rejected { order } => self.order_event(order, OrderEvent::Reject, now),
+                Execution::Fill { order, qty, price, fee } => {
+                    let Some(&o) = self.orders.get(&order) else { continue };
+                    let qty = qty.min(o.qty - o.filled_qty);
+                    if qty <= 0 || transition(o.status, OrderEvent::PartialFill).is_none() {
+                        continue;
+                    }
+                    let notional = self.symbols.get(o.symbol).notional(price, qty).unwrap_or(i64::MAX);
+                    self.emit(
+                        now,
+                        EventKind::Fill {
+                            order,
+                            account: o.account,
+                            symbol: o.symbol,
+                            side: o.side,
+                            qty,
+                            price,
+                            notional,
+                            fee,
+                        },
+                    );
+                }
+            }
+        }
+        self.executions = executions;
+        // Fills may breach a daily loss limit: the account halts itself.
+        let mut i = first_event;
+        while i < self.events.len() {
+            if let EventKind::Fill { account, .. } = self.events[i].kind {
+                if let Some(idx) = self.index_of(account) {
+                    let a = &self.accounts[idx];
+                    if a.state != AccountState::Halted
+                        && a.limits.max_daily_loss > 0
+                        && -self.daily_pnl(a) >= a.limits.max_daily_loss
+                    {
+                        self.halt_account(idx, StateReason::DailyLoss, now);
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+
+    fn order_event(&mut self, order: OrderId, event: OrderEvent, now: Nanos) {
+        if let Some(o) = self.orders.get(&order) {
+            if transition(o.status, event).is_some() {
+                self.emit(now, EventKind::OrderUpdated { order, event });
+            }
+        }
+    }
+
+    // ----- state changes -----
+
+    /// Applies one event to the state. The only place state changes; replaying every event in
+    /// order rebuilds the engine.
+    pub fn apply_event(&mut self, e: &Event) {
+        self.next_seq = e.seq + 1;
+        match e.kind {
+            EventKind::AccountCreated { account, name, tier, cash, overrides } => {
+                let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
+                let nsym = self.symbols.len();
+                let history = self.cfg.orders_per_account.max(1);
+                self.orders.reserve(history);
+                self.accounts.push(Account {
+                    id: account,
+                    name,
+                    tier,
+                    overrides,
+                    limits,
+                    state: AccountState::Active,
+                    state_reason: StateReason::Created,
+                    cash,
+                    initial_cash: cash,
+                    realized: 0,
+                    fees: 0,
+                    positions: vec![Position::default(); nsym],
+                    open_orders: Vec::with_capacity((limits.max_open_orders as usize).clamp(1, 4096)),
+                    recent_orders: VecDeque::with_capacity(history),
+                    order_rate: crate::rate_limit::SlidingWindow::per_second(),
+                    day: day_of(e.ts),
+                    day_start_equity: cash,
+                    keys: Vec::new(),
+                    created_at: e.ts,
+                });
+            }
+            EventKind::KeyAdded { key, account, hash, roles } => {
+                self.keys.push(KeyRecord { id: key, account, hash, roles, revoked: false, created_at: e.ts });
+                self.key_index.insert(hash, key);
+                if let Some(i) = self.index_of(account) {
+                    self.accounts[i].keys.push(key);
+                }
+            }
+            EventKind::KeyRevoked { key } => {
+                if let Some(k) = (key.0 as usize).checked_sub(1).and_then(|i| self.keys.get_mut(i)) {
+                    k.revoked = true;
+                }
+            }
+            EventKind::LimitsSet { account, overrides } => {
+                if let Some(i) = self.index_of(account) {
+                    let a = &mut self.accounts[i];
+                    a.overrides = overrides;
+                    a.limits = self.tiers[usize::from(a.tier)].limits.with(&overrides);
+                }
+            }
+            EventKind::AccountStateChanged { account, state, reason } => {
+                if let Some(i) = self.index_of(account) {
+                    self.accounts[i].state = state;
+                    self.accounts[i].state_reason = reason;
+                }
+            }
+            EventKind::DayStarted { account, day, equity } => {
+                if let Some(i) = self.index_of(account) {
+                    self.accounts[i].day = day;
+                    self.accounts[i].day_start_equity = equity;
+                }
+            }
+            EventKind::OrderAccepted { order } => self.apply_accepted(order, e.ts),
+            EventKind::OrderUpdated { order, event } => {
+                let Some(o) = self.orders.get_mut(&order) else { return };
+                let Some(next) = transition(o.status, event) else { return };
+                let remaining = o.remaining();
+                o.status = next;
+                o.updated_at = e.ts;
+                if next.is_terminal() {
+                    let (account, symbol, side) = (o.account, o.symbol, o.side);
+                    self.close_order(account, symbol, side, order, remaining);
+                }
+            }
+            EventKind::Fill { order, account, symbol, side, qty, notional, fee, .. } => {
+                let Some(o) = self.orders.get_mut(&order) else { return };
+                o.filled_qty += qty;
+                o.filled_notional += notional;
+                o.updated_at = e.ts;
+                let event = if o.filled_qty >= o.qty { OrderEvent::Fill } else { OrderEvent::PartialFill };
+                let next = transition(o.status, event).unwrap_or(o.status);
+                o.status = next;
+                if let Some(i) = self.index_of(account) {
+                    let a = &mut self.accounts[i];
+                    let p = &mut a.positions[usize::from(symbol.0)];
+                    match side {
+                        Side::Buy => p.open_buy -= qty,
+                        Side::Sell => p.open_sell -= qty,
+                    }
+                    let effect = p.apply_fill(side, qty, notional, fee);
+                    a.cash += effect.cash;
+                    a.realized += effect.realized;
+                    a.fees += fee;
+                }
+                if next.is_terminal() {
+                    self.close_order(account, symbol, side, order, 0);
+                }
+            }
+            EventKind::Quote(q) => {
+                if let Some(slot) = self.quotes.get_mut(usize::from(q.symbol.0)) {
+                    *slot = Some(q);
+                }
+            }
+            EventKind::SignalAnswered { account, signal, answer } => {
+                self.idempotency.insert(account, signal, answer, e.ts);
+            }
+            EventKind::Rejected { .. } => {}
+        }
+    }
+
+    fn apply_accepted(&mut self, order: Order, ts: Nanos) {
+        self.next_order = self.next_order.max(order.id.0 + 1);
+        let Some(i) = self.index_of(order.account) else { return };
+        self.orders.insert(order.id, order);
+        let a = &mut self.accounts[i];
+        let limit = a.limits.max_orders_per_second;
+        a.order_rate.admit(ts, limit);
+        a.open_orders.push(order.id);
+        let p = &mut a.positions[usize::from(order.symbol.0)];
+        match order.side {
+            Side::Buy => p.open_buy += order.qty,
+            Side::Sell => p.open_sell += order.qty,
+        }
+        // Remember it; forget the oldest finished order when the history is full.
+        let cap = self.cfg.orders_per_account.max(1);
+        let mut turns = a.recent_orders.len();
+        while a.recent_orders.len() >= cap && turns > 0 {
+            turns -= 1;
+            let Some(old) = a.recent_orders.pop_front() else { break };
+            match self.orders.get(&old) {
+                Some(o) if o.status.is_open() => a.recent_orders.push_back(old),
+                _ => {
+                    self.orders.remove(&old);
+                }
+            }
+        }
+        a.recent_orders.push_back(order.id);
+    }
+
+    fn close_order(&mut self, account: AccountId, symbol: SymbolId, side: Side, order: OrderId, remaining: i64) {
+        let Some(i) = self.index_of(account) else { return };
+        let a = &mut self.accounts[i];
+        let p = &mut a.positions[usize::from(symbol.0)];
+        match side {
+            Side::Buy => p.open_buy -= remaining,
+            Side::Sell => p.open_sell -= remaining,
+        }
+        if let Some(k) = a.open_orders.iter().position(|id| *id == order) {
+            a.open_orders.swap_remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! Small `Copy` domain values shared by the engine and its adapters.
+
+use std::fmt;
+
+/// Nanoseconds since the Unix epoch, as handed to the engine by its caller.
+pub type Nanos = u64;
+
+/// Nanoseconds in one second.
+pub const SECOND: Nanos = 1_000_000_000;
+/// Nanoseconds in one day.
+pub const DAY: Nanos = 86_400 * SECOND;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Index of a configured symbol.
+    SymbolId(u16)
+);
+id_type!(
+    /// An account, numbered from 1.
+    AccountId(u32)
+);
+id_type!(
+    /// An API key, numbered from 1.
+    KeyId(u32)
+);
+id_type!(
+    /// An order, numbered from 1 across the node.
+    OrderId(u64)
+);
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Buy.
+    Buy,
+    /// Sell.
+    Sell,
+}
+
+impl Side {
+    /// `1` for buy, `-1` for sell.
+    pub fn sign(self) -> i64 {
+        match self {
+            Side::Buy => 1,
+            Side::Sell => -1,
+        }
+    }
+
+    /// The opposite side.
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
+    /// Name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+}
+
+/// Market or limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderType {
+    /// Fill at the touch.
+    Market,
+    /// Fill at the limit price or better.
+    Limit,
+}
+
+impl OrderType {
+    /// Name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderType::Market => "market",
+            OrderType::Limit => "limit",
+        }
+    }
+}
+
+/// Time in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tif {
+    /// Immediate or cancel: whatever does not fill at once is canceled.
+    Ioc,
+    /// Good till canceled.
+    Gtc,
+    /// Expires at the end of the UTC day.
+    Day,
+}
+
+impl Tif {
+    /// Name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tif::Ioc => "ioc",
+            Tif::Gtc => "gtc",
+            Tif::Day => "day",
+        }
+    }
+}
+
+/// A short string stored inline (no heap), for tags and client ids.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShortStr<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> ShortStr<N> {
+    /// The empty string.
+    pub const EMPTY: Self = ShortStr { len: 0, bytes: [0; N] };
+
+    /// Copies `s`; `None` when it is longer than `N` bytes.
+    pub fn new(s: &str) -> Option<Self> {
+        if s.len() > N || s.len() > usize::from(u8::MAX) {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Some(ShortStr { len: s.len() as u8, bytes })
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ever built from a `&str`, cut at its own length.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<const N: usize> Default for ShortStr<N> {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl<const N: usize> fmt::Debug for ShortStr<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A strategy tag attached to orders (at most 32 bytes).
+pub type Tag = ShortStr<32>;
+/// A client-chosen signal id (at most 64 bytes).
+pub type SignalKey = ShortStr<64>;
+
+/// The UTC day number of a timestamp.
+pub fn day_of(ts: Nanos) -> u32 {
+    (ts / DAY) as u32
+}

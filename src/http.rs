@@ -1,0 +1,319 @@
+//! hyper 1 (HTTP/1.1) on glommio: the socket adapter, a timer, the accept loop with its
+//! connection cap, body limits, and graceful shutdown.
+//!
+//! Everything here is I/O; what a request *means* is decided in [`crate::api`]. A connection
+//! task borrows the node only for the synchronous call that answers one request.
+
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+
+use crate::api::{ApiError, Method, Request, Response};
+use crate::node::Node;
+use crate::shutdown::Shutdown;
+
+/// Adapts a futures-io stream to hyper's I/O traits.
+pub struct Io<S>(pub S);
+
+impl<S: AsyncRead + Unpin> hyper::rt::Read for Io<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: the slice is zeroed before it is viewed as initialized bytes, and `advance`
+        // is called with the number of bytes the read actually wrote.
+        let n = unsafe {
+            let uninit = buf.as_mut();
+            std::ptr::write_bytes(uninit.as_mut_ptr(), 0, uninit.len());
+            let init = &mut *(uninit as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]);
+            match Pin::new(&mut self.0).poll_read(cx, init) {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        // SAFETY: `n` bytes were written by the read above.
+        unsafe { buf.advance(n) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> hyper::rt::Write for Io<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // glommio reports NotConnected when the peer already left: that is a clean close.
+        match Pin::new(&mut self.0).poll_close(cx) {
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+/// hyper's timer on glommio's timers (hyper needs one for the header-read timeout).
+#[derive(Clone, Copy, Debug)]
+pub struct GlommioTimer;
+
+struct LocalSleep(glommio::timer::Timer);
+
+// SAFETY: hyper requires `Send + Sync` sleeps, but ours never leave the executor thread: an
+// HTTP/1 connection is driven by one `spawn_local` task that is never sent elsewhere, and the
+// sleep is created, polled and dropped by that task only.
+unsafe impl Send for LocalSleep {}
+// SAFETY: as above; no shared reference to the sleep exists outside its task.
+unsafe impl Sync for LocalSleep {}
+
+impl Future for LocalSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for LocalSleep {}
+
+impl hyper::rt::Timer for GlommioTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(LocalSleep(glommio::timer::Timer::new(duration)))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Which API a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// The public trading API.
+    Public,
+    /// The admin API.
+    Admin,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Time allowed for a request's headers.
+    pub header_read_timeout: Duration,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+}
+
+/// Accepts connections until `shutdown` fires, then stops accepting, lets in-flight requests
+/// finish (up to the grace period) and returns.
+pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
+    let live = Rc::new(Cell::new(0usize));
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                log::warn!("{api:?} listener: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        if live.get() >= opts.max_connections {
+            node.borrow_mut().metrics.connections_refused += 1;
+            glommio::spawn_local(refuse(stream)).detach();
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        live.set(live.get() + 1);
+        if api == Api::Public {
+            node.borrow_mut().connections += 1;
+        }
+        let (node, live, shutdown) = (node.clone(), live.clone(), shutdown.clone());
+        glommio::spawn_local(async move {
+            connection(stream, node.clone(), api, opts, shutdown).await;
+            live.set(live.get() - 1);
+            if api == Api::Public {
+                node.borrow_mut().connections -= 1;
+            }
+        })
+        .detach();
+    }
+    drop(listener);
+    let deadline = Instant::now() + opts.shutdown_grace;
+    while live.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if live.get() > 0 {
+        log::warn!("{api:?} listener: {} connection(s) still open after the grace period", live.get());
+    }
+}
+
+/// Answers 503 and closes: the connection cap is reached.
+async fn refuse(mut stream: TcpStream) {
+    let mut body = Vec::new();
+    ApiError::new(503, "node.too_many_connections", "the node is at its connection limit; retry later")
+        .write(&mut body);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&body).await;
+    let _ = stream.close().await;
+}
+
+async fn connection(stream: TcpStream, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
+    // One answer buffer per connection, reused by every request on it.
+    let answer = Rc::new(RefCell::new(Response::with_capacity(4096)));
+    let service = service_fn(move |req| {
+        let (node, answer) = (node.clone(), answer.clone());
+        async move { Ok::<_, Infallible>(handle(req, &node, &answer, api, &opts).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(GlommioTimer)
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(Io(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        shutdown.wait().await;
+        None
+    })
+    .await;
+    let result = match finished {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if !e.is_incomplete_message() {
+            log::debug!("connection ended: {e}");
+        }
+    }
+}
+
+/// Decrements the in-flight count when a request is done, however it ends.
+struct Inflight<'a>(&'a RefCell<Node>);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().inflight -= 1;
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    node: &RefCell<Node>,
+    answer: &RefCell<Response>,
+    api: Api,
+    opts: &HttpOptions,
+) -> hyper::Response<Full<Bytes>> {
+    node.borrow_mut().inflight += 1;
+    let _inflight = Inflight(node);
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large =
+        ApiError::new(413, "request.too_large", "the request body is larger than the limit (http.max_body_bytes)");
+    let body = if declared.is_some_and(|n| n > opts.max_body_bytes as u64) {
+        Err(too_large)
+    } else {
+        match Limited::new(body, opts.max_body_bytes).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+            Err(_) => Err(ApiError::new(400, "request.body_unreadable", "the request body could not be read")),
+        }
+    };
+    let mut answer = answer.borrow_mut();
+    let header = |name: &str| parts.headers.get(name).map(HeaderValue::as_bytes);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = Request::new(Method::parse(parts.method.as_str()), path_and_query);
+    request.authorization = header("authorization");
+    request.x_api_key = header("x-api-key");
+    request.content_type = header("content-type");
+    match &body {
+        Ok(bytes) => {
+            request.body = bytes;
+            let now = crate::clock::now();
+            let mut node = node.borrow_mut();
+            match api {
+                Api::Public => node.handle(&request, &mut answer, now),
+                Api::Admin => node.handle_admin(&request, &mut answer, now),
+            }
+        }
+        Err(e) => {
+            answer.reset();
+            answer.error(e);
+            let route = match api {
+                Api::Public => crate::metrics::Route::Unmatched,
+                Api::Admin => crate::metrics::Route::Admin,
+            };
+            node.borrow_mut().metrics.count(route, e.status);
+        }
+    }
+    to_hyper(&answer)
+}
+
+fn to_hyper(r: &Response) -> hyper::Response<Full<Bytes>> {
+    let mut out = hyper::Response::new(Full::new(Bytes::copy_from_slice(&r.body)));
+    *out.status_mut() = hyper::StatusCode::from_u16(r.status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    let h = out.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    let num = |v: u64| HeaderValue::from(v);
+    if let Some(s) = r.retry_after {
+        h.insert(hyper::header::RETRY_AFTER, num(u64::from(s)));
+    }
+    if let Some(a) = r.rate {
+        h.insert(HeaderName::from_static("x-ratelimit-limit"), num(u64::from(a.limit)));
+        h.insert(HeaderName::from_static("x-ratelimit-remaining"), num(u64::from(a.remaining)));
+        h.insert(HeaderName::from_static("x-ratelimit-reset"), num(u64::from(a.reset_secs)));
+    }
+    if let Some(ns) = r.signal_to_order_ns {
+        let micros = ns / 1_000;
+        let text = format!("s2o;dur={}.{:03}", micros / 1_000, micros % 1_000);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            h.insert(HeaderName::from_static("server-timing"), v);
+        }
+    }
+    if r.idempotent_replay {
+        h.insert(HeaderName::from_static("idempotent-replay"), HeaderValue::from_static("true"));
+    }
+    if r.no_store {
+        h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(allow) = r.allow {
+        h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    out
+}

@@ -1,0 +1,103 @@
+//! The `signalgate` command: parses the command line, sets up logging and hands over to the
+//! library (`server::run`, `Config::validate`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use signalgate::config::Config;
+use signalgate::server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Low-latency trading appliance: signals in, risk-checked orders out.
+#[derive(Parser)]
+#[command(name = "signalgate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node. With no --config it runs the embedded default: demo symbols, quote
+    /// simulator, paper venue and a demo account whose key is printed. SIGNALGATE_<SECTION>_<KEY>
+    /// environment variables override the file.
+    Run {
+        /// TOML configuration file (see signalgate.example.toml).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file (with environment overrides applied) and explain every
+    /// problem. Exit code 0 when valid, 1 otherwise.
+    CheckConfig {
+        /// TOML configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
+    let cfg =
+        Config::load(path, std::env::vars()).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let problems = cfg.validate(&server::host_cores());
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems.iter().map(ToString::to_string).collect())
+    }
+}
+
+fn init_logging(filter: &str) {
+    let env = env_logger::Env::default().default_filter_or(filter);
+    env_logger::Builder::from_env(env).format_timestamp_micros().init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(cfg) => cfg,
+                Err(problems) => {
+                    eprintln!("signalgate: invalid configuration:");
+                    for p in problems {
+                        eprintln!("  {p}");
+                    }
+                    return ExitCode::from(1);
+                }
+            };
+            init_logging(&cfg.node.log);
+            match server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    eprintln!("signalgate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig { file } => match load(Some(&file)) {
+            Ok(cfg) => {
+                println!(
+                    "{}: valid ({} symbols, {} tiers, http {}, admin {}, data dir {})",
+                    file.display(),
+                    cfg.symbols.len(),
+                    cfg.tiers.len(),
+                    cfg.http.addr,
+                    cfg.admin.addr,
+                    cfg.journal.dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprintln!("{}: {} problem(s):", file.display(), problems.len());
+                for p in problems {
+                    eprintln!("  {p}");
+                }
+                ExitCode::from(1)
+            }
+        },
+    }
+}

@@ -1,0 +1,278 @@
+//! Counters and histograms of the hot core, rendered in the Prometheus text format.
+//!
+//! Owned by the hot core (no atomics, no locks): counting is a plain add; rendering happens on
+//! the same core when `/metrics` is scraped.
+
+use std::io::Write as _;
+
+use hdrhistogram::Histogram;
+
+/// Routes as metric labels (never raw paths, which would grow without bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/signals`
+    Signals,
+    /// `POST /v1/orders`
+    OrderCreate,
+    /// `GET /v1/orders`
+    OrderList,
+    /// `GET /v1/orders/{id}`
+    OrderGet,
+    /// `DELETE /v1/orders/{id}`
+    OrderCancel,
+    /// `GET /v1/positions`
+    Positions,
+    /// `POST /v1/positions/{symbol}/close`
+    PositionClose,
+    /// `GET /v1/account`
+    Account,
+    /// `POST /v1/account/halt`
+    Halt,
+    /// `POST /v1/account/resume`
+    Resume,
+    /// `GET /v1/market/{symbol}/quote`
+    Quote,
+    /// `POST /v1/market/ticks`
+    Ticks,
+    /// `GET /health`
+    Health,
+    /// `GET /ready`
+    Ready,
+    /// `GET /metrics`
+    Metrics,
+    /// The admin API.
+    Admin,
+    /// Anything else.
+    Unmatched,
+}
+
+const ROUTES: [Route; 17] = [
+    Route::Signals,
+    Route::OrderCreate,
+    Route::OrderList,
+    Route::OrderGet,
+    Route::OrderCancel,
+    Route::Positions,
+    Route::PositionClose,
+    Route::Account,
+    Route::Halt,
+    Route::Resume,
+    Route::Quote,
+    Route::Ticks,
+    Route::Health,
+    Route::Ready,
+    Route::Metrics,
+    Route::Admin,
+    Route::Unmatched,
+];
+
+impl Route {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Signals => "POST /v1/signals",
+            Route::OrderCreate => "POST /v1/orders",
+            Route::OrderList => "GET /v1/orders",
+            Route::OrderGet => "GET /v1/orders/{id}",
+            Route::OrderCancel => "DELETE /v1/orders/{id}",
+            Route::Positions => "GET /v1/positions",
+            Route::PositionClose => "POST /v1/positions/{symbol}/close",
+            Route::Account => "GET /v1/account",
+            Route::Halt => "POST /v1/account/halt",
+            Route::Resume => "POST /v1/account/resume",
+            Route::Quote => "GET /v1/market/{symbol}/quote",
+            Route::Ticks => "POST /v1/market/ticks",
+            Route::Health => "GET /health",
+            Route::Ready => "GET /ready",
+            Route::Metrics => "GET /metrics",
+            Route::Admin => "admin",
+            Route::Unmatched => "unmatched",
+        }
+    }
+
+    fn index(self) -> usize {
+        ROUTES.iter().position(|r| *r == self).unwrap_or(ROUTES.len() - 1)
+    }
+}
+
+/// Statuses counted individually; anything else counts as `other`.
+const STATUSES: [u16; 17] = [200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503, 0];
+
+fn status_index(status: u16) -> usize {
+    STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1)
+}
+
+/// Gauges read from the rest of the node when rendering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Open HTTP connections.
+    pub connections: usize,
+    /// Requests being served.
+    pub inflight: usize,
+    /// Orders still working.
+    pub open_orders: usize,
+    /// Orders the venue holds.
+    pub venue_orders: usize,
+    /// Orders remembered by the engine.
+    pub orders_in_memory: usize,
+    /// Idempotency records.
+    pub idempotency_records: usize,
+    /// Idempotency records dropped early.
+    pub idempotency_evicted: u64,
+    /// Last event sequence number.
+    pub last_seq: u64,
+    /// Accounts.
+    pub accounts: usize,
+}
+
+/// The hot core's metrics.
+pub struct Metrics {
+    requests: [[u64; STATUSES.len()]; ROUTES.len()],
+    /// Signal-to-order latency in nanoseconds: from the request parsed to the order handed to
+    /// the venue.
+    pub signal_to_order_ns: Histogram<u64>,
+    /// Connections refused because of `http.max_connections`.
+    pub connections_refused: u64,
+    /// Requests refused with 503 because of `http.max_inflight`.
+    pub overloaded: u64,
+    /// Events produced by the engine.
+    pub events: u64,
+    /// Quotes applied.
+    pub quotes: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Empty metrics. The histogram covers 1 ns to 60 s at 3 significant digits, allocated here.
+    pub fn new() -> Self {
+        Metrics {
+            requests: [[0; STATUSES.len()]; ROUTES.len()],
+            signal_to_order_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
+            connections_refused: 0,
+            overloaded: 0,
+            events: 0,
+            quotes: 0,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn count(&mut self, route: Route, status: u16) {
+        self.requests[route.index()][status_index(status)] += 1;
+    }
+
+    /// Requests counted for a route and status.
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route.index()][status_index(status)]
+    }
+
+    /// Records one signal-to-order latency.
+    pub fn record_signal_to_order(&mut self, ns: u64) {
+        self.signal_to_order_ns.saturating_record(ns.max(1));
+    }
+
+    /// Renders every metric.
+    pub fn render(&self, g: &Gauges, out: &mut Vec<u8>) {
+        let _ = self.render_inner(g, out);
+    }
+
+    fn render_inner(&self, g: &Gauges, out: &mut Vec<u8>) -> std::io::Result<()> {
+        writeln!(out, "# HELP signalgate_http_requests_total HTTP requests answered, by route and status.")?;
+        writeln!(out, "# TYPE signalgate_http_requests_total counter")?;
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let n = self.requests[r][s];
+                if n > 0 {
+                    let status_label = if *status == 0 { "other".to_string() } else { status.to_string() };
+                    writeln!(
+                        out,
+                        "signalgate_http_requests_total{{route=\"{}\",status=\"{}\"}} {}",
+                        route.label(),
+                        status_label,
+                        n
+                    )?;
+                }
+            }
+        }
+        let h = &self.signal_to_order_ns;
+        writeln!(
+            out,
+            "# HELP signalgate_signal_to_order_seconds From a request parsed to its order handed to the venue."
+        )?;
+        writeln!(out, "# TYPE signalgate_signal_to_order_seconds summary")?;
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+            writeln!(out, "signalgate_signal_to_order_seconds{{quantile=\"{q}\"}} {:.9}", v as f64 / 1e9)?;
+        }
+        let mean_ns = if h.is_empty() { 0.0 } else { h.mean() };
+        writeln!(out, "signalgate_signal_to_order_seconds_sum {:.9}", mean_ns * h.len() as f64 / 1e9)?;
+        writeln!(out, "signalgate_signal_to_order_seconds_count {}", h.len())?;
+        writeln!(out, "# HELP signalgate_signal_to_order_max_seconds Largest signal-to-order latency seen.")?;
+        writeln!(out, "# TYPE signalgate_signal_to_order_max_seconds gauge")?;
+        writeln!(
+            out,
+            "signalgate_signal_to_order_max_seconds {:.9}",
+            if h.is_empty() { 0.0 } else { h.max() as f64 / 1e9 }
+        )?;
+        let counters: [(&str, &str, u64); 5] = [
+            ("connections_refused_total", "Connections refused at the connection cap.", self.connections_refused),
+            ("overloaded_total", "Requests refused with 503 at the in-flight cap.", self.overloaded),
+            ("events_total", "Engine events produced.", self.events),
+            ("quotes_total", "Quotes applied.", self.quotes),
+            (
+                "idempotency_evicted_total",
+                "Idempotency records dropped before their time (store full).",
+                g.idempotency_evicted,
+            ),
+        ];
+        for (name, help, v) in counters {
+            writeln!(out, "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} counter\nsignalgate_{name} {v}")?;
+        }
+        let gauges: [(&str, &str, u64); 8] = [
+            ("http_connections", "Open HTTP connections.", g.connections as u64),
+            ("http_inflight", "Requests being served (queue depth of the hot core).", g.inflight as u64),
+            ("open_orders", "Orders still working.", g.open_orders as u64),
+            ("venue_working_orders", "Orders held by the venue (resting or delayed).", g.venue_orders as u64),
+            ("orders_in_memory", "Orders remembered by the engine.", g.orders_in_memory as u64),
+            ("idempotency_records", "Live idempotency records.", g.idempotency_records as u64),
+            ("last_event_seq", "Sequence number of the last event.", g.last_seq),
+            ("accounts", "Accounts.", g.accounts as u64),
+        ];
+        for (name, help, v) in gauges {
+            writeln!(out, "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} gauge\nsignalgate_{name} {v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_quantiles() {
+        let mut m = Metrics::new();
+        m.count(Route::Signals, 201);
+        m.count(Route::Signals, 201);
+        m.count(Route::Signals, 599);
+        for ns in [1_000, 2_000, 3_000, 100_000] {
+            m.record_signal_to_order(ns);
+        }
+        let mut out = Vec::new();
+        m.render(&Gauges { connections: 3, ..Gauges::default() }, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("signalgate_http_requests_total{route=\"POST /v1/signals\",status=\"201\"} 2"));
+        assert!(text.contains("status=\"other\"} 1"));
+        assert!(text.contains("signalgate_signal_to_order_seconds_count 4"));
+        assert!(text.contains("signalgate_signal_to_order_seconds{quantile=\"0.5\"} 0.000002"));
+        assert!(text.contains("signalgate_http_connections 3"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The hot core's state: the engine with its venue, per-key rate limiters, metrics and the
+//! admin token. Owned by one executor; requests borrow it for the length of one synchronous
+//! call, never across an `.await`.
+
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::engine::account::{AccountName, LimitOverrides, Roles, Tier};
+use crate::engine::market::Quote;
+use crate::engine::order::Order;
+use crate::engine::symbol::{SymbolSpec, SymbolTable};
+use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
+use crate::engine::{Engine, EngineConfig};
+use crate::fixed::MONEY_DECIMALS;
+use crate::metrics::{Gauges, Metrics};
+use crate::rate_limit::SlidingWindow;
+use crate::venue::{Execution, PaperConfig, PaperVenue, Venue};
+
+/// A venue wrapper that notes when an order was handed over, for the signal-to-order metric.
+pub struct Stamped<V> {
+    inner: V,
+    /// When the last order was handed to the venue.
+    pub handed_at: Option<Instant>,
+}
+
+impl<V: Venue> Venue for Stamped<V> {
+    fn submit(
+        &mut self,
+        order: &Order,
+        spec: &SymbolSpec,
+        quote: Option<&Quote>,
+        now: Nanos,
+        out: &mut Vec<Execution>,
+    ) {
+        self.handed_at = Some(Instant::now());
+        self.inner.submit(order, spec, quote, now, out);
+    }
+    fn cancel(&mut self, order: &Order, now: Nanos, out: &mut Vec<Execution>) {
+        self.inner.cancel(order, now, out);
+    }
+    fn on_quote(&mut self, quote: &Quote, spec: &SymbolSpec, now: Nanos, out: &mut Vec<Execution>) {
+        self.inner.on_quote(quote, spec, now, out);
+    }
+    fn forget(&mut self, order: &Order) {
+        self.inner.forget(order);
+    }
+    fn poll(&mut self, now: Nanos, out: &mut Vec<Execution>) {
+        self.inner.poll(now, out);
+    }
+    fn working_orders(&self) -> usize {
+        self.inner.working_orders()
+    }
+}
+
+/// The engine type the node runs.
+pub type NodeEngine = Engine<Stamped<PaperVenue>>;
+
+/// The hot core's state.
+pub struct Node {
+    /// The engine.
+    pub engine: NodeEngine,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Request limiters, indexed by key id − 1.
+    pub(crate) limiters: Vec<SlidingWindow>,
+    /// The admin API token.
+    pub(crate) admin_token: String,
+    /// Node name.
+    pub(crate) name: String,
+    /// Requests in progress (maintained by the HTTP layer).
+    pub inflight: usize,
+    /// Requests in progress beyond which the API answers 503.
+    pub max_inflight: usize,
+    /// Open connections (maintained by the HTTP layer).
+    pub connections: usize,
+    /// Set when shutdown begins: `/ready` turns 503.
+    pub draining: bool,
+    pub(crate) started_at: Nanos,
+}
+
+/// Builds the symbol table from a validated configuration.
+pub fn symbol_table(cfg: &Config) -> SymbolTable {
+    SymbolTable::new(
+        cfg.symbols
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SymbolSpec {
+                id: SymbolId(i as u16),
+                name: s.name.clone(),
+                price_decimals: s.price_decimals,
+                qty_decimals: s.qty_decimals,
+                tick: s.tick.parse(s.price_decimals).unwrap_or(1),
+                lot: s.lot.parse(s.qty_decimals).unwrap_or(1),
+                max_order_qty: s.max_order_qty.parse(s.qty_decimals).unwrap_or(1),
+            })
+            .collect(),
+    )
+}
+
+impl Node {
+    /// The node's state for a validated configuration.
+    pub fn new(cfg: &Config, admin_token: String, now: Nanos) -> Node {
+        let symbols = symbol_table(cfg);
+        let tiers = cfg.tiers.iter().map(|(name, t)| Tier { name: name.clone(), limits: t.limits() }).collect();
+        let venue = PaperVenue::new(
+            PaperConfig {
+                slippage_bps: cfg.venue.slippage_bps,
+                fee_bps: cfg.venue.fee_bps,
+                latency: cfg.venue.latency_us * 1_000,
+            },
+            symbols.all(),
+        );
+        let engine_cfg = EngineConfig {
+            price_collar_bps: cfg.risk.price_collar_bps,
+            max_quote_age: cfg.risk.max_quote_age_ms * 1_000_000,
+            idempotency_capacity: cfg.engine.idempotency_capacity,
+            idempotency_ttl: cfg.engine.idempotency_ttl_secs * SECOND,
+            orders_per_account: cfg.engine.orders_per_account,
+        };
+        Node {
+            engine: Engine::new(engine_cfg, symbols, tiers, Stamped { inner: venue, handed_at: None }),
+            metrics: Metrics::new(),
+            limiters: Vec::new(),
+            admin_token,
+            name: cfg.node.name.clone(),
+            inflight: 0,
+            max_inflight: cfg.http.max_inflight,
+            connections: 0,
+            draining: false,
+            started_at: now,
+        }
+    }
+
+    /// Counts the events of the last engine command.
+    pub(crate) fn after_command(&mut self) {
+        self.metrics.events += self.engine.events().len() as u64;
+    }
+
+    /// Opens an account and gives it a key (by hash). Used for the demo account and the admin API.
+    pub fn open_account(
+        &mut self,
+        name: AccountName,
+        tier: &str,
+        cash: i64,
+        overrides: LimitOverrides,
+        now: Nanos,
+    ) -> Option<AccountId> {
+        let tier = self.engine.tier_by_name(tier)?;
+        let id = self.engine.create_account(name, tier, cash, overrides, now).ok();
+        self.after_command();
+        id
+    }
+
+    /// Adds a key (by its hash) to an account.
+    pub fn add_key(&mut self, account: AccountId, hash: [u8; 32], roles: Roles, now: Nanos) -> Option<KeyId> {
+        let id = self.engine.add_key(account, hash, roles, now).ok();
+        self.after_command();
+        if let Some(id) = id {
+            let need = id.0 as usize;
+            if self.limiters.len() < need {
+                self.limiters.resize(need, SlidingWindow::per_minute());
+            }
+        }
+        id
+    }
+
+    /// Creates the demo account from `[demo]` with the key whose hash is given.
+    pub fn create_demo(&mut self, cfg: &Config, key_hash: [u8; 32], now: Nanos) -> Option<AccountId> {
+        let cash = cfg.demo.cash.parse(MONEY_DECIMALS).ok()?;
+        let name = AccountName::new(&cfg.demo.name)?;
+        let id = self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now)?;
+        self.add_key(id, key_hash, Roles { feed: true }, now)?;
+        Some(id)
+    }
+
+    /// Applies a quote from the simulator or a feed.
+    pub fn apply_quote(&mut self, q: Quote, now: Nanos) {
+        self.engine.on_quote(q, now);
+        self.metrics.quotes += 1;
+        self.after_command();
+    }
+
+    /// Periodic engine work.
+    pub fn housekeeping(&mut self, now: Nanos) {
+        self.engine.housekeeping(now);
+        self.after_command();
+    }
+
+    /// Gauges for `/metrics`.
+    pub fn gauges(&self) -> Gauges {
+        let e = &self.engine;
+        Gauges {
+            connections: self.connections,
+            inflight: self.inflight,
+            open_orders: e.accounts().iter().map(|a| a.open_orders.len()).sum(),
+            venue_orders: e.venue().working_orders(),
+            orders_in_memory: e.orders_len(),
+            idempotency_records: e.idempotency().len(),
+            idempotency_evicted: e.idempotency().evicted,
+            last_seq: e.last_seq(),
+            accounts: e.accounts().len(),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Starting and stopping a node: configuration checks, the data directory lock, listeners,
+//! one glommio executor per core of the topology, signals, and the start-up banner.
+//!
+//! Listeners are bound here, on the main thread, before any executor starts, so that a busy
+//! port is a clear start-up error rather than a log line from a thread.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
+use socket2::{Domain, Socket, Type};
+
+use crate::auth::{generate_admin_token, generate_key, hash_key};
+use crate::config::Config;
+use crate::http::{serve, Api, HttpOptions};
+use crate::node::{symbol_table, Node};
+use crate::quote_sim::QuoteSimulator;
+use crate::shutdown::Shutdown;
+
+/// What the node printed at start, for people and for tests that parse it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Bound public address.
+    pub http: SocketAddr,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+}
+
+/// Core ids of this host.
+pub fn host_cores() -> Vec<usize> {
+    core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_else(|| vec![0])
+}
+
+fn bind(addr: &str, backlog: i32, what: &str) -> Result<StdListener, String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{what}: bad address {addr:?}: {e}"))?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| format!("{what}: socket: {e}"))?;
+    // SO_REUSEADDR lets a restarted node bind while old connections linger in TIME_WAIT; no
+    // SO_REUSEPORT, so two nodes can never silently share a port.
+    socket.set_reuse_address(true).map_err(|e| format!("{what}: {e}"))?;
+    socket.bind(&addr.into()).map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))?;
+    socket.listen(backlog).map_err(|e| format!("{what}: listen on {addr}: {e}"))?;
+    socket.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
+    Ok(socket.into())
+}
+
+/// Takes the data directory's lock file, so two nodes never share one directory.
+fn lock_data_dir(cfg: &Config) -> Result<File, String> {
+    let dir = &cfg.journal.dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("journal.dir {}: cannot create: {e}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("journal.dir: cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!("journal.dir {}: another node is running with this data directory", dir.display()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(format!("journal.dir: cannot lock {}: {e}", path.display()))
+        }
+    }
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// Runs a node until SIGTERM or SIGINT; returns once it has drained.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let errors = cfg.validate(&host_cores());
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return Err(format!("invalid configuration:\n  {}", list.join("\n  ")));
+    }
+    let _lock = lock_data_dir(&cfg)?;
+    let public = bind(&cfg.http.addr, cfg.http.backlog, "http.addr")?;
+    let admin = bind(&cfg.admin.addr, cfg.http.backlog, "admin.addr")?;
+    let started = Started {
+        http: public.local_addr().map_err(|e| e.to_string())?,
+        admin: admin.local_addr().map_err(|e| e.to_string())?,
+    };
+    let generated_token = cfg.admin.token.is_empty();
+    let admin_token =
+        if generated_token { generate_admin_token().map_err(|e| e.to_string())? } else { cfg.admin.token.clone() };
+    let banner_token = admin_token.clone();
+    let demo_key = if cfg.demo.enabled { Some(generate_key().map_err(|e| e.to_string())?) } else { None };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("sg-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    log::info!("signal {sig} received: draining");
+                    stop.store(true, Ordering::Release);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+
+    let hot_core = cfg.topology.hot[0];
+    log::info!(
+        "topology: hot core {:?}, fan-out core(s) {:?}, pinned: {}, host cores: {:?}",
+        cfg.topology.hot,
+        cfg.topology.fanout,
+        cfg.topology.pin,
+        host_cores()
+    );
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Option<u32>, String>>();
+    let hot = {
+        let cfg = cfg.clone();
+        let stop = stop.clone();
+        let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
+        let (public_fd, admin_fd) = (public.into_raw_fd(), admin.into_raw_fd());
+        executor(&cfg, "sg-hot", hot_core)
+            .spawn(move || async move {
+                pin_if_asked(&cfg, hot_core, "hot");
+                hot_main(cfg, public_fd, admin_fd, admin_token, demo_hash, stop, ready_tx).await;
+            })
+            .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
+    };
+    let mut fanouts = Vec::new();
+    for &core in &cfg.topology.fanout {
+        let (cfg2, stop) = (cfg.clone(), stop.clone());
+        let handle = executor(&cfg, "sg-fanout", core)
+            .spawn(move || async move {
+                pin_if_asked(&cfg2, core, "fan-out");
+                // Reserved for WebSocket fan-out; it idles until then and leaves with the node.
+                Shutdown::new().follow(stop).await;
+            })
+            .map_err(|e| format!("cannot start a fan-out executor on core {core}: {e}"))?;
+        fanouts.push(handle);
+    }
+
+    match ready_rx.recv() {
+        Ok(Ok(demo_account)) => {
+            let shown_token = generated_token.then_some(banner_token.as_str());
+            print_banner(&cfg, &started, shown_token, demo_account.zip(demo_key.as_deref()));
+        }
+        Ok(Err(e)) => {
+            stop.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Err(_) => {
+            stop.store(true, Ordering::Release);
+            let _ = hot.join();
+            return Err("the hot executor stopped during start-up".into());
+        }
+    }
+    let hot_result = hot.join();
+    stop.store(true, Ordering::Release);
+    for f in fanouts {
+        let _ = f.join();
+    }
+    match hot_result {
+        Ok(()) => {
+            log::info!("stopped cleanly");
+            Ok(())
+        }
+        Err(e) => Err(format!("the hot executor failed: {e}")),
+    }
+}
+
+fn executor(cfg: &Config, name: &str, _core: usize) -> LocalExecutorBuilder {
+    let mut b = LocalExecutorBuilder::new(Placement::Unbound).name(name).io_memory(cfg.topology.io_memory_kib * 1024);
+    if cfg.topology.spin_before_park_us > 0 {
+        b = b.spin_before_park(Duration::from_micros(cfg.topology.spin_before_park_us));
+    }
+    b
+}
+
+fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
+    if !cfg.topology.pin {
+        log::info!("{role} executor running unpinned");
+        return;
+    }
+    let pinned = core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
+        .is_some_and(core_affinity::set_for_current);
+    if pinned {
+        log::info!("{role} executor pinned to core {core}");
+    } else {
+        log::warn!("{role} executor could not be pinned to core {core}; running unpinned");
+    }
+}
+
+async fn hot_main(
+    cfg: Config,
+    public_fd: RawFd,
+    admin_fd: RawFd,
+    admin_token: String,
+    demo_hash: Option<[u8; 32]>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<Option<u32>, String>>,
+) {
+    // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
+    // moves here exactly once.
+    let (public, admin) = unsafe {
+        (glommio::net::TcpListener::from_raw_fd(public_fd), glommio::net::TcpListener::from_raw_fd(admin_fd))
+    };
+    let now = crate::clock::now();
+    let node = Rc::new(RefCell::new(Node::new(&cfg, admin_token, now)));
+    let demo_account = match demo_hash {
+        Some(hash) => match node.borrow_mut().create_demo(&cfg, hash, now) {
+            Some(id) => Some(id.0),
+            None => {
+                let _ = ready.send(Err("the demo account could not be created (check [demo])".into()));
+                return;
+            }
+        },
+        None => None,
+    };
+    let shutdown = Shutdown::new();
+    let ex = glommio::executor();
+    let http_queue = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(1)), "http");
+    let background = ex.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    let spawn_bg = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+        glommio::spawn_local_into(f, background).map(|t| t.detach())
+    };
+    let _ = spawn_bg(Box::pin({
+        let shutdown = shutdown.clone();
+        async move { shutdown.follow(stop).await }
+    }));
+    if cfg.market.simulator {
+        let _ = spawn_bg(Box::pin(simulate_quotes(cfg.clone(), node.clone(), shutdown.clone())));
+    }
+    let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
+    let opts = HttpOptions {
+        max_body_bytes: cfg.http.max_body_bytes,
+        header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+        max_connections: cfg.http.max_connections,
+        shutdown_grace: Duration::from_millis(cfg.http.shutdown_grace_ms),
+    };
+    let public_task =
+        glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
+    let admin_task =
+        glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, opts, shutdown.clone()), background);
+    let (Ok(public_task), Ok(admin_task)) = (public_task, admin_task) else {
+        let _ = ready.send(Err("cannot spawn the HTTP tasks".into()));
+        return;
+    };
+    let _ = ready.send(Ok(demo_account));
+    shutdown.wait().await;
+    node.borrow_mut().draining = true;
+    public_task.await;
+    admin_task.await;
+}
+
+async fn simulate_quotes(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdown) {
+    let table = symbol_table(&cfg);
+    let mut sim = QuoteSimulator::new(
+        cfg.market.seed,
+        cfg.symbols.iter().zip(table.all()).map(|(s, spec)| {
+            (spec.clone(), s.initial_price.parse(s.price_decimals).unwrap_or(spec.tick * 100), s.volatility_bps)
+        }),
+    );
+    let interval = Duration::from_millis(cfg.market.interval_ms);
+    while !shutdown.is_triggered() {
+        let now = crate::clock::now();
+        for i in 0..sim.len() {
+            let q = sim.next(i, now);
+            node.borrow_mut().apply_quote(q, now);
+        }
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+async fn housekeeping(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdown) {
+    // Venue latency needs finer polling than day rollovers and expiries do.
+    let every = if cfg.venue.latency_us > 0 {
+        Duration::from_micros(cfg.venue.latency_us.clamp(100, 100_000))
+    } else {
+        Duration::from_millis(100)
+    };
+    while !shutdown.is_triggered() {
+        node.borrow_mut().housekeeping(crate::clock::now());
+        glommio::timer::sleep(every).await;
+    }
+}
+
+/// The start-up banner on stdout: where the node listens and, for the embedded default, the
+/// demo key with a ready-to-paste request. Printed only once the node is ready.
+fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Option<(u32, &str)>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "signalgate {} ready (node {:?}, data dir {})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.node.name,
+        cfg.journal.dir.display()
+    );
+    let _ = writeln!(out, "http:  http://{}", s.http);
+    let _ = writeln!(out, "admin: http://{}", s.admin);
+    if let Some(token) = admin_token {
+        let _ = writeln!(out, "admin token (generated, set admin.token to keep one): {token}");
+    }
+    if let Some((account, key)) = demo {
+        let _ = writeln!(out, "demo account {account} API key (shown once): {key}");
+        let _ = writeln!(
+            out,
+            "try: curl -s -X POST http://{}/v1/signals -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"symbol\":\"BTC-USD\",\"action\":\"buy\",\"qty\":\"0.01\"}}'",
+            s.http
+        );
+    }
+    let _ = out.flush();
+}

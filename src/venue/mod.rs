@@ -1,0 +1,61 @@
+//! Where orders go after risk: the `Venue` trait and its implementations.
+//!
+//! A venue is sans-I/O like the engine: it receives orders and quotes with the current time and
+//! reports executions into a buffer the engine hands it. A venue that talks to the outside world
+//! reports asynchronously, through later calls, instead of at once.
+
+mod paper;
+
+pub use paper::{PaperConfig, PaperVenue};
+
+use crate::engine::market::Quote;
+use crate::engine::order::Order;
+use crate::engine::symbol::SymbolSpec;
+use crate::engine::types::{Nanos, OrderId};
+
+/// What a venue did with an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// The order is working.
+    Ack {
+        /// Which order.
+        order: OrderId,
+    },
+    /// Some quantity traded.
+    Fill {
+        /// Which order.
+        order: OrderId,
+        /// Quantity (quantity units).
+        qty: i64,
+        /// Price (price units).
+        price: i64,
+        /// Fee (money units).
+        fee: i64,
+    },
+    /// Whatever remained is canceled (cancel request, or an ioc remainder).
+    Canceled {
+        /// Which order.
+        order: OrderId,
+    },
+    /// The venue refused the order.
+    Rejected {
+        /// Which order.
+        order: OrderId,
+    },
+}
+
+/// An execution venue.
+pub trait Venue {
+    /// A new order, already journaled and risk-checked.
+    fn submit(&mut self, order: &Order, spec: &SymbolSpec, quote: Option<&Quote>, now: Nanos, out: &mut Vec<Execution>);
+    /// Cancel what remains of `order`.
+    fn cancel(&mut self, order: &Order, now: Nanos, out: &mut Vec<Execution>);
+    /// A new quote; resting orders may fill.
+    fn on_quote(&mut self, quote: &Quote, spec: &SymbolSpec, now: Nanos, out: &mut Vec<Execution>);
+    /// Drops `order` without reporting anything (the engine expired it).
+    fn forget(&mut self, order: &Order);
+    /// Time passes; delayed work may complete.
+    fn poll(&mut self, now: Nanos, out: &mut Vec<Execution>);
+    /// Orders the venue holds (resting or in flight).
+    fn working_orders(&self) -> usize;
+}
