@@ -535,9 +535,8 @@ proptest! {
             }
         }
         let acct = e.account(a).unwrap();
-        for i in 0..2 {
-            prop_assert_eq!(acct.positions[i].qty, signed[i]);
-            let p = acct.positions[i];
+        for (p, signed) in acct.positions.iter().zip(signed) {
+            prop_assert_eq!(p.qty, signed);
             prop_assert!(p.open_buy >= 0 && p.open_sell >= 0);
         }
         let cost: i64 = acct.positions.iter().map(|p| p.cost).sum();
