@@ -1,0 +1,225 @@
+//! The node as a process: command line, configuration errors, limits on connections and
+//! bodies, timeouts, the data directory lock and graceful shutdown.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{bearer, binary, Conn, Node, JSON};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(binary()).args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn help_is_everywhere() {
+    for args in [&["--help"][..], &["run", "--help"], &["check-config", "--help"]] {
+        let (code, out, _) = run(args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("Usage"), "{args:?}: {out}");
+    }
+    let (code, _, err) = run(&["frobnicate"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("frobnicate"));
+}
+
+#[test]
+fn check_config_accepts_the_example_and_explains_errors() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signalgate.example.toml");
+    let (code, out, err) = run(&["check-config", example], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("valid"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[http]\naddr = \"nowhere\"\n[topology]\nhot = [64]\n[risk]\nprice_collar_bps = 10\n")
+        .unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("http.addr") && err.contains("nowhere"), "{err}");
+    assert!(err.contains("topology.hot") && err.contains("core 64 does not exist"), "{err}");
+
+    std::fs::write(&bad, "[http]\nadres = \"x\"\n").unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown field") && err.contains("adres"), "{err}");
+
+    std::fs::write(&bad, "[http\n").unwrap();
+    let (code, _, err) = run(&["check-config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 1"), "{err}");
+
+    let (code, _, err) = run(&["check-config", example], &[("SIGNALGATE_HTTP_MAX_BODY_BYTES", "lots")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("SIGNALGATE_HTTP_MAX_BODY_BYTES"), "{err}");
+    let (code, _, _) = run(&["check-config", "/does/not/exist.toml"], &[]);
+    assert_eq!(code, 1);
+}
+
+#[test]
+fn bad_settings_stop_the_start_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = run(&["run"], &[("SIGNALGATE_JOURNAL_DIR", d), ("SIGNALGATE_TOPOLOGY_HOT", "[99]")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("core 99 does not exist"), "{err}");
+    // A busy port is a clear error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(
+        &["run"],
+        &[
+            ("SIGNALGATE_JOURNAL_DIR", d),
+            ("SIGNALGATE_HTTP_ADDR", &addr),
+            ("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0"),
+            ("SIGNALGATE_TOPOLOGY_PIN", "false"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains(&addr), "{err}");
+}
+
+#[test]
+fn the_embedded_default_prints_a_ready_to_paste_request() {
+    let node = Node::start(&[]);
+    let try_line = node.banner.iter().find(|l| l.starts_with("try: curl")).expect("curl line");
+    assert!(try_line.contains(&node.demo_key));
+    assert!(try_line.contains(&format!("http://{}/v1/signals", node.http)));
+    assert!(try_line.contains("Content-Type: application/json"));
+}
+
+#[test]
+fn two_nodes_cannot_share_a_data_directory() {
+    let lock_dir = tempfile::tempdir().unwrap();
+    let d = lock_dir.path().to_str().unwrap().to_string();
+    let first = Node::start(&[("SIGNALGATE_JOURNAL_DIR", &d)]);
+    let second = Node::try_start(&[("SIGNALGATE_JOURNAL_DIR", &d)]);
+    let err = second.err().expect("the second node must not start");
+    assert!(err.contains("another node is running with this data directory"), "{err}");
+    drop(first);
+}
+
+#[test]
+fn bodies_over_the_limit_get_413() {
+    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_BODY_BYTES", "1024")]);
+    let auth = bearer(&node.demo_key);
+    let big = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"1","strategy":"{}"}}"#, "x".repeat(2000));
+    let r = node.req("POST", "/v1/signals", &[("Authorization", &auth), JSON], &big);
+    assert_eq!((r.status, r.code().as_str()), (413, "request.too_large"));
+    // Without Content-Length (chunked) the limit still holds while reading.
+    let mut c = node.conn();
+    let chunk = "x".repeat(900);
+    let raw = format!(
+        "POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len(),
+        chunk.len()
+    );
+    c.write_raw(raw.as_bytes()).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.code().as_str()), (413, "request.too_large"));
+    // The node keeps serving.
+    assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+}
+
+#[test]
+fn the_connection_cap_answers_503() {
+    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_CONNECTIONS", "2")]);
+    let mut a = node.conn();
+    let mut b = node.conn();
+    assert_eq!(a.send("GET", "/health", &[], b"").status, 200);
+    assert_eq!(b.send("GET", "/health", &[], b"").status, 200);
+    let mut c = node.conn();
+    let r = c.read_response().unwrap();
+    assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "node.too_many_connections", Some("1")));
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut d = node.conn();
+    assert_eq!(d.send("GET", "/health", &[], b"").status, 200);
+    let m = d.send("GET", "/metrics", &[], b"").body;
+    assert!(m.contains("signalgate_connections_refused_total 1"), "{m}");
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let node = Node::start(&[("SIGNALGATE_HTTP_HEADER_READ_TIMEOUT_MS", "300")]);
+    let mut c = node.conn();
+    c.write_raw(b"GET /health HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let started = Instant::now();
+    assert!(c.closed_within(Duration::from_secs(5)), "the node closes a connection that stalls in its headers");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let node = Node::start(&[]);
+    let mut c = node.conn();
+    for _ in 0..50 {
+        assert_eq!(c.send("GET", "/health", &[], b"").status, 200);
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let mut node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key.clone(), "BTC-USD");
+    let auth = bearer(&node.demo_key);
+    // A request in flight: headers and half the body sent.
+    let body = br#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#;
+    let mut inflight = node.conn();
+    let head = format!("POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    inflight.write_raw(head.as_bytes()).unwrap();
+    inflight.write_raw(&body[..10]).unwrap();
+    // An idle keep-alive connection.
+    let mut idle = node.conn();
+    assert_eq!(idle.send("GET", "/health", &[], b"").status, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    let t = Instant::now();
+    node.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    // New connections are refused once the listener closed.
+    assert!(std::net::TcpStream::connect(node.http).is_err(), "still accepting after SIGTERM");
+    // The in-flight request completes.
+    inflight.write_raw(&body[10..]).unwrap();
+    let r = inflight.read_response().unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let status = node.wait(Duration::from_secs(10)).expect("exited within 10 s");
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(idle.closed_within(Duration::from_secs(1)));
+}
+
+#[test]
+fn sigint_also_stops_the_node() {
+    let mut node = Node::start(&[]);
+    node.signal("INT");
+    let status = node.wait(Duration::from_secs(10)).expect("exited");
+    assert!(status.success());
+}
+
+#[test]
+fn an_overloaded_hot_core_answers_503_with_retry_after() {
+    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_INFLIGHT", "1")]);
+    let auth = bearer(&node.demo_key);
+    // One request stays in flight: its body never finishes.
+    let mut slow = node.conn();
+    let head =
+        format!("POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: 100\r\n\r\n{{");
+    slow.write_raw(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = node.req("GET", "/v1/account", &[("Authorization", &auth)], "");
+    assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "node.overloaded", Some("1")));
+    // Health and metrics stay available to operators.
+    assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+    drop(slow);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(node.req("GET", "/v1/account", &[("Authorization", &auth)], "").status, 200);
+    let m = node.req("GET", "/metrics", &[], "").body;
+    assert!(m.contains("signalgate_overloaded_total 1"), "{m}");
+}

@@ -1,0 +1,303 @@
+//! Test support: starts the real `signalgate` binary on free ports with its own data directory,
+//! and talks to it over plain HTTP/1.1 so tests control every byte on the wire.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The admin token every test node uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A running node.
+pub struct Node {
+    child: Child,
+    /// Public API address.
+    pub http: SocketAddr,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// The demo account's key.
+    pub demo_key: String,
+    /// Everything the node printed on stdout.
+    pub banner: Vec<String>,
+    stderr: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// Path of the binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_signalgate")
+}
+
+impl Node {
+    /// Starts a node on the embedded default with free ports and the given extra environment.
+    pub fn start(env: &[(&str, &str)]) -> Node {
+        Self::try_start(env).unwrap_or_else(|e| panic!("node did not start: {e}"))
+    }
+
+    /// Like [`Node::start`], returning what went wrong instead of panicking.
+    pub fn try_start(env: &[(&str, &str)]) -> Result<Node, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(binary());
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SIGNALGATE_HTTP_ADDR", "127.0.0.1:0")
+            .env("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("SIGNALGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SIGNALGATE_JOURNAL_DIR", dir.path())
+            .env("SIGNALGATE_TOPOLOGY_PIN", "false")
+            .env("SIGNALGATE_TOPOLOGY_FANOUT", "[0]")
+            .env("SIGNALGATE_MARKET_INTERVAL_MS", "20")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("SIGNALGATE_TEST_LOG").is_some() {
+                    eprintln!("node: {line}");
+                }
+                let _ = etx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut banner = Vec::new();
+        let (mut http, mut admin, mut key) = (None, None, None);
+        let demo = !env.iter().any(|(k, v)| *k == "SIGNALGATE_DEMO_ENABLED" && *v == "false");
+        let mut saw_try = false;
+        while http.is_none() || admin.is_none() || (demo && !saw_try) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let errs: Vec<String> = erx.try_iter().collect();
+                    return Err(format!("no banner; stdout: {banner:?}; stderr: {errs:?}"));
+                }
+            };
+            if let Some(a) = line.strip_prefix("http:  http://") {
+                http = a.parse().ok();
+            } else if let Some(a) = line.strip_prefix("admin: http://") {
+                admin = a.parse().ok();
+            } else if let Some(k) = line.split("(shown once): ").nth(1) {
+                key = Some(k.to_string());
+            }
+            saw_try |= line.starts_with("try:");
+            banner.push(line);
+        }
+        Ok(Node {
+            child,
+            http: http.unwrap(),
+            admin: admin.unwrap(),
+            demo_key: key.unwrap_or_default(),
+            banner,
+            stderr: erx,
+            _dir: dir,
+        })
+    }
+
+    /// A keep-alive connection to the public API.
+    pub fn conn(&self) -> Conn {
+        Conn::open(self.http)
+    }
+
+    /// One request on a fresh connection to the public API.
+    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+        self.conn().send(method, path, headers, body.as_bytes())
+    }
+
+    /// One request on a fresh connection to the admin API, with the admin token.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Resp {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        Conn::open(self.admin).send(
+            method,
+            path,
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// Creates an account and a key through the admin API; returns (account id, key).
+    pub fn account(&self, tier: &str, cash: &str, limits: Value) -> (u64, String) {
+        let body = serde_json::json!({"name": "t", "tier": tier, "cash": cash, "limits": limits}).to_string();
+        let r = self.admin("POST", "/admin/accounts", &body);
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.json()["id"].as_u64().unwrap();
+        let r = self.admin("POST", &format!("/admin/accounts/{id}/keys"), "{}");
+        assert_eq!(r.status, 201, "{}", r.body);
+        (id, r.json()["key"].as_str().unwrap().to_string())
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`…).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Lines the node logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    /// Polls until the engine has a quote for `symbol` (the simulator runs every 20 ms).
+    pub fn wait_for_quote(&self, key: &str, symbol: &str) {
+        let auth = bearer(key);
+        for _ in 0..200 {
+            if self.req("GET", &format!("/v1/market/{symbol}/quote"), &[("Authorization", &auth)], "").status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no quote for {symbol}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `Bearer <key>`
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body text.
+    pub body: String,
+}
+
+impl Resp {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// One HTTP/1.1 connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// Connects.
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { reader: BufReader::new(stream) }
+    }
+
+    /// Writes raw bytes.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    /// Sends a request (with Content-Length) and reads the answer.
+    pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.write_raw(&bytes).expect("write request");
+        self.read_response().expect("read response")
+    }
+
+    /// Reads one answer.
+    pub fn read_response(&mut self) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let len: usize =
+            headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+
+    /// Whether the server closed the connection (reads EOF within `timeout`).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let s = self.reader.get_mut();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(0))
+            || matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// JSON content type header.
+pub const JSON: (&str, &str) = ("Content-Type", "application/json");
