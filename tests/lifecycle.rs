@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{bearer, binary, Conn, Node, JSON};
+use support::{bearer, binary, Node, JSON};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(binary()).args(args).envs(env.iter().copied()).output().unwrap();
