@@ -26,7 +26,7 @@ use order::{transition, Order, OrderEvent, OrderStatus};
 use position::Position;
 use risk::{Reject, RejectCode, Unit};
 use symbol::SymbolTable;
-use types::{day_of, AccountId, KeyId, Nanos, OrderId, OrderType, Side, SignalKey, SymbolId, Tag, Tif};
+use types::{day_of, AccountId, IdHash, KeyId, Nanos, OrderId, OrderType, Side, SignalKey, SymbolId, Tag, Tif};
 
 use crate::fixed::div_round;
 use crate::venue::{Execution, Venue};
@@ -103,8 +103,8 @@ pub struct Engine<V> {
     tiers: Vec<Tier>,
     accounts: Vec<Account>,
     keys: Vec<KeyRecord>,
-    key_index: HashMap<[u8; 32], KeyId>,
-    orders: HashMap<OrderId, Order>,
+    key_index: HashMap<[u8; 32], KeyId, IdHash>,
+    orders: HashMap<OrderId, Order, IdHash>,
     quotes: Vec<Option<Quote>>,
     idempotency: IdempotencyStore,
     venue: V,
@@ -126,8 +126,8 @@ impl<V: Venue> Engine<V> {
             tiers,
             accounts: Vec::new(),
             keys: Vec::new(),
-            key_index: HashMap::new(),
-            orders: HashMap::new(),
+            key_index: HashMap::default(),
+            orders: HashMap::default(),
             quotes: vec![None; n],
             venue,
             next_seq: 1,

@@ -171,3 +171,38 @@ pub type SignalKey = ShortStr<64>;
 pub fn day_of(ts: Nanos) -> u32 {
     (ts / DAY) as u32
 }
+
+/// Hasher for keys the node itself makes (sequential ids, SHA-256 digests): a multiply-fold,
+/// much cheaper than SipHash. Never used for keys a client chooses, like signal ids, which keep
+/// the standard randomly seeded hasher against collision attacks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// `BuildHasher` for [`IdHasher`].
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;

@@ -1,0 +1,92 @@
+//! A node in a box for in-process measurements: the real `Node::handle` path (JSON parse → auth →
+//! rate limit → risk → order → paper fill → answer encoding) without sockets. Shared by the
+//! allocation test and the `signal_path` benchmark.
+
+use signalgate::api::{Method, Request, Response};
+use signalgate::auth::hash_key;
+use signalgate::config::Config;
+use signalgate::engine::account::{AccountName, LimitOverrides, Roles};
+use signalgate::engine::market::Quote;
+use signalgate::engine::types::{SymbolId, SECOND};
+use signalgate::node::Node;
+
+const KEY: &str = "sg_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+pub struct Fixture {
+    pub node: Node,
+    pub auth: String,
+    pub bodies: Vec<Vec<u8>>,
+    pub resp: Response,
+    pub now: u64,
+}
+
+impl Fixture {
+    /// `bodies` signals cycle through buys, sells and targets on two symbols; every fourth one
+    /// carries a fresh `signal_id`, so idempotency records are written too.
+    pub fn new(bodies: usize) -> Self {
+        let mut cfg = Config::default();
+        cfg.engine.orders_per_account = 256;
+        cfg.engine.idempotency_capacity = 1024;
+        let now = 1_800_000_000 * SECOND;
+        let mut node = Node::new(&cfg, "unused-admin-token".into(), now);
+        let overrides = LimitOverrides {
+            requests_per_minute: Some(u32::MAX),
+            max_orders_per_second: Some(u32::MAX),
+            max_order_notional: Some(i64::MAX / 4),
+            max_position_notional: Some(i64::MAX / 4),
+            max_gross_exposure: Some(i64::MAX / 4),
+            max_daily_loss: Some(0),
+            ..LimitOverrides::default()
+        };
+        let account = node
+            .open_account(AccountName::new("bench").unwrap(), "enterprise", 1_000_000_000 * 100_000_000, overrides, now)
+            .unwrap();
+        node.add_key(account, hash_key(KEY.as_bytes()), Roles::default(), now).unwrap();
+        let shapes = [
+            r#"{"symbol":"BTC-USD","action":"buy","qty":"0.0100"}"#,
+            r#"{"symbol":"BTC-USD","action":"sell","qty":"0.0100"}"#,
+            r#"{"symbol":"ETH-USD","action":"target","target":"1.5"}"#,
+            r#"{"symbol":"ETH-USD","action":"target","target":"-0.5"}"#,
+        ];
+        let bodies = (0..bodies)
+            .map(|i| {
+                let s = shapes[i % shapes.len()];
+                if i % 4 == 3 {
+                    format!("{},\"signal_id\":\"bench-{i}\"}}", &s[..s.len() - 1]).into_bytes()
+                } else {
+                    s.as_bytes().to_vec()
+                }
+            })
+            .collect();
+        let mut f = Fixture { node, auth: format!("Bearer {KEY}"), bodies, resp: Response::with_capacity(4096), now };
+        f.quote();
+        f
+    }
+
+    /// Fresh quotes for both symbols.
+    pub fn quote(&mut self) {
+        for (sym, mid) in [(0u16, 6_500_000i64), (1, 320_000)] {
+            let q = Quote {
+                symbol: SymbolId(sym),
+                bid: mid - 1,
+                ask: mid + 1,
+                bid_size: 1_000_000,
+                ask_size: 1_000_000,
+                ts: self.now,
+            };
+            self.node.apply_quote(q, self.now);
+        }
+    }
+
+    /// Serves signal body number `i`; returns the status.
+    pub fn signal(&mut self, i: usize) -> u16 {
+        self.now += 1_000_000;
+        let body = &self.bodies[i % self.bodies.len()];
+        let mut req = Request::new(Method::Post, "/v1/signals");
+        req.authorization = Some(self.auth.as_bytes());
+        req.content_type = Some(b"application/json");
+        req.body = body;
+        self.node.handle(&req, &mut self.resp, self.now);
+        self.resp.status
+    }
+}
