@@ -194,6 +194,14 @@ pub fn rescale(value: i128, from: u8, to: u8) -> i128 {
 
 /// Divides rounding half away from zero. `d` must not be zero.
 pub fn div_round(n: i128, d: i128) -> i128 {
+    // Most operands fit in 64 bits, where division is several times cheaper.
+    if let (Ok(n), Ok(d)) = (i64::try_from(n), i64::try_from(d)) {
+        if n != i64::MIN {
+            let (q, r) = (n / d, n % d);
+            let away = r.unsigned_abs() * 2 >= d.unsigned_abs();
+            return i128::from(if away { q + if (n < 0) != (d < 0) { -1 } else { 1 } } else { q });
+        }
+    }
     let q = n / d;
     let r = n % d;
     if r.abs() * 2 >= d.abs() {
@@ -285,12 +293,25 @@ mod tests {
         assert_eq!(div_round(7, 2), 4);
         assert_eq!(div_round(-7, 2), -4);
         assert_eq!(div_round(5, 3), 2);
+        assert_eq!(div_round(-5, 3), -2);
+        assert_eq!(div_round(5, -2), -3);
+        assert_eq!(div_round(i128::from(i64::MAX) * 4 + 2, 4), i128::from(i64::MAX) + 1);
+        assert_eq!(div_round(i128::from(i64::MIN), 2), i128::from(i64::MIN) / 2);
         assert_eq!(div_ceil(7, 2), 4);
         assert_eq!(div_ceil(6, 2), 3);
         assert_eq!(div_ceil(0, 2), 0);
     }
 
     proptest::proptest! {
+        #[test]
+        fn div_round_agrees_with_wide_arithmetic(n in proptest::num::i64::ANY, d in proptest::num::i64::ANY) {
+            proptest::prop_assume!(d != 0);
+            let (n, d) = (i128::from(n), i128::from(d));
+            let (q, r) = (n / d, n % d);
+            let want = if r.abs() * 2 >= d.abs() { q + if (n < 0) != (d < 0) { -1 } else { 1 } } else { q };
+            proptest::prop_assert_eq!(div_round(n, d), want);
+        }
+
         #[test]
         fn write_then_parse_round_trips(raw in proptest::num::i64::ANY, decimals in 0u8..=12) {
             let mut out = Vec::new();

@@ -6,6 +6,8 @@
 
 use crate::engine::types::{Nanos, SECOND};
 
+const MILLI: Nanos = 1_000_000;
+
 /// One sliding window counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindow {
@@ -56,34 +58,36 @@ impl SlidingWindow {
         self.current_start = start;
     }
 
-    /// Requests counted in the sliding window ending at `now` (scaled by the window length).
-    fn weighted(&self, now: Nanos) -> u128 {
-        let elapsed = now - self.current_start;
-        let w = u128::from(self.window);
-        u128::from(self.previous) * u128::from(self.window - elapsed) + u128::from(self.current) * w
+    /// Requests counted in the sliding window ending at `now`, times the window length in
+    /// milliseconds. Millisecond weighting keeps every product in 64 bits (no 128-bit division on
+    /// the hot path) and is far finer than the one-minute precision the limits need.
+    fn weighted(&self, now: Nanos) -> u64 {
+        let w = self.window / MILLI;
+        let elapsed = (now - self.current_start) / MILLI;
+        u64::from(self.previous) * (w - elapsed) + u64::from(self.current) * w
     }
 
     /// Counts one request at `now` if the window holds fewer than `limit`.
     pub fn admit(&mut self, now: Nanos, limit: u32) -> Admission {
         self.roll(now);
-        let w = u128::from(self.window);
+        let w = self.window / MILLI;
         let used = self.weighted(now);
         let reset = self.current_start + self.window - now;
         let reset_secs = reset.div_ceil(SECOND) as u32;
+        let capacity = u64::from(limit) * w;
         // Admit when used + 1 request fits: used/w + 1 <= limit.
-        if used + w <= u128::from(limit) * w {
+        if used + w <= capacity {
             self.current += 1;
-            let after = used + w;
-            let remaining = ((u128::from(limit) * w - after) / w) as u32;
+            let remaining = ((capacity - used - w) / w) as u32;
             return Admission { allowed: true, limit, remaining, reset_secs, retry_after_secs: 0 };
         }
         // Refused: find when the previous window's share has decayed enough.
-        let retry = if u128::from(self.current) + 1 > u128::from(limit) || self.previous == 0 {
+        let retry = if self.current >= limit || self.previous == 0 {
             reset
         } else {
-            // previous*(window - e') + current*w + w <= limit*w  ⇒  e' >= window - (limit-current-1)*w/previous
-            let spare = u128::from(limit - self.current - 1) * w / u128::from(self.previous);
-            let needed_elapsed = u128::from(self.window).saturating_sub(spare) as Nanos;
+            // previous*(w - e') + current*w + w <= limit*w  ⇒  e' >= w - (limit-current-1)*w/previous
+            let spare = u64::from(limit - self.current - 1) * w / u64::from(self.previous);
+            let needed_elapsed = w.saturating_sub(spare) * MILLI;
             needed_elapsed.saturating_sub(now - self.current_start).max(1)
         };
         Admission {

@@ -40,9 +40,17 @@ impl Position {
         let mut open_notional = notional;
         if self.qty != 0 && self.qty.signum() != sign {
             let closing = qty.min(self.qty.abs());
-            let closing_notional = div_round(i128::from(notional) * i128::from(closing), i128::from(qty)) as i64;
-            let removed_cost =
-                div_round(i128::from(self.cost) * i128::from(closing), i128::from(self.qty.abs())) as i64;
+            // Whole fills and whole positions need no division.
+            let closing_notional = if closing == qty {
+                notional
+            } else {
+                div_round(i128::from(notional) * i128::from(closing), i128::from(qty)) as i64
+            };
+            let removed_cost = if closing == self.qty.abs() {
+                self.cost
+            } else {
+                div_round(i128::from(self.cost) * i128::from(closing), i128::from(self.qty.abs())) as i64
+            };
             realized = -(removed_cost + sign * closing_notional);
             self.cost -= removed_cost;
             self.qty += sign * closing;
