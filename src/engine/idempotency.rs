@@ -3,7 +3,7 @@
 //!
 //! Bounded: records expire after the configured time to live, and when the store is full the
 //! oldest record is dropped early (counted in `evicted`). The map is sized once, up front, so
-//! inserting never allocates in steady state.
+//! inserting never allocates in steady state (see `new` for the headroom that takes).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,7 +27,9 @@ impl IdempotencyStore {
     /// A store for at most `capacity` records of `ttl` nanoseconds each.
     pub fn new(capacity: usize, ttl: Nanos) -> Self {
         IdempotencyStore {
-            answers: HashMap::with_capacity(capacity),
+            // Twice the bound: with deletions the table fills with tombstones, and hashbrown
+            // cleans them in place (no allocation) only while it is at most half full.
+            answers: HashMap::with_capacity(2 * capacity),
             by_age: VecDeque::with_capacity(capacity),
             capacity: capacity.max(1),
             ttl,

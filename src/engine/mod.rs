@@ -802,7 +802,9 @@ impl<V: Venue> Engine<V> {
                 let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
                 let nsym = self.symbols.len();
                 let history = self.cfg.orders_per_account.max(1);
-                self.orders.reserve(history);
+                // Twice the history: a map with deletions rehashes in place (no allocation) only
+                // while it is at most half full.
+                self.orders.reserve(2 * history);
                 self.accounts.push(Account {
                     id: account,
                     name,
