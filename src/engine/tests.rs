@@ -546,3 +546,30 @@ proptest! {
         prop_assert_eq!(open_buy, acct.positions.iter().map(|p| p.open_buy).sum::<i64>());
     }
 }
+
+#[test]
+fn the_same_commands_give_the_same_events() {
+    let run = || {
+        let mut e = engine_with(5, 2, 0);
+        let a = open(&mut e, 100_000, LimitOverrides::default());
+        let mut events = Vec::new();
+        for i in 0..200u64 {
+            let t = T0 + i * SECOND / 10;
+            let mid = 10_000 + ((i * 7919) % 41) as i64 - 20;
+            quote(&mut e, BTC, mid - 2, mid + 2, 30 + (i % 5) as i64, t);
+            events.extend_from_slice(e.events());
+            let s = match i % 4 {
+                0 => spec(BTC, buy(10)),
+                1 => limit(BTC, sell(25), mid + 1, Tif::Gtc),
+                2 => limit(BTC, buy(40), mid - 1, Tif::Ioc),
+                _ => spec(BTC, Intent::Target(i as i64 % 50 - 25)),
+            };
+            let _ = e.signal(a, &s, t);
+            events.extend_from_slice(e.events());
+        }
+        events
+    };
+    let (first, second) = (run(), run());
+    assert!(first.iter().filter(|e| matches!(e.kind, EventKind::Fill { .. })).count() > 100);
+    assert_eq!(first, second, "the paper venue and the engine are deterministic");
+}
