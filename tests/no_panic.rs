@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use signalgate::api::{Method, Request};
 
 #[path = "../bench/fixture.rs"]
+#[allow(dead_code)]
 mod fixture;
 
 const PATHS: &[&str] = &[

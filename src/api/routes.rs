@@ -173,13 +173,25 @@ impl Node {
 
     // ----- trading -----
 
-    fn post_signal<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
+    /// The shared path of signals and orders: body → auth → engine command → outcome.
+    fn submit<'a>(
+        &mut self,
+        req: &Request<'a>,
+        kind: BodyKind,
+        resp: &mut Response,
+        now: Nanos,
+    ) -> Result<'a, (SignalSpec, crate::engine::SignalOutcome)> {
         Self::check_content_type(req)?;
-        let fields = OrderFields::parse(req.body, BodyKind::Signal)?;
+        let fields = OrderFields::parse(req.body, kind)?;
         let parsed_at = Instant::now();
         let key = self.authenticate(req, fields.passphrase, resp, now)?;
-        let spec = fields.resolve(BodyKind::Signal, self.engine.symbols())?;
+        let spec = fields.resolve(kind, self.engine.symbols())?;
         let outcome = self.run_signal(key.account, &spec, parsed_at, resp, now)?;
+        Ok((spec, outcome))
+    }
+
+    fn post_signal<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
+        let (spec, outcome) = self.submit(req, BodyKind::Signal, resp, now)?;
         resp.status = if outcome.answer.order.is_some() && !outcome.replayed { 201 } else { 200 };
         resp.idempotent_replay = outcome.replayed;
         render::signal_answer(&mut resp.body, self.engine.symbols(), spec.signal_id.as_ref(), &outcome.answer);
@@ -187,12 +199,9 @@ impl Node {
     }
 
     fn post_order<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        Self::check_content_type(req)?;
-        let fields = OrderFields::parse(req.body, BodyKind::Order)?;
-        let parsed_at = Instant::now();
-        let key = self.authenticate(req, fields.passphrase, resp, now)?;
-        let spec = fields.resolve(BodyKind::Order, self.engine.symbols())?;
-        let outcome = self.run_signal(key.account, &spec, parsed_at, resp, now)?;
+        let (_, outcome) = self.submit(req, BodyKind::Order, resp, now)?;
+        // An order body always carries a positive quantity, so the engine placed an order or
+        // refused it.
         let id = outcome.answer.order.map(|o| o.id).ok_or(ApiError::new(500, "internal", "no order was placed"))?;
         self.write_order(id, resp)?;
         resp.status = 201;
