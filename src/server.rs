@@ -126,7 +126,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let stop = stop.clone();
         let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
         let (public_fd, admin_fd) = (public.into_raw_fd(), admin.into_raw_fd());
-        executor(&cfg, "sg-hot", hot_core)
+        executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
                 hot_main(cfg, public_fd, admin_fd, admin_token, demo_hash, stop, ready_tx).await;
@@ -136,7 +136,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut fanouts = Vec::new();
     for &core in &cfg.topology.fanout {
         let (cfg2, stop) = (cfg.clone(), stop.clone());
-        let handle = executor(&cfg, "sg-fanout", core)
+        let handle = executor(&cfg, "sg-fanout")
             .spawn(move || async move {
                 pin_if_asked(&cfg2, core, "fan-out");
                 // Reserved for WebSocket fan-out; it idles until then and leaves with the node.
@@ -175,7 +175,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     }
 }
 
-fn executor(cfg: &Config, name: &str, _core: usize) -> LocalExecutorBuilder {
+fn executor(cfg: &Config, name: &str) -> LocalExecutorBuilder {
     let mut b = LocalExecutorBuilder::new(Placement::Unbound).name(name).io_memory(cfg.topology.io_memory_kib * 1024);
     if cfg.topology.spin_before_park_us > 0 {
         b = b.spin_before_park(Duration::from_micros(cfg.topology.spin_before_park_us));

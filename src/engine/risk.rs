@@ -92,6 +92,10 @@ impl Reject {
 
     /// Writes the message as a JSON string value.
     pub fn write_message(&self, w: &mut Writer<'_>) {
+        if self.code == RejectCode::StaleQuote && self.value < 0 {
+            w.str("no quote yet for this symbol: market data is needed to price the order");
+            return;
+        }
         let (before, between) = match self.code {
             RejectCode::AccountHalted => ("the account is halted; POST /v1/account/resume to trade again", ""),
             RejectCode::ReduceOnly => ("the account is reducing: only orders that shrink a position are accepted", ""),
@@ -108,9 +112,7 @@ impl Reject {
             RejectCode::MaxGrossExposure => ("gross exposure would reach ", ", above the limit "),
             RejectCode::BuyingPower => ("order needs ", " of buying power; available "),
             RejectCode::PriceCollar => ("limit price is ", " bps away from the market; the collar is "),
-            RejectCode::StaleQuote => {
-                ("no quote newer than the stale-quote guard to price this order; last quote age (ms) ", ", guard ")
-            }
+            RejectCode::StaleQuote => ("the last quote is ", " ms old, older than the stale-quote guard of "),
             RejectCode::OrderRate => ("order rate above ", " orders per second; limit "),
             RejectCode::MaxDailyLoss => ("daily loss ", " reached the limit; the account is halted. Limit "),
             RejectCode::MaxOpenOrders => ("open orders would exceed ", "; limit "),
@@ -175,6 +177,72 @@ impl RejectCode {
             RejectCode::AccountNotFound | RejectCode::OrderNotFound => 404,
             RejectCode::NotCancelable => 409,
             _ => 422,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Reject) -> String {
+        let mut out = Vec::new();
+        r.write_message(&mut Writer::new(&mut out));
+        serde_json::from_slice::<String>(&out).unwrap()
+    }
+
+    #[test]
+    fn messages_carry_the_numbers() {
+        let m = message(Reject::over(
+            RejectCode::MaxOrderNotional,
+            32_533_385 * 1_000_000,
+            50_000 * 100_000_000,
+            Unit::Money,
+        ));
+        assert_eq!(m, "order notional 325333.85 exceeds the limit 50000.00");
+        let m = message(Reject::over(RejectCode::StaleQuote, 6000, 5000, Unit::Millis));
+        assert_eq!(m, "the last quote is 6000 ms old, older than the stale-quote guard of 5000");
+        let m = message(Reject::over(RejectCode::StaleQuote, -1, 5000, Unit::Millis));
+        assert_eq!(m, "no quote yet for this symbol: market data is needed to price the order");
+        let m = message(Reject::over(RejectCode::LotSize, 15, 10, Unit::Qty(2)));
+        assert_eq!(m, "quantity is not a multiple of the lot size 0.10");
+        assert_eq!(
+            message(Reject::plain(RejectCode::AccountHalted)),
+            "the account is halted; POST /v1/account/resume to trade again"
+        );
+    }
+
+    #[test]
+    fn codes_are_distinct_and_statuses_sensible() {
+        use RejectCode::*;
+        let all = [
+            AccountHalted,
+            ReduceOnly,
+            AccountNotFound,
+            UnknownSymbol,
+            LotSize,
+            TickSize,
+            QtyZero,
+            OrderNotFound,
+            NotCancelable,
+            MaxOrderQty,
+            MaxOrderNotional,
+            MaxPositionNotional,
+            MaxGrossExposure,
+            BuyingPower,
+            PriceCollar,
+            StaleQuote,
+            OrderRate,
+            MaxDailyLoss,
+            MaxOpenOrders,
+        ];
+        let mut codes: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+        for c in all {
+            assert!(matches!(c.status(), 404 | 409 | 422), "{c:?}");
+            assert!(!message(Reject::plain(c)).is_empty());
         }
     }
 }

@@ -150,10 +150,17 @@ impl Node {
         self.signal("TERM");
     }
 
-    /// Sends a signal by name (`TERM`, `INT`, `KILL`…).
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
-        assert!(status.success());
+        let sig = match name {
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            "KILL" => libc::SIGKILL,
+            other => panic!("unknown signal {other}"),
+        };
+        // SAFETY: kill(2) with the pid of a child this struct owns and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill -{name}");
     }
 
     /// Waits for the process to exit, at most `timeout`.
