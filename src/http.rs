@@ -188,8 +188,13 @@ pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opt
     }
 }
 
-/// Answers 503 and closes: the connection cap is reached.
-async fn refuse(mut stream: TcpStream) {
+/// Answers 503 and closes: the connection cap is reached. A client that does not read the answer
+/// within a second is dropped anyway.
+async fn refuse(stream: TcpStream) {
+    let _ = futures_lite::future::or(write_refusal(stream), glommio::timer::sleep(Duration::from_secs(1))).await;
+}
+
+async fn write_refusal(mut stream: TcpStream) {
     let mut body = Vec::new();
     ApiError::new(503, "node.too_many_connections", "the node is at its connection limit; retry later")
         .write(&mut body);

@@ -39,8 +39,10 @@ enum Command {
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
-    let cfg =
-        Config::load(path, std::env::vars()).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    // vars_os: a variable that is not UTF-8 must not crash the node; it is read lossily and then
+    // fails validation if it is one of ours.
+    let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+    let cfg = Config::load(path, env).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let problems = cfg.validate(&server::host_cores());
     if problems.is_empty() {
         Ok(cfg)

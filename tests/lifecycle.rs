@@ -223,3 +223,15 @@ fn an_overloaded_hot_core_answers_503_with_retry_after() {
     let m = node.req("GET", "/metrics", &[], "").body;
     assert!(m.contains("signalgate_overloaded_total 1"), "{m}");
 }
+
+#[test]
+fn environment_that_is_not_utf8_does_not_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/signalgate.example.toml");
+    let bad = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    let out = Command::new(binary()).args(["check-config", example]).env("SOME_OTHER_VAR", bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(binary()).args(["check-config", example]).env("SIGNALGATE_HTTP_ADDR", bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.addr"));
+}
