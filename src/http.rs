@@ -89,7 +89,13 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for Io<S> {
 #[derive(Clone, Copy, Debug)]
 pub struct GlommioTimer;
 
-struct LocalSleep(glommio::timer::Timer);
+/// A sleep that registers its glommio timer only when first polled. hyper arms a header-read
+/// timeout for every request but polls it only when the headers are not all there yet; under load
+/// they usually are, and the timer never touches the reactor.
+struct LocalSleep {
+    deadline: Instant,
+    timer: Option<glommio::timer::Timer>,
+}
 
 // SAFETY: hyper requires `Send + Sync` sleeps, but ours never leave the executor thread: an
 // HTTP/1 connection is driven by one `spawn_local` task that is never sent elsewhere, and the
@@ -100,8 +106,19 @@ unsafe impl Sync for LocalSleep {}
 
 impl Future for LocalSleep {
     type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let timer = match &mut this.timer {
+            Some(t) => t,
+            None => {
+                let now = Instant::now();
+                if now >= this.deadline {
+                    return Poll::Ready(());
+                }
+                this.timer.insert(glommio::timer::Timer::new(this.deadline - now))
+            }
+        };
+        Pin::new(timer).poll(cx).map(|_| ())
     }
 }
 
@@ -109,11 +126,11 @@ impl hyper::rt::Sleep for LocalSleep {}
 
 impl hyper::rt::Timer for GlommioTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LocalSleep(glommio::timer::Timer::new(duration)))
+        self.sleep_until(Instant::now() + duration)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(Instant::now()))
+        Box::pin(LocalSleep { deadline, timer: None })
     }
 }
 
