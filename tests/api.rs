@@ -378,3 +378,35 @@ fn health_ready_and_metrics() {
     assert!(text.contains("signalgate_http_inflight"));
     assert!(text.contains("signalgate_open_orders"));
 }
+
+#[test]
+fn order_lists_are_newest_first_even_after_the_history_wraps() {
+    let node = Node::start(&[("SIGNALGATE_ENGINE_ORDERS_PER_ACCOUNT", "4")]);
+    let key = node.demo_key.clone();
+    node.wait_for_quote(&key, "BTC-USD");
+    let auth = bearer(&key);
+    let bid: f64 = node.req("GET", "/v1/market/BTC-USD/quote", &[("Authorization", &auth)], "").json()["bid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rest =
+        format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.01","limit_price":"{:.2}"}}"#, (bid * 0.97).floor());
+    let first = signal(&node, &key, &rest).json()["order"]["id"].as_u64().unwrap();
+    for i in 0..6 {
+        let side = if i % 2 == 0 { "buy" } else { "sell" };
+        assert_eq!(
+            signal(&node, &key, &format!(r#"{{"symbol":"BTC-USD","action":"{side}","qty":"0.01"}}"#)).status,
+            201
+        );
+    }
+    let ids = |status: &str| -> Vec<u64> {
+        let v = node.req("GET", &format!("/v1/orders?status={status}"), &[("Authorization", &auth)], "").json();
+        v["orders"].as_array().unwrap().iter().map(|o| o["id"].as_u64().unwrap()).collect()
+    };
+    let all = ids("all");
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+    assert_eq!(all.last(), Some(&first), "the old open order is kept and listed last: {all:?}");
+    assert!(all.len() <= 5, "the history is bounded: {all:?}");
+    assert_eq!(ids("open"), vec![first]);
+}

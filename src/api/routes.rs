@@ -229,19 +229,31 @@ impl Node {
             },
         };
         let account = self.engine.account(key.account).ok_or(INVALID_KEY)?;
+        // Newest first. Ids grow with time; the open list is small, the history may be long, and
+        // open orders may sit out of order in the history (they are kept when it wraps), so the
+        // two are merged: open orders from the open list, finished ones from the history.
+        let mut open = account.open_orders.clone();
+        open.sort_unstable_by(|a, b| b.cmp(a));
+        let mut open = open.into_iter().peekable();
+        let engine = &self.engine;
+        let mut done = account
+            .recent_orders
+            .iter()
+            .rev()
+            .copied()
+            .filter(|id| !open_only && engine.order(*id).is_some_and(|o| !o.status.is_open()))
+            .peekable();
         let mut w = Writer::new(&mut resp.body);
         w.begin_object().key("orders").begin_array();
-        let mut n = 0;
-        // Newest first.
-        for id in account.recent_orders.iter().rev() {
-            if n == limit {
-                break;
-            }
-            if let Some(o) = self.engine.order(*id) {
-                if !open_only || o.status.is_open() {
-                    render::order(&mut w, &self.engine, o);
-                    n += 1;
-                }
+        for _ in 0..limit {
+            let next = match (open.peek(), done.peek()) {
+                (Some(a), Some(b)) if a > b => open.next(),
+                (Some(_), None) => open.next(),
+                (_, Some(_)) => done.next(),
+                (None, None) => break,
+            };
+            if let Some(o) = next.and_then(|id| engine.order(id)) {
+                render::order(&mut w, engine, o);
             }
         }
         w.end_array().end_object();
