@@ -25,6 +25,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod quote_sim;
 pub mod rate_limit;
 pub mod server;

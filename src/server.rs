@@ -21,6 +21,7 @@ use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
 use crate::http::{serve, Api, HttpOptions};
 use crate::node::{symbol_table, Node};
+use crate::notify::Notifier;
 use crate::quote_sim::QuoteSimulator;
 use crate::shutdown::Shutdown;
 
@@ -96,17 +97,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let banner_token = admin_token.clone();
     let demo_key = if cfg.demo.enabled { Some(generate_key().map_err(|e| e.to_string())?) } else { None };
 
+    let notifier = Notifier::from_env();
     let stop = Arc::new(AtomicBool::new(false));
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     {
-        let stop = stop.clone();
+        let (stop, notifier) = (stop.clone(), notifier.clone());
         std::thread::Builder::new()
             .name("sg-signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     log::info!("signal {sig} received: draining");
                     stop.store(true, Ordering::Release);
+                    notifier.stopping();
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -125,11 +128,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let cfg = cfg.clone();
         let stop = stop.clone();
         let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
-        let (public_fd, admin_fd) = (public.into_raw_fd(), admin.into_raw_fd());
+        let listeners = (public.into_raw_fd(), admin.into_raw_fd());
+        let notifier = notifier.clone();
         executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
-                hot_main(cfg, public_fd, admin_fd, admin_token, demo_hash, stop, ready_tx).await;
+                hot_main(cfg, listeners, admin_token, demo_hash, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -200,11 +204,11 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
 
 async fn hot_main(
     cfg: Config,
-    public_fd: RawFd,
-    admin_fd: RawFd,
+    (public_fd, admin_fd): (RawFd, RawFd),
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
     stop: Arc<AtomicBool>,
+    notifier: Notifier,
     ready: mpsc::Sender<Result<Option<u32>, String>>,
 ) {
     // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
@@ -212,6 +216,7 @@ async fn hot_main(
     let (public, admin) = unsafe {
         (glommio::net::TcpListener::from_raw_fd(public_fd), glommio::net::TcpListener::from_raw_fd(admin_fd))
     };
+    let public_addr = public.local_addr().ok();
     let now = crate::clock::now();
     let node = Rc::new(RefCell::new(Node::new(&cfg, admin_token, now)));
     let demo_account = match demo_hash {
@@ -232,7 +237,7 @@ async fn hot_main(
         glommio::spawn_local_into(f, background).map(|t| t.detach())
     };
     let _ = spawn_bg(Box::pin({
-        let shutdown = shutdown.clone();
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
         async move { shutdown.follow(stop).await }
     }));
     if cfg.market.simulator {
@@ -254,6 +259,20 @@ async fn hot_main(
         return;
     };
     let _ = ready.send(Ok(demo_account));
+    // Listeners are bound and the state is built: tell systemd, then prove liveness from here on.
+    notifier.ready(&format!("serving on {}", public_addr.map_or(cfg.http.addr.clone(), |a| a.to_string())));
+    if let Some(every) = notifier.watchdog_interval() {
+        // In the HTTP task queue on purpose: if requests stall the hot core, this stalls too,
+        // the pings stop and systemd restarts the node.
+        let stop = stop.clone();
+        let pings = async move {
+            while !stop.load(Ordering::Acquire) {
+                notifier.watchdog();
+                glommio::timer::sleep(every).await;
+            }
+        };
+        let _ = glommio::spawn_local_into(pings, http_queue).map(|t| t.detach());
+    }
     shutdown.wait().await;
     node.borrow_mut().draining = true;
     public_task.await;

@@ -1,0 +1,231 @@
+//! The systemd side of the node: the notify protocol against a socket the test listens on, and
+//! the shipped unit files checked by systemd's own tools.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use support::Node;
+
+#[test]
+fn notify_protocol_ready_watchdog_stopping_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut node = Node::start(&[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    let recv = |messages: &mut Vec<String>, buf: &mut [u8]| {
+        let n = socket.recv(buf).expect("a notification");
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    };
+    // READY first, then watchdog pings every 100 ms (half of WATCHDOG_USEC).
+    let started = Instant::now();
+    while messages.iter().filter(|m| *m == "WATCHDOG=1").count() < 3 {
+        recv(&mut messages, &mut buf);
+    }
+    assert!(messages[0].starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"), "{messages:?}");
+    assert!(started.elapsed() >= Duration::from_millis(150), "pings are paced, not a burst");
+    node.terminate();
+    loop {
+        recv(&mut messages, &mut buf);
+        if messages.last().unwrap().starts_with("STOPPING=1") {
+            break;
+        }
+    }
+    let ready = messages.iter().position(|m| m.starts_with("READY=1")).unwrap();
+    let first_ping = messages.iter().position(|m| m == "WATCHDOG=1").unwrap();
+    let stopping = messages.iter().position(|m| m.starts_with("STOPPING=1")).unwrap();
+    assert!(ready < first_ping && first_ping < stopping, "{messages:?}");
+    assert!(node.wait(Duration::from_secs(10)).expect("exits").success());
+}
+
+#[test]
+fn without_a_notify_socket_nothing_is_sent_and_the_node_runs() {
+    let node = Node::start(&[("WATCHDOG_USEC", "100000")]);
+    assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+}
+
+fn unit(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The unit with the binary path pointed at the build, written into `dir` as `file_name`.
+fn installable(dir: &std::path::Path, name: &str, file_name: &str) -> std::path::PathBuf {
+    let text = unit(name).replace("/usr/local/bin/signalgate", support::binary());
+    let path = dir.join(file_name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn analyze(args: &[&str], dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("systemd-analyze (Debian package systemd) is required; scripts/test installs it");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, file) in
+        [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")]
+    {
+        let path = installable(dir.path(), name, file);
+        let (ok, out) = analyze(&["verify", path.to_str().unwrap()], dir.path());
+        assert!(ok && out.trim().is_empty(), "{name}: {out}");
+    }
+}
+
+#[test]
+fn units_rate_ok_or_better_in_systemd_analyze_security() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, file) in
+        [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")]
+    {
+        let path = installable(dir.path(), name, file);
+        let (_, out) = analyze(&["security", "--offline=yes", path.to_str().unwrap()], dir.path());
+        let line = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{out}"));
+        let mut words = line.rsplit(':').next().unwrap().split_whitespace();
+        let score: f64 = words.next().unwrap().parse().unwrap();
+        let rating = words.next().unwrap();
+        assert!(matches!(rating, "SAFE" | "OK") && score < 5.0, "{name}: {line}");
+    }
+}
+
+#[test]
+fn the_template_is_the_single_unit_with_instance_paths() {
+    let single = unit("signalgate.service");
+    let template = unit("signalgate@.service");
+    let strip = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.replace("%i.toml", "signalgate.toml").replace("/%i", "").replace(" %i", ""))
+            .collect()
+    };
+    assert_eq!(strip(&single), strip(&template));
+    assert_eq!(template.matches("%i").count(), 5);
+}
+
+/// The groups and names of the unit's `SystemCallFilter=` lines: (allowed, denied).
+fn unit_filter(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut allow, mut deny) = (Vec::new(), Vec::new());
+    for line in text.lines().filter_map(|l| l.strip_prefix("SystemCallFilter=")) {
+        match line.strip_prefix('~') {
+            Some(rest) => deny.extend(rest.split_whitespace().map(String::from)),
+            None => allow.extend(line.split_whitespace().map(String::from)),
+        }
+    }
+    (allow, deny)
+}
+
+/// Expands `@group` names to system calls using systemd's own tables.
+fn expand(
+    names: &[String],
+    groups: &std::collections::HashMap<String, Vec<String>>,
+) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut todo: Vec<String> = names.to_vec();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = todo.pop() {
+        if n.starts_with('@') {
+            if seen.insert(n.clone()) {
+                todo.extend(groups.get(&n).cloned().unwrap_or_default());
+            }
+        } else {
+            out.insert(n);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_system_call_the_node_makes_passes_the_units_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, table) = analyze(&["syscall-filter"], dir.path());
+    let mut groups = std::collections::HashMap::<String, Vec<String>>::new();
+    let mut current = None;
+    for line in table.lines() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if !line.starts_with(' ') && t.starts_with('@') {
+            current = Some(t.to_string());
+            groups.entry(t.to_string()).or_default();
+        } else if let Some(g) = &current {
+            groups.get_mut(g).unwrap().push(t.to_string());
+        }
+    }
+    let (allow, deny) = unit_filter(&unit("signalgate.service"));
+    let (allowed, denied) = (expand(&allow, &groups), expand(&deny, &groups));
+    assert!(allowed.contains("io_uring_enter") && allowed.contains("sched_setaffinity"));
+
+    // Run the real node under strace through start-up, traffic, admin calls and a drain.
+    let summary = dir.path().join("syscalls.txt");
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new("strace")
+        .args(["-f", "-c", "-o", summary.to_str().unwrap(), support::binary(), "run"])
+        .env("SIGNALGATE_HTTP_ADDR", "127.0.0.1:0")
+        .env("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0")
+        .env("SIGNALGATE_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .env("SIGNALGATE_JOURNAL_DIR", &data)
+        .env("SIGNALGATE_TOPOLOGY_PIN", "true")
+        .env("SIGNALGATE_MARKET_INTERVAL_MS", "10")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace is required; scripts/test installs it");
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut http, mut admin, mut key) = (None, None, None);
+    for line in lines.by_ref().map_while(Result::ok) {
+        if let Some(a) = line.strip_prefix("http:  http://") {
+            http = a.parse::<std::net::SocketAddr>().ok();
+        } else if let Some(a) = line.strip_prefix("admin: http://") {
+            admin = a.parse::<std::net::SocketAddr>().ok();
+        } else if let Some(k) = line.split("(shown once): ").nth(1) {
+            key = Some(k.to_string());
+        }
+        if line.starts_with("try:") {
+            break;
+        }
+    }
+    let (http, admin, key) = (http.unwrap(), admin.unwrap(), key.unwrap());
+    std::thread::sleep(Duration::from_millis(100));
+    let auth = support::bearer(&key);
+    let mut conn = support::Conn::open(http);
+    for body in
+        [r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#, r#"{"symbol":"BTC-USD","action":"close"}"#, "{bad"]
+    {
+        conn.send("POST", "/v1/signals", &[("Authorization", &auth), support::JSON], body.as_bytes());
+    }
+    conn.send("GET", "/metrics", &[], b"");
+    let admin_auth = support::bearer(support::ADMIN_TOKEN);
+    support::Conn::open(admin).send("POST", "/admin/accounts", &[("Authorization", &admin_auth)], br#"{"name":"s"}"#);
+    drop(conn);
+    // strace would detach on SIGTERM rather than pass it on, so signal the node itself: its pid is
+    // in the data directory's lock file.
+    let pid: libc::pid_t = std::fs::read_to_string(data.join("LOCK")).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) on the node process this test started (a child of its strace child).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(&summary).unwrap();
+    // Rows of `strace -c` start with the share of time; the header and rulers do not.
+    let used: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && *w != "total")
+        .collect();
+    assert!(used.contains(&"io_uring_enter") && (used.contains(&"accept") || used.contains(&"accept4")), "{text}");
+    // execve is strace starting the node; systemd does that part itself.
+    let refused: Vec<&&str> =
+        used.iter().filter(|s| **s != "execve" && (!allowed.contains(**s) || denied.contains(**s))).collect();
+    assert!(refused.is_empty(), "system calls the unit would refuse: {refused:?}");
+}
