@@ -30,4 +30,5 @@ pub mod quote_sim;
 pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
+pub mod tune;
 pub mod venue;

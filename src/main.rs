@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use signalgate::config::Config;
-use signalgate::server;
+use signalgate::{server, tune};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +35,23 @@ enum Command {
         /// TOML configuration file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Host tuning for low latency.
+    Tune {
+        #[command(subcommand)]
+        command: TuneCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TuneCommand {
+    /// Check this host against the node's topology (cores, isolation, governor, huge pages,
+    /// limits, listen backlog, io_uring): ok / warn / fail per item, with the fix. Exit code 1
+    /// when an item fails, 0 otherwise (warnings included).
+    Check {
+        /// TOML configuration file (default: the embedded default).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -79,6 +96,27 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Tune { command: TuneCommand::Check { config } } => {
+            // The topology may name cores this host lacks: report that as an item, not an error.
+            let env =
+                std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+            let cfg = match Config::load(config.as_deref(), env) {
+                Ok(cfg) => cfg,
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("signalgate: {p}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            println!(
+                "signalgate tune check: hot core(s) {:?}, fan-out core(s) {:?}",
+                cfg.topology.hot, cfg.topology.fanout
+            );
+            let (text, code) = tune::report(&tune::check(&cfg, &tune::Host::current()));
+            print!("{text}");
+            ExitCode::from(code)
         }
         Command::CheckConfig { file } => match load(Some(&file)) {
             Ok(cfg) => {
