@@ -272,6 +272,7 @@ async fn handle(
     api: Api,
     opts: &HttpOptions,
 ) -> hyper::Response<Full<Bytes>> {
+    let started = Instant::now();
     node.borrow_mut().inflight += 1;
     let _inflight = Inflight(node);
     let (parts, body) = req.into_parts();
@@ -299,10 +300,14 @@ async fn handle(
             request.body = bytes;
             let now = crate::clock::now();
             let mut node = node.borrow_mut();
-            match api {
+            let route = match api {
                 Api::Public => node.handle(&request, &mut answer, now),
-                Api::Admin => node.handle_admin(&request, &mut answer, now),
-            }
+                Api::Admin => {
+                    node.handle_admin(&request, &mut answer, now);
+                    crate::metrics::Route::Admin
+                }
+            };
+            node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
         }
         Err(e) => {
             answer.reset();
@@ -311,7 +316,9 @@ async fn handle(
                 Api::Public => crate::metrics::Route::Unmatched,
                 Api::Admin => crate::metrics::Route::Admin,
             };
-            node.borrow_mut().metrics.count(route, e.status);
+            let mut node = node.borrow_mut();
+            node.metrics.count(route, e.status);
+            node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
         }
     }
     to_hyper(&answer)

@@ -102,6 +102,18 @@ fn status_index(status: u16) -> usize {
     STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len() - 1)
 }
 
+/// Upper bounds of the request-duration histogram, in seconds (Prometheus `le`).
+const DURATION_BOUNDS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Request durations of one route: cumulative-at-render bucket counts, sum and count.
+#[derive(Clone, Copy, Default)]
+struct Durations {
+    buckets: [u64; DURATION_BOUNDS.len()],
+    sum_ns: u64,
+    count: u64,
+}
+
 /// Gauges read from the rest of the node when rendering.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
@@ -128,6 +140,7 @@ pub struct Gauges {
 /// The hot core's metrics.
 pub struct Metrics {
     requests: [[u64; STATUSES.len()]; ROUTES.len()],
+    durations: [Durations; ROUTES.len()],
     /// Signal-to-order latency in nanoseconds: from the request parsed to the order handed to
     /// the venue.
     pub signal_to_order_ns: Histogram<u64>,
@@ -152,6 +165,7 @@ impl Metrics {
     pub fn new() -> Self {
         Metrics {
             requests: [[0; STATUSES.len()]; ROUTES.len()],
+            durations: [Durations::default(); ROUTES.len()],
             signal_to_order_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             connections_refused: 0,
             overloaded: 0,
@@ -168,6 +182,17 @@ impl Metrics {
     /// Requests counted for a route and status.
     pub fn requests(&self, route: Route, status: u16) -> u64 {
         self.requests[route.index()][status_index(status)]
+    }
+
+    /// Records how long a request took, from its headers parsed to its answer ready.
+    pub fn observe_request(&mut self, route: Route, ns: u64) {
+        let d = &mut self.durations[route.index()];
+        let secs = ns as f64 / 1e9;
+        if let Some(i) = DURATION_BOUNDS.iter().position(|b| secs <= *b) {
+            d.buckets[i] += 1;
+        }
+        d.sum_ns += ns;
+        d.count += 1;
     }
 
     /// Records one signal-to-order latency.
@@ -197,6 +222,34 @@ impl Metrics {
                     )?;
                 }
             }
+        }
+        writeln!(out, "# HELP signalgate_http_request_duration_seconds Time from a request's headers parsed to its answer ready, by route.")?;
+        writeln!(out, "# TYPE signalgate_http_request_duration_seconds histogram")?;
+        for (r, route) in ROUTES.iter().enumerate() {
+            let d = &self.durations[r];
+            if d.count == 0 {
+                continue;
+            }
+            let label = route.label();
+            let mut cumulative = 0;
+            for (bound, n) in DURATION_BOUNDS.iter().zip(d.buckets) {
+                cumulative += n;
+                writeln!(
+                    out,
+                    "signalgate_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
+                )?;
+            }
+            writeln!(
+                out,
+                "signalgate_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {}",
+                d.count
+            )?;
+            writeln!(
+                out,
+                "signalgate_http_request_duration_seconds_sum{{route=\"{label}\"}} {:.9}",
+                d.sum_ns as f64 / 1e9
+            )?;
+            writeln!(out, "signalgate_http_request_duration_seconds_count{{route=\"{label}\"}} {}", d.count)?;
         }
         let h = &self.signal_to_order_ns;
         writeln!(
@@ -270,6 +323,23 @@ mod tests {
         assert!(text.contains("signalgate_signal_to_order_seconds_count 4"));
         assert!(text.contains("signalgate_signal_to_order_seconds{quantile=\"0.5\"} 0.000002"));
         assert!(text.contains("signalgate_http_connections 3"));
+        assert!(!text.contains("signalgate_http_request_duration_seconds_bucket"), "no empty histograms");
+        m.observe_request(Route::Signals, 300_000);
+        m.observe_request(Route::Signals, 3_000_000_000);
+        let mut out = Vec::new();
+        m.render(&Gauges::default(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(r#"signalgate_http_request_duration_seconds_bucket{route="POST /v1/signals",le="0.0005"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"signalgate_http_request_duration_seconds_bucket{route="POST /v1/signals",le="2.5"} 1"#)
+        );
+        assert!(
+            text.contains(r#"signalgate_http_request_duration_seconds_bucket{route="POST /v1/signals",le="+Inf"} 2"#)
+        );
+        assert!(text.contains(r#"signalgate_http_request_duration_seconds_count{route="POST /v1/signals"} 2"#));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -31,8 +31,8 @@ const OVERLOADED: ApiError<'static> = ApiError::with(503, "node.overloaded", Det
 const MAX_LIST: usize = 1000;
 
 impl Node {
-    /// Serves one public API request into `resp`.
-    pub fn handle(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) {
+    /// Serves one public API request into `resp`; returns the route it matched (for metrics).
+    pub fn handle(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Route {
         resp.reset();
         let (route, result) = self.dispatch(req, resp, now);
         if let Err(e) = result {
@@ -45,6 +45,7 @@ impl Node {
             resp.body.clear();
         }
         self.metrics.count(route, resp.status);
+        route
     }
 
     fn dispatch<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> (Route, Result<'a>) {
