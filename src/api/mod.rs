@@ -140,3 +140,44 @@ impl Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every error code the API layer can answer with is listed in docs/api.md.
+    #[test]
+    fn every_error_code_is_documented() {
+        let doc = include_str!("../../docs/api.md");
+        let sources = [
+            include_str!("routes.rs"),
+            include_str!("admin.rs"),
+            include_str!("body.rs"),
+            include_str!("error.rs"),
+            include_str!("../http.rs"),
+        ];
+        let mut codes = Vec::new();
+        for src in sources {
+            for (i, _) in src.match_indices("\"") {
+                let rest = &src[i + 1..];
+                let Some(end) = rest.find('"') else { continue };
+                let word = &rest[..end];
+                let (family, name) = word.split_once('.').unwrap_or(("", ""));
+                let families = [
+                    "json", "request", "auth", "admin", "rate", "route", "symbol", "order", "account", "key", "market",
+                    "node",
+                ];
+                if families.contains(&family)
+                    && !name.is_empty()
+                    && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
+                {
+                    codes.push(word);
+                }
+            }
+        }
+        codes.sort();
+        codes.dedup();
+        assert!(codes.len() >= 20, "{codes:?}");
+        for code in codes {
+            assert!(doc.contains(&format!("`{code}`")), "{code} is not in docs/api.md");
+        }
+    }
+}

@@ -146,6 +146,29 @@ impl Reject {
 }
 
 impl RejectCode {
+    /// Every code, for documentation checks and tests.
+    pub const ALL: [RejectCode; 19] = [
+        RejectCode::AccountHalted,
+        RejectCode::ReduceOnly,
+        RejectCode::AccountNotFound,
+        RejectCode::UnknownSymbol,
+        RejectCode::LotSize,
+        RejectCode::TickSize,
+        RejectCode::QtyZero,
+        RejectCode::OrderNotFound,
+        RejectCode::NotCancelable,
+        RejectCode::MaxOrderQty,
+        RejectCode::MaxOrderNotional,
+        RejectCode::MaxPositionNotional,
+        RejectCode::MaxGrossExposure,
+        RejectCode::BuyingPower,
+        RejectCode::PriceCollar,
+        RejectCode::StaleQuote,
+        RejectCode::OrderRate,
+        RejectCode::MaxDailyLoss,
+        RejectCode::MaxOpenOrders,
+    ];
+
     /// The stable code in error answers.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -213,34 +236,15 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_distinct_and_statuses_sensible() {
-        use RejectCode::*;
-        let all = [
-            AccountHalted,
-            ReduceOnly,
-            AccountNotFound,
-            UnknownSymbol,
-            LotSize,
-            TickSize,
-            QtyZero,
-            OrderNotFound,
-            NotCancelable,
-            MaxOrderQty,
-            MaxOrderNotional,
-            MaxPositionNotional,
-            MaxGrossExposure,
-            BuyingPower,
-            PriceCollar,
-            StaleQuote,
-            OrderRate,
-            MaxDailyLoss,
-            MaxOpenOrders,
-        ];
+    fn codes_are_distinct_documented_and_statuses_sensible() {
+        let all = RejectCode::ALL;
+        let api_doc = include_str!("../../docs/api.md");
         let mut codes: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());
         for c in all {
+            assert!(api_doc.contains(&format!("`{}`", c.as_str())), "{} is not in docs/api.md", c.as_str());
             assert!(matches!(c.status(), 404 | 409 | 422), "{c:?}");
             assert!(!message(Reject::plain(c)).is_empty());
         }
