@@ -6,7 +6,7 @@ use serde_json::{json, Value as Json};
 
 use super::error::ApiError;
 use super::{render, Method, Request, Response};
-use crate::auth::{constant_time_eq, generate_key, hash_key};
+use crate::auth::{constant_time_eq, generate_key, hash_key, key_from_headers};
 use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
 use crate::engine::types::{AccountId, KeyId, Nanos};
@@ -102,11 +102,7 @@ impl Node {
     }
 
     fn check_admin_token(&self, req: &Request<'_>) -> Result<(), AdminError> {
-        let presented = req
-            .authorization
-            .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")))
-            .or(req.x_api_key)
-            .map(<[u8]>::trim_ascii);
+        let presented = key_from_headers(req.authorization, None);
         match presented {
             Some(t) if constant_time_eq(t, self.admin_token.as_bytes()) => Ok(()),
             Some(_) => Err(AdminError::new(401, "admin.unauthorized", "wrong admin token")),
