@@ -5,7 +5,7 @@
 //! tree) plus two system calls (resource limits, an io_uring probe). Nothing is changed.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::Config;
 
@@ -326,21 +326,22 @@ pub fn report(items: &[Item]) -> (String, u8) {
     (out, u8::from(count(Level::Fail) > 0))
 }
 
-/// Writes a fake host tree for tests.
-#[doc(hidden)]
-pub fn write_fake(root: &Path, files: &[(&str, &str)]) {
-    for (path, content) in files {
-        let p = root.join(path.trim_start_matches('/'));
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::write(p, content);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// Writes a fake host tree.
+    fn write_fake(root: &Path, files: &[(&str, &str)]) {
+        for (path, content) in files {
+            let p = root.join(path.trim_start_matches('/'));
+            if let Some(dir) = p.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(p, content);
+        }
+    }
 
     fn cfg(hot: usize, fanout: usize) -> Config {
         let mut c = Config::default();
