@@ -451,6 +451,8 @@ impl Config {
         })?;
         let mut errors = Vec::new();
         let mut overridden = Vec::new();
+        // (section, key, raw text) of overrides read as non-string TOML, for the retry below.
+        let mut typed = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
             let lower = rest.to_ascii_lowercase();
@@ -473,6 +475,9 @@ impl Config {
             let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => {
+                    if !parsed.is_str() {
+                        typed.push((section.to_string(), key.to_string(), value.clone()));
+                    }
                     t.insert(key.to_string(), parsed);
                     overridden.push(name);
                 }
@@ -482,7 +487,21 @@ impl Config {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        let first: Result<Config, toml::de::Error> = toml::Value::Table(table.clone()).try_into();
+        // A value that reads as a number or boolean may be meant as text (an all-digit token):
+        // when the typed reading does not fit, try those overrides as plain strings.
+        let retried = first.or_else(|e| {
+            if typed.is_empty() {
+                return Err(e);
+            }
+            for (section, key, raw) in &typed {
+                if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                    t.insert(key.clone(), toml::Value::String(raw.clone()));
+                }
+            }
+            toml::Value::Table(table).try_into().map_err(|_: toml::de::Error| e)
+        });
+        let mut config: Config = retried.map_err(|e: toml::de::Error| {
             let mut message = e.message().to_string();
             if !overridden.is_empty() {
                 message.push_str(&format!(" (environment overrides applied: {})", overridden.join(", ")));
@@ -737,6 +756,15 @@ mod tests {
         assert_eq!(c.topology.hot, vec![1]);
         assert!(!c.topology.pin);
         assert!(!c.market.simulator);
+        let c = Config::from_toml(
+            "",
+            env(&[("SIGNALGATE_ADMIN_TOKEN", "12345678901234567890"), ("SIGNALGATE_NODE_NAME", "true")]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.token, "12345678901234567890", "an all-digit token stays text");
+        assert_eq!(c.node.name, "true");
+        let e = Config::from_toml("", env(&[("SIGNALGATE_HTTP_MAX_BODY_BYTES", "lots")])).unwrap_err();
+        assert!(e[0].message.contains("SIGNALGATE_HTTP_MAX_BODY_BYTES"), "{e:?}");
     }
 
     #[test]
