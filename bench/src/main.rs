@@ -1,0 +1,368 @@
+//! `signalgate-bench`: drives a running signalgate node and reports latency percentiles,
+//! achieved rate and errors by kind — next to the node's own signal-to-order histogram.
+//!
+//! Scenarios today: `signals` (open-loop with coordinated-omission correction, or closed-loop)
+//! and `ceiling` (the same load against nginx `return 200` on the node's core, then the node).
+
+mod load;
+mod node;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use load::{Load, Measured};
+use node::NodeLatency;
+
+/// Load-testing harness for signalgate nodes.
+#[derive(Parser)]
+#[command(name = "signalgate-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// POST /v1/signals: a mix of buy, sell and target signals across symbols and accounts.
+    Signals(SignalsArgs),
+    /// The same load against nginx `return 200` pinned to the node's core, then against the node,
+    /// alternating; prints each round's ratio and their median.
+    Ceiling {
+        #[command(flatten)]
+        signals: SignalsArgs,
+        /// Core the node runs on: nginx's one worker is pinned there too.
+        #[arg(long, default_value_t = 0)]
+        node_core: usize,
+        /// Rounds (each runs nginx, then the node).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SignalsArgs {
+    /// The node's public API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// The node's admin API (the harness creates its own accounts and keys there).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// Admin token (or SIGNALGATE_ADMIN_TOKEN).
+    #[arg(long, env = "SIGNALGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Use these API keys instead of creating accounts (repeat the option).
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// Accounts to create.
+    #[arg(long, default_value_t = 4)]
+    accounts: usize,
+    /// Symbols to trade, comma-separated.
+    #[arg(long, default_value = "BTC-USD,ETH-USD", value_delimiter = ',')]
+    symbols: Vec<String>,
+    /// Quantity of each buy, sell and target step.
+    #[arg(long, default_value = "0.01")]
+    qty: String,
+    /// Keep-alive connections.
+    #[arg(long, short, default_value_t = 50)]
+    connections: usize,
+    /// Requests per second in all (open loop). Without it: closed loop, as fast as answers come.
+    #[arg(long, short)]
+    rate: Option<f64>,
+    /// Measured seconds.
+    #[arg(long, short, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds after which an unanswered request counts as a timeout.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Core to pin the harness to.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Write the results and the run's parameters as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit 1 when the share of failed requests exceeds this.
+    #[arg(long, default_value_t = 0.01)]
+    max_error_rate: f64,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// What a run needs that is prepared once.
+struct Prepared {
+    addr: SocketAddr,
+    requests: Vec<Vec<u8>>,
+    accounts: usize,
+}
+
+fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
+    let (addr, host) = node::parse_url(&a.target)?;
+    let keys = if a.keys.is_empty() {
+        let (admin, _) = node::parse_url(&a.admin)?;
+        let token = a
+            .admin_token
+            .as_deref()
+            .ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) is needed to create accounts; or give --key")?;
+        node::create_accounts(admin, token, a.accounts.max(1))?
+    } else {
+        a.keys.clone()
+    };
+    let q = &a.qty;
+    let mut requests = Vec::new();
+    for key in &keys {
+        let auth = format!("Bearer {key}");
+        for symbol in &a.symbols {
+            // Positions move between 0 and ±qty: the mix never walks into position limits.
+            for body in [
+                format!(r#"{{"symbol":"{symbol}","action":"buy","qty":"{q}"}}"#),
+                format!(r#"{{"symbol":"{symbol}","action":"sell","qty":"{q}"}}"#),
+                format!(r#"{{"symbol":"{symbol}","action":"target","target":"-{q}"}}"#),
+                format!(r#"{{"symbol":"{symbol}","action":"target","target":"0"}}"#),
+            ] {
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                requests.push(load::request("POST", &host, "/v1/signals", &headers, body.as_bytes()));
+            }
+        }
+    }
+    Ok(Prepared { addr, requests, accounts: keys.len() })
+}
+
+fn load_for(a: &SignalsArgs, addr: SocketAddr, requests: Vec<Vec<u8>>) -> Load {
+    Load {
+        addr,
+        connections: a.connections.max(1),
+        rate: a.rate.filter(|r| *r > 0.0),
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        timeout: Duration::from_secs_f64(a.timeout),
+        requests,
+        cpu: a.cpu,
+        progress: !a.quiet,
+    }
+}
+
+fn achieved(m: &Measured) -> f64 {
+    m.stats.total() as f64 / m.elapsed.as_secs_f64()
+}
+
+fn latency_json(m: &Measured) -> Value {
+    let [p50, p90, p99, p999, max] = m.stats.percentiles();
+    json!({"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max})
+}
+
+fn node_json(n: &NodeLatency) -> Value {
+    let mut v = serde_json::Map::new();
+    for (q, us) in &n.quantiles {
+        v.insert(q.clone(), json!(us));
+    }
+    v.insert("max".into(), json!(n.max_us));
+    v.insert("count".into(), json!(n.count));
+    Value::Object(v)
+}
+
+fn print_node(n: &NodeLatency) {
+    let qs: Vec<String> = n.quantiles.iter().map(|(q, us)| format!("q{q} {us:.2}")).collect();
+    println!(
+        "node signal-to-order (GET /metrics, since the node started, µs): {}  max {:.2}  ({} signals)",
+        qs.join("  "),
+        n.max_us,
+        n.count
+    );
+}
+
+fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
+    let p = prepare(a)?;
+    let load = load_for(a, p.addr, p.requests);
+    let mode = match load.rate {
+        Some(r) => format!("open loop at {r} req/s"),
+        None => "closed loop".to_string(),
+    };
+    let m = load::run(load)?;
+    let node = node::node_latency(p.addr).unwrap_or_default();
+    println!(
+        "signals: {mode}, {} connections, {} s measured after {} s warm-up, {} accounts × {} symbols, against {}",
+        a.connections,
+        a.duration,
+        a.warmup,
+        p.accounts,
+        a.symbols.len(),
+        a.target
+    );
+    let s = &m.stats;
+    println!(
+        "requests {} ({:.1}/s achieved), 2xx {}, errors {} ({:.2}%)",
+        s.total(),
+        achieved(&m),
+        s.ok,
+        s.error_count(),
+        s.error_rate() * 100.0
+    );
+    let [p50, p90, p99, p999, max] = s.percentiles();
+    let basis = if a.rate.is_some() { "each request's intended send time" } else { "each request's send" };
+    println!("latency (µs, from {basis}):");
+    println!("{:>10} {:>10} {:>10} {:>10} {:>10}", "p50", "p90", "p99", "p99.9", "max");
+    println!("{p50:>10} {p90:>10} {p99:>10} {p999:>10} {max:>10}");
+    if !s.errors.is_empty() {
+        println!("errors by kind:");
+        for (kind, n) in &s.errors {
+            println!("{n:>10}  {kind}");
+        }
+    }
+    print_node(&node);
+    if let Some(path) = &a.json {
+        let v = json!({
+            "scenario": "signals",
+            "parameters": {
+                "target": a.target, "mode": if a.rate.is_some() { "open" } else { "closed" }, "rate": a.rate,
+                "connections": a.connections, "duration_s": a.duration, "warmup_s": a.warmup,
+                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "cpu": a.cpu,
+                "max_error_rate": a.max_error_rate,
+            },
+            "requests": s.total(),
+            "ok": s.ok,
+            "achieved_rps": achieved(&m),
+            "latency_us": latency_json(&m),
+            "errors": {"total": s.error_count(), "rate": s.error_rate(), "by_kind": s.errors},
+            "node_signal_to_order_us": node_json(&node),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(if s.error_rate() > a.max_error_rate {
+        eprintln!(
+            "error rate {:.2}% is above --max-error-rate {:.2}%",
+            s.error_rate() * 100.0,
+            a.max_error_rate * 100.0
+        );
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// nginx with one `return 200` worker pinned to `core`, in a scratch directory.
+struct Nginx {
+    child: std::process::Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(core: usize) -> Result<Nginx, String> {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("signalgate-bench-nginx-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
+        let d = dir.display();
+        let mask = format!("{:b}", 1u64 << core);
+        let conf = format!(
+            "worker_processes 1;\nworker_cpu_affinity {mask};\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 10000000;\n  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start nginx (Debian package nginx-light): {e}"))?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let nginx = Nginx { child, dir, addr };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(nginx);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("nginx did not start listening".into())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode, String> {
+    let p = prepare(a)?;
+    let nginx = Nginx::start(node_core)?;
+    let mut rows = Vec::new();
+    let (mut ratios, mut worst) = (Vec::new(), 0.0f64);
+    println!(
+        "ceiling: nginx `return 200` (one worker on core {node_core}) vs signalgate POST /v1/signals at {}",
+        a.target
+    );
+    println!("| round | nginx (req/s) | signalgate (req/s) | ratio | signalgate p50 / p99 (µs) | signalgate errors |");
+    println!("|---|---|---|---|---|---|");
+    for round in 1..=rounds.max(1) {
+        let base = load::run(load_for(a, nginx.addr, p.requests.clone()))?;
+        let ours = load::run(load_for(a, p.addr, p.requests.clone()))?;
+        let (rb, ro) = (achieved(&base), achieved(&ours));
+        let ratio = if rb > 0.0 { ro / rb } else { 0.0 };
+        let [p50, _, p99, _, _] = ours.stats.percentiles();
+        println!("| {round} | {rb:.0} | {ro:.0} | {ratio:.2} | {p50} / {p99} | {} |", ours.stats.error_count());
+        worst = worst.max(ours.stats.error_rate());
+        ratios.push(ratio);
+        rows.push(json!({"round": round, "nginx_rps": rb, "signalgate_rps": ro, "ratio": ratio,
+            "signalgate_latency_us": latency_json(&ours), "signalgate_errors": ours.stats.errors}));
+    }
+    let med = median(&mut ratios.clone());
+    println!("| **median** | | | **{med:.2}** | | |");
+    let node = node::node_latency(p.addr).unwrap_or_default();
+    print_node(&node);
+    if let Some(path) = &a.json {
+        let v = json!({
+            "scenario": "ceiling",
+            "parameters": {"target": a.target, "connections": a.connections, "rate": a.rate, "duration_s": a.duration,
+                           "warmup_s": a.warmup, "node_core": node_core, "cpu": a.cpu, "rounds": rounds},
+            "rounds": rows,
+            "median_ratio": med,
+            "node_signal_to_order_us": node_json(&node),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(if worst > a.max_error_rate { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Signals(a) => signals(a),
+        Command::Ceiling { signals: a, node_core, rounds } => ceiling(a, *node_core, *rounds),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("signalgate-bench: {e}");
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,99 @@
+//! `signalgate-bench` against a real node: short runs that check the JSON report's shape, the
+//! achieved rate, and that refused requests are counted by kind and fail the run.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use support::{Node, ADMIN_TOKEN};
+
+fn bench(node: &Node, args: &[&str]) -> (i32, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+        .arg("signals")
+        .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
+        .args(["--admin-token", ADMIN_TOKEN, "--quiet", "--json", json_path.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), report, text)
+}
+
+#[test]
+fn an_open_loop_run_reports_latency_rate_and_the_nodes_own_figures() {
+    let node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let (code, r, text) =
+        bench(&node, &["--rate", "400", "--connections", "4", "--duration", "2", "--warmup", "0.5", "--accounts", "2"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["scenario"], "signals");
+    assert_eq!(r["parameters"]["mode"], "open");
+    assert_eq!(r["parameters"]["rate"], json!(400.0));
+    assert_eq!(r["parameters"]["accounts"], 2);
+    let requests = r["requests"].as_u64().unwrap();
+    assert!((600..=1000).contains(&requests), "about 400/s for 2 s: {requests}");
+    assert_eq!(r["ok"].as_u64(), Some(requests), "{text}");
+    let rate = r["achieved_rps"].as_f64().unwrap();
+    assert!((300.0..=500.0).contains(&rate), "{rate}");
+    for p in ["p50", "p90", "p99", "p99_9", "max"] {
+        assert!(r["latency_us"][p].as_u64().unwrap() > 0, "{p}");
+    }
+    assert!(r["latency_us"]["p50"].as_u64() <= r["latency_us"]["p99"].as_u64());
+    assert_eq!(r["errors"]["total"], 0);
+    let node_count = r["node_signal_to_order_us"]["count"].as_u64().unwrap();
+    assert!(node_count >= requests, "the node saw the signals too: {node_count} < {requests}");
+    assert!(r["node_signal_to_order_us"]["0.99"].as_f64().unwrap() > 0.0);
+    assert!(text.contains("latency (µs, from each request's intended send time)"), "{text}");
+    assert!(text.contains("node signal-to-order"), "{text}");
+}
+
+#[test]
+fn refused_requests_are_counted_by_kind_and_fail_the_run() {
+    let node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let (_, key) = node.account("enterprise", "1000000", json!({"requests_per_minute": 100, "max_daily_loss": "0"}));
+    let args = [
+        "--key",
+        &key,
+        "--rate",
+        "300",
+        "--connections",
+        "2",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0",
+        "--symbols",
+        "BTC-USD",
+    ];
+    let (code, r, text) = bench(&node, &args);
+    assert_eq!(code, 1, "an error rate above --max-error-rate fails the run: {text}");
+    let limited = r["errors"]["by_kind"]["http 429 rate.limited"].as_u64().unwrap_or(0);
+    assert!(limited > 100, "{}", r["errors"]);
+    assert_eq!(r["errors"]["total"].as_u64().unwrap(), limited);
+    assert!(r["ok"].as_u64().unwrap() <= 100);
+    assert!(text.contains("http 429 rate.limited"), "{text}");
+    let (code, _, text) = bench(&node, &[&args[..], &["--max-error-rate", "1"]].concat());
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn a_closed_loop_run_and_setup_errors() {
+    let node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "ETH-USD");
+    let (code, r, text) =
+        bench(&node, &["--connections", "2", "--duration", "1", "--warmup", "0.2", "--accounts", "1"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["parameters"]["mode"], "closed");
+    assert!(r["requests"].as_u64().unwrap() > 50, "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+        .args(["signals", "--target", "https://example.invalid", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http://"));
+}
