@@ -2,15 +2,27 @@
 //! `$NOTIFY_SOCKET`. It is one datagram per message, so it lives here rather than in a crate.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd, or `Type=` other than notify) every call is a
-//! no-op. Sending never blocks: a full or missing socket is logged once and otherwise ignored.
+//! no-op. The socket is opened once; sending never blocks, and a failed send is logged the first
+//! time only (the watchdog would otherwise repeat it every few seconds).
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A handle to the service manager's notification socket.
+/// The open socket and the manager's address.
+#[derive(Debug)]
+struct Target {
+    name: String,
+    socket: UnixDatagram,
+    addr: SocketAddr,
+    warned: AtomicBool,
+}
+
+/// A handle to the service manager's notification socket; clones share the socket.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    target: Option<String>,
+    target: Option<Arc<Target>>,
     watchdog: Option<Duration>,
 }
 
@@ -23,17 +35,21 @@ impl Notifier {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|u| *u > 0 && ours)
             .map(Duration::from_micros);
-        Notifier { target: var("NOTIFY_SOCKET"), watchdog }
+        Notifier::to(var("NOTIFY_SOCKET").as_deref(), watchdog)
     }
 
-    /// A notifier that sends nothing.
-    pub fn disabled() -> Notifier {
-        Notifier { target: None, watchdog: None }
-    }
-
-    /// Whether a service manager listens.
-    pub fn enabled(&self) -> bool {
-        self.target.is_some()
+    /// A notifier for `socket` (a path, or `@name` in the abstract namespace).
+    fn to(socket: Option<&str>, watchdog: Option<Duration>) -> Notifier {
+        let target = socket.and_then(|name| match open(name) {
+            Ok((socket, addr)) => {
+                Some(Arc::new(Target { name: name.to_string(), socket, addr, warned: AtomicBool::new(false) }))
+            }
+            Err(e) => {
+                log::warn!("systemd notify socket {name}: {e}; notifications are off");
+                None
+            }
+        });
+        Notifier { target, watchdog }
     }
 
     /// How often to send `WATCHDOG=1`: half the manager's timeout, as systemd recommends.
@@ -43,9 +59,11 @@ impl Notifier {
 
     /// Sends one message (`KEY=VALUE` lines).
     pub fn send(&self, message: &str) {
-        let Some(target) = &self.target else { return };
-        if let Err(e) = send_to(target, message.as_bytes()) {
-            log::warn!("systemd notify to {target}: {e}");
+        let Some(t) = &self.target else { return };
+        if let Err(e) = t.socket.send_to_addr(message.as_bytes(), &t.addr) {
+            if !t.warned.swap(true, Ordering::Relaxed) {
+                log::warn!("systemd notify to {}: {e}", t.name);
+            }
         }
     }
 
@@ -65,7 +83,7 @@ impl Notifier {
     }
 }
 
-fn send_to(target: &str, message: &[u8]) -> std::io::Result<()> {
+fn open(target: &str) -> std::io::Result<(UnixDatagram, SocketAddr)> {
     let socket = UnixDatagram::unbound()?;
     socket.set_nonblocking(true)?;
     let addr = match target.strip_prefix('@') {
@@ -75,8 +93,7 @@ fn send_to(target: &str, message: &[u8]) -> std::io::Result<()> {
         }
         None => SocketAddr::from_pathname(target)?,
     };
-    socket.send_to_addr(message, &addr)?;
-    Ok(())
+    Ok((socket, addr))
 }
 
 #[cfg(test)]
@@ -88,7 +105,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier { target: Some(path.to_str().unwrap().to_string()), watchdog: Some(Duration::from_secs(4)) };
+        let n = Notifier::to(path.to_str(), Some(Duration::from_secs(4)));
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(2)));
         n.ready("ok");
         n.watchdog();
@@ -107,15 +124,17 @@ mod tests {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("signalgate-test-{}", std::process::id());
         let listener = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
-        Notifier { target: Some(format!("@{name}")), watchdog: None }.send("READY=1");
+        Notifier::to(Some(&format!("@{name}")), None).send("READY=1");
         let mut buf = [0u8; 16];
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"READY=1");
-        let off = Notifier::disabled();
-        assert!(!off.enabled());
-        assert_eq!(off.watchdog_interval(), None);
+        let off = Notifier::to(None, Some(Duration::from_secs(4)));
+        assert_eq!(off.watchdog_interval(), None, "no socket, no watchdog");
         off.ready("nothing happens");
-        // A socket that is gone is logged, not fatal.
-        Notifier { target: Some("/nonexistent/notify.sock".into()), watchdog: None }.send("READY=1");
+        // A socket that is gone is logged once, not fatal.
+        let gone = Notifier::to(Some("/nonexistent/notify.sock"), None);
+        gone.send("READY=1");
+        gone.send("WATCHDOG=1");
+        assert!(gone.target.as_ref().unwrap().warned.load(Ordering::Relaxed));
     }
 }
