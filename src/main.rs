@@ -55,11 +55,14 @@ enum TuneCommand {
     },
 }
 
+/// The environment, for `SIGNALGATE_*` overrides. `vars_os`: a variable that is not UTF-8 must
+/// not crash the node; it is read lossily and then fails validation if it is one of ours.
+fn environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+}
+
 fn load(path: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
-    // vars_os: a variable that is not UTF-8 must not crash the node; it is read lossily and then
-    // fails validation if it is one of ours.
-    let env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
-    let cfg = Config::load(path, env).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let cfg = Config::load(path, environment()).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let problems = cfg.validate(&server::host_cores());
     if problems.is_empty() {
         Ok(cfg)
@@ -99,9 +102,7 @@ fn main() -> ExitCode {
         }
         Command::Tune { command: TuneCommand::Check { config } } => {
             // The topology may name cores this host lacks: report that as an item, not an error.
-            let env =
-                std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
-            let cfg = match Config::load(config.as_deref(), env) {
+            let cfg = match Config::load(config.as_deref(), environment()) {
                 Ok(cfg) => cfg,
                 Err(problems) => {
                     for p in problems {

@@ -122,11 +122,17 @@ fn cpu_list(cores: &[usize]) -> String {
     cores.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// Every core the node uses (hot and fan-out), sorted, once each.
+fn node_cores(cfg: &Config) -> Vec<usize> {
+    let mut v: Vec<usize> = cfg.topology.hot.iter().chain(&cfg.topology.fanout).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// The cores to isolate for this topology, and the cores left to the operating system.
 pub fn isolation_plan(cfg: &Config, cores: &[usize]) -> (Vec<usize>, Vec<usize>) {
-    let mut node: Vec<usize> = cfg.topology.hot.iter().chain(&cfg.topology.fanout).copied().collect();
-    node.sort_unstable();
-    node.dedup();
+    let mut node = node_cores(cfg);
     let mut rest: Vec<usize> = cores.iter().copied().filter(|c| !node.contains(c)).collect();
     if rest.is_empty() {
         // Keep at least one core for the kernel and everything else: isolate the hot core only.
@@ -142,23 +148,22 @@ pub fn isolation_plan(cfg: &Config, cores: &[usize]) -> (Vec<usize>, Vec<usize>)
 /// The suggested kernel command line for the topology (empty when nothing can be isolated).
 pub fn kernel_cmdline(cfg: &Config, cores: &[usize]) -> String {
     let (isolate, housekeeping) = isolation_plan(cfg, cores);
+    cmdline_for(&isolate, &housekeeping)
+}
+
+fn cmdline_for(isolate: &[usize], housekeeping: &[usize]) -> String {
     if isolate.is_empty() {
         return String::new();
     }
-    let iso = cpu_list(&isolate);
-    format!("isolcpus=managed_irq,domain,{iso} nohz_full={iso} rcu_nocbs={iso} irqaffinity={}", cpu_list(&housekeeping))
+    let iso = cpu_list(isolate);
+    format!("isolcpus=managed_irq,domain,{iso} nohz_full={iso} rcu_nocbs={iso} irqaffinity={}", cpu_list(housekeeping))
 }
 
 /// Runs every check.
 pub fn check(cfg: &Config, host: &Host) -> Vec<Item> {
     let mut items = Vec::new();
     let mut push = |name, level, found: String, fix: Option<String>| items.push(Item { name, level, found, fix });
-    let node_cores: Vec<usize> = {
-        let mut v: Vec<usize> = cfg.topology.hot.iter().chain(&cfg.topology.fanout).copied().collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
+    let node_cores = node_cores(cfg);
 
     let missing: Vec<usize> = node_cores.iter().copied().filter(|c| !host.cores.contains(c)).collect();
     if missing.is_empty() {
@@ -182,8 +187,8 @@ pub fn check(cfg: &Config, host: &Host) -> Vec<Item> {
         );
     }
 
-    let cmdline = kernel_cmdline(cfg, &host.cores);
-    let (isolate, _) = isolation_plan(cfg, &host.cores);
+    let (isolate, housekeeping) = isolation_plan(cfg, &host.cores);
+    let cmdline = cmdline_for(&isolate, &housekeeping);
     let isolated = parse_cpu_list(&host.read("/sys/devices/system/cpu/isolated").unwrap_or_default());
     let fix_cmdline = || {
         if cmdline.is_empty() {
