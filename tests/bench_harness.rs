@@ -90,6 +90,18 @@ fn a_closed_loop_run_and_setup_errors() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(r["parameters"]["mode"], "closed");
     assert!(r["requests"].as_u64().unwrap() > 50, "{text}");
+    // Nothing listens on port 1: every attempt is a counted connect error, retried after 50 ms.
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("refused.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+        .args(["signals", "--target", "http://127.0.0.1:1", "--key", "sg_unused", "--connections", "2"])
+        .args(["--duration", "1", "--warmup", "0", "--quiet", "--json", json_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let refused: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let connects = refused["errors"]["by_kind"]["connect"].as_u64().unwrap();
+    assert!((10..=60).contains(&connects), "2 connections backing off 50 ms for 1 s: {connects}");
     let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
         .args(["signals", "--target", "https://example.invalid", "--quiet"])
         .output()

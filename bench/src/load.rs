@@ -174,7 +174,9 @@ fn drive(load: &Load) -> Result<Measured, String> {
                 }
                 continue;
             }
-            let due = conn.schedule.map_or(now, |s| s.send_at(conn.k, conn.free));
+            // Closed loop sends as soon as the connection is free; `free` also carries the
+            // back-off after a failed connect, in both modes.
+            let due = conn.schedule.map_or(conn.free, |s| s.send_at(conn.k, conn.free));
             if due > now {
                 continue;
             }
