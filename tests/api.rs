@@ -10,6 +10,13 @@ fn signal(node: &Node, key: &str, body: &str) -> support::Resp {
     node.req("POST", "/v1/signals", &[("Authorization", &bearer(key)), JSON], body)
 }
 
+/// A BTC-USD limit price `fraction` of the current bid: an order at it rests, inside the collar.
+fn resting_price(node: &Node, key: &str, fraction: f64) -> String {
+    let q = node.req("GET", "/v1/market/BTC-USD/quote", &[("Authorization", &bearer(key))], "").json();
+    let bid: f64 = q["bid"].as_str().unwrap().parse().unwrap();
+    format!("{:.2}", (bid * fraction).floor())
+}
+
 #[test]
 fn a_signal_becomes_a_filled_order_and_a_position() {
     let node = Node::start(&[]);
@@ -179,8 +186,7 @@ fn orders_can_be_placed_listed_and_canceled() {
     let auth = bearer(&key);
     let q = node.req("GET", "/v1/market/BTC-USD/quote", &[("Authorization", &auth)], "");
     assert_eq!(q.header("cache-control"), Some("no-store"));
-    let bid: f64 = q.json()["bid"].as_str().unwrap().parse().unwrap();
-    let price = format!("{:.2}", (bid * 0.98).floor());
+    let price = resting_price(&node, &key, 0.98);
     let body = format!(r#"{{"symbol":"BTC-USD","side":"buy","qty":"0.01","limit_price":"{price}","tif":"gtc"}}"#);
     let r = node.req("POST", "/v1/orders", &[("Authorization", &auth), JSON], &body);
     assert_eq!(r.status, 201, "{}", r.body);
@@ -217,10 +223,8 @@ fn the_kill_switch_halts_and_resume_reopens() {
     let key = node.demo_key.clone();
     node.wait_for_quote(&key, "BTC-USD");
     let auth = bearer(&key);
-    let q = node.req("GET", "/v1/market/BTC-USD/quote", &[("Authorization", &auth)], "").json();
-    let bid: f64 = q["bid"].as_str().unwrap().parse().unwrap();
-    let body =
-        format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.01","limit_price":"{:.2}"}}"#, (bid * 0.97).floor());
+    let price = resting_price(&node, &key, 0.97);
+    let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.01","limit_price":"{price}"}}"#);
     assert_eq!(signal(&node, &key, &body).status, 201);
     let r = node.req("POST", "/v1/account/halt", &[("Authorization", &auth)], "");
     assert_eq!(r.json(), json!({"state": "halted", "canceled_orders": 1}));
@@ -385,13 +389,8 @@ fn order_lists_are_newest_first_even_after_the_history_wraps() {
     let key = node.demo_key.clone();
     node.wait_for_quote(&key, "BTC-USD");
     let auth = bearer(&key);
-    let bid: f64 = node.req("GET", "/v1/market/BTC-USD/quote", &[("Authorization", &auth)], "").json()["bid"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let rest =
-        format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.01","limit_price":"{:.2}"}}"#, (bid * 0.97).floor());
+    let price = resting_price(&node, &key, 0.97);
+    let rest = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.01","limit_price":"{price}"}}"#);
     let first = signal(&node, &key, &rest).json()["order"]["id"].as_u64().unwrap();
     for i in 0..6 {
         let side = if i % 2 == 0 { "buy" } else { "sell" };

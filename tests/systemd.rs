@@ -43,10 +43,14 @@ fn notify_protocol_ready_watchdog_stopping_in_order() {
 }
 
 #[test]
-fn without_a_notify_socket_nothing_is_sent_and_the_node_runs() {
+fn a_watchdog_without_a_notify_socket_is_harmless() {
     let node = Node::start(&[("WATCHDOG_USEC", "100000")]);
     assert_eq!(node.req("GET", "/health", &[], "").status, 200);
 }
+
+/// The shipped units, and the file name each is checked under (the template needs an instance).
+const UNITS: [(&str, &str); 2] =
+    [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")];
 
 fn unit(name: &str) -> String {
     std::fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -72,9 +76,7 @@ fn analyze(args: &[&str], dir: &std::path::Path) -> (bool, String) {
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, file) in
-        [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")]
-    {
+    for (name, file) in UNITS {
         let path = installable(dir.path(), name, file);
         let (ok, out) = analyze(&["verify", path.to_str().unwrap()], dir.path());
         assert!(ok && out.trim().is_empty(), "{name}: {out}");
@@ -84,9 +86,7 @@ fn units_pass_systemd_analyze_verify() {
 #[test]
 fn units_rate_ok_or_better_in_systemd_analyze_security() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, file) in
-        [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")]
-    {
+    for (name, file) in UNITS {
         let path = installable(dir.path(), name, file);
         let (_, out) = analyze(&["security", "--offline=yes", path.to_str().unwrap()], dir.path());
         let line = out.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{out}"));
@@ -167,53 +167,24 @@ fn every_system_call_the_node_makes_passes_the_units_filter() {
 
     // Run the real node under strace through start-up, traffic, admin calls and a drain.
     let summary = dir.path().join("syscalls.txt");
-    let data = dir.path().join("data");
-    let mut child = std::process::Command::new("strace")
-        .args(["-f", "-c", "-o", summary.to_str().unwrap(), support::binary(), "run"])
-        .env("SIGNALGATE_HTTP_ADDR", "127.0.0.1:0")
-        .env("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0")
-        .env("SIGNALGATE_ADMIN_TOKEN", support::ADMIN_TOKEN)
-        .env("SIGNALGATE_JOURNAL_DIR", &data)
-        .env("SIGNALGATE_TOPOLOGY_PIN", "true")
-        .env("SIGNALGATE_MARKET_INTERVAL_MS", "10")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("strace is required; scripts/test installs it");
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut http, mut admin, mut key) = (None, None, None);
-    for line in lines.by_ref().map_while(Result::ok) {
-        if let Some(a) = line.strip_prefix("http:  http://") {
-            http = a.parse::<std::net::SocketAddr>().ok();
-        } else if let Some(a) = line.strip_prefix("admin: http://") {
-            admin = a.parse::<std::net::SocketAddr>().ok();
-        } else if let Some(k) = line.split("(shown once): ").nth(1) {
-            key = Some(k.to_string());
-        }
-        if line.starts_with("try:") {
-            break;
-        }
-    }
-    let (http, admin, key) = (http.unwrap(), admin.unwrap(), key.unwrap());
-    std::thread::sleep(Duration::from_millis(100));
-    let auth = support::bearer(&key);
-    let mut conn = support::Conn::open(http);
+    let strace = ["strace", "-f", "-c", "-o", summary.to_str().unwrap()];
+    let mut node =
+        Node::start_wrapped(&strace, &[("SIGNALGATE_TOPOLOGY_PIN", "true"), ("SIGNALGATE_MARKET_INTERVAL_MS", "10")]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let auth = support::bearer(&node.demo_key);
+    let mut conn = node.conn();
     for body in
         [r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#, r#"{"symbol":"BTC-USD","action":"close"}"#, "{bad"]
     {
         conn.send("POST", "/v1/signals", &[("Authorization", &auth), support::JSON], body.as_bytes());
     }
     conn.send("GET", "/metrics", &[], b"");
-    let admin_auth = support::bearer(support::ADMIN_TOKEN);
-    support::Conn::open(admin).send("POST", "/admin/accounts", &[("Authorization", &admin_auth)], br#"{"name":"s"}"#);
+    node.admin("POST", "/admin/accounts", r#"{"name":"s"}"#);
     drop(conn);
-    // strace would detach on SIGTERM rather than pass it on, so signal the node itself: its pid is
-    // in the data directory's lock file.
-    let pid: libc::pid_t = std::fs::read_to_string(data.join("LOCK")).unwrap().trim().parse().unwrap();
+    // strace would detach on SIGTERM rather than pass it on, so signal the node itself.
     // SAFETY: kill(2) on the node process this test started (a child of its strace child).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+    assert_eq!(unsafe { libc::kill(node.node_pid() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert!(node.wait(Duration::from_secs(10)).expect("strace and the node exit").success());
 
     let text = std::fs::read_to_string(&summary).unwrap();
     // Rows of `strace -c` start with the share of time; the header and rulers do not.

@@ -41,8 +41,24 @@ impl Node {
 
     /// Like [`Node::start`], returning what went wrong instead of panicking.
     pub fn try_start(env: &[(&str, &str)]) -> Result<Node, String> {
+        Self::try_start_wrapped(&[], env)
+    }
+
+    /// Starts the node as the last arguments of `wrapper` (e.g. `strace -f -c -o FILE`).
+    pub fn start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> Node {
+        Self::try_start_wrapped(wrapper, env).unwrap_or_else(|e| panic!("node did not start: {e}"))
+    }
+
+    fn try_start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> Result<Node, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("run")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -175,6 +191,12 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The node's process id, from its data directory's lock file (differs from the child's pid
+    /// when the node runs under a wrapper).
+    pub fn node_pid(&self) -> u32 {
+        std::fs::read_to_string(self._dir.path().join("LOCK")).unwrap().trim().parse().unwrap()
     }
 
     /// Lines the node logged so far.
