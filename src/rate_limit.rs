@@ -9,7 +9,7 @@ use crate::engine::types::{Nanos, SECOND};
 const MILLI: Nanos = 1_000_000;
 
 /// One sliding window counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SlidingWindow {
     window: Nanos,
     current_start: Nanos,

@@ -7,7 +7,7 @@ use super::types::{AccountId, KeyId, Nanos, OrderId, ShortStr};
 use crate::rate_limit::SlidingWindow;
 
 /// Whether an account may trade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum AccountState {
     /// Trades normally.
     Active,
@@ -29,7 +29,7 @@ impl AccountState {
 }
 
 /// Why an account's state last changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum StateReason {
     /// Created.
     Created,
@@ -54,7 +54,7 @@ impl StateReason {
 }
 
 /// Effective risk and rate limits of an account. Money in money units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RiskLimits {
     /// API requests per key per minute.
     pub requests_per_minute: u32,
@@ -75,7 +75,9 @@ pub struct RiskLimits {
 }
 
 /// Per-account overrides of its tier's limits; `None` keeps the tier's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+)]
 pub struct LimitOverrides {
     /// See [`RiskLimits::requests_per_minute`].
     pub requests_per_minute: Option<u32>,
@@ -124,14 +126,16 @@ pub struct Tier {
 pub type TierId = u16;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+)]
 pub struct Roles {
     /// Send market data (`POST /v1/market/ticks`).
     pub feed: bool,
 }
 
 /// One API key. Only the SHA-256 of the key is kept.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct KeyRecord {
     /// Its id.
     pub id: KeyId,
@@ -151,7 +155,7 @@ pub struct KeyRecord {
 pub type AccountName = ShortStr<64>;
 
 /// One trading account and everything it owns.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Account {
     /// Its id.
     pub id: AccountId,
@@ -192,3 +196,5 @@ pub struct Account {
     /// When it was created.
     pub created_at: Nanos,
 }
+
+crate::engine::types::serialize_as_str!(AccountState, StateReason);

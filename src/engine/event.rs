@@ -10,126 +10,139 @@ use super::risk::RejectCode;
 use super::types::{AccountId, KeyId, Nanos, OrderId, Side, SignalKey, SymbolId};
 
 /// One state change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct Event {
     /// Node-wide sequence number, from 1, without gaps.
     pub seq: u64,
     /// Engine time of the change.
     pub ts: Nanos,
     /// What changed.
+    #[serde(flatten)]
     pub kind: EventKind,
 }
 
-/// The kinds of state change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// An account was opened.
-    AccountCreated {
-        /// Its id.
-        account: AccountId,
-        /// Its name.
-        name: AccountName,
-        /// Its tier.
-        tier: TierId,
-        /// Starting cash (money units).
-        cash: i64,
-        /// Limit overrides.
-        overrides: LimitOverrides,
-    },
-    /// An API key was added (hash only).
-    KeyAdded {
-        /// Its id.
-        key: KeyId,
-        /// Its account.
-        account: AccountId,
-        /// SHA-256 of the key.
-        hash: [u8; 32],
-        /// Its roles.
-        roles: Roles,
-    },
-    /// An API key was revoked.
-    KeyRevoked {
-        /// Its id.
-        key: KeyId,
-    },
-    /// An account's limit overrides were replaced.
-    LimitsSet {
-        /// The account.
-        account: AccountId,
-        /// The new overrides.
-        overrides: LimitOverrides,
-    },
-    /// An account's trading state changed.
-    AccountStateChanged {
-        /// The account.
-        account: AccountId,
-        /// The new state.
-        state: AccountState,
-        /// Why.
-        reason: StateReason,
-    },
-    /// A new UTC day started for an account; daily loss counts from `equity`.
-    DayStarted {
-        /// The account.
-        account: AccountId,
-        /// UTC day number.
-        day: u32,
-        /// Equity at the start of the day (money units).
-        equity: i64,
-    },
-    /// An order passed risk checks and goes to the venue.
-    OrderAccepted {
-        /// The order as accepted (status `pending_new`).
-        order: Order,
-    },
-    /// An order changed status without a fill.
-    OrderUpdated {
-        /// The order.
-        order: OrderId,
-        /// What happened.
-        event: OrderEvent,
-    },
-    /// Part or all of an order filled.
-    Fill {
-        /// The order.
-        order: OrderId,
-        /// Its account.
-        account: AccountId,
-        /// Its symbol.
-        symbol: SymbolId,
-        /// Its side.
-        side: Side,
-        /// Filled quantity (quantity units).
-        qty: i64,
-        /// Fill price (price units).
-        price: i64,
-        /// `qty × price` (money units).
-        notional: i64,
-        /// Fee (money units).
-        fee: i64,
-    },
-    /// A quote arrived.
-    Quote(Quote),
-    /// A signal with a `signal_id` was answered; a repeat gets the same answer.
-    SignalAnswered {
-        /// The account.
-        account: AccountId,
-        /// The client's signal id.
-        signal: SignalKey,
-        /// The answer given.
-        answer: SignalAnswer,
-    },
-    /// A signal or order was refused before reaching the venue (audit trail).
-    Rejected {
-        /// The account.
-        account: AccountId,
-        /// Why.
-        code: RejectCode,
-    },
+pub use kinds::EventKind;
+
+// In a private module so that the resolver type rkyv derives for it (whose fields carry no docs)
+// stays private.
+mod kinds {
+    use super::*;
+
+    /// The kinds of state change.
+    #[derive(
+        Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    )]
+    #[serde(tag = "type", content = "data", rename_all = "snake_case")]
+    pub enum EventKind {
+        /// An account was opened.
+        AccountCreated {
+            /// Its id.
+            account: AccountId,
+            /// Its name.
+            name: AccountName,
+            /// Its tier.
+            tier: TierId,
+            /// Starting cash (money units).
+            cash: i64,
+            /// Limit overrides.
+            overrides: LimitOverrides,
+        },
+        /// An API key was added (hash only).
+        KeyAdded {
+            /// Its id.
+            key: KeyId,
+            /// Its account.
+            account: AccountId,
+            /// SHA-256 of the key.
+            #[serde(serialize_with = "crate::engine::types::serialize_hex")]
+            hash: [u8; 32],
+            /// Its roles.
+            roles: Roles,
+        },
+        /// An API key was revoked.
+        KeyRevoked {
+            /// Its id.
+            key: KeyId,
+        },
+        /// An account's limit overrides were replaced.
+        LimitsSet {
+            /// The account.
+            account: AccountId,
+            /// The new overrides.
+            overrides: LimitOverrides,
+        },
+        /// An account's trading state changed.
+        AccountStateChanged {
+            /// The account.
+            account: AccountId,
+            /// The new state.
+            state: AccountState,
+            /// Why.
+            reason: StateReason,
+        },
+        /// A new UTC day started for an account; daily loss counts from `equity`.
+        DayStarted {
+            /// The account.
+            account: AccountId,
+            /// UTC day number.
+            day: u32,
+            /// Equity at the start of the day (money units).
+            equity: i64,
+        },
+        /// An order passed risk checks and goes to the venue.
+        OrderAccepted {
+            /// The order as accepted (status `pending_new`).
+            order: Order,
+        },
+        /// An order changed status without a fill.
+        OrderUpdated {
+            /// The order.
+            order: OrderId,
+            /// What happened.
+            event: OrderEvent,
+        },
+        /// Part or all of an order filled.
+        Fill {
+            /// The order.
+            order: OrderId,
+            /// Its account.
+            account: AccountId,
+            /// Its symbol.
+            symbol: SymbolId,
+            /// Its side.
+            side: Side,
+            /// Filled quantity (quantity units).
+            qty: i64,
+            /// Fill price (price units).
+            price: i64,
+            /// `qty × price` (money units).
+            notional: i64,
+            /// Fee (money units).
+            fee: i64,
+        },
+        /// A quote arrived.
+        Quote(Quote),
+        /// A signal with a `signal_id` was answered; a repeat gets the same answer.
+        SignalAnswered {
+            /// The account.
+            account: AccountId,
+            /// The client's signal id.
+            signal: SignalKey,
+            /// The answer given.
+            answer: SignalAnswer,
+        },
+        /// A signal or order was refused before reaching the venue (audit trail).
+        Rejected {
+            /// The account.
+            account: AccountId,
+            /// Why.
+            code: RejectCode,
+        },
+    }
 }
 
 /// The order part of a signal's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct OrderView {
     /// Order id.
     pub id: OrderId,
@@ -148,7 +161,7 @@ pub struct OrderView {
 }
 
 /// The position part of a signal's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct PositionView {
     /// Symbol.
     pub symbol: SymbolId,
@@ -159,7 +172,7 @@ pub struct PositionView {
 }
 
 /// What a signal produced: an order (or none, when nothing had to be done) and the position after.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct SignalAnswer {
     /// The order placed, as it stood when the answer was given.
     pub order: Option<OrderView>,

@@ -71,6 +71,15 @@ impl IdempotencyStore {
         }
     }
 
+    /// Every record, oldest first: `(account, signal id, answered at, answer)`.
+    pub fn records(&self) -> impl Iterator<Item = (AccountId, SignalKey, Nanos, SignalAnswer)> + '_ {
+        self.by_age.iter().filter_map(|(at, key)| {
+            let (answered, answer) = self.answers.get(key)?;
+            // An age entry left behind by a re-inserted key is skipped.
+            (answered == at).then_some((key.0, key.1, *at, *answer))
+        })
+    }
+
     /// Live records.
     pub fn len(&self) -> usize {
         self.answers.len()

@@ -3,7 +3,7 @@
 use super::types::{Nanos, SymbolId};
 
 /// Top of book for one symbol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct Quote {
     /// Symbol.
     pub symbol: SymbolId,

@@ -96,6 +96,28 @@ pub struct SignalOutcome {
     pub replayed: bool,
 }
 
+/// Everything the engine knows, as plain data: what a snapshot holds. Restoring it and applying
+/// the events after `last_seq` gives the same engine as applying every event from the start.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct EngineState {
+    /// Sequence number of the last event applied.
+    pub last_seq: u64,
+    /// The next order id.
+    pub next_order: u64,
+    /// The UTC day of the last housekeeping.
+    pub day: u32,
+    /// Accounts, in id order.
+    pub accounts: Vec<Account>,
+    /// Keys, in id order.
+    pub keys: Vec<KeyRecord>,
+    /// Remembered orders, by id.
+    pub orders: Vec<Order>,
+    /// Last quote per symbol.
+    pub quotes: Vec<Option<Quote>>,
+    /// Idempotency records, oldest first: account, signal id, time, answer.
+    pub idempotency: Vec<(AccountId, SignalKey, Nanos, SignalAnswer)>,
+}
+
 /// The engine. `V` is the venue orders go to.
 pub struct Engine<V> {
     cfg: EngineConfig,
@@ -138,6 +160,61 @@ impl<V: Venue> Engine<V> {
         }
     }
 
+    // ----- snapshots -----
+
+    /// A copy of the state (see [`EngineState`]).
+    pub fn state(&self) -> EngineState {
+        let mut orders: Vec<Order> = self.orders.values().copied().collect();
+        orders.sort_unstable_by_key(|o| o.id);
+        EngineState {
+            last_seq: self.last_seq(),
+            next_order: self.next_order,
+            day: self.day,
+            accounts: self.accounts.clone(),
+            keys: self.keys.clone(),
+            orders,
+            quotes: self.quotes.clone(),
+            idempotency: self.idempotency.records().collect(),
+        }
+    }
+
+    /// Replaces the state of an engine that has applied no event yet. Capacities are set as
+    /// event by event, so the steady state allocates nothing after a restore either. Fails when
+    /// the state does not fit this engine's symbols or tiers.
+    pub fn restore(&mut self, state: EngineState) -> Result<(), String> {
+        if state.quotes.len() != self.quotes.len() {
+            return Err(format!(
+                "the snapshot has {} symbols, the configuration {}: symbols may only be added at the end, with a new journal",
+                state.quotes.len(),
+                self.quotes.len()
+            ));
+        }
+        if let Some(a) = state.accounts.iter().find(|a| usize::from(a.tier) >= self.tiers.len()) {
+            return Err(format!("account {} has tier {}, which the configuration lacks", a.id, a.tier));
+        }
+        let history = self.cfg.orders_per_account.max(1);
+        self.next_seq = state.last_seq + 1;
+        self.next_order = state.next_order;
+        self.day = state.day;
+        self.orders.clear();
+        self.orders.reserve((2 * history * state.accounts.len()).max(state.orders.len()));
+        self.orders.extend(state.orders.into_iter().map(|o| (o.id, o)));
+        self.accounts = state.accounts;
+        for a in &mut self.accounts {
+            let open = (a.limits.max_open_orders as usize).clamp(1, 4096);
+            a.open_orders.reserve(open.saturating_sub(a.open_orders.len()));
+            a.recent_orders.reserve(history.saturating_sub(a.recent_orders.len()));
+        }
+        self.key_index.clear();
+        self.key_index.extend(state.keys.iter().map(|k| (k.hash, k.id)));
+        self.keys = state.keys;
+        self.quotes = state.quotes;
+        for (account, signal, at, answer) in state.idempotency {
+            self.idempotency.insert(account, signal, answer, at);
+        }
+        Ok(())
+    }
+
     // ----- reading -----
 
     /// Events produced by the last command, in order.
@@ -178,6 +255,11 @@ impl<V: Venue> Engine<V> {
     /// One account.
     pub fn account(&self, id: AccountId) -> Option<&Account> {
         self.index_of(id).map(|i| &self.accounts[i])
+    }
+
+    /// Number of keys ever added.
+    pub fn keys_len(&self) -> usize {
+        self.keys.len()
     }
 
     /// One key.
@@ -714,6 +796,40 @@ impl<V: Venue> Engine<V> {
             }
         }
         self.idempotency.expire(now);
+    }
+
+    /// Lets the venue report what it did since the last call (a venue that answers later, or
+    /// orders released by a gate in front of it).
+    pub fn poll_venue(&mut self, now: Nanos) {
+        self.begin();
+        self.venue.poll(now, &mut self.executions);
+        self.apply_executions(now);
+    }
+
+    /// Hands every open order to the venue again, with the cancels still asked for: after a
+    /// restart, a venue that lost its state (the paper simulator) learns the book the journal
+    /// rebuilt. Acknowledgements of orders already working change nothing.
+    pub fn resend_open_orders(&mut self, now: Nanos) {
+        self.begin();
+        for idx in 0..self.accounts.len() {
+            for i in 0..self.accounts[idx].open_orders.len() {
+                let o = self.orders[&self.accounts[idx].open_orders[i]];
+                let spec = self.symbols.get(o.symbol);
+                self.venue.submit(&o, spec, self.quotes[usize::from(o.symbol.0)].as_ref(), now, &mut self.executions);
+                if o.status == OrderStatus::PendingCancel {
+                    self.venue.cancel(&o, now, &mut self.executions);
+                }
+            }
+        }
+        self.apply_executions(now);
+    }
+
+    /// `answer` brought up to date: its order and position as they stand now.
+    pub fn refresh_answer(&self, account: AccountId, answer: &SignalAnswer) -> SignalAnswer {
+        SignalAnswer {
+            order: answer.order.map(|o| self.orders.get(&o.id).map_or(o, |cur| self.order_view(cur))),
+            position: self.account(account).map_or(answer.position, |a| self.position_view(a, answer.position.symbol)),
+        }
     }
 
     fn expire_day_orders(&mut self, day: u32, now: Nanos) {

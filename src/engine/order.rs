@@ -3,7 +3,7 @@
 use super::types::{AccountId, Nanos, OrderId, OrderType, Side, SymbolId, Tag, Tif};
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum OrderStatus {
     /// Accepted by risk, not yet acknowledged by the venue.
     PendingNew,
@@ -62,7 +62,10 @@ impl OrderStatus {
 }
 
 /// What happened to an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum OrderEvent {
     /// The venue acknowledged it.
     Ack,
@@ -172,7 +175,7 @@ pub fn transition(from: OrderStatus, event: OrderEvent) -> Option<OrderStatus> {
 }
 
 /// One order. `Copy`, fixed size: it lives in preallocated maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
 pub struct Order {
     /// Its id.
     pub id: OrderId,
@@ -214,6 +217,8 @@ impl Order {
         }
     }
 }
+
+crate::engine::types::serialize_as_str!(OrderStatus);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use crate::fixed::MONEY_DECIMALS;
 use crate::json::Writer;
 
 /// Why the engine refused a command. Each has a stable code in the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum RejectCode {
     /// The account is halted.
     AccountHalted,
@@ -203,6 +203,8 @@ impl RejectCode {
         }
     }
 }
+
+crate::engine::types::serialize_as_str!(RejectCode);
 
 #[cfg(test)]
 mod tests {

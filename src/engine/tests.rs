@@ -10,7 +10,7 @@ use super::order::OrderStatus;
 use super::risk::RejectCode;
 use super::symbol::{SymbolSpec, SymbolTable};
 use super::types::{AccountId, OrderId, OrderType, SignalKey, SymbolId, Tag, Tif, DAY, SECOND};
-use super::{Engine, EngineConfig, Intent, SignalSpec, Size};
+use super::{Engine, EngineConfig, EngineState, Intent, SignalSpec, Size};
 use crate::venue::{PaperConfig, PaperVenue};
 
 const T0: u64 = 1_800_000_000 * SECOND;
@@ -445,6 +445,8 @@ fn sequence_numbers_have_no_gaps_and_replay_rebuilds_the_state() {
     collect(&e);
     e.halt(a, T0 + 11).unwrap();
     collect(&e);
+    e.add_key(a, [7; 32], super::account::Roles::default(), T0 + 12).unwrap();
+    collect(&e);
     // Events from account creation and the first quotes came before `setup` returned: rebuild
     // them by replaying into a fresh engine from the first event we saw.
     let first = all[0].seq;
@@ -466,6 +468,34 @@ fn sequence_numbers_have_no_gaps_and_replay_rebuilds_the_state() {
     for id in 1..=e.last_seq() {
         assert_eq!(e.order(OrderId(id)), fresh.order(OrderId(id)));
     }
+    assert_eq!(e.state(), fresh.state(), "replay rebuilds the whole state");
+
+    // A snapshot taken halfway, restored, then the rest of the events: the same state again.
+    let mut half = engine();
+    open(&mut half, 100_000, LimitOverrides::default());
+    quote(&mut half, BTC, 10_000, 10_010, 500, T0);
+    quote(&mut half, ETH, 2_000, 2_005, 100_000, T0);
+    let (early, late) = all.split_at(all.len() / 2);
+    for ev in early {
+        half.apply_event(ev);
+    }
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&half.state()).unwrap();
+    let state = rkyv::from_bytes::<EngineState, rkyv::rancor::Error>(&bytes).unwrap();
+    let mut restored = engine();
+    restored.restore(state).unwrap();
+    for ev in late {
+        restored.apply_event(ev);
+    }
+    assert_eq!(restored.state(), e.state());
+    assert!(restored.idempotency().get(a, &SignalKey::new("x").unwrap(), T0 + 20).is_some());
+    assert_eq!(restored.key_by_hash(&[7; 32]).map(|k| k.account), Some(a), "the key index is rebuilt");
+    let mut wrong = Engine::new(
+        restored.config().to_owned(),
+        SymbolTable::new(restored.symbols().all()[..1].to_vec()),
+        restored.tiers().to_vec(),
+        PaperVenue::new(PaperConfig { slippage_bps: 0, fee_bps: 0, latency: 0 }, restored.symbols().all()),
+    );
+    assert!(wrong.restore(e.state()).unwrap_err().contains("symbols"));
 }
 
 #[derive(Debug, Clone)]

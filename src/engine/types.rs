@@ -13,7 +13,8 @@ pub const DAY: Nanos = 86_400 * SECOND;
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
+        #[serde(transparent)]
         pub struct $name(pub $inner);
 
         impl fmt::Display for $name {
@@ -42,7 +43,7 @@ id_type!(
 );
 
 /// Buy or sell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Side {
     /// Buy.
     Buy,
@@ -77,7 +78,7 @@ impl Side {
 }
 
 /// Market or limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum OrderType {
     /// Fill at the touch.
     Market,
@@ -96,7 +97,7 @@ impl OrderType {
 }
 
 /// Time in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Tif {
     /// Immediate or cancel: whatever does not fill at once is canceled.
     Ioc,
@@ -117,8 +118,37 @@ impl Tif {
     }
 }
 
+/// Serializes these types as their `as_str()` text (for `journal inspect --json`).
+macro_rules! serialize_as_str {
+    ($($t:ty),*) => {
+        $(impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        })*
+    };
+}
+pub(crate) use serialize_as_str;
+
+serialize_as_str!(Side, OrderType, Tif);
+
+impl<const N: usize> serde::Serialize for ShortStr<N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Serializes bytes as lowercase hex.
+pub fn serialize_hex<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    let mut out = String::with_capacity(64);
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    s.serialize_str(&out)
+}
+
 /// A short string stored inline (no heap), for tags and client ids.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShortStr<const N: usize> {
     len: u8,
     bytes: [u8; N],
@@ -140,8 +170,8 @@ impl<const N: usize> ShortStr<N> {
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        // Only ever built from a `&str`, cut at its own length.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+        // Built from a `&str` cut at its own length; a value read back from disk is checked anyway.
+        self.bytes.get(..usize::from(self.len)).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
     }
 
     /// Whether it is empty.
