@@ -1,6 +1,6 @@
 //! A node in a box for in-process measurements: the real `Node::handle` path (JSON parse → auth →
-//! rate limit → risk → order → paper fill → answer encoding) without sockets. Shared by the
-//! allocation test and the `signal_path` benchmark.
+//! rate limit → risk → order → journal encoding → paper fill → answer encoding) without sockets
+//! or disk. Shared by the allocation test and the `signal_path` benchmark.
 
 use signalgate::api::{Method, Request, Response};
 use signalgate::auth::hash_key;
@@ -76,17 +76,41 @@ impl Fixture {
             };
             self.node.apply_quote(q, self.now);
         }
+        self.journal_written();
     }
 
     /// Serves signal body number `i`; returns the status.
     pub fn signal(&mut self, i: usize) -> u16 {
         self.now += 1_000_000;
-        let body = &self.bodies[i % self.bodies.len()];
+        // Moved out for the call (no copy): the request borrows them while `serve` needs `self`.
+        let (bodies, auth) = (std::mem::take(&mut self.bodies), std::mem::take(&mut self.auth));
         let mut req = Request::new(Method::Post, "/v1/signals");
-        req.authorization = Some(self.auth.as_bytes());
+        req.authorization = Some(auth.as_bytes());
         req.content_type = Some(b"application/json");
-        req.body = body;
-        self.node.handle(&req, &mut self.resp, self.now);
+        req.body = &bodies[i % bodies.len()];
+        let status = self.serve(&req, self.now);
+        (self.bodies, self.auth) = (bodies, auth);
+        status
+    }
+
+    /// Serves one request as the HTTP layer does — handle, journal, complete, journal — and
+    /// returns the status.
+    pub fn serve(&mut self, req: &Request<'_>, now: u64) -> u16 {
+        self.node.handle(req, &mut self.resp, now);
+        self.journal_written();
+        self.node.complete(&mut self.resp);
+        self.journal_written();
         self.resp.status
+    }
+
+    /// Stands in for the journal writer, as if every pending event were written at once: takes
+    /// the encoded batch, and tells the node it is durable (which releases the held orders to
+    /// the venue). What is measured is everything but the disk.
+    pub fn journal_written(&mut self) {
+        if let Some((buf, last)) = self.node.journal.take() {
+            self.node.journal.give_back(buf);
+            self.node.journal.mark_written(last);
+            self.node.on_durable(last, self.now);
+        }
     }
 }

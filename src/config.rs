@@ -126,6 +126,19 @@ pub struct AdminConfig {
 pub struct JournalConfig {
     /// The node's data directory (locked while the node runs).
     pub dir: PathBuf,
+    /// When to fdatasync: `always`, `interval` or `never` (see `docs/durability.md`).
+    pub fsync: crate::journal::FsyncPolicy,
+    /// How batches are written: `pwrite` or `uring` (see `docs/durability.md`).
+    pub io: crate::journal::WriteIo,
+    /// Time between background syncs under `fsync = "interval"`.
+    pub fsync_interval_ms: u64,
+    /// A new segment starts once the current one is this large.
+    pub segment_bytes: u64,
+    /// A snapshot is written after this many events (0: never).
+    pub snapshot_every_events: u64,
+    /// Delete segments wholly covered by the newest snapshot, keeping this many of them
+    /// (-1: keep every segment).
+    pub keep_covered_segments: i64,
 }
 
 /// `[topology]`
@@ -312,7 +325,15 @@ impl Default for AdminConfig {
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        JournalConfig { dir: PathBuf::from("signalgate-data") }
+        JournalConfig {
+            dir: PathBuf::from("signalgate-data"),
+            fsync: crate::journal::FsyncPolicy::Interval,
+            io: crate::journal::WriteIo::Uring,
+            fsync_interval_ms: 10,
+            segment_bytes: 64 * 1024 * 1024,
+            snapshot_every_events: 1_000_000,
+            keep_covered_segments: -1,
+        }
     }
 }
 
@@ -547,6 +568,17 @@ impl Config {
         }
         if self.journal.dir.as_os_str().is_empty() {
             err("journal.dir", "must not be empty".into());
+        }
+        if self.journal.fsync == crate::journal::FsyncPolicy::Interval
+            && !(1..=60_000).contains(&self.journal.fsync_interval_ms)
+        {
+            err("journal.fsync_interval_ms", "must be between 1 and 60000".into());
+        }
+        if !(1 << 20..=1 << 40).contains(&self.journal.segment_bytes) {
+            err("journal.segment_bytes", "must be between 1 MiB (1048576) and 1 TiB".into());
+        }
+        if self.journal.keep_covered_segments < -1 {
+            err("journal.keep_covered_segments", "must be -1 (keep all) or a count".into());
         }
         match self.topology.hot.len() {
             1 => {}

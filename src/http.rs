@@ -23,7 +23,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
-use crate::api::{ApiError, Method, Request, Response};
+use crate::api::{ApiError, Detail, Method, Request, Response};
+use crate::journal::wait_durable;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 
@@ -287,7 +288,10 @@ async fn handle(
     } else {
         read_body(body, opts.max_body_bytes).await.map_err(|e| e.unwrap_or(too_large))
     };
-    let mut answer = answer.borrow_mut();
+    // Taken out of the connection's slot (a move, no copy) while the request may wait for the
+    // journal, and put back for the next request.
+    let slot = answer;
+    let mut answer = std::mem::take(&mut *slot.borrow_mut());
     let header = |name: &str| parts.headers.get(name).map(HeaderValue::as_bytes);
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = Request::new(Method::parse(parts.method.as_str()), path_and_query);
@@ -298,15 +302,20 @@ async fn handle(
         Ok(bytes) => {
             request.body = bytes;
             let now = crate::clock::now();
-            let mut node = node.borrow_mut();
-            let route = match api {
-                Api::Public => node.handle(&request, &mut answer, now),
-                Api::Admin => {
-                    node.handle_admin(&request, &mut answer, now);
-                    crate::metrics::Route::Admin
-                }
+            let (route, before) = {
+                let mut node = node.borrow_mut();
+                let before = node.engine.last_seq();
+                let route = match api {
+                    Api::Public => node.handle(&request, &mut answer, now),
+                    Api::Admin => {
+                        node.handle_admin(&request, &mut answer, now);
+                        crate::metrics::Route::Admin
+                    }
+                };
+                (route, before)
             };
-            node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
+            answer_when_durable(node, &mut answer, before).await;
+            node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
         }
         Err(e) => {
             answer.reset();
@@ -320,8 +329,43 @@ async fn handle(
             node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
         }
     }
-    to_hyper(&answer)
+    let response = to_hyper(&answer);
+    *slot.borrow_mut() = answer;
+    response
 }
+
+/// Write before answer: finishes a request that `Node::handle` served when the engine's last
+/// event was `before`. A request that changed state is answered once its events are durable; one
+/// that sent orders or cancels is rendered once the venue has seen them (the journal writer
+/// releases them) and answered once the venue's answers are durable too. If the journal stops
+/// first (shutdown with a failing disk), the answer says so: nothing was acknowledged or sent.
+pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, before: u64) {
+    let last = node.borrow().engine.last_seq();
+    if last == before {
+        // Nothing to wait for (a read, an idempotent replay): answer now.
+        node.borrow_mut().complete(answer);
+        return;
+    }
+    let mut durable = wait_durable(node, last).await;
+    if durable && answer.pending.is_some() {
+        let last = {
+            let mut node = node.borrow_mut();
+            node.complete(answer);
+            node.engine.last_seq()
+        };
+        durable = wait_durable(node, last).await;
+    }
+    if !durable {
+        answer.reset();
+        answer.error(&JOURNAL_STOPPED);
+    }
+}
+
+const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
+    503,
+    "journal.unavailable",
+    Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
+);
 
 /// Reads a body of at most `limit` bytes. A body that arrives in one frame (the usual case) is
 /// used as it is, without the copy and buffer list of a general collect. `Err(None)`: too large.

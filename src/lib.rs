@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod fixed;
 pub mod http;
+pub mod journal;
 pub mod json;
 pub mod metrics;
 pub mod node;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use signalgate::config::Config;
-use signalgate::{server, tune};
+use signalgate::{journal, server, tune};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,6 +28,15 @@ enum Command {
         /// TOML configuration file (see signalgate.example.toml).
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Start even if the journal is damaged: cut it back to its last good record (later
+        /// segments are kept as *.damaged) and log exactly what was dropped.
+        #[arg(long)]
+        repair_journal: bool,
+    },
+    /// Read a node's journal (its data directory).
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
     },
     /// Validate a configuration file (with environment overrides applied) and explain every
     /// problem. Exit code 0 when valid, 1 otherwise.
@@ -40,6 +49,30 @@ enum Command {
     Tune {
         #[command(subcommand)]
         command: TuneCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Check every record (lengths, checksums, sequence numbers, decoding). Exit code 0 when
+    /// sound (a torn tail left by a crash is reported, not counted as damage), 1 when damaged,
+    /// 2 when unreadable.
+    Verify {
+        /// The data directory (`journal.dir`).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print the events, one per line.
+    Inspect {
+        /// The data directory (`journal.dir`).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// First sequence number to print.
+        #[arg(long, value_name = "SEQ", default_value_t = 1)]
+        from: u64,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -79,7 +112,21 @@ fn init_logging(filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
+        Command::Journal { command } => {
+            let mut out = std::io::stdout().lock();
+            let code = match command {
+                JournalCommand::Verify { dir } => journal::tools::verify(&dir, &mut out),
+                JournalCommand::Inspect { dir, from, json } => journal::tools::inspect(&dir, from, json, &mut out),
+            };
+            match code {
+                Ok(c) => ExitCode::from(c),
+                Err(e) => {
+                    eprintln!("signalgate: {e}");
+                    ExitCode::from(journal::tools::UNREADABLE)
+                }
+            }
+        }
+        Command::Run { config, repair_journal } => {
             let cfg = match load(config.as_deref()) {
                 Ok(cfg) => cfg,
                 Err(problems) => {
@@ -91,7 +138,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.node.log);
-            match server::run(cfg) {
+            match server::run(cfg, server::RunOptions { repair_journal }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");

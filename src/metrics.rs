@@ -133,8 +133,37 @@ pub struct Gauges {
     pub idempotency_evicted: u64,
     /// Last event sequence number.
     pub last_seq: u64,
+    /// Last sequence number the journal made durable.
+    pub durable_seq: u64,
+    /// Encoded events waiting for the journal writer, in bytes.
+    pub journal_pending_bytes: usize,
+    /// Whether the journal's last write succeeded.
+    pub journal_healthy: bool,
+    /// Venue calls held until their events are durable.
+    pub venue_held: usize,
     /// Accounts.
     pub accounts: usize,
+}
+
+/// What the journal writer did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JournalCounters {
+    /// Batches written.
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time spent in writes, summed.
+    pub write_ns: u64,
+    /// Longest write.
+    pub write_max_ns: u64,
+    /// `fdatasync` calls completed.
+    pub fsyncs: u64,
+    /// Time spent in `fdatasync`, summed.
+    pub fsync_ns: u64,
+    /// Failed writes or syncs.
+    pub errors: u64,
+    /// Segments started.
+    pub segments: u64,
 }
 
 /// The hot core's metrics.
@@ -152,6 +181,10 @@ pub struct Metrics {
     pub events: u64,
     /// Quotes applied.
     pub quotes: u64,
+    /// Journal writer counters.
+    pub journal: JournalCounters,
+    /// Commands refused because the journal could not write.
+    pub journal_rejected: u64,
 }
 
 impl Default for Metrics {
@@ -171,6 +204,8 @@ impl Metrics {
             overloaded: 0,
             events: 0,
             quotes: 0,
+            journal: JournalCounters::default(),
+            journal_rejected: 0,
         }
     }
 
@@ -271,7 +306,14 @@ impl Metrics {
             "signalgate_signal_to_order_max_seconds {:.9}",
             if h.is_empty() { 0.0 } else { h.max() as f64 / 1e9 }
         )?;
-        let counters: [(&str, &str, u64); 5] = [
+        let j = &self.journal;
+        let counters: [(&str, &str, u64); 11] = [
+            ("journal_writes_total", "Journal batches written (one write each).", j.writes),
+            ("journal_bytes_total", "Bytes written to the journal.", j.bytes),
+            ("journal_fsyncs_total", "fdatasync calls completed on the journal.", j.fsyncs),
+            ("journal_errors_total", "Failed journal writes or syncs.", j.errors),
+            ("journal_segments_total", "Journal segments started since start.", j.segments),
+            ("journal_rejected_total", "Commands refused with 503 journal.unavailable.", self.journal_rejected),
             ("connections_refused_total", "Connections refused at the connection cap.", self.connections_refused),
             ("overloaded_total", "Requests refused with 503 at the in-flight cap.", self.overloaded),
             ("events_total", "Engine events produced.", self.events),
@@ -285,7 +327,26 @@ impl Metrics {
         for (name, help, v) in counters {
             writeln!(out, "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} counter\nsignalgate_{name} {v}")?;
         }
-        let gauges: [(&str, &str, u64); 8] = [
+        for (name, kind, help, ns) in [
+            ("journal_write_seconds_total", "counter", "Time spent writing journal batches.", j.write_ns),
+            ("journal_write_max_seconds", "gauge", "Longest journal batch write since start.", j.write_max_ns),
+            ("journal_fsync_seconds_total", "counter", "Time spent in fdatasync on the journal.", j.fsync_ns),
+        ] {
+            writeln!(
+                out,
+                "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} {kind}\nsignalgate_{name} {:.9}",
+                ns as f64 / 1e9
+            )?;
+        }
+        let gauges: [(&str, &str, u64); 12] = [
+            ("journal_durable_seq", "Last event sequence number the journal made durable.", g.durable_seq),
+            ("journal_pending_bytes", "Encoded events waiting for the journal writer.", g.journal_pending_bytes as u64),
+            (
+                "journal_healthy",
+                "1 while journal writes succeed, 0 while orders are refused.",
+                u64::from(g.journal_healthy),
+            ),
+            ("venue_held_calls", "Orders and cancels held until their events are durable.", g.venue_held as u64),
             ("http_connections", "Open HTTP connections.", g.connections as u64),
             ("http_inflight", "Requests being served (queue depth of the hot core).", g.inflight as u64),
             ("open_orders", "Orders still working.", g.open_orders as u64),

@@ -2,63 +2,27 @@
 //! admin token. Owned by one executor; requests borrow it for the length of one synchronous
 //! call, never across an `.await`.
 
-use std::time::Instant;
-
 use crate::config::Config;
 use crate::engine::account::{AccountName, LimitOverrides, Roles, Tier};
 use crate::engine::market::Quote;
-use crate::engine::order::Order;
 use crate::engine::symbol::{SymbolSpec, SymbolTable};
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
 use crate::engine::{Engine, EngineConfig};
 use crate::fixed::MONEY_DECIMALS;
+use crate::journal::Journal;
 use crate::metrics::{Gauges, Metrics};
 use crate::rate_limit::SlidingWindow;
-use crate::venue::{Execution, PaperConfig, PaperVenue, Venue};
-
-/// A venue wrapper that notes when an order was handed over, for the signal-to-order metric.
-pub struct Stamped<V> {
-    inner: V,
-    /// When the last order was handed to the venue.
-    pub handed_at: Option<Instant>,
-}
-
-impl<V: Venue> Venue for Stamped<V> {
-    fn submit(
-        &mut self,
-        order: &Order,
-        spec: &SymbolSpec,
-        quote: Option<&Quote>,
-        now: Nanos,
-        out: &mut Vec<Execution>,
-    ) {
-        self.handed_at = Some(Instant::now());
-        self.inner.submit(order, spec, quote, now, out);
-    }
-    fn cancel(&mut self, order: &Order, now: Nanos, out: &mut Vec<Execution>) {
-        self.inner.cancel(order, now, out);
-    }
-    fn on_quote(&mut self, quote: &Quote, spec: &SymbolSpec, now: Nanos, out: &mut Vec<Execution>) {
-        self.inner.on_quote(quote, spec, now, out);
-    }
-    fn forget(&mut self, order: &Order) {
-        self.inner.forget(order);
-    }
-    fn poll(&mut self, now: Nanos, out: &mut Vec<Execution>) {
-        self.inner.poll(now, out);
-    }
-    fn working_orders(&self) -> usize {
-        self.inner.working_orders()
-    }
-}
+use crate::venue::{Gated, PaperConfig, PaperVenue, Venue};
 
 /// The engine type the node runs.
-pub type NodeEngine = Engine<Stamped<PaperVenue>>;
+pub type NodeEngine = Engine<Gated<PaperVenue>>;
 
 /// The hot core's state.
 pub struct Node {
     /// The engine.
     pub engine: NodeEngine,
+    /// Encoded events on their way to disk.
+    pub journal: Journal,
     /// Metrics.
     pub metrics: Metrics,
     /// Request limiters, indexed by key id − 1.
@@ -97,11 +61,26 @@ pub fn symbol_table(cfg: &Config) -> SymbolTable {
     )
 }
 
+/// The tiers of a validated configuration.
+pub fn tiers(cfg: &Config) -> Vec<Tier> {
+    cfg.tiers.iter().map(|(name, t)| Tier { name: name.clone(), limits: t.limits() }).collect()
+}
+
+/// The engine settings of a validated configuration.
+pub fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
+        price_collar_bps: cfg.risk.price_collar_bps,
+        max_quote_age: cfg.risk.max_quote_age_ms * 1_000_000,
+        idempotency_capacity: cfg.engine.idempotency_capacity,
+        idempotency_ttl: cfg.engine.idempotency_ttl_secs * SECOND,
+        orders_per_account: cfg.engine.orders_per_account,
+    }
+}
+
 impl Node {
     /// The node's state for a validated configuration.
     pub fn new(cfg: &Config, admin_token: String, now: Nanos) -> Node {
         let symbols = symbol_table(cfg);
-        let tiers = cfg.tiers.iter().map(|(name, t)| Tier { name: name.clone(), limits: t.limits() }).collect();
         let venue = PaperVenue::new(
             PaperConfig {
                 slippage_bps: cfg.venue.slippage_bps,
@@ -110,15 +89,10 @@ impl Node {
             },
             symbols.all(),
         );
-        let engine_cfg = EngineConfig {
-            price_collar_bps: cfg.risk.price_collar_bps,
-            max_quote_age: cfg.risk.max_quote_age_ms * 1_000_000,
-            idempotency_capacity: cfg.engine.idempotency_capacity,
-            idempotency_ttl: cfg.engine.idempotency_ttl_secs * SECOND,
-            orders_per_account: cfg.engine.orders_per_account,
-        };
+        let gated = Gated::new(venue, symbols.clone());
         Node {
-            engine: Engine::new(engine_cfg, symbols, tiers, Stamped { inner: venue, handed_at: None }),
+            engine: Engine::new(engine_config(cfg), symbols, tiers(cfg), gated),
+            journal: Journal::new(cfg.journal.fsync, 0),
             metrics: Metrics::new(),
             limiters: Vec::new(),
             admin_token,
@@ -131,9 +105,31 @@ impl Node {
         }
     }
 
-    /// Counts the events of the last engine command.
+    /// Journals the events of the last engine command; venue calls it made wait for them.
     pub(crate) fn after_command(&mut self) {
-        self.metrics.events += self.engine.events().len() as u64;
+        let last = self.engine.last_seq();
+        self.engine.venue_mut().stamp(last);
+        let events = self.engine.events();
+        self.metrics.events += events.len() as u64;
+        self.journal.append(events);
+    }
+
+    /// The journal made everything up to `seq` durable: requests waiting for it are woken, and
+    /// the orders and cancels it covers go to the venue (whose answers are new events).
+    pub fn on_durable(&mut self, seq: u64, now: Nanos) {
+        self.journal.mark_durable(seq);
+        if self.engine.venue_mut().release(seq) {
+            self.engine.poll_venue(now);
+            self.after_command();
+        }
+    }
+
+    /// Sizes what depends on the number of keys (after a replay).
+    pub fn keys_changed(&mut self) {
+        let need = self.engine.keys_len();
+        if self.limiters.len() < need {
+            self.limiters.resize(need, SlidingWindow::per_minute());
+        }
     }
 
     /// Opens an account and gives it a key (by hash). Used for the demo account and the admin API.
@@ -155,22 +151,24 @@ impl Node {
     pub fn add_key(&mut self, account: AccountId, hash: [u8; 32], roles: Roles, now: Nanos) -> Option<KeyId> {
         let id = self.engine.add_key(account, hash, roles, now).ok();
         self.after_command();
-        if let Some(id) = id {
-            let need = id.0 as usize;
-            if self.limiters.len() < need {
-                self.limiters.resize(need, SlidingWindow::per_minute());
-            }
-        }
+        self.keys_changed();
         id
     }
 
-    /// Creates the demo account from `[demo]` with the key whose hash is given.
-    pub fn create_demo(&mut self, cfg: &Config, key_hash: [u8; 32], now: Nanos) -> Option<AccountId> {
-        let cash = cfg.demo.cash.parse(MONEY_DECIMALS).ok()?;
+    /// Gives the demo account from `[demo]` the key whose hash is given, creating the account
+    /// unless the journal already had it. The flag says whether it was created.
+    pub fn create_demo(&mut self, cfg: &Config, key_hash: [u8; 32], now: Nanos) -> Option<(AccountId, bool)> {
         let name = AccountName::new(&cfg.demo.name)?;
-        let id = self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now)?;
+        let existing = self.engine.accounts().iter().find(|a| a.name == name).map(|a| a.id);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let cash = cfg.demo.cash.parse(MONEY_DECIMALS).ok()?;
+                self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now)?
+            }
+        };
         self.add_key(id, key_hash, Roles { feed: true }, now)?;
-        Some(id)
+        Some((id, existing.is_none()))
     }
 
     /// Applies a quote from the simulator or a feed.
@@ -194,10 +192,14 @@ impl Node {
             inflight: self.inflight,
             open_orders: e.accounts().iter().map(|a| a.open_orders.len()).sum(),
             venue_orders: e.venue().working_orders(),
+            venue_held: e.venue().held(),
             orders_in_memory: e.orders_len(),
             idempotency_records: e.idempotency().len(),
             idempotency_evicted: e.idempotency().evicted,
             last_seq: e.last_seq(),
+            durable_seq: self.journal.durable(),
+            journal_pending_bytes: self.journal.pending_bytes(),
+            journal_healthy: self.journal.accepting(),
             accounts: e.accounts().len(),
         }
     }

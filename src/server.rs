@@ -20,6 +20,7 @@ use socket2::{Domain, Socket, Type};
 use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
 use crate::http::{serve, Api, HttpOptions};
+use crate::journal;
 use crate::node::{symbol_table, Node};
 use crate::notify::Notifier;
 use crate::quote_sim::QuoteSimulator;
@@ -77,8 +78,26 @@ fn lock_data_dir(cfg: &Config) -> Result<File, String> {
     Ok(file)
 }
 
+/// The demo account, as start-up found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Demo {
+    /// `[demo] enabled = false`.
+    Off,
+    /// Created now; its key is printed.
+    Created(u32),
+    /// Rebuilt from the journal; it got a new key (keys are kept only as hashes), printed.
+    Rekeyed(u32),
+}
+
+/// Start options that are not configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Cut a damaged journal back to its last good record instead of refusing to start.
+    pub repair_journal: bool,
+}
+
 /// Runs a node until SIGTERM or SIGINT; returns once it has drained.
-pub fn run(cfg: Config) -> Result<(), String> {
+pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     let errors = cfg.validate(&host_cores());
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -123,7 +142,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.topology.pin,
         host_cores()
     );
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<Option<u32>, String>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Demo, String>>();
     let hot = {
         let cfg = cfg.clone();
         let stop = stop.clone();
@@ -133,7 +152,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
-                hot_main(cfg, listeners, admin_token, demo_hash, stop, notifier, ready_tx).await;
+                hot_main(cfg, opts, listeners, admin_token, demo_hash, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -150,10 +169,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         fanouts.push(handle);
     }
 
+    let mut _snapshots = None;
     match ready_rx.recv() {
-        Ok(Ok(demo_account)) => {
+        Ok(Ok(demo)) => {
+            // After the replay (which cut any torn tail): the follower reads what the writer adds.
+            let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
+            _snapshots = journal::snapshot::Follower::spawn(&cfg, core)
+                .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
             let shown_token = generated_token.then_some(banner_token.as_str());
-            print_banner(&cfg, &started, shown_token, demo_account.zip(demo_key.as_deref()));
+            print_banner(&cfg, &started, shown_token, demo, demo_key.as_deref());
         }
         Ok(Err(e)) => {
             stop.store(true, Ordering::Release);
@@ -202,14 +226,16 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn hot_main(
     cfg: Config,
+    opts: RunOptions,
     (public_fd, admin_fd): (RawFd, RawFd),
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
     stop: Arc<AtomicBool>,
     notifier: Notifier,
-    ready: mpsc::Sender<Result<Option<u32>, String>>,
+    ready: mpsc::Sender<Result<Demo, String>>,
 ) {
     // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
     // moves here exactly once.
@@ -218,17 +244,39 @@ async fn hot_main(
     };
     let public_addr = public.local_addr().ok();
     let now = crate::clock::now();
-    let node = Rc::new(RefCell::new(Node::new(&cfg, admin_token, now)));
-    let demo_account = match demo_hash {
-        Some(hash) => match node.borrow_mut().create_demo(&cfg, hash, now) {
-            Some(id) => Some(id.0),
+    let mut node = Node::new(&cfg, admin_token, now);
+    let replay_started = std::time::Instant::now();
+    let replayed = match journal::replay(&mut node, &cfg.journal.dir, opts.repair_journal) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    log::info!(
+        "journal: rebuilt state up to seq {} ({} events replayed) in {:.3} s; {} accounts, {} open orders",
+        replayed.last_seq,
+        replayed.events,
+        replay_started.elapsed().as_secs_f64(),
+        node.engine.accounts().len(),
+        node.engine.accounts().iter().map(|a| a.open_orders.len()).sum::<usize>()
+    );
+    let demo = match demo_hash {
+        Some(hash) => match node.create_demo(&cfg, hash, now) {
+            Some((id, true)) => Demo::Created(id.0),
+            Some((id, false)) => Demo::Rekeyed(id.0),
             None => {
                 let _ = ready.send(Err("the demo account could not be created (check [demo])".into()));
                 return;
             }
         },
-        None => None,
+        None => Demo::Off,
     };
+    // The paper venue keeps its book in memory: give it back the open orders the journal holds.
+    node.engine.resend_open_orders(now);
+    node.after_command();
+    node.on_durable(replayed.last_seq, now);
+    let node = Rc::new(RefCell::new(node));
     let shutdown = Shutdown::new();
     let ex = glommio::executor();
     let http_queue = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(1)), "http");
@@ -244,6 +292,12 @@ async fn hot_main(
         let _ = spawn_bg(Box::pin(simulate_quotes(cfg.clone(), node.clone(), shutdown.clone())));
     }
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
+    // The writer outlives the HTTP tasks: it stops once they are done and everything is written.
+    let journal_finish = Shutdown::new();
+    let writer = glommio::spawn_local_into(
+        journal::writer::run(node.clone(), cfg.journal.clone(), replayed.resume, journal_finish.clone()),
+        http_queue,
+    );
     let opts = HttpOptions {
         max_body_bytes: cfg.http.max_body_bytes,
         header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
@@ -254,11 +308,11 @@ async fn hot_main(
         glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
     let admin_task =
         glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, opts, shutdown.clone()), background);
-    let (Ok(public_task), Ok(admin_task)) = (public_task, admin_task) else {
-        let _ = ready.send(Err("cannot spawn the HTTP tasks".into()));
+    let (Ok(public_task), Ok(admin_task), Ok(writer)) = (public_task, admin_task, writer) else {
+        let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;
     };
-    let _ = ready.send(Ok(demo_account));
+    let _ = ready.send(Ok(demo));
     // Listeners are bound and the state is built: tell systemd, then prove liveness from here on.
     notifier.ready(&format!("serving on {}", public_addr.map_or(cfg.http.addr.clone(), |a| a.to_string())));
     if let Some(every) = notifier.watchdog_interval() {
@@ -277,6 +331,8 @@ async fn hot_main(
     node.borrow_mut().draining = true;
     public_task.await;
     admin_task.await;
+    journal_finish.trigger();
+    writer.await;
 }
 
 async fn simulate_quotes(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdown) {
@@ -292,7 +348,12 @@ async fn simulate_quotes(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdow
         let now = crate::clock::now();
         for i in 0..sim.len() {
             let q = sim.next(i, now);
-            node.borrow_mut().apply_quote(q, now);
+            let mut node = node.borrow_mut();
+            // While the journal cannot write, market data is not taken either: every event
+            // waiting in memory is one more that could be lost.
+            if node.journal.accepting() {
+                node.apply_quote(q, now);
+            }
         }
         glommio::timer::sleep(interval).await;
     }
@@ -313,7 +374,7 @@ async fn housekeeping(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdown) 
 
 /// The start-up banner on stdout: where the node listens and, for the embedded default, the
 /// demo key with a ready-to-paste request. Printed only once the node is ready.
-fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Option<(u32, &str)>) {
+fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Demo, key: Option<&str>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -327,11 +388,17 @@ fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Opti
     if let Some(token) = admin_token {
         let _ = writeln!(out, "admin token (generated, set admin.token to keep one): {token}");
     }
-    if let Some((account, key)) = demo {
+    if let (Demo::Created(account) | Demo::Rekeyed(account), Some(key)) = (demo, key) {
+        if demo == Demo::Rekeyed(account) {
+            let _ = writeln!(
+                out,
+                "demo account {account} rebuilt from the journal; it gets a new key (old keys still work)"
+            );
+        }
         let _ = writeln!(out, "demo account {account} API key (shown once): {key}");
         let _ = writeln!(
-            out,
-            "try: curl -s -X POST http://{}/v1/signals -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"symbol\":\"BTC-USD\",\"action\":\"buy\",\"qty\":\"0.01\"}}'",
+                out,
+                "try: curl -s -X POST http://{}/v1/signals -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"symbol\":\"BTC-USD\",\"action\":\"buy\",\"qty\":\"0.01\"}}'",
             s.http
         );
     }

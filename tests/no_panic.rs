@@ -91,8 +91,7 @@ proptest! {
         if with_key {
             req.authorization = Some(auth.as_bytes());
         }
-        f.node.handle(&req, &mut f.resp, f.now + 1);
-        let status = f.resp.status;
+        let status = f.serve(&req, f.now + 1);
         prop_assert!((200..600).contains(&status));
         if method != Method::Head {
             let v: serde_json::Value = serde_json::from_slice(&f.resp.body).map_err(|e| TestCaseError::fail(format!("{e}: {:?}", String::from_utf8_lossy(&f.resp.body))))?;

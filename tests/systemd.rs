@@ -176,7 +176,8 @@ fn every_system_call_the_node_makes_passes_the_units_filter() {
     for body in
         [r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#, r#"{"symbol":"BTC-USD","action":"close"}"#, "{bad"]
     {
-        conn.send("POST", "/v1/signals", &[("Authorization", &auth), support::JSON], body.as_bytes());
+        let sent = conn.try_send("POST", "/v1/signals", &[("Authorization", &auth), support::JSON], body.as_bytes());
+        sent.unwrap_or_else(|e| panic!("{body}: {e}; node log: {:?}", node.log()));
     }
     conn.send("GET", "/metrics", &[], b"");
     node.admin("POST", "/admin/accounts", r#"{"name":"s"}"#);

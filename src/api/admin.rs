@@ -83,7 +83,19 @@ impl Node {
     pub fn handle_admin(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) {
         resp.reset();
         resp.no_store = true;
-        let result = self.check_admin_token(req).and_then(|()| self.admin_route(req, resp, now));
+        let result = self.check_admin_token(req).and_then(|()| {
+            let reads = matches!(req.method, Method::Get | Method::Head);
+            if !reads && !self.journal.accepting() {
+                self.metrics.journal_rejected += 1;
+                resp.retry_after = Some(1);
+                return Err(AdminError::new(
+                    503,
+                    "journal.unavailable",
+                    "the journal cannot write, so nothing was changed; retry after 1 s",
+                ));
+            }
+            self.admin_route(req, resp, now)
+        });
         match result {
             Ok(value) => {
                 if resp.status == 200 && value.is_null() {

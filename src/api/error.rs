@@ -33,6 +33,8 @@ pub enum Detail<'a> {
     Reject(Reject),
     /// Retry after this many seconds.
     RetryAfter(u32),
+    /// Why, then retry after this many seconds.
+    Unavailable(&'static str, u32),
     /// A fixed message followed by a value from the request.
     TextWith(&'static str, &'a str),
 }
@@ -116,6 +118,10 @@ impl<'a> ApiError<'a> {
             Detail::RetryAfter(secs) => {
                 w.begin_string().string_part("retry after ").string_int(i64::from(secs)).string_part(" s").end_string();
             }
+            Detail::Unavailable(why, secs) => {
+                w.begin_string().string_part(why).string_part("; retry after ");
+                w.string_int(i64::from(secs)).string_part(" s").end_string();
+            }
             Detail::TextWith(t, v) => {
                 w.begin_string().string_part(t).string_part(v).end_string();
             }
@@ -147,5 +153,7 @@ mod tests {
         assert_eq!(v["error"]["message"], "symbol is required");
         let v = render(ApiError::with(429, "rate.limited", Detail::RetryAfter(7)));
         assert_eq!(v["error"]["message"], "retry after 7 s");
+        let v = render(ApiError::with(503, "journal.unavailable", Detail::Unavailable("cannot write", 1)));
+        assert_eq!(v["error"]["message"], "cannot write; retry after 1 s");
     }
 }

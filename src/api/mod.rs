@@ -12,6 +12,10 @@ mod routes;
 
 pub use error::{ApiError, Detail};
 
+use std::time::Instant;
+
+use crate::engine::event::SignalAnswer;
+use crate::engine::types::{AccountId, OrderId, SignalKey};
 use crate::rate_limit::Admission;
 
 /// HTTP methods the API knows.
@@ -102,6 +106,33 @@ pub struct Response {
     pub no_store: bool,
     /// `Allow` header for 405 answers.
     pub allow: Option<&'static str>,
+    /// An answer to render once the request's events are durable and the venue has seen them.
+    pub pending: Option<Pending>,
+}
+
+/// The answer of a request that sent orders or cancels to the venue. The venue sees them only
+/// after the journal has them, so the answer is rendered then ([`crate::node::Node::complete`]),
+/// showing what the venue did.
+#[derive(Debug, Clone, Copy)]
+pub enum Pending {
+    /// A signal's answer.
+    Signal {
+        /// The account.
+        account: AccountId,
+        /// The answer as the engine gave it.
+        answer: SignalAnswer,
+        /// The client's signal id, echoed back.
+        signal_id: Option<SignalKey>,
+        /// When the request was parsed, for the signal-to-order time.
+        parsed_at: Instant,
+    },
+    /// One order, as `GET /v1/orders/{id}` shows it.
+    Order {
+        /// The order.
+        id: OrderId,
+        /// When the request was parsed, for a new order's signal-to-order time.
+        parsed_at: Option<Instant>,
+    },
 }
 
 /// `Content-Type` of JSON answers.
@@ -124,6 +155,7 @@ impl Response {
         self.idempotent_replay = false;
         self.no_store = false;
         self.allow = None;
+        self.pending = None;
     }
 
     /// Turns it into an error answer.
@@ -135,7 +167,7 @@ impl Response {
         if e.status == 405 {
             self.allow = e.allow;
         }
-        if let Detail::RetryAfter(secs) = e.detail {
+        if let Detail::RetryAfter(secs) | Detail::Unavailable(_, secs) = e.detail {
             self.retry_after = Some(secs);
         }
     }
@@ -163,7 +195,7 @@ mod tests {
                 let (family, name) = word.split_once('.').unwrap_or(("", ""));
                 let families = [
                     "json", "request", "auth", "admin", "rate", "route", "symbol", "order", "account", "key", "market",
-                    "node",
+                    "node", "journal",
                 ];
                 if families.contains(&family)
                     && !name.is_empty()

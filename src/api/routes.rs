@@ -4,11 +4,13 @@ use std::time::Instant;
 
 use super::body::{decimal, BodyKind, OrderFields};
 use super::error::{ApiError, Detail};
-use super::{render, Method, Request, Response};
+use super::{render, Method, Pending, Request, Response};
 use crate::auth::{hash_key, key_from_headers};
 use crate::engine::account::KeyRecord;
+use crate::engine::event::EventKind;
 use crate::engine::market::Quote;
-use crate::engine::types::{Nanos, OrderId, Tif};
+use crate::engine::order::OrderEvent;
+use crate::engine::types::{AccountId, Nanos, OrderId, Tif};
 use crate::engine::{Intent, SignalSpec};
 use crate::json::{JsonStr, Reader, Value, Writer};
 use crate::metrics::Route;
@@ -26,6 +28,12 @@ const REVOKED_KEY: ApiError<'static> = ApiError::new(401, "auth.key_revoked", "t
 const FORBIDDEN_FEED: ApiError<'static> =
     ApiError::new(403, "auth.forbidden", "this key lacks the feed role needed to send market data");
 const OVERLOADED: ApiError<'static> = ApiError::with(503, "node.overloaded", Detail::RetryAfter(1));
+/// Commands that would change state while the journal cannot write.
+pub(crate) const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
+    503,
+    "journal.unavailable",
+    Detail::Unavailable("the journal cannot write, so nothing was changed or sent", 1),
+);
 
 /// Largest `limit` of `GET /v1/orders`.
 const MAX_LIST: usize = 1000;
@@ -58,6 +66,10 @@ impl Node {
             "/metrics" if get => (Route::Metrics, self.render_metrics(resp)),
             "/health" | "/ready" | "/metrics" => (Route::Unmatched, Err(ApiError::method_not_allowed("GET, HEAD"))),
             _ if self.inflight > self.max_inflight => (Route::Unmatched, Err(OVERLOADED)),
+            _ if !get && !self.journal.accepting() => {
+                self.metrics.journal_rejected += 1;
+                (Route::Unmatched, Err(JOURNAL_UNAVAILABLE))
+            }
             "/v1/signals" if m == Method::Post => (Route::Signals, self.post_signal(req, resp, now)),
             "/v1/signals" => (Route::Signals, Err(ApiError::method_not_allowed("POST"))),
             "/v1/orders" if m == Method::Post => (Route::OrderCreate, self.post_order(req, resp, now)),
@@ -155,21 +167,11 @@ impl Node {
         &mut self,
         account: crate::engine::types::AccountId,
         spec: &SignalSpec,
-        parsed_at: Instant,
-        resp: &mut Response,
         now: Nanos,
     ) -> Result<'a, crate::engine::SignalOutcome> {
-        self.engine.venue_mut().handed_at = None;
         let outcome = self.engine.signal(account, spec, now);
-        let handed_at = self.engine.venue().handed_at;
         self.after_command();
-        let outcome = outcome.map_err(ApiError::reject)?;
-        if let Some(at) = handed_at.filter(|_| !outcome.replayed) {
-            let ns = at.saturating_duration_since(parsed_at).as_nanos() as u64;
-            self.metrics.record_signal_to_order(ns);
-            resp.signal_to_order_ns = Some(ns);
-        }
-        Ok(outcome)
+        outcome.map_err(ApiError::reject)
     }
 
     // ----- trading -----
@@ -181,32 +183,59 @@ impl Node {
         kind: BodyKind,
         resp: &mut Response,
         now: Nanos,
-    ) -> Result<'a, (SignalSpec, crate::engine::SignalOutcome)> {
+    ) -> Result<'a, (SignalSpec, crate::engine::SignalOutcome, AccountId, Instant)> {
         Self::check_content_type(req)?;
         let fields = OrderFields::parse(req.body, kind)?;
         let parsed_at = Instant::now();
         let key = self.authenticate(req, fields.passphrase, resp, now)?;
         let spec = fields.resolve(kind, self.engine.symbols())?;
-        let outcome = self.run_signal(key.account, &spec, parsed_at, resp, now)?;
-        Ok((spec, outcome))
+        let outcome = self.run_signal(key.account, &spec, now)?;
+        Ok((spec, outcome, key.account, parsed_at))
     }
 
     fn post_signal<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        let (spec, outcome) = self.submit(req, BodyKind::Signal, resp, now)?;
+        let (spec, outcome, account, parsed_at) = self.submit(req, BodyKind::Signal, resp, now)?;
         resp.status = if outcome.answer.order.is_some() && !outcome.replayed { 201 } else { 200 };
         resp.idempotent_replay = outcome.replayed;
-        render::signal_answer(&mut resp.body, self.engine.symbols(), spec.signal_id.as_ref(), &outcome.answer);
+        resp.pending = Some(Pending::Signal { account, answer: outcome.answer, signal_id: spec.signal_id, parsed_at });
         Ok(())
     }
 
     fn post_order<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        let (_, outcome) = self.submit(req, BodyKind::Order, resp, now)?;
+        let (_, outcome, _, parsed_at) = self.submit(req, BodyKind::Order, resp, now)?;
         // An order body always carries a positive quantity, so the engine placed an order or
         // refused it.
         let id = outcome.answer.order.map(|o| o.id).ok_or(ApiError::new(500, "internal", "no order was placed"))?;
-        self.write_order(id, resp)?;
         resp.status = 201;
+        resp.pending = Some(Pending::Order { id, parsed_at: Some(parsed_at) });
         Ok(())
+    }
+
+    /// Renders the answer left in `resp.pending`, now that the venue has seen what the request
+    /// sent it. Does nothing for requests answered at once.
+    pub fn complete(&mut self, resp: &mut Response) {
+        let Some(pending) = resp.pending.take() else { return };
+        let (order, parsed_at) = match pending {
+            Pending::Signal { account, answer, signal_id, parsed_at } => {
+                let answer = self.engine.refresh_answer(account, &answer);
+                render::signal_answer(&mut resp.body, self.engine.symbols(), signal_id.as_ref(), &answer);
+                (answer.order.map(|o| o.id), Some(parsed_at))
+            }
+            Pending::Order { id, parsed_at } => {
+                if let Err(e) = self.write_order(id, resp) {
+                    resp.error(&e);
+                }
+                (Some(id), parsed_at)
+            }
+        };
+        let handed = order.zip(parsed_at).filter(|_| !resp.idempotent_replay);
+        if let Some(at) =
+            handed.and_then(|(id, parsed)| Some(self.engine.venue().handed_at(id)?.saturating_duration_since(parsed)))
+        {
+            let ns = at.as_nanos() as u64;
+            self.metrics.record_signal_to_order(ns);
+            resp.signal_to_order_ns = Some(ns);
+        }
     }
 
     fn write_order<'a>(&self, id: OrderId, resp: &mut Response) -> Result<'a> {
@@ -282,7 +311,8 @@ impl Node {
         let r = self.engine.cancel_order(key.account, id, now);
         self.after_command();
         r.map_err(ApiError::reject)?;
-        self.write_order(id, resp)
+        resp.pending = Some(Pending::Order { id, parsed_at: None });
+        Ok(())
     }
 
     fn positions<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
@@ -314,9 +344,11 @@ impl Node {
             strategy: Default::default(),
             signal_id: None,
         };
-        let outcome = self.run_signal(key.account, &spec, Instant::now(), resp, now)?;
+        let parsed_at = Instant::now();
+        let outcome = self.run_signal(key.account, &spec, now)?;
         resp.status = if outcome.answer.order.is_some() { 201 } else { 200 };
-        render::signal_answer(&mut resp.body, self.engine.symbols(), None, &outcome.answer);
+        resp.pending =
+            Some(Pending::Signal { account: key.account, answer: outcome.answer, signal_id: None, parsed_at });
         Ok(())
     }
 
@@ -329,15 +361,21 @@ impl Node {
 
     fn halt<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
         let key = self.authenticate(req, None, resp, now)?;
-        let before = self.engine.account(key.account).map_or(0, |a| a.open_orders.len());
         let r = self.engine.halt(key.account, now);
+        // The cancels the kill switch just asked for (they reach the venue once journaled).
+        let canceled = self
+            .engine
+            .events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::OrderUpdated { event: OrderEvent::CancelRequest, .. }));
+        let canceled = canceled.count();
         self.after_command();
         r.map_err(ApiError::reject)?;
         let account = self.engine.account(key.account).ok_or(INVALID_KEY)?;
         let mut w = Writer::new(&mut resp.body);
         w.begin_object();
         w.key("state").str(account.state.as_str());
-        w.key("canceled_orders").u64((before - account.open_orders.len()) as u64);
+        w.key("canceled_orders").u64(canceled as u64);
         w.end_object();
         Ok(())
     }
@@ -534,13 +572,19 @@ impl Node {
         resp.no_store = true;
         let mut w = Writer::new(&mut resp.body);
         w.begin_object();
-        w.key("ready").bool(!self.draining);
+        let journal_ok = self.journal.accepting();
+        w.key("ready").bool(!self.draining && journal_ok);
         if self.draining {
             w.key("reason").str("draining");
             resp.status = 503;
+        } else if !journal_ok {
+            w.key("reason").str("journal.unavailable");
+            resp.status = 503;
         }
-        w.key("journal").str("embedded");
+        w.key("journal").str(if journal_ok { "ok" } else { "unavailable" });
+        w.key("fsync").str(self.journal.policy().as_str());
         w.key("last_seq").u64(self.engine.last_seq());
+        w.key("durable_seq").u64(self.journal.durable());
         w.end_object();
         Ok(())
     }

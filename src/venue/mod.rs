@@ -4,8 +4,10 @@
 //! reports executions into a buffer the engine hands it. A venue that talks to the outside world
 //! reports asynchronously, through later calls, instead of at once.
 
+mod gate;
 mod paper;
 
+pub use gate::Gated;
 pub use paper::{PaperConfig, PaperVenue};
 
 use crate::engine::market::Quote;

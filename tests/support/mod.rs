@@ -25,7 +25,8 @@ pub struct Node {
     /// Everything the node printed on stdout.
     pub banner: Vec<String>,
     stderr: mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
+    /// The data directory; taken by [`Node::crash`] and [`Node::stop`] for a restart.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// Path of the binary under test.
@@ -51,6 +52,30 @@ impl Node {
 
     fn try_start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> Result<Node, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        Self::launch(wrapper, &[], env, dir).map_err(|(e, _)| e)
+    }
+
+    /// Starts a node on an existing data directory (from [`Node::crash`] or [`Node::stop`]),
+    /// with extra `run` arguments. On failure the directory comes back with the error.
+    pub fn try_start_in(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Node, (String, tempfile::TempDir)> {
+        Self::launch(&[], args, env, dir)
+    }
+
+    /// Like [`Node::try_start_in`], panicking on failure.
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Node {
+        Self::try_start_in(dir, &[], env).unwrap_or_else(|(e, _)| panic!("node did not restart: {e}"))
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> Result<Node, (String, tempfile::TempDir)> {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -60,6 +85,7 @@ impl Node {
             None => Command::new(binary()),
         };
         cmd.arg("run")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SIGNALGATE_HTTP_ADDR", "127.0.0.1:0")
@@ -75,7 +101,10 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Err((e.to_string(), dir)),
+        };
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -104,8 +133,11 @@ impl Node {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
+                    // Let the reader thread drain what the process wrote before it ended.
+                    std::thread::sleep(Duration::from_millis(100));
                     let errs: Vec<String> = erx.try_iter().collect();
-                    return Err(format!("no banner; stdout: {banner:?}; stderr: {errs:?}"));
+                    return Err((format!("no banner; stdout: {banner:?}; stderr: {errs:?}"), dir));
                 }
             };
             if let Some(a) = line.strip_prefix("http:  http://") {
@@ -125,7 +157,7 @@ impl Node {
             demo_key: key.unwrap_or_default(),
             banner,
             stderr: erx,
-            _dir: dir,
+            dir: Some(dir),
         })
     }
 
@@ -196,7 +228,27 @@ impl Node {
     /// The node's process id, from its data directory's lock file (differs from the child's pid
     /// when the node runs under a wrapper).
     pub fn node_pid(&self) -> u32 {
-        std::fs::read_to_string(self._dir.path().join("LOCK")).unwrap().trim().parse().unwrap()
+        std::fs::read_to_string(self.data_dir().join("LOCK")).unwrap().trim().parse().unwrap()
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("data directory").path()
+    }
+
+    /// Kills the node with SIGKILL, as a crash would, and hands back its data directory.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(10)).expect("killed node exits");
+        self.dir.take().expect("data directory")
+    }
+
+    /// Stops the node with SIGTERM, checks it exits 0, and hands back its data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let status = self.wait(Duration::from_secs(10)).expect("node exits within 10 s");
+        assert!(status.success(), "exit status {status}; log: {:?}", self.log());
+        self.dir.take().expect("data directory")
     }
 
     /// Lines the node logged so far.
@@ -278,6 +330,17 @@ impl Conn {
 
     /// Sends a request (with Content-Length) and reads the answer.
     pub fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.try_send(method, path, headers, body).expect("request answered")
+    }
+
+    /// Like [`Conn::send`], returning a failed write or read instead of panicking.
+    pub fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Resp> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
@@ -288,8 +351,8 @@ impl Conn {
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(body);
-        self.write_raw(&bytes).expect("write request");
-        self.read_response().expect("read response")
+        self.write_raw(&bytes)?;
+        self.read_response()
     }
 
     /// Reads one answer.

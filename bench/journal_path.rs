@@ -1,0 +1,150 @@
+//! `cargo bench --bench journal_path`: what the journal costs a signal, and how long a restart
+//! takes.
+//!
+//! 1. Signal-to-order with the journal on, per fsync policy and write path: the real
+//!    `Node::handle` and journal writer on a glommio executor, one signal at a time, each
+//!    answered only once its events are durable (as over HTTP, without the sockets). The
+//!    signal-to-order clock runs from the parsed request to the order handed to the venue, so
+//!    it includes the write (and the fsync under `always`).
+//! 2. Restart: a journal of 1,000,000 events is replayed into a fresh node, without and with a
+//!    snapshot at its end.
+//!
+//! Run on a quiet core: `taskset -c 1 cargo bench --bench journal_path`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use signalgate::api::{Method, Request};
+use signalgate::config::Config;
+use signalgate::engine::market::Quote;
+use signalgate::engine::types::SymbolId;
+use signalgate::http::answer_when_durable;
+use signalgate::journal::{self, FsyncPolicy, Journal, WriteIo};
+use signalgate::node::Node;
+use signalgate::shutdown::Shutdown;
+
+#[path = "fixture.rs"]
+#[allow(dead_code)]
+mod fixture;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Signals from the fixture through the real journal into `dir`, until `count` signals or
+/// `events` events; returns the signal-to-order histogram (ns).
+fn drive(dir: &std::path::Path, policy: FsyncPolicy, io: WriteIo, count: usize, events: u64) -> Histogram<u64> {
+    let dir = dir.to_path_buf();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let fixture::Fixture { mut node, auth, bodies, mut resp, mut now } = fixture::Fixture::new(64 * 1024);
+            // The fixture's set-up events (its account, key and first quotes) go into a snapshot;
+            // the journal starts after them.
+            journal::snapshot::write(&dir, &node.engine.state()).unwrap();
+            node.journal = Journal::new(policy, node.engine.last_seq());
+            let node = Rc::new(RefCell::new(node));
+            let mut cfg = Config::default().journal;
+            (cfg.dir, cfg.fsync, cfg.io) = (dir, policy, io);
+            let finish = Shutdown::new();
+            let writer = glommio::spawn_local(journal::writer::run(node.clone(), cfg, None, finish.clone()));
+            let mut s2o = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+            let mut i = 0;
+            while i < count && node.borrow().engine.last_seq() < events {
+                now += 1_000_000;
+                if i % 1000 == 0 {
+                    for (sym, mid) in [(0u16, 6_500_000i64), (1, 320_000)] {
+                        let q = Quote {
+                            symbol: SymbolId(sym),
+                            bid: mid - 1,
+                            ask: mid + 1,
+                            bid_size: 1 << 30,
+                            ask_size: 1 << 30,
+                            ts: now,
+                        };
+                        node.borrow_mut().apply_quote(q, now);
+                    }
+                }
+                let mut req = Request::new(Method::Post, "/v1/signals");
+                req.authorization = Some(auth.as_bytes());
+                req.content_type = Some(b"application/json");
+                req.body = &bodies[i % bodies.len()];
+                let before = node.borrow().engine.last_seq();
+                node.borrow_mut().handle(&req, &mut resp, now);
+                answer_when_durable(&node, &mut resp, before).await;
+                assert!(resp.status < 300, "{}", String::from_utf8_lossy(&resp.body));
+                if let Some(ns) = resp.signal_to_order_ns {
+                    s2o.saturating_record(ns);
+                }
+                i += 1;
+            }
+            finish.trigger();
+            writer.await;
+            s2o
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (n, n_always, replay_events) = if quick { (300, 100, 20_000) } else { (20_000, 3_000, 1_000_000) };
+    println!("journal_path: signal-to-order with the journal on (ns), one signal at a time");
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "policy / write", "signals", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (policy, io) in [
+        (FsyncPolicy::Never, WriteIo::Uring),
+        (FsyncPolicy::Interval, WriteIo::Uring),
+        (FsyncPolicy::Always, WriteIo::Uring),
+        (FsyncPolicy::Interval, WriteIo::Pwrite),
+        (FsyncPolicy::Always, WriteIo::Pwrite),
+    ] {
+        let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+        let count = if policy == FsyncPolicy::Always { n_always } else { n };
+        let h = drive(dir.path(), policy, io, count, u64::MAX);
+        println!(
+            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            format!("{} / {}", policy.as_str(), io.as_str()),
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
+
+    // Restart: replay a journal of `replay_events` events.
+    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    drive(dir.path(), FsyncPolicy::Never, WriteIo::Uring, usize::MAX, replay_events);
+    let mut cfg = Config::default();
+    cfg.engine.orders_per_account = 256;
+    cfg.engine.idempotency_capacity = 1024;
+    cfg.journal.dir = dir.path().to_path_buf();
+    let replay = |what: &str| -> Duration {
+        let mut times = Vec::new();
+        let mut last = 0;
+        for _ in 0..3 {
+            let mut node = Node::new(&cfg, String::new(), 0);
+            let t = Instant::now();
+            let r = journal::replay(&mut node, dir.path(), false).unwrap();
+            times.push(t.elapsed());
+            last = r.last_seq;
+            std::hint::black_box(&node);
+        }
+        times.sort();
+        println!("restart: replay {what} up to seq {last}: median of 3 {:.3} s", times[1].as_secs_f64());
+        times[1]
+    };
+    replay("of every event (after the fixture's set-up snapshot)");
+    let mut node = Node::new(&cfg, String::new(), 0);
+    journal::replay(&mut node, dir.path(), false).unwrap();
+    let t = Instant::now();
+    journal::snapshot::write(dir.path(), &node.engine.state()).unwrap();
+    println!("snapshot: written in {:.3} s", t.elapsed().as_secs_f64());
+    replay("from a snapshot at the end");
+}

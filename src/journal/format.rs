@@ -1,0 +1,182 @@
+//! The journal's on-disk format.
+//!
+//! A journal is a directory of segment files named after the sequence number of their first
+//! record (`00000000000000000001.seg`). A segment starts with a 16-byte header (magic, then the
+//! first sequence number, little-endian) followed by records:
+//!
+//! ```text
+//! u32 payload length | u32 CRC32C of (seq ‖ payload) | u64 seq | payload (rkyv-encoded Event)
+//! ```
+//!
+//! All integers are little-endian, and the rkyv payload is built with rkyv's `little_endian`,
+//! `unaligned` and `pointer_width_32` features so that it can be read in place on any host.
+
+use crate::engine::event::Event;
+
+/// First bytes of every segment.
+pub const MAGIC: &[u8; 8] = b"SGJRNL01";
+/// Bytes before the first record of a segment.
+pub const SEGMENT_HEADER: usize = 16;
+/// Bytes before a record's payload.
+pub const RECORD_HEADER: usize = 16;
+/// Largest payload a record may have; anything longer is damage.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// File name suffix of segments.
+pub const SEGMENT_SUFFIX: &str = ".seg";
+
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{SEGMENT_SUFFIX}")
+}
+
+/// The first sequence number named by a segment file name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// A segment header for `first_seq`.
+pub fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER] {
+    let mut h = [0; SEGMENT_HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..].copy_from_slice(&first_seq.to_le_bytes());
+    h
+}
+
+fn checksum(seq: u64, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), payload)
+}
+
+/// Appends one record for `event` to `out`. Allocates nothing once `out` has room.
+pub fn encode(out: &mut Vec<u8>, event: &Event) {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    // Serializing into a `Vec` cannot fail: the event holds no pointers and the Vec grows.
+    let mut buf = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Panic>(event, std::mem::take(out))
+        .unwrap_or_else(|never| match never {});
+    let payload_len = buf.len() - start - RECORD_HEADER;
+    let crc = checksum(event.seq, &buf[start + RECORD_HEADER..]);
+    buf[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    buf[start + 8..start + 16].copy_from_slice(&event.seq.to_le_bytes());
+    *out = buf;
+}
+
+/// One record found in a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found<'a> {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its payload.
+    pub payload: &'a [u8],
+    /// Offset just past it.
+    pub next: usize,
+}
+
+/// Why the bytes at an offset are not a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bad {
+    /// Fewer bytes than a record header, or than the length says.
+    Short,
+    /// The length is larger than any record.
+    Length(u32),
+    /// The checksum does not match.
+    Checksum,
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Short => f.write_str("record cut short"),
+            Bad::Length(n) => write!(f, "record length {n} exceeds the maximum of {MAX_PAYLOAD}"),
+            Bad::Checksum => f.write_str("checksum mismatch"),
+        }
+    }
+}
+
+/// Reads the record at `off` of `buf`.
+pub fn read_at(buf: &[u8], off: usize) -> Result<Found<'_>, Bad> {
+    let header = buf.get(off..off + RECORD_HEADER).ok_or(Bad::Short)?;
+    let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
+    if len as usize > MAX_PAYLOAD {
+        return Err(Bad::Length(len));
+    }
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap_or_default());
+    let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let end = off + RECORD_HEADER + len as usize;
+    let payload = buf.get(off + RECORD_HEADER..end).ok_or(Bad::Short)?;
+    if checksum(seq, payload) != crc {
+        return Err(Bad::Checksum);
+    }
+    Ok(Found { seq, payload, next: end })
+}
+
+/// Decodes a payload, validating it first.
+pub fn decode(payload: &[u8]) -> Result<Event, String> {
+    rkyv::from_bytes::<Event, rkyv::rancor::Error>(payload).map_err(|e| format!("undecodable event: {e}"))
+}
+
+/// The first sequence number in a segment header, if the header is whole and valid.
+pub fn read_header(buf: &[u8]) -> Option<u64> {
+    let h = buf.get(..SEGMENT_HEADER)?;
+    (&h[..8] == MAGIC).then(|| u64::from_le_bytes(h[8..].try_into().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::event::EventKind;
+    use crate::engine::market::Quote;
+    use crate::engine::types::SymbolId;
+
+    fn quote(seq: u64) -> Event {
+        Event {
+            seq,
+            ts: 1_700_000_000_000_000_000 + seq,
+            kind: EventKind::Quote(Quote { symbol: SymbolId(1), bid: 100, ask: 101, bid_size: 3, ask_size: 4, ts: 5 }),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut buf = Vec::new();
+        for seq in 1..=3 {
+            encode(&mut buf, &quote(seq));
+        }
+        let mut off = 0;
+        for seq in 1..=3 {
+            let f = read_at(&buf, off).expect("record");
+            assert_eq!(f.seq, seq);
+            assert_eq!(decode(f.payload).expect("decodes"), quote(seq));
+            off = f.next;
+        }
+        assert_eq!(off, buf.len());
+        assert_eq!(read_at(&buf, off), Err(Bad::Short));
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let mut buf = Vec::new();
+        encode(&mut buf, &quote(7));
+        assert_eq!(read_at(&buf[..buf.len() - 1], 0), Err(Bad::Short));
+        let mut flipped = buf.clone();
+        *flipped.last_mut().expect("payload") ^= 1;
+        assert_eq!(read_at(&flipped, 0), Err(Bad::Checksum));
+        let mut seq_changed = buf.clone();
+        seq_changed[8] ^= 1;
+        assert_eq!(read_at(&seq_changed, 0), Err(Bad::Checksum));
+        let mut long = buf;
+        long[..4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        assert_eq!(read_at(&long, 0), Err(Bad::Length(MAX_PAYLOAD as u32 + 1)));
+    }
+
+    #[test]
+    fn segment_names_sort_by_sequence() {
+        assert_eq!(segment_name(42), "00000000000000000042.seg");
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("42.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.seg.damaged"), None);
+        assert_eq!(read_header(&segment_header(9)), Some(9));
+        assert_eq!(read_header(&segment_header(9)[..15]), None);
+    }
+}

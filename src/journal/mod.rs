@@ -1,0 +1,263 @@
+//! The journal: the node's source of truth.
+//!
+//! Every engine event is encoded once ([`format::encode`]) into [`Journal`]'s pending buffer on
+//! the hot core, right after the command that made it. The writer task ([`writer::run`]) hands
+//! whole batches to io_uring, so one write (and, with `fsync = "always"`, one fsync) covers every
+//! event produced since the last one: group commit. Nothing leaves the node before its events
+//! are durable under the configured policy: requests wait for [`Journal::durable`] to reach their
+//! last event before they are answered, and the venue gate (`crate::venue::Gated`) holds orders
+//! back until then.
+//!
+//! At start, [`replay`] restores the newest snapshot and applies the segments after it; a
+//! follower thread ([`snapshot::Follower`]) writes new snapshots off the hot core.
+
+pub mod format;
+mod replay;
+pub mod scan;
+pub mod snapshot;
+pub mod tools;
+pub mod writer;
+
+pub use replay::{replay, Replayed};
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::event::Event;
+
+/// When the journal calls `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// After every write, before anything it holds is acknowledged (group commit).
+    Always,
+    /// Every `fsync_interval_ms`, in the background.
+    Interval,
+    /// Never; the kernel writes back on its own.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// The name used in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Interval => "interval",
+            FsyncPolicy::Never => "never",
+        }
+    }
+}
+
+/// How the writer hands batches to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteIo {
+    /// An io_uring write through glommio (the default): the hot core never waits in the kernel.
+    /// ext4 runs buffered io_uring writes on kernel worker threads, and glommio reaps file
+    /// completions once per scheduler pass, so each write costs a pass or more of latency.
+    Uring,
+    /// `pwrite(2)` from the hot core: a copy into the page cache, done when the call returns
+    /// (about 20 µs for a batch here), so requests are answered in the same scheduler pass — but
+    /// the hot core stalls whenever the kernel makes the write wait (ms during a concurrent
+    /// fsync). See `docs/durability.md` for the measurements.
+    Pwrite,
+}
+
+impl WriteIo {
+    /// The name used in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteIo::Pwrite => "pwrite",
+            WriteIo::Uring => "uring",
+        }
+    }
+}
+
+/// The hot core's side of the journal: encoded events waiting for the writer, and how far the
+/// writer got. Owned by the node; the writer task and waiting requests reach it through the node.
+pub struct Journal {
+    policy: FsyncPolicy,
+    /// Encoded records not yet taken by the writer.
+    pending: Vec<u8>,
+    /// An empty buffer with capacity, swapped in when the writer takes `pending`.
+    spare: Vec<u8>,
+    /// Last sequence number encoded.
+    appended: u64,
+    /// Last sequence number whose write completed.
+    written: u64,
+    /// Last sequence number known to be on stable storage (after an fdatasync).
+    synced: u64,
+    /// Last sequence number that may be acknowledged and sent (written, and synced under `always`).
+    durable: Cell<u64>,
+    /// Whether the last write succeeded.
+    healthy: bool,
+    /// Set once the writer has stopped: nothing more becomes durable.
+    closed: bool,
+    writer: Option<Waker>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Journal {
+    /// An empty journal whose events so far (replayed) are all durable up to `last_seq`.
+    pub fn new(policy: FsyncPolicy, last_seq: u64) -> Journal {
+        Journal {
+            policy,
+            pending: Vec::with_capacity(256 * 1024),
+            spare: Vec::with_capacity(256 * 1024),
+            appended: last_seq,
+            written: last_seq,
+            synced: last_seq,
+            durable: Cell::new(last_seq),
+            healthy: true,
+            closed: false,
+            writer: None,
+            waiters: RefCell::new(Vec::with_capacity(1024)),
+        }
+    }
+
+    /// The fsync policy.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Encodes events; the writer picks them up.
+    pub fn append(&mut self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        for e in events {
+            format::encode(&mut self.pending, e);
+        }
+        self.appended = events[events.len() - 1].seq;
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether new commands may be taken: the last write succeeded and the writer runs.
+    pub fn accepting(&self) -> bool {
+        self.healthy && !self.closed
+    }
+
+    /// Last sequence number encoded.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// Last sequence number written.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Last sequence number on stable storage.
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// An fdatasync covering everything up to `seq` completed.
+    pub fn mark_synced(&mut self, seq: u64) {
+        self.synced = self.synced.max(seq);
+    }
+
+    /// Last sequence number that may be acknowledged.
+    pub fn durable(&self) -> u64 {
+        self.durable.get()
+    }
+
+    /// Bytes waiting for the writer.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Takes the pending records, leaving an empty buffer; `None` when there are none.
+    /// Returns the bytes and the last sequence number they hold.
+    pub fn take(&mut self) -> Option<(Vec<u8>, u64)> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let spare = std::mem::take(&mut self.spare);
+        Some((std::mem::replace(&mut self.pending, spare), self.appended))
+    }
+
+    /// Gives back a buffer from [`Journal::take`] once written, to be reused.
+    pub fn give_back(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
+    }
+
+    /// The writer finished writing up to `seq`.
+    pub fn mark_written(&mut self, seq: u64) {
+        self.written = seq;
+        self.healthy = true;
+    }
+
+    /// Everything up to `seq` may now be acknowledged; wakes the requests waiting for it.
+    pub fn mark_durable(&mut self, seq: u64) {
+        if seq > self.durable.get() {
+            self.durable.set(seq);
+            self.wake_waiters();
+        }
+    }
+
+    /// A write or sync failed: new commands are refused until one succeeds.
+    pub fn mark_failed(&mut self) {
+        self.healthy = false;
+    }
+
+    /// The writer stopped for good: waiting requests give up.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Registers the writer task to be woken by the next append.
+    pub fn park_writer(&mut self, waker: &Waker) {
+        self.writer = Some(waker.clone());
+    }
+
+    /// Whether a request waiting for `seq` is done: `Some(true)` when durable, `Some(false)` when
+    /// it never will be (the writer stopped), `None` (registering `waker`) when it must wait.
+    pub fn poll_durable(&self, seq: u64, waker: &Waker) -> Option<bool> {
+        if self.durable.get() >= seq {
+            return Some(true);
+        }
+        if self.closed {
+            return Some(false);
+        }
+        self.waiters.borrow_mut().push(waker.clone());
+        None
+    }
+}
+
+/// Waits until the journal holding `node`'s events has made `seq` durable. `false`: it never
+/// will (the writer stopped at shutdown).
+pub fn wait_durable<'a>(node: &'a RefCell<crate::node::Node>, seq: u64) -> impl Future<Output = bool> + 'a {
+    DurableWait { node, seq }
+}
+
+struct DurableWait<'a> {
+    node: &'a RefCell<crate::node::Node>,
+    seq: u64,
+}
+
+impl Future for DurableWait<'_> {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        match self.node.borrow().journal.poll_durable(self.seq, cx.waker()) {
+            Some(done) => Poll::Ready(done),
+            None => Poll::Pending,
+        }
+    }
+}
