@@ -223,10 +223,16 @@ fn follow(cfg: &Config, stop: &AtomicBool) -> Result<(), String> {
 /// Applies the complete records written since the cursor, moving to the next segment when the
 /// writer has started one. A record still being written is left for the next call.
 fn read_new(dir: &Path, c: &mut Cursor, mut apply: impl FnMut(Event)) -> Result<(), String> {
+    let mut bytes = Vec::new();
     loop {
-        let bytes =
-            std::fs::read(&c.segment.path).map_err(|e| format!("cannot read {}: {e}", c.segment.path.display()))?;
-        let mut off = c.offset as usize;
+        // Only what was added since the last call.
+        bytes.clear();
+        let read = std::fs::File::open(&c.segment.path).and_then(|mut f| {
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(c.offset))?;
+            std::io::Read::read_to_end(&mut f, &mut bytes)
+        });
+        read.map_err(|e| format!("cannot read {}: {e}", c.segment.path.display()))?;
+        let mut off = 0;
         while let Ok(rec) = format::read_at(&bytes, off) {
             if rec.seq != c.next_seq {
                 return Err(format!("{}: seq {} where {} was expected", c.segment.path.display(), rec.seq, c.next_seq));
@@ -235,7 +241,7 @@ fn read_new(dir: &Path, c: &mut Cursor, mut apply: impl FnMut(Event)) -> Result<
             c.next_seq += 1;
             off = rec.next;
         }
-        c.offset = off as u64;
+        c.offset += off as u64;
         let next = list_segments(dir).map_err(|e| e.to_string())?.into_iter().find(|s| s.first_seq == c.next_seq);
         match next {
             // The writer moved on: this segment is complete.
