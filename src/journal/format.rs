@@ -31,8 +31,36 @@ pub fn segment_name(first_seq: u64) -> String {
 
 /// The first sequence number named by a segment file name.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    parse_numbered(name, "", SEGMENT_SUFFIX)
+}
+
+/// The sequence number in a file name `<prefix><20 digits><suffix>`.
+pub fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// The files of `dir` named `<prefix><20 digits><suffix>`, with their numbers, in order. A
+/// missing directory has none.
+pub fn list_numbered(
+    dir: &std::path::Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<Vec<(u64, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(|name| parse_numbered(name, prefix, suffix)) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A segment header for `first_seq`.

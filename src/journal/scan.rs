@@ -20,20 +20,8 @@ pub struct Segment {
 
 /// The segments of `dir`, oldest first. A missing directory has none.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<Segment>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if let Some(first_seq) = entry.file_name().to_str().and_then(format::parse_segment_name) {
-            out.push(Segment { path: entry.path(), first_seq });
-        }
-    }
-    out.sort_by_key(|s| s.first_seq);
-    Ok(out)
+    let files = format::list_numbered(dir, "", format::SEGMENT_SUFFIX)?;
+    Ok(files.into_iter().map(|(first_seq, path)| Segment { path, first_seq }).collect())
 }
 
 /// Damage that is not a torn tail: the journal cannot be trusted past `offset` of `path`.

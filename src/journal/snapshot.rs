@@ -39,27 +39,9 @@ pub fn name(seq: u64) -> String {
     format!("snapshot-{seq:020}.snap")
 }
 
-fn parse_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
-}
-
 /// The snapshots in `dir`, oldest first.
 pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if let Some(seq) = entry.file_name().to_str().and_then(parse_name) {
-            out.push((seq, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    format::list_numbered(dir, "snapshot-", ".snap")
 }
 
 /// Writes `state` as a snapshot in `dir`, durably; returns its path.
@@ -190,7 +172,13 @@ fn follow(cfg: &Config, stop: &AtomicBool) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let mut last_snapshot = engine.last_seq();
-    let mut cursor = report.end.map(|(segment, offset)| Cursor { segment, offset, next_seq: report.last_seq + 1 });
+    // A segment whose header was not written yet when the scan read it ends at 0: its records
+    // start after the header all the same.
+    let mut cursor = report.end.map(|(segment, offset)| Cursor {
+        segment,
+        offset: offset.max(SEGMENT_HEADER as u64),
+        next_seq: report.last_seq + 1,
+    });
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(POLL);
         if cursor.is_none() {

@@ -87,19 +87,15 @@ pub async fn run(node: Rc<RefCell<Node>>, cfg: JournalConfig, resume: Resume, fi
             let dir = cfg.dir.clone();
             open = w.retry("start a segment", || create(dir.clone(), first)).await;
         }
+        // Either fails only when the node is stopping and the disk still fails: it exits without
+        // acknowledging these events.
+        let started = Instant::now();
         let Some(seg) = open.as_mut() else {
-            // Gave up while stopping: the node exits without acknowledging these events.
-            log::error!(
-                "journal: events {first}..={last} could not be written; they were not acknowledged and their orders not sent"
-            );
+            log_lost(first, last);
             break;
         };
-        let started = Instant::now();
-        let written = w.write_all(seg, &buf).await;
-        if !written {
-            log::error!(
-                "journal: events {first}..={last} could not be written; they were not acknowledged and their orders not sent"
-            );
+        if !w.write_all(seg, &buf).await {
+            log_lost(first, last);
             break;
         }
         let write_ns = started.elapsed().as_nanos() as u64;
@@ -142,6 +138,12 @@ pub async fn run(node: Rc<RefCell<Node>>, cfg: JournalConfig, resume: Resume, fi
     }
     node.borrow_mut().journal.close();
     log::info!("journal writer stopped at seq {}", node.borrow().journal.written());
+}
+
+fn log_lost(first: u64, last: u64) {
+    log::error!(
+        "journal: events {first}..={last} could not be written; they were not acknowledged and their orders not sent"
+    );
 }
 
 struct Writer {
