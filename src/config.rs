@@ -74,6 +74,8 @@ pub struct Config {
     pub market: MarketConfig,
     /// The demo account created at start.
     pub demo: DemoConfig,
+    /// PostgreSQL for history.
+    pub postgres: PostgresConfig,
     /// Tradable symbols.
     pub symbols: Vec<SymbolConfig>,
     /// Tiers by name; the defaults `free`, `pro` and `enterprise` are kept unless redefined.
@@ -205,6 +207,17 @@ pub struct MarketConfig {
     pub seed: u64,
 }
 
+/// `[postgres]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string (`postgresql://user:password@host:port/db` or `host=… user=… dbname=…`);
+    /// empty = no PostgreSQL (the embedded default).
+    pub url: String,
+    /// Apply the schema migrations (`schema/`) at start.
+    pub migrate: bool,
+}
+
 /// `[demo]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -291,6 +304,7 @@ impl Default for Config {
             venue: VenueConfig::default(),
             market: MarketConfig::default(),
             demo: DemoConfig::default(),
+            postgres: PostgresConfig::default(),
             symbols: default_symbols(),
             tiers: default_tiers(),
         }
@@ -443,7 +457,7 @@ impl fmt::Display for ConfigError {
 
 /// Sections that environment variables may override.
 const ENV_SECTIONS: &[&str] =
-    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo"];
+    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres"];
 
 /// Prefix of overriding environment variables.
 pub const ENV_PREFIX: &str = "SIGNALGATE_";
@@ -576,6 +590,9 @@ impl Config {
         }
         if !(1 << 20..=1 << 40).contains(&self.journal.segment_bytes) {
             err("journal.segment_bytes", "must be between 1 MiB (1048576) and 1 TiB".into());
+        }
+        if self.postgres.migrate && self.postgres.url.is_empty() {
+            err("postgres.migrate", "needs postgres.url".into());
         }
         if self.journal.keep_covered_segments < -1 {
             err("journal.keep_covered_segments", "must be -1 (keep all) or a count".into());

@@ -27,6 +27,7 @@ pub mod json;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod postgres;
 pub mod quote_sim;
 pub mod rate_limit;
 pub mod server;

@@ -33,6 +33,16 @@ enum Command {
         #[arg(long)]
         repair_journal: bool,
     },
+    /// Apply the PostgreSQL schema (schema/*.sql, built in) to the history database. Applies only
+    /// what is missing; exit code 0 when the schema is up to date, 1 when something failed.
+    Migrate {
+        /// Connection string (default: postgres.url of the configuration).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// TOML configuration file (for postgres.url).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Read a node's journal (its data directory).
     Journal {
         #[command(subcommand)]
@@ -112,6 +122,34 @@ fn init_logging(filter: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Migrate { postgres, config } => {
+            let url = match postgres {
+                Some(url) => url,
+                None => match load(config.as_deref()) {
+                    Ok(cfg) => cfg.postgres.url,
+                    Err(problems) => {
+                        for p in problems {
+                            eprintln!("signalgate: {p}");
+                        }
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            if url.is_empty() {
+                println!("no PostgreSQL configured (postgres.url is empty): nothing to migrate");
+                return ExitCode::SUCCESS;
+            }
+            match signalgate::postgres::migrate_blocking(&url) {
+                Ok(report) => {
+                    println!("{}", signalgate::postgres::summary(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("signalgate migrate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Journal { command } => {
             let mut out = std::io::stdout().lock();
             let code = match command {

@@ -104,6 +104,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         return Err(format!("invalid configuration:\n  {}", list.join("\n  ")));
     }
     let _lock = lock_data_dir(&cfg)?;
+    if cfg.postgres.migrate {
+        // PostgreSQL is never needed to trade: a failure is logged and the node starts anyway.
+        match crate::postgres::migrate_blocking(&cfg.postgres.url) {
+            Ok(report) => log::info!("postgres: {}", crate::postgres::summary(&report).replace('\n', "; ")),
+            Err(e) => log::error!("postgres: schema migration failed: {e}; the node starts without it"),
+        }
+    }
     let public = bind(&cfg.http.addr, cfg.http.backlog, "http.addr")?;
     let admin = bind(&cfg.admin.addr, cfg.http.backlog, "admin.addr")?;
     let started = Started {

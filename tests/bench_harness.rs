@@ -74,7 +74,7 @@ fn refused_requests_are_counted_by_kind_and_fail_the_run() {
     assert_eq!(code, 1, "an error rate above --max-error-rate fails the run: {text}");
     let limited = r["errors"]["by_kind"]["http 429 rate.limited"].as_u64().unwrap_or(0);
     assert!(limited > 100, "{}", r["errors"]);
-    assert_eq!(r["errors"]["total"].as_u64().unwrap(), limited);
+    assert_eq!(r["errors"]["total"].as_u64().unwrap(), limited, "{}; node log: {:?}", r["errors"], node.log());
     assert!(r["ok"].as_u64().unwrap() <= 100);
     assert!(text.contains("http 429 rate.limited"), "{text}");
     let (code, _, text) = bench(&node, &[&args[..], &["--max-error-rate", "1"]].concat());

@@ -49,8 +49,12 @@ fn a_watchdog_without_a_notify_socket_is_harmless() {
 }
 
 /// The shipped units, and the file name each is checked under (the template needs an instance).
-const UNITS: [(&str, &str); 2] =
-    [("signalgate.service", "signalgate.service"), ("signalgate@.service", "signalgate@test.service")];
+const UNITS: [(&str, &str); 4] = [
+    ("signalgate.service", "signalgate.service"),
+    ("signalgate@.service", "signalgate@test.service"),
+    ("signalgate-migrate.service", "signalgate-migrate.service"),
+    ("signalgate-migrate@.service", "signalgate-migrate@test.service"),
+];
 
 fn unit(name: &str) -> String {
     std::fs::read_to_string(format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
@@ -104,11 +108,13 @@ fn the_template_is_the_single_unit_with_instance_paths() {
     let strip = |text: &str| -> Vec<String> {
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .map(|l| l.replace("%i.toml", "signalgate.toml").replace("/%i", "").replace(" %i", ""))
+            .map(|l| l.replace("%i.toml", "signalgate.toml").replace("@%i", "").replace("/%i", "").replace(" %i", ""))
             .collect()
     };
     assert_eq!(strip(&single), strip(&template));
-    assert_eq!(template.matches("%i").count(), 5);
+    assert_eq!(template.matches("%i").count(), 7);
+    let (single, template) = (unit("signalgate-migrate.service"), unit("signalgate-migrate@.service"));
+    assert_eq!(strip(&single), strip(&template), "the migrate units differ only in their instance paths");
 }
 
 /// The groups and names of the unit's `SystemCallFilter=` lines: (allowed, denied).

@@ -393,3 +393,88 @@ impl Conn {
 
 /// JSON content type header.
 pub const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+/// A throwaway PostgreSQL server on a free port, run as the `postgres` user (it refuses root),
+/// stopped and deleted on drop.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Postgres {
+    /// Starts one; panics with what is missing when it cannot (scripts/test installs it).
+    pub fn start() -> Postgres {
+        let bin = Self::bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+        assert!(chown.success(), "chown to the postgres user (scripts/test runs as root and installs PostgreSQL)");
+        let data = dir.path().join("data");
+        let as_postgres = |program: &str, args: &[&str]| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join(program))
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("runuser {program}: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data_s = data.to_str().unwrap().to_string();
+        as_postgres("initdb", &["-D", &data_s, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let log = dir.path().join("log").to_str().unwrap().to_string();
+        as_postgres("pg_ctl", &["-D", &data_s, "-l", &log, "-o", &opts, "-w", "-t", "60", "start"]);
+        Postgres { dir, bin, port }
+    }
+
+    fn bin_dir() -> std::path::PathBuf {
+        let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        dirs.into_iter()
+            .rev()
+            .find(|d| d.join("initdb").exists())
+            .or_else(|| {
+                let out = Command::new("sh").args(["-c", "command -v initdb"]).output().ok()?;
+                let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                std::path::Path::new(&path).parent().map(std::path::Path::to_path_buf)
+            })
+            .filter(|d| d.join("initdb").exists())
+            .expect("PostgreSQL server binaries (initdb, pg_ctl): scripts/test installs the postgresql package")
+    }
+
+    /// A connection string for the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    /// Runs SQL with psql; the rows as `|`-separated text.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(self.url())
+            .output()
+            .expect("psql (scripts/test installs postgresql-client)");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

@@ -1,0 +1,52 @@
+//! PostgreSQL: the history database. Never on the hot path: everything here runs on its own
+//! thread with a tokio current-thread runtime.
+//!
+//! Today this is the schema ([`migrate`]): `signalgate migrate` and `[postgres] migrate = true`
+//! apply `schema/` to the configured database.
+
+pub mod migrate;
+
+use std::time::Duration;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to `url` and applies the missing migrations, on the calling thread (with its own
+/// runtime). Errors name what failed: the connection, a statement, a changed migration.
+pub fn migrate_blocking(url: &str) -> Result<migrate::Report, String> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| format!("postgres.url is not a valid connection string: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the PostgreSQL runtime: {e}"))?;
+    runtime.block_on(async move {
+        let connect = config.connect(tokio_postgres::NoTls);
+        let (mut client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| format!("cannot connect to PostgreSQL within {} s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| format!("cannot connect to PostgreSQL: {}", migrate::describe(&e)))?;
+        let driver = tokio::spawn(connection);
+        let report = migrate::migrate(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        report
+    })
+}
+
+/// One line per migration state, for people.
+pub fn summary(r: &migrate::Report) -> String {
+    let mut out = Vec::new();
+    for name in &r.applied {
+        out.push(format!("applied {name}"));
+    }
+    for name in &r.skipped {
+        out.push(format!(
+            "skipped {name} (needs TimescaleDB, which this database does not have; a later run applies it)"
+        ));
+    }
+    if r.applied.is_empty() {
+        out.push(format!("schema up to date ({} migration(s) already applied)", r.already));
+    }
+    out.join("\n")
+}
