@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -31,6 +32,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Attempts left for a failing write once the node is stopping.
 const ATTEMPTS_WHEN_STOPPING: u32 = 3;
+/// Immediate retries of an interrupted operation before it counts as a failure.
+const QUICK_RETRIES: u32 = 8;
 
 /// The segment being appended to.
 struct Open {
@@ -165,6 +168,7 @@ impl Writer {
     {
         let mut backoff = FIRST_BACKOFF;
         let mut attempts_left = ATTEMPTS_WHEN_STOPPING;
+        let mut quick = QUICK_RETRIES;
         loop {
             match op().await {
                 Ok(v) => {
@@ -173,6 +177,11 @@ impl Writer {
                         log::warn!("journal: writing again in {}; taking commands", self.dir.display());
                     }
                     return Some(v);
+                }
+                // Interrupted or would-block is not a failing disk: try again at once.
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) && quick > 0 => {
+                    log::debug!("journal: {what} interrupted ({e}); again");
+                    quick -= 1;
                 }
                 Err(e) => {
                     {
