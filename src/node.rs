@@ -1,6 +1,6 @@
-//! The hot core's state: the engine with its venue, per-key rate limiters, metrics and the
-//! admin token. Owned by one executor; requests borrow it for the length of one synchronous
-//! call, never across an `.await`.
+//! The hot core's state: the engine with its (gated) venue, the journal's buffer, per-key rate
+//! limiters, metrics and the admin token. Owned by one executor; requests and the journal writer
+//! borrow it for the length of one synchronous call, never across an `.await`.
 
 use crate::config::Config;
 use crate::engine::account::{AccountName, LimitOverrides, Roles, Tier};
