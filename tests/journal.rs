@@ -120,10 +120,13 @@ fn acknowledged_orders_survive_kill_9_under_every_fsync_policy() {
 
 #[test]
 fn a_restart_rebuilds_accounts_keys_orders_positions_and_quotes() {
-    let node = Node::start(&[]);
+    // Quotes come from ticks posted here, not the simulator, so the last one is known.
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let (account, key) = node.account("pro", "250000", json!({"max_open_orders": 7}));
     let auth = bearer(&key);
-    node.wait_for_quote(&key, "BTC-USD");
+    let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3200.00","ask":"3200.50"}]}"#;
+    let r = node.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&node.demo_key)), JSON], ticks);
+    assert_eq!(r.status, 200, "{}", r.body);
     let signal = |body: &str| node.req("POST", "/v1/signals", &[("Authorization", &auth), JSON], body);
     assert_eq!(signal(r#"{"symbol":"BTC-USD","action":"buy","qty":"0.03"}"#).status, 201);
     assert_eq!(signal(r#"{"symbol":"ETH-USD","action":"sell","qty":"0.5"}"#).status, 201);
@@ -150,7 +153,7 @@ fn a_restart_rebuilds_accounts_keys_orders_positions_and_quotes() {
     let quote_before = get(&node, &key, "/v1/market/ETH-USD/quote");
     let dir = node.stop();
 
-    // No quote simulator on restart: the quotes shown come from the journal.
+    // Still no simulator: the quotes shown come from the journal.
     let node = Node::start_in(dir, &[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     assert_eq!(snapshot(&node, &key), before);
     assert_eq!(get(&node, &key, "/v1/market/ETH-USD/quote"), quote_before);
