@@ -75,7 +75,9 @@ fn refused_requests_are_counted_by_kind_and_fail_the_run() {
     let limited = r["errors"]["by_kind"]["http 429 rate.limited"].as_u64().unwrap_or(0);
     assert!(limited > 100, "{}", r["errors"]);
     assert_eq!(r["errors"]["total"].as_u64().unwrap(), limited, "{}; node log: {:?}", r["errors"], node.log());
-    assert!(r["ok"].as_u64().unwrap() <= 100);
+    // 100 a minute, sliding: a run that straddles a minute boundary may get a few more as the
+    // previous minute's share decays (1.5 s of 60 s: under 3).
+    assert!(r["ok"].as_u64().unwrap() <= 103, "{}", r["ok"]);
     assert!(text.contains("http 429 rate.limited"), "{text}");
     let (code, _, text) = bench(&node, &[&args[..], &["--max-error-rate", "1"]].concat());
     assert_eq!(code, 0, "{text}");
