@@ -149,17 +149,18 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         cfg.topology.pin,
         host_cores()
     );
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<Demo, String>>();
+    let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
+    let (node, resume, demo) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let hot = {
         let cfg = cfg.clone();
         let stop = stop.clone();
-        let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
         let listeners = (public.into_raw_fd(), admin.into_raw_fd());
         let notifier = notifier.clone();
         executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
-                hot_main(cfg, opts, listeners, admin_token, demo_hash, stop, notifier, ready_tx).await;
+                hot_main(cfg, (node, resume), listeners, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -178,7 +179,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
 
     let mut _snapshots = None;
     match ready_rx.recv() {
-        Ok(Ok(demo)) => {
+        Ok(Ok(())) => {
             // After the replay (which cut any torn tail): the follower reads what the writer adds.
             let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
             _snapshots = journal::snapshot::Follower::spawn(&cfg, core)
@@ -233,33 +234,19 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn hot_main(
-    cfg: Config,
+/// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
+/// done here on the main thread so that no executor ever waits on it), gives the demo account
+/// its key, and hands the paper venue back the open orders. Returns where the writer continues.
+fn build_node(
+    cfg: &Config,
     opts: RunOptions,
-    (public_fd, admin_fd): (RawFd, RawFd),
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
-    stop: Arc<AtomicBool>,
-    notifier: Notifier,
-    ready: mpsc::Sender<Result<Demo, String>>,
-) {
-    // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
-    // moves here exactly once.
-    let (public, admin) = unsafe {
-        (glommio::net::TcpListener::from_raw_fd(public_fd), glommio::net::TcpListener::from_raw_fd(admin_fd))
-    };
-    let public_addr = public.local_addr().ok();
+) -> Result<(Node, journal::writer::Resume, Demo), String> {
     let now = crate::clock::now();
-    let mut node = Node::new(&cfg, admin_token, now);
+    let mut node = Node::new(cfg, admin_token, now);
     let replay_started = std::time::Instant::now();
-    let replayed = match journal::replay(&mut node, &cfg.journal.dir, opts.repair_journal) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
+    let replayed = journal::replay(&mut node, &cfg.journal.dir, opts.repair_journal)?;
     log::info!(
         "journal: rebuilt state up to seq {} ({} events replayed) in {:.3} s; {} accounts, {} open orders",
         replayed.last_seq,
@@ -269,13 +256,10 @@ async fn hot_main(
         node.engine.accounts().iter().map(|a| a.open_orders.len()).sum::<usize>()
     );
     let demo = match demo_hash {
-        Some(hash) => match node.create_demo(&cfg, hash, now) {
+        Some(hash) => match node.create_demo(cfg, hash, now) {
             Some((id, true)) => Demo::Created(id.0),
             Some((id, false)) => Demo::Rekeyed(id.0),
-            None => {
-                let _ = ready.send(Err("the demo account could not be created (check [demo])".into()));
-                return;
-            }
+            None => return Err("the demo account could not be created (check [demo])".into()),
         },
         None => Demo::Off,
     };
@@ -283,6 +267,23 @@ async fn hot_main(
     node.engine.resend_open_orders(now);
     node.after_command();
     node.on_durable(replayed.last_seq, now);
+    Ok((node, replayed.resume, demo))
+}
+
+async fn hot_main(
+    cfg: Config,
+    (node, resume): (Node, journal::writer::Resume),
+    (public_fd, admin_fd): (RawFd, RawFd),
+    stop: Arc<AtomicBool>,
+    notifier: Notifier,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
+    // moves here exactly once.
+    let (public, admin) = unsafe {
+        (glommio::net::TcpListener::from_raw_fd(public_fd), glommio::net::TcpListener::from_raw_fd(admin_fd))
+    };
+    let public_addr = public.local_addr().ok();
     let node = Rc::new(RefCell::new(node));
     let shutdown = Shutdown::new();
     let ex = glommio::executor();
@@ -302,7 +303,7 @@ async fn hot_main(
     // The writer outlives the HTTP tasks: it stops once they are done and everything is written.
     let journal_finish = Shutdown::new();
     let writer = glommio::spawn_local_into(
-        journal::writer::run(node.clone(), cfg.journal.clone(), replayed.resume, journal_finish.clone()),
+        journal::writer::run(node.clone(), cfg.journal.clone(), resume, journal_finish.clone()),
         http_queue,
     );
     let opts = HttpOptions {
@@ -319,7 +320,7 @@ async fn hot_main(
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;
     };
-    let _ = ready.send(Ok(demo));
+    let _ = ready.send(Ok(()));
     // Listeners are bound and the state is built: tell systemd, then prove liveness from here on.
     notifier.ready(&format!("serving on {}", public_addr.map_or(cfg.http.addr.clone(), |a| a.to_string())));
     if let Some(every) = notifier.watchdog_interval() {
