@@ -228,11 +228,10 @@ impl Node {
                 (Some(id), parsed_at)
             }
         };
-        let handed = order.zip(parsed_at).filter(|_| !resp.idempotent_replay);
-        if let Some(at) =
-            handed.and_then(|(id, parsed)| Some(self.engine.venue().handed_at(id)?.saturating_duration_since(parsed)))
-        {
-            let ns = at.as_nanos() as u64;
+        // A replayed signal placed nothing now: it has no signal-to-order time.
+        let handed = order.filter(|_| !resp.idempotent_replay).and_then(|id| self.engine.venue().handed_at(id));
+        if let (Some(handed), Some(parsed)) = (handed, parsed_at) {
+            let ns = handed.saturating_duration_since(parsed).as_nanos() as u64;
             self.metrics.record_signal_to_order(ns);
             resp.signal_to_order_ns = Some(ns);
         }

@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use replay::{replay, Replayed};
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -92,7 +92,7 @@ pub struct Journal {
     /// Last sequence number known to be on stable storage (after an fdatasync).
     synced: u64,
     /// Last sequence number that may be acknowledged and sent (written, and synced under `always`).
-    durable: Cell<u64>,
+    durable: u64,
     /// Whether the last write succeeded.
     healthy: bool,
     /// Set once the writer has stopped: nothing more becomes durable.
@@ -111,7 +111,7 @@ impl Journal {
             appended: last_seq,
             written: last_seq,
             synced: last_seq,
-            durable: Cell::new(last_seq),
+            durable: last_seq,
             healthy: true,
             closed: false,
             writer: None,
@@ -143,11 +143,6 @@ impl Journal {
         self.healthy && !self.closed
     }
 
-    /// Last sequence number encoded.
-    pub fn appended(&self) -> u64 {
-        self.appended
-    }
-
     /// Last sequence number written.
     pub fn written(&self) -> u64 {
         self.written
@@ -165,7 +160,7 @@ impl Journal {
 
     /// Last sequence number that may be acknowledged.
     pub fn durable(&self) -> u64 {
-        self.durable.get()
+        self.durable
     }
 
     /// Bytes waiting for the writer.
@@ -199,8 +194,8 @@ impl Journal {
 
     /// Everything up to `seq` may now be acknowledged; wakes the requests waiting for it.
     pub fn mark_durable(&mut self, seq: u64) {
-        if seq > self.durable.get() {
-            self.durable.set(seq);
+        if seq > self.durable {
+            self.durable = seq;
             self.wake_waiters();
         }
     }
@@ -230,7 +225,7 @@ impl Journal {
     /// Whether a request waiting for `seq` is done: `Some(true)` when durable, `Some(false)` when
     /// it never will be (the writer stopped), `None` (registering `waker`) when it must wait.
     pub fn poll_durable(&self, seq: u64, waker: &Waker) -> Option<bool> {
-        if self.durable.get() >= seq {
+        if self.durable >= seq {
             return Some(true);
         }
         if self.closed {

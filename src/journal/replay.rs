@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::scan::{self, ScanError, Segment};
+use super::scan::{self, ScanError};
 use super::writer::Resume;
 use crate::node::Node;
 
@@ -74,14 +74,7 @@ pub fn replay(node: &mut Node, dir: &Path, repair: bool) -> Result<Replayed, Str
                 },
                 d.last_good_seq
             );
-            let first_seq = d
-                .path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(super::format::parse_segment_name)
-                .unwrap_or(d.last_good_seq + 1);
-            let len = d.offset.max(super::format::SEGMENT_HEADER as u64);
-            (d.last_good_seq, Some((Segment { path: d.path.clone(), first_seq }, len)))
+            (d.last_good_seq, Some(r.end))
         }
         Err(ScanError::Damaged(d)) => {
             return Err(format!(

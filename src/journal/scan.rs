@@ -29,6 +29,8 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<Segment>> {
 pub struct Damage {
     /// The damaged file.
     pub path: PathBuf,
+    /// The sequence number its name gives to its first record.
+    pub first_seq: u64,
     /// Where the damage starts.
     pub offset: u64,
     /// What is wrong.
@@ -117,7 +119,13 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
         }
         let buf = std::fs::read(&seg.path).map_err(|e| ScanError::Io(seg.path.clone(), e))?;
         let damage = |offset: usize, what: String, last_good_seq: u64| {
-            ScanError::Damaged(Damage { path: seg.path.clone(), offset: offset as u64, what, last_good_seq })
+            ScanError::Damaged(Damage {
+                path: seg.path.clone(),
+                first_seq: seg.first_seq,
+                offset: offset as u64,
+                what,
+                last_good_seq,
+            })
         };
         match format::read_header(&buf) {
             Some(first) if first == seg.first_seq => {}
@@ -200,6 +208,8 @@ pub struct Repair {
     pub cut_bytes: u64,
     /// Later segments renamed to `*.damaged`.
     pub set_aside: Vec<PathBuf>,
+    /// The damaged segment and its new length: where appending continues.
+    pub end: (Segment, u64),
 }
 
 /// Cuts the journal back to its last good record before `damage`: the damaged segment is
@@ -211,14 +221,13 @@ pub fn repair(dir: &Path, damage: &Damage) -> std::io::Result<Repair> {
     // A segment cut back to nothing but a broken header is rewritten as an empty segment.
     let keep = damage.offset.max(SEGMENT_HEADER as u64);
     if damage.offset < SEGMENT_HEADER as u64 {
-        let first = dir_first_seq(&damage.path).unwrap_or(damage.last_good_seq + 1);
-        std::os::unix::fs::FileExt::write_all_at(&file, &format::segment_header(first), 0)?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &format::segment_header(damage.first_seq), 0)?;
     }
     file.set_len(keep)?;
     file.sync_all()?;
     let mut set_aside = Vec::new();
     for seg in list_segments(dir)? {
-        if seg.path != damage.path && dir_first_seq(&seg.path) > dir_first_seq(&damage.path) {
+        if seg.first_seq > damage.first_seq {
             let mut to = seg.path.clone().into_os_string();
             to.push(".damaged");
             std::fs::rename(&seg.path, &to)?;
@@ -226,11 +235,8 @@ pub fn repair(dir: &Path, damage: &Damage) -> std::io::Result<Repair> {
         }
     }
     std::fs::File::open(dir)?.sync_all()?;
-    Ok(Repair { cut_bytes: len.saturating_sub(keep), set_aside })
-}
-
-fn dir_first_seq(path: &Path) -> Option<u64> {
-    path.file_name().and_then(|n| n.to_str()).and_then(format::parse_segment_name)
+    let end = (Segment { path: damage.path.clone(), first_seq: damage.first_seq }, keep);
+    Ok(Repair { cut_bytes: len.saturating_sub(keep), set_aside, end })
 }
 
 #[cfg(test)]

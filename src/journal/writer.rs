@@ -83,7 +83,7 @@ pub async fn run(node: Rc<RefCell<Node>>, cfg: JournalConfig, resume: Resume, fi
         if roll {
             if let Some(old) = open.take() {
                 if policy != FsyncPolicy::Never {
-                    w.retry("sync the full segment", || sync(old.file.clone())).await;
+                    w.retry("sync the full segment", || timed_sync(node.clone(), old.file.clone())).await;
                 }
                 node.borrow_mut().metrics.journal.segments += 1;
             }
@@ -130,7 +130,7 @@ pub async fn run(node: Rc<RefCell<Node>>, cfg: JournalConfig, resume: Resume, fi
     }
     if let Some(o) = open {
         if policy != FsyncPolicy::Never {
-            if let Err(e) = o.file.fdatasync().await {
+            if let Err(e) = timed_sync(node.clone(), o.file.clone()).await {
                 log::error!("journal: final sync of segment {} failed: {e}", o.first_seq);
             } else {
                 let mut n = node.borrow_mut();
@@ -245,13 +245,10 @@ async fn write_at(file: Rc<BufferedFile>, io: WriteIo, buf: &[u8], at: u64) -> s
     Ok(n)
 }
 
-async fn sync(file: Rc<BufferedFile>) -> std::io::Result<()> {
-    file.fdatasync().await.map_err(Into::into)
-}
-
+/// One fdatasync, counted in the metrics.
 async fn timed_sync(node: Rc<RefCell<Node>>, file: Rc<BufferedFile>) -> std::io::Result<()> {
     let started = Instant::now();
-    sync(file).await?;
+    file.fdatasync().await?;
     let mut n = node.borrow_mut();
     n.metrics.journal.fsyncs += 1;
     n.metrics.journal.fsync_ns += started.elapsed().as_nanos() as u64;
