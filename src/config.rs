@@ -208,14 +208,24 @@ pub struct MarketConfig {
 }
 
 /// `[postgres]`
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Connection string (`postgresql://user:password@host:port/db` or `host=… user=… dbname=…`);
-    /// empty = no PostgreSQL (the embedded default).
+    /// empty = no PostgreSQL (the embedded default). When set, the journal is offloaded there.
     pub url: String,
     /// Apply the schema migrations (`schema/`) at start.
     pub migrate: bool,
+    /// Most events in one offload batch (one transaction).
+    pub batch_events: usize,
+    /// Longest an offload batch waits to fill before it is written (ms).
+    pub batch_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: String::new(), migrate: false, batch_events: 50_000, batch_ms: 100 }
+    }
 }
 
 /// `[demo]`
@@ -593,6 +603,17 @@ impl Config {
         }
         if self.postgres.migrate && self.postgres.url.is_empty() {
             err("postgres.migrate", "needs postgres.url".into());
+        }
+        if !self.postgres.url.is_empty() {
+            if let Err(e) = self.postgres.url.parse::<tokio_postgres::Config>() {
+                err("postgres.url", format!("is not a valid connection string: {e}"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.postgres.batch_events) {
+            err("postgres.batch_events", "must be between 1 and 1000000".into());
+        }
+        if !(1..=60_000).contains(&self.postgres.batch_ms) {
+            err("postgres.batch_ms", "must be between 1 and 60000".into());
         }
         if self.journal.keep_covered_segments < -1 {
             err("journal.keep_covered_segments", "must be -1 (keep all) or a count".into());

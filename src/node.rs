@@ -40,6 +40,8 @@ pub struct Node {
     /// Set when shutdown begins: `/ready` turns 503.
     pub draining: bool,
     pub(crate) started_at: Nanos,
+    /// Where the offload to PostgreSQL stands (when `postgres.url` is set).
+    pub offload: Option<std::sync::Arc<crate::postgres::offload::Shared>>,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -102,6 +104,7 @@ impl Node {
             connections: 0,
             draining: false,
             started_at: now,
+            offload: None,
         }
     }
 

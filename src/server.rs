@@ -151,6 +151,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     );
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
     let (node, resume, demo) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let offload = node.offload.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let hot = {
         let cfg = cfg.clone();
@@ -177,13 +178,22 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         fanouts.push(handle);
     }
 
+    // Declared before the followers so that they stop first: the offloader's last batch reads
+    // what the snapshot thread may not prune yet.
     let mut _snapshots = None;
+    let mut _offloader = None;
     match ready_rx.recv() {
         Ok(Ok(())) => {
-            // After the replay (which cut any torn tail): the follower reads what the writer adds.
+            // After the replay (which cut any torn tail): the followers read what the writer adds.
             let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
-            _snapshots = journal::snapshot::Follower::spawn(&cfg, core)
+            _snapshots = journal::snapshot::Follower::spawn(&cfg, core, offload.clone())
                 .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
+            if let Some(shared) = offload {
+                _offloader = Some(
+                    crate::postgres::offload::Offloader::spawn(&cfg, shared, core)
+                        .map_err(|e| format!("cannot start the offload thread: {e}"))?,
+                );
+            }
             let shown_token = generated_token.then_some(banner_token.as_str());
             print_banner(&cfg, &started, shown_token, demo, demo_key.as_deref());
         }
@@ -267,6 +277,11 @@ fn build_node(
     node.engine.resend_open_orders(now);
     node.after_command();
     node.on_durable(replayed.last_seq, now);
+    if !cfg.postgres.url.is_empty() {
+        let offload = Arc::new(crate::postgres::offload::Shared::new(replayed.last_seq));
+        node.journal.publish_to(offload.clone());
+        node.offload = Some(offload);
+    }
     Ok((node, replayed.resume, demo))
 }
 

@@ -584,6 +584,26 @@ impl Node {
         w.key("fsync").str(self.journal.policy().as_str());
         w.key("last_seq").u64(self.engine.last_seq());
         w.key("durable_seq").u64(self.journal.durable());
+        // PostgreSQL only keeps history: the node stays ready while it is away.
+        match &self.offload {
+            None => {
+                w.key("postgres").str("off");
+            }
+            Some(o) => {
+                let s = o.status(crate::clock::now());
+                let ok = s.state == crate::postgres::offload::State::Ok;
+                w.key("postgres").str(if ok { "ok" } else { "degraded" });
+                if !ok {
+                    let reason = match s.reason {
+                        crate::postgres::offload::Reason::None => "postgres.connecting",
+                        r => r.as_str(),
+                    };
+                    w.key("postgres_reason").str(reason);
+                }
+                w.key("offload_lag_events").u64(s.lag_events);
+                w.key("offload_lag_ms").u64((s.lag_seconds * 1000.0) as u64);
+            }
+        }
         w.end_object();
         Ok(())
     }
@@ -593,6 +613,9 @@ impl Node {
         resp.content_type = "text/plain; version=0.0.4";
         let g = self.gauges();
         self.metrics.render(&g, &mut resp.body);
+        if let Some(o) = &self.offload {
+            o.render_metrics(crate::clock::now(), &mut resp.body);
+        }
         Ok(())
     }
 }

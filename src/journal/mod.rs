@@ -15,6 +15,7 @@ pub mod format;
 mod replay;
 pub mod scan;
 pub mod snapshot;
+pub mod tail;
 pub mod tools;
 pub mod writer;
 
@@ -23,6 +24,7 @@ pub use replay::{replay, Replayed};
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +101,8 @@ pub struct Journal {
     closed: bool,
     writer: Option<Waker>,
     waiters: RefCell<Vec<Waker>>,
+    /// Told how far the journal is stable, when the node offloads to PostgreSQL.
+    offload: Option<Arc<crate::postgres::offload::Shared>>,
 }
 
 impl Journal {
@@ -116,6 +120,29 @@ impl Journal {
             closed: false,
             writer: None,
             waiters: RefCell::new(Vec::with_capacity(1024)),
+            offload: None,
+        }
+    }
+
+    /// Tells `offload` how far the journal is stable from now on.
+    pub fn publish_to(&mut self, offload: Arc<crate::postgres::offload::Shared>) {
+        offload.publish_stable(self.stable());
+        self.offload = Some(offload);
+    }
+
+    /// Last sequence number that survives what the policy promises to survive: written, and
+    /// synced unless `fsync = "never"`. Only these events leave the node for PostgreSQL.
+    pub fn stable(&self) -> u64 {
+        if self.policy == FsyncPolicy::Never {
+            self.written
+        } else {
+            self.synced
+        }
+    }
+
+    fn publish_stable(&self) {
+        if let Some(o) = &self.offload {
+            o.publish_stable(self.stable());
         }
     }
 
@@ -156,6 +183,7 @@ impl Journal {
     /// An fdatasync covering everything up to `seq` completed.
     pub fn mark_synced(&mut self, seq: u64) {
         self.synced = self.synced.max(seq);
+        self.publish_stable();
     }
 
     /// Last sequence number that may be acknowledged.
@@ -190,6 +218,7 @@ impl Journal {
     pub fn mark_written(&mut self, seq: u64) {
         self.written = seq;
         self.healthy = true;
+        self.publish_stable();
     }
 
     /// Everything up to `seq` may now be acknowledged; wakes the requests waiting for it.

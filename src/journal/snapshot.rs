@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::format::{self, SEGMENT_HEADER};
-use super::scan::{self, list_segments, Segment};
+use super::format;
+use super::scan::{list_segments, Segment};
+use super::tail::Tail;
 use crate::config::Config;
-use crate::engine::event::Event;
 use crate::engine::market::Quote;
 use crate::engine::order::Order;
 use crate::engine::symbol::SymbolSpec;
@@ -33,6 +33,8 @@ const HEADER: usize = 32;
 const KEEP: usize = 2;
 /// How often the follower looks for new events.
 const POLL: Duration = Duration::from_millis(100);
+/// Events applied between looks at the stop flag and the snapshot threshold.
+const READ_BATCH: usize = 65_536;
 
 /// The file name of the snapshot at `seq`.
 pub fn name(seq: u64) -> String {
@@ -100,7 +102,13 @@ pub fn newest(dir: &Path) -> std::io::Result<Option<EngineState>> {
 }
 
 /// A venue for an engine that only applies events: it is never called.
-struct NoVenue;
+pub struct NoVenue;
+
+/// An engine that follows the journal off the hot core (snapshots, offload): it applies events
+/// and never calls a venue.
+pub fn mirror_engine(cfg: &Config) -> Engine<NoVenue> {
+    Engine::new(crate::node::engine_config(cfg), crate::node::symbol_table(cfg), crate::node::tiers(cfg), NoVenue)
+}
 
 impl Venue for NoVenue {
     fn submit(&mut self, _: &Order, _: &SymbolSpec, _: Option<&Quote>, _: Nanos, _: &mut Vec<Execution>) {}
@@ -122,7 +130,12 @@ pub struct Follower {
 impl Follower {
     /// Starts following the journal of `cfg` (after the node's own replay, so a torn tail is
     /// already cut). `None` when snapshots are off.
-    pub fn spawn(cfg: &Config, core: Option<usize>) -> std::io::Result<Option<Follower>> {
+    /// With `offload`, segments are pruned only once PostgreSQL has their events.
+    pub fn spawn(
+        cfg: &Config,
+        core: Option<usize>,
+        offload: Option<Arc<crate::postgres::offload::Shared>>,
+    ) -> std::io::Result<Option<Follower>> {
         if cfg.journal.snapshot_every_events == 0 {
             return Ok(None);
         }
@@ -133,7 +146,7 @@ impl Follower {
                 let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core));
                 id.map(core_affinity::set_for_current);
             }
-            if let Err(e) = follow(&cfg, &flag) {
+            if let Err(e) = follow(&cfg, &flag, offload.as_deref()) {
                 log::error!("snapshots stopped: {e}; restarts will replay more of the journal");
             }
         })?;
@@ -150,47 +163,21 @@ impl Drop for Follower {
     }
 }
 
-/// Where the follower reads next.
-struct Cursor {
-    segment: Segment,
-    offset: u64,
-    next_seq: u64,
-}
-
-fn follow(cfg: &Config, stop: &AtomicBool) -> Result<(), String> {
+fn follow(cfg: &Config, stop: &AtomicBool, offload: Option<&crate::postgres::offload::Shared>) -> Result<(), String> {
     let dir = &cfg.journal.dir;
-    let mut engine =
-        Engine::new(crate::node::engine_config(cfg), crate::node::symbol_table(cfg), crate::node::tiers(cfg), NoVenue);
+    let mut engine = mirror_engine(cfg);
     let start = newest(dir).map_err(|e| e.to_string())?;
     let after = start.as_ref().map_or(0, |s| s.last_seq);
     if let Some(state) = start {
         engine.restore(state)?;
     }
-    let report = scan::scan(dir, after, |e| {
-        engine.apply_event(&e);
-        Ok(())
-    })
-    .map_err(|e| e.to_string())?;
-    let mut last_snapshot = engine.last_seq();
-    // A segment whose header was not written yet when the scan read it ends at 0: its records
-    // start after the header all the same.
-    let mut cursor = report.end.map(|(segment, offset)| Cursor {
-        segment,
-        offset: offset.max(SEGMENT_HEADER as u64),
-        next_seq: report.last_seq + 1,
-    });
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(POLL);
-        if cursor.is_none() {
-            // No segment yet: wait for the writer's first.
-            cursor = list_segments(dir).map_err(|e| e.to_string())?.into_iter().next().map(|segment| Cursor {
-                offset: SEGMENT_HEADER as u64,
-                next_seq: segment.first_seq,
-                segment,
-            });
-        }
-        let Some(c) = cursor.as_mut() else { continue };
-        read_new(dir, c, |e| engine.apply_event(&e))?;
+    let mut tail = Tail::new(dir, after + 1);
+    let mut last_snapshot = after;
+    loop {
+        let read = tail.read(u64::MAX, READ_BATCH, |e| {
+            engine.apply_event(&e);
+            Ok(())
+        })?;
         if engine.last_seq() >= last_snapshot + cfg.journal.snapshot_every_events {
             let started = std::time::Instant::now();
             let state = engine.state();
@@ -202,59 +189,71 @@ fn follow(cfg: &Config, stop: &AtomicBool) -> Result<(), String> {
                 started.elapsed().as_secs_f64()
             );
             last_snapshot = state.last_seq;
-            prune(dir, state.last_seq, cfg.journal.keep_covered_segments).map_err(|e| e.to_string())?;
+            let floor = offload.map_or(u64::MAX, |o| o.prune_floor());
+            prune(dir, floor, cfg.journal.keep_covered_segments).map_err(|e| e.to_string())?;
         }
-    }
-    Ok(())
-}
-
-/// Applies the complete records written since the cursor, moving to the next segment when the
-/// writer has started one. A record still being written is left for the next call.
-fn read_new(dir: &Path, c: &mut Cursor, mut apply: impl FnMut(Event)) -> Result<(), String> {
-    let mut bytes = Vec::new();
-    loop {
-        // Only what was added since the last call.
-        bytes.clear();
-        let read = std::fs::File::open(&c.segment.path).and_then(|mut f| {
-            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(c.offset))?;
-            std::io::Read::read_to_end(&mut f, &mut bytes)
-        });
-        read.map_err(|e| format!("cannot read {}: {e}", c.segment.path.display()))?;
-        let mut off = 0;
-        while let Ok(rec) = format::read_at(&bytes, off) {
-            if rec.seq != c.next_seq {
-                return Err(format!("{}: seq {} where {} was expected", c.segment.path.display(), rec.seq, c.next_seq));
-            }
-            apply(format::decode(rec.payload)?);
-            c.next_seq += 1;
-            off = rec.next;
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
         }
-        c.offset += off as u64;
-        let next = list_segments(dir).map_err(|e| e.to_string())?.into_iter().find(|s| s.first_seq == c.next_seq);
-        match next {
-            // The writer moved on: this segment is complete.
-            Some(segment) if segment.path != c.segment.path => {
-                *c = Cursor { segment, offset: SEGMENT_HEADER as u64, next_seq: c.next_seq };
-            }
-            _ => return Ok(()),
+        if read < READ_BATCH {
+            std::thread::sleep(POLL);
         }
     }
 }
 
-/// Deletes snapshots older than the newest [`KEEP`], and segments wholly covered by the
-/// snapshot at `seq` beyond the newest `keep` of them (`keep < 0`: none).
-fn prune(dir: &Path, seq: u64, keep: i64) -> std::io::Result<()> {
+/// Deletes snapshots other than the newest [`KEEP`], and segments wholly covered by the newest
+/// snapshot at or before `floor`, beyond the newest `keep` of them (`keep < 0`: none). `floor` is
+/// where PostgreSQL's copy ends (`u64::MAX` without PostgreSQL): the offloader restarts from that
+/// snapshot and the segments after it, so they stay.
+fn prune(dir: &Path, floor: u64, keep: i64) -> std::io::Result<()> {
     let snapshots = list(dir)?;
-    for (_, path) in snapshots.iter().rev().skip(KEEP) {
-        std::fs::remove_file(path)?;
+    // With none at or before the floor, the offloader may need any of them: keep everything.
+    let Some(base) = snapshots.iter().rev().map(|(seq, _)| *seq).find(|seq| *seq <= floor) else { return Ok(()) };
+    for (seq, path) in snapshots.iter().rev().skip(KEEP) {
+        if *seq != base {
+            std::fs::remove_file(path)?;
+        }
     }
     let Ok(keep) = usize::try_from(keep) else { return Ok(()) };
     let segments = list_segments(dir)?;
-    // A segment is covered when the next one starts at or before seq + 1.
-    let covered: Vec<&Segment> = segments.windows(2).filter(|w| w[1].first_seq <= seq + 1).map(|w| &w[0]).collect();
+    // A segment is covered when the next one starts at or before base + 1.
+    let covered: Vec<&Segment> = segments.windows(2).filter(|w| w[1].first_seq <= base + 1).map(|w| &w[0]).collect();
     for seg in covered.iter().rev().skip(keep) {
         std::fs::remove_file(&seg.path)?;
-        log::info!("journal: removed {} (covered by the snapshot at seq {seq})", seg.path.display());
+        log::info!("journal: removed {} (covered by the snapshot at seq {base})", seg.path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn pruning_keeps_what_postgresql_has_not_got_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        for first in [1, 101, 201, 301] {
+            std::fs::write(dir.path().join(format::segment_name(first)), b"").unwrap();
+        }
+        for seq in [100, 200, 300] {
+            std::fs::write(dir.path().join(name(seq)), b"").unwrap();
+        }
+        // PostgreSQL has events up to 150: the snapshot at 100 and the segments after it stay.
+        prune(dir.path(), 150, 0).unwrap();
+        let seg = |first| format::segment_name(first);
+        assert_eq!(names(dir.path()), vec![seg(101), seg(201), seg(301), name(100), name(200), name(300)]);
+        // Until the cursor is known (floor 0) nothing goes.
+        prune(dir.path(), 0, 0).unwrap();
+        assert_eq!(names(dir.path()).len(), 6);
+        // Without PostgreSQL the newest snapshot decides; older snapshots go beyond the newest two.
+        prune(dir.path(), u64::MAX, 0).unwrap();
+        assert_eq!(names(dir.path()), vec![seg(301), name(200), name(300)]);
+    }
 }

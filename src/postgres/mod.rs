@@ -1,10 +1,12 @@
 //! PostgreSQL: the history database. Never on the hot path: everything here runs on its own
 //! thread with a tokio current-thread runtime.
 //!
-//! Today this is the schema ([`migrate`]): `signalgate migrate` and `[postgres] migrate = true`
-//! apply `schema/` to the configured database.
+//! [`migrate`] applies `schema/` (`signalgate migrate`, and `[postgres] migrate = true` at
+//! start); [`offload`] copies the journal into those tables.
 
+mod copy;
 pub mod migrate;
+pub mod offload;
 
 use std::time::Duration;
 

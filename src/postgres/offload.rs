@@ -1,0 +1,843 @@
+//! The offloader: copies the journal into PostgreSQL, exactly once, off the hot core.
+//!
+//! It runs on its own thread with a tokio current-thread runtime. The hot core's only part is
+//! one atomic store per journal write: [`Shared::publish_stable`] says how far the journal is
+//! stable (written, and synced unless `fsync = "never"`). The offloader reads those events back
+//! from the journal files (still in the page cache) with a [`Tail`], applies them to a mirror
+//! engine of its own (so that each row carries the state after its event: an order's status, a
+//! fill's realized P&L, the position it leaves), and writes them with binary `COPY` in batches
+//! bounded by events and by time. The offload cursor moves in the same transaction as the rows,
+//! so a batch is in the database whole or not at all, and a restart — of the node or of
+//! PostgreSQL — continues from the cursor: nothing is lost and nothing is inserted twice.
+//!
+//! Falling behind costs nothing on the hot core: there is no queue to fill, the journal is the
+//! backlog. While PostgreSQL is unreachable the node keeps trading, `/ready` says
+//! `postgres: degraded` with the lag, and the offloader reconnects with backoff and catches up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio_postgres::Client;
+
+use super::copy::CopyBuf;
+use super::migrate::describe;
+use crate::config::Config;
+use crate::engine::event::{Event, EventKind};
+use crate::engine::order::Order;
+use crate::engine::types::{AccountId, KeyId, Nanos};
+use crate::engine::Engine;
+use crate::fixed::MONEY_DECIMALS;
+use crate::journal::snapshot::{self, NoVenue};
+use crate::journal::tail::Tail;
+
+/// Wait between looks at the journal when there is nothing to offload.
+const POLL: Duration = Duration::from_millis(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping node keeps offloading what was stable at the stop.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Where the offload stands; read by `/ready` and `/metrics` on the hot core.
+pub struct Shared {
+    /// Last sequence number the journal holds stably: what may be offloaded.
+    stable: AtomicU64,
+    /// Last sequence number committed to PostgreSQL (the cursor), once read.
+    offloaded: AtomicU64,
+    /// Whether `offloaded` has been read from the database.
+    cursor_known: AtomicBool,
+    /// Unix ns since when events have been waiting (0: none waiting).
+    waiting_since: AtomicU64,
+    state: AtomicU8,
+    reason: AtomicU8,
+    batches: AtomicU64,
+    events: AtomicU64,
+    rows: AtomicU64,
+    last_batch_events: AtomicU64,
+    copy_ns: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The offloader's connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not connected yet.
+    Connecting = 0,
+    /// Connected and offloading.
+    Ok = 1,
+    /// PostgreSQL cannot be used; events wait in the journal.
+    Degraded = 2,
+}
+
+/// Why the offload is degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Nothing wrong.
+    None = 0,
+    /// No connection (down, restarting, wrong address, timeout).
+    Unreachable = 1,
+    /// PostgreSQL refused (credentials, permissions, schema not migrated).
+    Refused = 2,
+    /// The journal does not hold what the database expects next.
+    Journal = 3,
+}
+
+impl Reason {
+    /// Name shown in `/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "",
+            Reason::Unreachable => "postgres.unreachable",
+            Reason::Refused => "postgres.refused",
+            Reason::Journal => "postgres.journal_mismatch",
+        }
+    }
+}
+
+/// What `/ready` reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Status {
+    /// Connection state.
+    pub state: State,
+    /// Why degraded.
+    pub reason: Reason,
+    /// Stable events not yet in the database.
+    pub lag_events: u64,
+    /// How long the oldest of them has waited.
+    pub lag_seconds: f64,
+    /// The database's cursor (when known).
+    pub offloaded: Option<u64>,
+}
+
+impl Shared {
+    /// The offload of a node whose journal ends at `last_seq` (stable: replay cut anything else).
+    pub fn new(last_seq: u64) -> Shared {
+        Shared {
+            stable: AtomicU64::new(last_seq),
+            offloaded: AtomicU64::new(0),
+            cursor_known: AtomicBool::new(false),
+            waiting_since: AtomicU64::new(0),
+            state: AtomicU8::new(State::Connecting as u8),
+            reason: AtomicU8::new(Reason::None as u8),
+            batches: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            last_batch_events: AtomicU64::new(0),
+            copy_ns: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The journal holds everything up to `seq` stably (hot core: one store).
+    pub fn publish_stable(&self, seq: u64) {
+        self.stable.store(seq, Ordering::Release);
+    }
+
+    /// Events up to here may be dropped from the journal (the database has them); 0 until the
+    /// offloader has read its cursor.
+    pub fn prune_floor(&self) -> u64 {
+        if self.cursor_known.load(Ordering::Acquire) {
+            self.offloaded.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// The state, for `/ready` and `/metrics`.
+    pub fn status(&self, now: Nanos) -> Status {
+        let state = match self.state.load(Ordering::Acquire) {
+            1 => State::Ok,
+            2 => State::Degraded,
+            _ => State::Connecting,
+        };
+        let reason = match self.reason.load(Ordering::Acquire) {
+            1 => Reason::Unreachable,
+            2 => Reason::Refused,
+            3 => Reason::Journal,
+            _ => Reason::None,
+        };
+        let known = self.cursor_known.load(Ordering::Acquire);
+        let offloaded = self.offloaded.load(Ordering::Acquire);
+        let stable = self.stable.load(Ordering::Acquire);
+        let lag_events = stable.saturating_sub(offloaded);
+        let since = self.waiting_since.load(Ordering::Acquire);
+        let lag_seconds = if lag_events > 0 && since > 0 { now.saturating_sub(since) as f64 / 1e9 } else { 0.0 };
+        Status { state, reason, lag_events, lag_seconds, offloaded: known.then_some(offloaded) }
+    }
+
+    /// Appends the offload metrics in Prometheus text format.
+    pub fn render_metrics(&self, now: Nanos, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let s = self.status(now);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lines: [(&str, &str, &str, String); 9] = [
+            ("offload_lag_events", "gauge", "Stable journal events not yet in PostgreSQL.", s.lag_events.to_string()),
+            (
+                "offload_lag_seconds",
+                "gauge",
+                "How long the oldest event not yet in PostgreSQL has waited.",
+                format!("{:.3}", s.lag_seconds),
+            ),
+            (
+                "offload_connected",
+                "gauge",
+                "1 while the offloader is connected to PostgreSQL.",
+                u8::from(s.state == State::Ok).to_string(),
+            ),
+            (
+                "offload_seq",
+                "gauge",
+                "The offload cursor: last event in PostgreSQL.",
+                s.offloaded.unwrap_or(0).to_string(),
+            ),
+            ("offload_batches_total", "counter", "Batches committed to PostgreSQL.", get(&self.batches).to_string()),
+            (
+                "offload_events_total",
+                "counter",
+                "Journal events committed to PostgreSQL.",
+                get(&self.events).to_string(),
+            ),
+            ("offload_rows_total", "counter", "Rows written to PostgreSQL.", get(&self.rows).to_string()),
+            (
+                "offload_last_batch_events",
+                "gauge",
+                "Events in the last committed batch.",
+                get(&self.last_batch_events).to_string(),
+            ),
+            (
+                "offload_copy_seconds_total",
+                "counter",
+                "Time spent in the COPY transactions.",
+                format!("{:.6}", get(&self.copy_ns) as f64 / 1e9),
+            ),
+        ];
+        for (name, kind, help, v) in lines {
+            let _ = writeln!(
+                out,
+                "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} {kind}\nsignalgate_{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_offload_failures_total Failed connections and batches.\n# TYPE signalgate_offload_failures_total counter\nsignalgate_offload_failures_total {}",
+            get(&self.failures)
+        );
+    }
+
+    fn set_state(&self, state: State, reason: Reason) {
+        self.state.store(state as u8, Ordering::Release);
+        self.reason.store(reason as u8, Ordering::Release);
+    }
+
+    /// Notes whether events are waiting now that the cursor is at `offloaded`; `read_until` is
+    /// when the offloader last looked at the journal (newer events arrived after it).
+    fn note_waiting(&self, offloaded: u64, read_until: Nanos) {
+        if self.stable.load(Ordering::Acquire) <= offloaded {
+            self.waiting_since.store(0, Ordering::Release);
+        } else if self.waiting_since.load(Ordering::Acquire) == 0 {
+            self.waiting_since.store(read_until, Ordering::Release);
+        }
+    }
+}
+
+/// The offloader thread; stops (after a last batch when it can) when dropped.
+pub struct Offloader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Offloader {
+    /// Starts offloading the journal of `cfg` (after the node's replay) to `postgres.url`.
+    pub fn spawn(cfg: &Config, shared: Arc<Shared>, core: Option<usize>) -> std::io::Result<Offloader> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cfg, flag) = (cfg.clone(), stop.clone());
+        let thread = std::thread::Builder::new().name("sg-offload".into()).spawn(move || {
+            if let Some(core) = core {
+                let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core));
+                id.map(core_affinity::set_for_current);
+            }
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(run(&cfg, &shared, &flag)),
+                Err(e) => log::error!("postgres: cannot start the offload runtime: {e}; nothing is offloaded"),
+            }
+        })?;
+        Ok(Offloader { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Offloader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A failure, classified for `/ready`.
+struct Failure {
+    reason: Reason,
+    message: String,
+}
+
+impl Failure {
+    fn journal(message: String) -> Failure {
+        Failure { reason: Reason::Journal, message }
+    }
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Failure {
+        let reason = if e.code().is_some() { Reason::Refused } else { Reason::Unreachable };
+        Failure { reason, message: describe(&e) }
+    }
+}
+
+async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
+    let config: tokio_postgres::Config = match cfg.postgres.url.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // check-config refuses this; here for a URL from the environment.
+            log::error!("postgres: postgres.url is not a valid connection string ({e}); nothing is offloaded");
+            shared.set_state(State::Degraded, Reason::Refused);
+            return;
+        }
+    };
+    let mut mirror: Option<Mirror> = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_error = String::new();
+    loop {
+        let outcome = async {
+            let connect = config.connect(tokio_postgres::NoTls);
+            let (client, connection) =
+                tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| Failure {
+                    reason: Reason::Unreachable,
+                    message: format!("cannot connect within {} s", CONNECT_TIMEOUT.as_secs()),
+                })??;
+            let driver = tokio::spawn(connection);
+            let result = session(cfg, shared, &client, &mut mirror, stop).await;
+            drop(client);
+            let _ = driver.await;
+            result
+        }
+        .await;
+        match outcome {
+            Ok(()) => return,
+            Err(f) => {
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+                shared.set_state(State::Degraded, f.reason);
+                shared.note_waiting(shared.offloaded.load(Ordering::Acquire), crate::clock::now());
+                if f.message != last_error {
+                    log::error!(
+                        "postgres: offload stopped: {}; the node keeps trading, events wait in the journal (retrying)",
+                        f.message
+                    );
+                    last_error = f.message;
+                }
+            }
+        }
+        let slept = Instant::now();
+        while slept.elapsed() < backoff {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if shared.state.load(Ordering::Acquire) == State::Ok as u8 {
+            backoff = FIRST_BACKOFF;
+        }
+    }
+}
+
+/// One connection's work: read the cursor, then offload batches until stopped or a failure.
+async fn session(
+    cfg: &Config,
+    shared: &Shared,
+    client: &Client,
+    mirror: &mut Option<Mirror>,
+    stop: &AtomicBool,
+) -> Result<(), Failure> {
+    let node = cfg.node.name.as_str();
+    if let Err(e) = client.batch_execute(STAGING).await {
+        let mut f = Failure::from(e);
+        if f.message.contains("does not exist") {
+            f.message += " (the schema is missing: run `signalgate migrate` or set postgres.migrate = true)";
+        }
+        return Err(f);
+    }
+    client
+        .execute(
+            "INSERT INTO offload_cursor (node, last_seq, updated_at) VALUES ($1, 0, now()) ON CONFLICT (node) DO NOTHING",
+            &[&node],
+        )
+        .await?;
+    let cursor = read_cursor(client, node).await?;
+    let stable = shared.stable.load(Ordering::Acquire);
+    if cursor > stable {
+        return Err(Failure::journal(format!(
+            "the database's cursor for node {node:?} is at seq {cursor}, past the end of this journal (seq {stable}): is this the node's data directory?"
+        )));
+    }
+    shared.offloaded.store(cursor, Ordering::Release);
+    shared.cursor_known.store(true, Ordering::Release);
+    // A batch read before the connection broke: retry it, drop it if it was committed after
+    // all, or start again from the cursor.
+    let usable = match mirror.as_mut() {
+        Some(m) => match &m.sealed {
+            Some(b) if b.last == cursor => {
+                m.sealed = None;
+                true
+            }
+            Some(b) => b.first == cursor + 1,
+            None if m.open.events > 0 => m.open.first == cursor + 1,
+            None => m.tail.next_seq() == cursor + 1,
+        },
+        None => false,
+    };
+    if !usable {
+        let started = Instant::now();
+        *mirror = Some(Mirror::at(cfg, cursor).map_err(Failure::journal)?);
+        log::info!(
+            "postgres: offload resumes after seq {cursor} (journal read in {:.3} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let Some(m) = mirror.as_mut() else { return Ok(()) };
+    shared.set_state(State::Ok, Reason::None);
+    log::info!("postgres: offloading events after seq {cursor}");
+    let batch_time = Duration::from_millis(cfg.postgres.batch_ms);
+    let mut cursor = cursor;
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            // Offload what is stable at the stop, for a few seconds at most.
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > STOP_GRACE {
+                return Ok(());
+            }
+        }
+        if m.sealed.is_none() {
+            let opened = Instant::now();
+            loop {
+                let room = cfg.postgres.batch_events - m.open.events;
+                m.read(shared.stable.load(Ordering::Acquire), room).map_err(Failure::journal)?;
+                let full = m.open.events >= cfg.postgres.batch_events;
+                if full || stop.load(Ordering::Acquire) || (m.open.events > 0 && opened.elapsed() >= batch_time) {
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            m.seal();
+        }
+        let read_until = crate::clock::now();
+        let Some(batch) = &m.sealed else {
+            // Stopping, and nothing more to offload.
+            return Ok(());
+        };
+        let started = Instant::now();
+        commit(client, node, cursor, batch).await?;
+        cursor = batch.last;
+        shared.copy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared.events.fetch_add(batch.events as u64, Ordering::Relaxed);
+        shared.rows.fetch_add(batch.rows as u64, Ordering::Relaxed);
+        shared.last_batch_events.store(batch.events as u64, Ordering::Relaxed);
+        shared.offloaded.store(cursor, Ordering::Release);
+        shared.note_waiting(cursor, read_until);
+        m.sealed = None;
+    }
+}
+
+async fn read_cursor(client: &Client, node: &str) -> Result<u64, Failure> {
+    let row = client.query_one("SELECT last_seq FROM offload_cursor WHERE node = $1", &[&node]).await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// Session-local staging tables for the tables whose rows change (accounts, keys, orders):
+/// their batch rows are copied here, then merged with one upsert.
+const STAGING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS stage_accounts (LIKE accounts) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_api_keys (LIKE api_keys) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders) ON COMMIT DELETE ROWS;
+";
+
+/// Where each table's rows go: the COPY, and for changing tables the merge after it.
+struct Target {
+    copy: &'static str,
+    merge: Option<&'static str>,
+}
+
+const ACCOUNTS: Target = Target {
+    copy: "COPY stage_accounts (account_id, name, tier, initial_cash, state, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+    merge: Some(
+        "INSERT INTO accounts SELECT * FROM stage_accounts ON CONFLICT (account_id) DO UPDATE SET
+         name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
+    ),
+};
+const API_KEYS: Target = Target {
+    copy: "COPY stage_api_keys (key_id, account_id, key_sha256, feed, created_at, revoked_at, seq) FROM STDIN (FORMAT binary)",
+    merge: Some(
+        "INSERT INTO api_keys SELECT * FROM stage_api_keys ON CONFLICT (key_id) DO UPDATE SET
+         feed = EXCLUDED.feed, revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq",
+    ),
+};
+const ORDERS: Target = Target {
+    copy: "COPY stage_orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+    merge: Some(
+        "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
+         status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
+    ),
+};
+const FILLS: Target = Target {
+    copy: "COPY fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
+    merge: None,
+};
+const POSITIONS: Target = Target {
+    copy: "COPY position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
+    merge: None,
+};
+const SIGNALS: Target = Target {
+    copy: "COPY signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
+    merge: None,
+};
+const MARKET_DATA: Target = Target {
+    copy: "COPY market_data (ts, seq, symbol, bid, ask, bid_size, ask_size) FROM STDIN (FORMAT binary)",
+    merge: None,
+};
+
+/// Writes one batch and moves the cursor from `cursor` to its last event, in one transaction.
+async fn commit(client: &Client, node: &str, cursor: u64, batch: &Sealed) -> Result<(), Failure> {
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        let moved = client
+            .execute(
+                "UPDATE offload_cursor SET last_seq = $3, updated_at = now() WHERE node = $1 AND last_seq = $2",
+                &[&node, &(cursor as i64), &(batch.last as i64)],
+            )
+            .await?;
+        if moved != 1 {
+            return Err(Failure::journal(format!(
+                "the offload cursor of node {node:?} moved away from seq {cursor}: is another node offloading under the same name?"
+            )));
+        }
+        for (target, rows) in &batch.copies {
+            let sink = client.copy_in(target.copy).await?;
+            futures_util::pin_mut!(sink);
+            sink.send(rows.clone()).await?;
+            sink.finish().await?;
+            if let Some(merge) = target.merge {
+                client.execute(merge, &[]).await?;
+            }
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() && !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// The journal as the offloader has read it: a mirror engine at the tail's position, and the
+/// rows of the batch being built.
+struct Mirror {
+    engine: Engine<NoVenue>,
+    tail: Tail,
+    open: Batch,
+    sealed: Option<Sealed>,
+}
+
+/// Rows collected for one batch.
+#[derive(Default)]
+struct Batch {
+    first: u64,
+    events: usize,
+    accounts: HashMap<AccountId, AccountRow>,
+    keys: HashMap<KeyId, KeyRow>,
+    orders: HashMap<u64, (Order, u64)>,
+    fills: CopyBuf,
+    positions: CopyBuf,
+    signals: CopyBuf,
+    market_data: CopyBuf,
+}
+
+/// A batch ready to commit (kept until it is, to retry after a broken connection).
+struct Sealed {
+    first: u64,
+    last: u64,
+    events: usize,
+    rows: usize,
+    copies: Vec<(&'static Target, Bytes)>,
+}
+
+struct AccountRow {
+    name: String,
+    tier: String,
+    initial_cash: i64,
+    state: &'static str,
+    created_at: Nanos,
+    updated_at: Nanos,
+    seq: u64,
+}
+
+struct KeyRow {
+    account: AccountId,
+    hash: [u8; 32],
+    feed: bool,
+    created_at: Nanos,
+    revoked_at: Option<Nanos>,
+    seq: u64,
+}
+
+impl Mirror {
+    /// The engine's state after event `cursor`: the newest snapshot at or before it, then the
+    /// journal up to it.
+    fn at(cfg: &Config, cursor: u64) -> Result<Mirror, String> {
+        let dir = &cfg.journal.dir;
+        let mut engine = snapshot::mirror_engine(cfg);
+        let mut after = 0;
+        let snapshots = snapshot::list(dir).map_err(|e| format!("cannot list snapshots in {}: {e}", dir.display()))?;
+        for (seq, path) in snapshots.iter().rev().filter(|(seq, _)| *seq <= cursor) {
+            match snapshot::read(path) {
+                Ok(state) => {
+                    engine.restore(state)?;
+                    after = *seq;
+                    break;
+                }
+                Err(e) => log::warn!("{e}; trying an older one"),
+            }
+        }
+        let mut tail = Tail::new(dir, after + 1);
+        while tail.next_seq() <= cursor {
+            let read = tail.read(cursor, 65_536, |e| {
+                engine.apply_event(&e);
+                Ok(())
+            })?;
+            if read == 0 {
+                return Err(format!(
+                    "the journal in {} ends at seq {} but the database has events up to {cursor}",
+                    dir.display(),
+                    tail.next_seq() - 1
+                ));
+            }
+        }
+        Ok(Mirror { engine, tail, open: Batch::default(), sealed: None })
+    }
+
+    /// Reads up to `max` stable events (up to `stable`) into the open batch.
+    fn read(&mut self, stable: u64, max: usize) -> Result<(), String> {
+        let Mirror { engine, tail, open, .. } = self;
+        if open.events == 0 {
+            open.first = tail.next_seq();
+        }
+        tail.read(stable, max, |e| {
+            add_event(engine, open, &e);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Closes the open batch (if it has events) into `sealed`.
+    fn seal(&mut self) {
+        let mut b = std::mem::take(&mut self.open);
+        if b.events == 0 {
+            return;
+        }
+        let symbols = self.engine.symbols();
+        let mut accounts = CopyBuf::new();
+        for (id, a) in &b.accounts {
+            accounts
+                .row(8)
+                .int4(id.0 as i32)
+                .text(&a.name)
+                .text(&a.tier)
+                .numeric(a.initial_cash, MONEY_DECIMALS)
+                .text(a.state)
+                .timestamptz(a.created_at)
+                .timestamptz(a.updated_at)
+                .int8(a.seq as i64);
+        }
+        let mut keys = CopyBuf::new();
+        for (id, k) in &b.keys {
+            keys.row(7)
+                .int4(id.0 as i32)
+                .int4(k.account.0 as i32)
+                .bytea(&k.hash)
+                .bool(k.feed)
+                .timestamptz(k.created_at);
+            match k.revoked_at {
+                Some(ts) => keys.timestamptz(ts),
+                None => keys.null(),
+            };
+            keys.int8(k.seq as i64);
+        }
+        let mut orders = CopyBuf::new();
+        for (o, seq) in b.orders.values() {
+            let spec = symbols.get(o.symbol);
+            orders
+                .row(14)
+                .int8(o.id.0 as i64)
+                .int4(o.account.0 as i32)
+                .text(&spec.name)
+                .text(o.side.as_str())
+                .text(o.order_type.as_str())
+                .text(o.tif.as_str())
+                .numeric(o.qty, spec.qty_decimals);
+            if o.limit_price == 0 {
+                orders.null();
+            } else {
+                orders.numeric(o.limit_price, spec.price_decimals);
+            }
+            orders
+                .text(o.strategy.as_str())
+                .text(o.status.as_str())
+                .numeric(o.filled_qty, spec.qty_decimals)
+                .timestamptz(o.created_at)
+                .timestamptz(o.updated_at)
+                .int8(*seq as i64);
+        }
+        let mut copies = Vec::new();
+        let mut rows = 0;
+        for (target, buf) in [
+            (&ACCOUNTS, &mut accounts),
+            (&API_KEYS, &mut keys),
+            (&ORDERS, &mut orders),
+            (&FILLS, &mut b.fills),
+            (&POSITIONS, &mut b.positions),
+            (&SIGNALS, &mut b.signals),
+            (&MARKET_DATA, &mut b.market_data),
+        ] {
+            if buf.rows() > 0 {
+                rows += buf.rows();
+                copies.push((target, buf.finish()));
+            }
+        }
+        let last = self.tail.next_seq() - 1;
+        self.sealed = Some(Sealed { first: b.first, last, events: b.events, rows, copies });
+    }
+}
+
+/// Applies `e` to the mirror and adds the rows it makes to the batch.
+fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
+    // A fill's realized P&L is the change it makes to its position's.
+    let realized_before = match e.kind {
+        EventKind::Fill { account, symbol, .. } => {
+            engine.account(account).map_or(0, |a| a.positions[usize::from(symbol.0)].realized)
+        }
+        _ => 0,
+    };
+    engine.apply_event(e);
+    b.events += 1;
+    match e.kind {
+        EventKind::AccountCreated { account, .. } | EventKind::AccountStateChanged { account, .. } => {
+            if let Some(a) = engine.account(account) {
+                let tier = engine.tiers().get(usize::from(a.tier)).map_or("", |t| t.name.as_str());
+                let row = AccountRow {
+                    name: a.name.as_str().to_owned(),
+                    tier: tier.to_owned(),
+                    initial_cash: a.initial_cash,
+                    state: a.state.as_str(),
+                    created_at: a.created_at,
+                    updated_at: e.ts,
+                    seq: e.seq,
+                };
+                b.accounts.insert(account, row);
+            }
+        }
+        EventKind::KeyAdded { key, .. } | EventKind::KeyRevoked { key } => {
+            if let Some(k) = engine.key(key) {
+                let revoked_at = match e.kind {
+                    EventKind::KeyRevoked { .. } => Some(e.ts),
+                    _ => b.keys.get(&key).and_then(|r| r.revoked_at),
+                };
+                let row = KeyRow {
+                    account: k.account,
+                    hash: k.hash,
+                    feed: k.roles.feed,
+                    created_at: k.created_at,
+                    revoked_at,
+                    seq: e.seq,
+                };
+                b.keys.insert(key, row);
+            }
+        }
+        EventKind::OrderAccepted { order } => {
+            if let Some(o) = engine.order(order.id) {
+                b.orders.insert(order.id.0, (*o, e.seq));
+            }
+        }
+        EventKind::OrderUpdated { order, .. } => {
+            if let Some(o) = engine.order(order) {
+                b.orders.insert(order.0, (*o, e.seq));
+            }
+        }
+        EventKind::Fill { order, account, symbol, side, qty, price, notional, fee } => {
+            if let Some(o) = engine.order(order) {
+                b.orders.insert(order.0, (*o, e.seq));
+            }
+            let spec = engine.symbols().get(symbol);
+            let pos = engine.account(account).map(|a| a.positions[usize::from(symbol.0)]).unwrap_or_default();
+            b.fills
+                .row(11)
+                .timestamptz(e.ts)
+                .int8(e.seq as i64)
+                .int8(order.0 as i64)
+                .int4(account.0 as i32)
+                .text(&spec.name)
+                .text(side.as_str())
+                .numeric(qty, spec.qty_decimals)
+                .numeric(price, spec.price_decimals)
+                .numeric(notional, MONEY_DECIMALS)
+                .numeric(fee, MONEY_DECIMALS)
+                .numeric(pos.realized - realized_before, MONEY_DECIMALS);
+            b.positions
+                .row(8)
+                .timestamptz(e.ts)
+                .int8(e.seq as i64)
+                .int4(account.0 as i32)
+                .text(&spec.name)
+                .numeric(pos.qty, spec.qty_decimals)
+                .numeric(pos.cost, MONEY_DECIMALS)
+                .numeric(pos.realized, MONEY_DECIMALS)
+                .numeric(pos.fees, MONEY_DECIMALS);
+        }
+        EventKind::Quote(q) => {
+            let spec = engine.symbols().get(q.symbol);
+            b.market_data
+                .row(7)
+                .timestamptz(q.ts)
+                .int8(e.seq as i64)
+                .text(&spec.name)
+                .numeric(q.bid, spec.price_decimals)
+                .numeric(q.ask, spec.price_decimals)
+                .numeric(q.bid_size, spec.qty_decimals)
+                .numeric(q.ask_size, spec.qty_decimals);
+        }
+        EventKind::SignalAnswered { account, signal, answer } => {
+            b.signals.row(7).timestamptz(e.ts).int8(e.seq as i64).int4(account.0 as i32).text(signal.as_str());
+            match answer.order {
+                Some(o) => b.signals.int8(o.id.0 as i64),
+                None => b.signals.null(),
+            };
+            b.signals.text("answered").null();
+        }
+        EventKind::Rejected { account, code } => {
+            b.signals
+                .row(7)
+                .timestamptz(e.ts)
+                .int8(e.seq as i64)
+                .int4(account.0 as i32)
+                .null()
+                .null()
+                .text("rejected")
+                .text(code.as_str());
+        }
+        EventKind::LimitsSet { .. } | EventKind::DayStarted { .. } => {}
+    }
+}
