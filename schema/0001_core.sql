@@ -80,7 +80,8 @@ CREATE TABLE IF NOT EXISTS fills (
 CREATE INDEX IF NOT EXISTS fills_account_ts ON fills (account_id, ts DESC, seq DESC);
 CREATE INDEX IF NOT EXISTS fills_account_symbol_ts ON fills (account_id, symbol, ts DESC, seq DESC);
 
--- The position after each change, one row per fill.
+-- Positions over time: for each offload batch, the state at its end of every position it changed
+-- (`seq` and `ts` are those of the position's last fill in the batch).
 CREATE TABLE IF NOT EXISTS position_snapshots (
     ts         timestamptz NOT NULL,
     seq        bigint NOT NULL,

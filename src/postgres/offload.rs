@@ -28,7 +28,8 @@ use super::migrate::describe;
 use crate::config::Config;
 use crate::engine::event::{Event, EventKind};
 use crate::engine::order::Order;
-use crate::engine::types::{AccountId, KeyId, Nanos};
+use crate::engine::position::Position;
+use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId};
 use crate::engine::Engine;
 use crate::fixed::MONEY_DECIMALS;
 use crate::journal::snapshot::{self, NoVenue};
@@ -247,32 +248,46 @@ impl Shared {
 /// The offloader thread; stops (after a last batch when it can) when dropped.
 pub struct Offloader {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Offloader {
-    /// Starts offloading the journal of `cfg` (after the node's replay) to `postgres.url`.
+    /// Starts offloading the journal of `cfg` (after the node's replay) to `postgres.url`: a
+    /// reader thread that turns journal events into batches, and a writer thread that commits
+    /// them, so reading the next batch overlaps the COPY of the last.
     pub fn spawn(cfg: &Config, shared: Arc<Shared>, core: Option<usize>) -> std::io::Result<Offloader> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (cfg, flag) = (cfg.clone(), stop.clone());
-        let thread = std::thread::Builder::new().name("sg-offload".into()).spawn(move || {
+        let (batches_tx, batches) = tokio::sync::mpsc::channel(2);
+        let (starts, starts_rx) = std::sync::mpsc::channel();
+        let pin = move || {
             if let Some(core) = core {
                 let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core));
                 id.map(core_affinity::set_for_current);
             }
+        };
+        let reader = {
+            let (cfg, shared, stop) = (cfg.clone(), shared.clone(), stop.clone());
+            std::thread::Builder::new().name("sg-offload-read".into()).spawn(move || {
+                pin();
+                read_batches(&cfg, &shared, &stop, &starts_rx, &batches_tx);
+            })?
+        };
+        let (cfg, flag) = (cfg.clone(), stop.clone());
+        let writer = std::thread::Builder::new().name("sg-offload".into()).spawn(move || {
+            pin();
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(run(&cfg, &shared, &flag)),
+                Ok(rt) => rt.block_on(run(&cfg, &shared, &flag, Reader { starts, batches })),
                 Err(e) => log::error!("postgres: cannot start the offload runtime: {e}; nothing is offloaded"),
             }
         })?;
-        Ok(Offloader { stop, thread: Some(thread) })
+        Ok(Offloader { stop, threads: vec![writer, reader] })
     }
 }
 
 impl Drop for Offloader {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -297,7 +312,33 @@ impl From<tokio_postgres::Error> for Failure {
     }
 }
 
-async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
+/// Tells the reader thread where to (re)start: after `cursor`, tagging its batches `generation`.
+struct Start {
+    cursor: u64,
+    generation: u64,
+}
+
+/// What the reader thread sends: a batch, or why it cannot read the journal.
+type FromReader = (u64, Result<Sealed, String>);
+
+/// The writer's end of the reader thread.
+struct Reader {
+    starts: std::sync::mpsc::Sender<Start>,
+    batches: tokio::sync::mpsc::Receiver<FromReader>,
+}
+
+/// Where the writer stands between connections.
+#[derive(Default)]
+struct Progress {
+    /// Batches from an older generation are dropped.
+    generation: u64,
+    /// The first event of the next batch the reader will send (0: the reader must be restarted).
+    next: u64,
+    /// A batch taken from the reader and not yet known to be committed.
+    held: Option<Sealed>,
+}
+
+async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool, mut reader: Reader) {
     let config: tokio_postgres::Config = match cfg.postgres.url.parse() {
         Ok(c) => c,
         Err(e) => {
@@ -307,7 +348,7 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
             return;
         }
     };
-    let mut mirror: Option<Mirror> = None;
+    let mut progress = Progress::default();
     let mut backoff = FIRST_BACKOFF;
     let mut last_error = String::new();
     loop {
@@ -319,7 +360,7 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
                     message: format!("cannot connect within {} s", CONNECT_TIMEOUT.as_secs()),
                 })??;
             let driver = tokio::spawn(connection);
-            let result = session(cfg, shared, &client, &mut mirror, stop).await;
+            let result = session(cfg, shared, &client, &mut reader, &mut progress, stop).await;
             drop(client);
             let _ = driver.await;
             result
@@ -331,6 +372,9 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 shared.set_state(State::Degraded, f.reason);
                 shared.note_waiting(shared.offloaded.load(Ordering::Acquire), crate::clock::now());
+                if f.reason == Reason::Journal {
+                    progress.next = 0;
+                }
                 if f.message != last_error {
                     log::error!(
                         "postgres: offload stopped: {}; the node keeps trading, events wait in the journal (retrying)",
@@ -354,12 +398,14 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool) {
     }
 }
 
-/// One connection's work: read the cursor, then offload batches until stopped or a failure.
+/// One connection's work: read the cursor, then commit the reader's batches until stopped or a
+/// failure.
 async fn session(
     cfg: &Config,
     shared: &Shared,
     client: &Client,
-    mirror: &mut Option<Mirror>,
+    reader: &mut Reader,
+    progress: &mut Progress,
     stop: &AtomicBool,
 ) -> Result<(), Failure> {
     let node = cfg.node.name.as_str();
@@ -376,7 +422,7 @@ async fn session(
             &[&node],
         )
         .await?;
-    let cursor = read_cursor(client, node).await?;
+    let mut cursor = read_cursor(client, node).await?;
     let stable = shared.stable.load(Ordering::Acquire);
     if cursor > stable {
         return Err(Failure::journal(format!(
@@ -385,60 +431,53 @@ async fn session(
     }
     shared.offloaded.store(cursor, Ordering::Release);
     shared.cursor_known.store(true, Ordering::Release);
-    // A batch read before the connection broke: retry it, drop it if it was committed after
-    // all, or start again from the cursor.
-    let usable = match mirror.as_mut() {
-        Some(m) => match &m.sealed {
-            Some(b) if b.last == cursor => {
-                m.sealed = None;
-                true
-            }
-            Some(b) => b.first == cursor + 1,
-            None if m.open.events > 0 => m.open.first == cursor + 1,
-            None => m.tail.next_seq() == cursor + 1,
-        },
-        None => false,
+    // A batch taken before the connection broke: drop it if it was committed after all, retry
+    // it, or restart the reader from the cursor.
+    let continues = match &progress.held {
+        Some(b) if b.last == cursor => {
+            progress.held = None;
+            true
+        }
+        Some(b) => b.first == cursor + 1,
+        None => progress.next == cursor + 1,
     };
-    if !usable {
-        let started = Instant::now();
-        *mirror = Some(Mirror::at(cfg, cursor).map_err(Failure::journal)?);
-        log::info!(
-            "postgres: offload resumes after seq {cursor} (journal read in {:.3} s)",
-            started.elapsed().as_secs_f64()
-        );
+    if !continues {
+        progress.generation += 1;
+        progress.held = None;
+        progress.next = cursor + 1;
+        let start = Start { cursor, generation: progress.generation };
+        if reader.starts.send(start).is_err() {
+            return Ok(()); // the reader has stopped: the node is stopping
+        }
     }
-    let Some(m) = mirror.as_mut() else { return Ok(()) };
     shared.set_state(State::Ok, Reason::None);
     log::info!("postgres: offloading events after seq {cursor}");
-    let batch_time = Duration::from_millis(cfg.postgres.batch_ms);
-    let mut cursor = cursor;
-    let mut stopping_since: Option<Instant> = None;
+    let stopping_since = Instant::now();
     loop {
-        if stop.load(Ordering::Acquire) {
-            // Offload what is stable at the stop, for a few seconds at most.
-            let since = *stopping_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > STOP_GRACE {
-                return Ok(());
-            }
-        }
-        if m.sealed.is_none() {
-            let opened = Instant::now();
-            loop {
-                let room = cfg.postgres.batch_events - m.open.events;
-                m.read(shared.stable.load(Ordering::Acquire), room).map_err(Failure::journal)?;
-                let full = m.open.events >= cfg.postgres.batch_events;
-                if full || stop.load(Ordering::Acquire) || (m.open.events > 0 && opened.elapsed() >= batch_time) {
-                    break;
+        if progress.held.is_none() {
+            let received = tokio::select! {
+                r = reader.batches.recv() => r,
+                () = tokio::time::sleep(POLL) => {
+                    // Nothing sealed yet: look at the stop flag and the lag again.
+                    shared.note_waiting(cursor, crate::clock::now().saturating_sub(POLL.as_nanos() as u64));
+                    if stop.load(Ordering::Acquire) && stopping_since.elapsed() > STOP_GRACE {
+                        return Ok(());
+                    }
+                    continue;
                 }
-                tokio::time::sleep(POLL).await;
+            };
+            let Some((generation, batch)) = received else {
+                return Ok(()); // the reader finished: the node is stopping
+            };
+            if generation != progress.generation {
+                continue;
             }
-            m.seal();
+            let batch = batch.map_err(Failure::journal)?;
+            progress.next = batch.last + 1;
+            progress.held = Some(batch);
         }
-        let read_until = crate::clock::now();
-        let Some(batch) = &m.sealed else {
-            // Stopping, and nothing more to offload.
-            return Ok(());
-        };
+        let Some(batch) = &progress.held else { continue };
+        let read_until = batch.sealed_at;
         let started = Instant::now();
         commit(client, node, cursor, batch).await?;
         cursor = batch.last;
@@ -449,7 +488,77 @@ async fn session(
         shared.last_batch_events.store(batch.events as u64, Ordering::Relaxed);
         shared.offloaded.store(cursor, Ordering::Release);
         shared.note_waiting(cursor, read_until);
-        m.sealed = None;
+        progress.held = None;
+    }
+}
+
+/// The reader thread: from each [`Start`], reads stable events into batches (bounded by
+/// `postgres.batch_events` and `postgres.batch_ms`) and hands them to the writer, waiting when
+/// the writer is two batches behind.
+fn read_batches(
+    cfg: &Config,
+    shared: &Shared,
+    stop: &AtomicBool,
+    starts: &std::sync::mpsc::Receiver<Start>,
+    out: &tokio::sync::mpsc::Sender<FromReader>,
+) {
+    let batch_time = Duration::from_millis(cfg.postgres.batch_ms);
+    let mut mirror: Option<(Mirror, u64)> = None;
+    let mut opened = Instant::now();
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        while let Ok(start) = starts.try_recv() {
+            let started = Instant::now();
+            match Mirror::at(cfg, start.cursor) {
+                Ok(m) => {
+                    log::info!(
+                        "postgres: offload reads the journal after seq {} (positioned in {:.3} s)",
+                        start.cursor,
+                        started.elapsed().as_secs_f64()
+                    );
+                    mirror = Some((m, start.generation));
+                }
+                Err(e) => {
+                    mirror = None;
+                    if out.blocking_send((start.generation, Err(e))).is_err() {
+                        return;
+                    }
+                }
+            }
+            opened = Instant::now();
+        }
+        if stop.load(Ordering::Acquire) && stopping_since.get_or_insert_with(Instant::now).elapsed() > STOP_GRACE {
+            return;
+        }
+        let Some((m, generation)) = mirror.as_mut() else {
+            if stopping_since.is_some() {
+                return; // never started: nothing to hand over
+            }
+            std::thread::sleep(POLL);
+            continue;
+        };
+        let stable = shared.stable.load(Ordering::Acquire);
+        if let Err(e) = m.read(stable, cfg.postgres.batch_events - m.open.events) {
+            let generation = *generation;
+            mirror = None;
+            if out.blocking_send((generation, Err(e))).is_err() {
+                return;
+            }
+            continue;
+        }
+        let stopping = stopping_since.is_some();
+        let full = m.open.events >= cfg.postgres.batch_events;
+        if m.open.events > 0 && (full || stopping || opened.elapsed() >= batch_time) {
+            let sealed = m.seal();
+            if out.blocking_send((*generation, Ok(sealed))).is_err() {
+                return;
+            }
+            opened = Instant::now();
+        } else if stopping && m.open.events == 0 {
+            return; // everything stable at the stop was handed over
+        } else if !full {
+            std::thread::sleep(POLL);
+        }
     }
 }
 
@@ -492,6 +601,11 @@ const ORDERS: Target = Target {
         "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
          status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
     ),
+};
+/// Orders accepted in the batch itself: no row can exist yet, so they go straight in.
+const NEW_ORDERS: Target = Target {
+    copy: "COPY orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+    merge: None,
 };
 const FILLS: Target = Target {
     copy: "COPY fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
@@ -550,7 +664,6 @@ struct Mirror {
     engine: Engine<NoVenue>,
     tail: Tail,
     open: Batch,
-    sealed: Option<Sealed>,
 }
 
 /// Rows collected for one batch.
@@ -560,15 +673,19 @@ struct Batch {
     events: usize,
     accounts: HashMap<AccountId, AccountRow>,
     keys: HashMap<KeyId, KeyRow>,
-    orders: HashMap<u64, (Order, u64)>,
+    /// Orders changed by the batch, with the last event's seq and whether the batch accepted them.
+    orders: HashMap<u64, (Order, u64, bool)>,
     fills: CopyBuf,
-    positions: CopyBuf,
+    /// The last state of each position the batch changed, with its fill's seq and time.
+    positions: HashMap<(AccountId, SymbolId), (Position, u64, Nanos)>,
     signals: CopyBuf,
     market_data: CopyBuf,
 }
 
 /// A batch ready to commit (kept until it is, to retry after a broken connection).
 struct Sealed {
+    /// When it was closed: events after it arrived later.
+    sealed_at: Nanos,
     first: u64,
     last: u64,
     events: usize,
@@ -627,7 +744,7 @@ impl Mirror {
                 ));
             }
         }
-        Ok(Mirror { engine, tail, open: Batch::default(), sealed: None })
+        Ok(Mirror { engine, tail, open: Batch::default() })
     }
 
     /// Reads up to `max` stable events (up to `stable`) into the open batch.
@@ -643,12 +760,9 @@ impl Mirror {
         Ok(())
     }
 
-    /// Closes the open batch (if it has events) into `sealed`.
-    fn seal(&mut self) {
+    /// Closes the open batch (which has events).
+    fn seal(&mut self) -> Sealed {
         let mut b = std::mem::take(&mut self.open);
-        if b.events == 0 {
-            return;
-        }
         let symbols = self.engine.symbols();
         let mut accounts = CopyBuf::new();
         for (id, a) in &b.accounts {
@@ -677,9 +791,10 @@ impl Mirror {
             };
             keys.int8(k.seq as i64);
         }
-        let mut orders = CopyBuf::new();
-        for (o, seq) in b.orders.values() {
+        let (mut new_orders, mut changed_orders) = (CopyBuf::new(), CopyBuf::new());
+        for (o, seq, new) in b.orders.values() {
             let spec = symbols.get(o.symbol);
+            let orders = if *new { &mut new_orders } else { &mut changed_orders };
             orders
                 .row(14)
                 .int8(o.id.0 as i64)
@@ -702,14 +817,29 @@ impl Mirror {
                 .timestamptz(o.updated_at)
                 .int8(*seq as i64);
         }
+        let mut positions = CopyBuf::new();
+        for ((account, symbol), (p, seq, ts)) in &b.positions {
+            let spec = symbols.get(*symbol);
+            positions
+                .row(8)
+                .timestamptz(*ts)
+                .int8(*seq as i64)
+                .int4(account.0 as i32)
+                .text(&spec.name)
+                .numeric(p.qty, spec.qty_decimals)
+                .numeric(p.cost, MONEY_DECIMALS)
+                .numeric(p.realized, MONEY_DECIMALS)
+                .numeric(p.fees, MONEY_DECIMALS);
+        }
         let mut copies = Vec::new();
         let mut rows = 0;
         for (target, buf) in [
             (&ACCOUNTS, &mut accounts),
             (&API_KEYS, &mut keys),
-            (&ORDERS, &mut orders),
+            (&NEW_ORDERS, &mut new_orders),
+            (&ORDERS, &mut changed_orders),
             (&FILLS, &mut b.fills),
-            (&POSITIONS, &mut b.positions),
+            (&POSITIONS, &mut positions),
             (&SIGNALS, &mut b.signals),
             (&MARKET_DATA, &mut b.market_data),
         ] {
@@ -719,7 +849,15 @@ impl Mirror {
             }
         }
         let last = self.tail.next_seq() - 1;
-        self.sealed = Some(Sealed { first: b.first, last, events: b.events, rows, copies });
+        Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at: crate::clock::now() }
+    }
+}
+
+/// Notes an order's new state for the batch (still new if the batch accepted it).
+fn update_order(engine: &Engine<NoVenue>, b: &mut Batch, id: crate::engine::types::OrderId, seq: u64) {
+    if let Some(o) = engine.order(id) {
+        let new = b.orders.get(&id.0).is_some_and(|(_, _, new)| *new);
+        b.orders.insert(id.0, (*o, seq, new));
     }
 }
 
@@ -769,18 +907,12 @@ fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
         }
         EventKind::OrderAccepted { order } => {
             if let Some(o) = engine.order(order.id) {
-                b.orders.insert(order.id.0, (*o, e.seq));
+                b.orders.insert(order.id.0, (*o, e.seq, true));
             }
         }
-        EventKind::OrderUpdated { order, .. } => {
-            if let Some(o) = engine.order(order) {
-                b.orders.insert(order.0, (*o, e.seq));
-            }
-        }
+        EventKind::OrderUpdated { order, .. } => update_order(engine, b, order, e.seq),
         EventKind::Fill { order, account, symbol, side, qty, price, notional, fee } => {
-            if let Some(o) = engine.order(order) {
-                b.orders.insert(order.0, (*o, e.seq));
-            }
+            update_order(engine, b, order, e.seq);
             let spec = engine.symbols().get(symbol);
             let pos = engine.account(account).map(|a| a.positions[usize::from(symbol.0)]).unwrap_or_default();
             b.fills
@@ -796,16 +928,7 @@ fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
                 .numeric(notional, MONEY_DECIMALS)
                 .numeric(fee, MONEY_DECIMALS)
                 .numeric(pos.realized - realized_before, MONEY_DECIMALS);
-            b.positions
-                .row(8)
-                .timestamptz(e.ts)
-                .int8(e.seq as i64)
-                .int4(account.0 as i32)
-                .text(&spec.name)
-                .numeric(pos.qty, spec.qty_decimals)
-                .numeric(pos.cost, MONEY_DECIMALS)
-                .numeric(pos.realized, MONEY_DECIMALS)
-                .numeric(pos.fees, MONEY_DECIMALS);
+            b.positions.insert((account, symbol), (pos, e.seq, e.ts));
         }
         EventKind::Quote(q) => {
             let spec = engine.symbols().get(q.symbol);
