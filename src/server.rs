@@ -229,15 +229,19 @@ fn executor(cfg: &Config, name: &str) -> LocalExecutorBuilder {
     b
 }
 
+/// Pins the calling thread to `core`; `false` when that core does not exist or pinning failed.
+pub(crate) fn pin_current_thread(core: usize) -> bool {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
+        .is_some_and(core_affinity::set_for_current)
+}
+
 fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     if !cfg.topology.pin {
         log::info!("{role} executor running unpinned");
         return;
     }
-    let pinned = core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
-        .is_some_and(core_affinity::set_for_current);
-    if pinned {
+    if pin_current_thread(core) {
         log::info!("{role} executor pinned to core {core}");
     } else {
         log::warn!("{role} executor could not be pinned to core {core}; running unpinned");

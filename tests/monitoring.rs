@@ -53,7 +53,9 @@ fn metric_names(text: &str) -> Vec<String> {
 
 #[test]
 fn every_metric_in_alerts_and_dashboard_is_exported() {
-    let node = Node::start(&[]);
+    // With PostgreSQL configured (here unreachable), so that the offload series exist too.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let node = Node::start(&[("SIGNALGATE_POSTGRES_URL", &format!("host=127.0.0.1 port={port} user=postgres"))]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
     // Traffic so that the histograms and counters have series.
     node.req(

@@ -143,8 +143,7 @@ impl Follower {
         let (cfg, flag) = (cfg.clone(), stop.clone());
         let thread = std::thread::Builder::new().name("sg-snapshot".into()).spawn(move || {
             if let Some(core) = core {
-                let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core));
-                id.map(core_affinity::set_for_current);
+                crate::server::pin_current_thread(core);
             }
             if let Err(e) = follow(&cfg, &flag, offload.as_deref()) {
                 log::error!("snapshots stopped: {e}; restarts will replay more of the journal");

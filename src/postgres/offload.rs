@@ -1,12 +1,12 @@
 //! The offloader: copies the journal into PostgreSQL, exactly once, off the hot core.
 //!
-//! It runs on its own thread with a tokio current-thread runtime. The hot core's only part is
-//! one atomic store per journal write: [`Shared::publish_stable`] says how far the journal is
-//! stable (written, and synced unless `fsync = "never"`). The offloader reads those events back
-//! from the journal files (still in the page cache) with a [`Tail`], applies them to a mirror
-//! engine of its own (so that each row carries the state after its event: an order's status, a
-//! fill's realized P&L, the position it leaves), and writes them with binary `COPY` in batches
-//! bounded by events and by time. The offload cursor moves in the same transaction as the rows,
+//! The hot core's only part is one atomic store per journal write: [`Shared::publish_stable`]
+//! says how far the journal is stable (written, and synced unless `fsync = "never"`). A reader
+//! thread reads those events back from the journal files (still in the page cache) with a
+//! [`Tail`], applies them to a mirror engine of its own (so that each row carries the state after
+//! its event: an order's status, a fill's realized P&L, the position it leaves) and builds
+//! batches bounded by events and by time. A writer thread (tokio current-thread runtime,
+//! tokio-postgres) writes each batch with binary `COPY` while the reader builds the next. The offload cursor moves in the same transaction as the rows,
 //! so a batch is in the database whole or not at all, and a restart — of the node or of
 //! PostgreSQL — continues from the cursor: nothing is lost and nothing is inserted twice.
 //!
@@ -234,13 +234,23 @@ impl Shared {
         self.reason.store(reason as u8, Ordering::Release);
     }
 
-    /// Notes whether events are waiting now that the cursor is at `offloaded`; `read_until` is
-    /// when the offloader last looked at the journal (newer events arrived after it).
-    fn note_waiting(&self, offloaded: u64, read_until: Nanos) {
-        if self.stable.load(Ordering::Acquire) <= offloaded {
+    /// `batch` was committed. When it held every event that was stable as it was sealed, any
+    /// event still waiting arrived after that; a full batch says nothing about the ones after it.
+    fn note_committed(&self, batch: &Sealed) {
+        if self.stable.load(Ordering::Acquire) <= batch.last {
+            self.waiting_since.store(0, Ordering::Release);
+        } else if batch.reached_stable || self.waiting_since.load(Ordering::Acquire) == 0 {
+            self.waiting_since.store(batch.sealed_at, Ordering::Release);
+        }
+    }
+
+    /// No progress right now: if events wait and no earlier time is known, they wait since `now`.
+    fn note_stalled(&self, now: Nanos) {
+        let waiting = self.stable.load(Ordering::Acquire) > self.offloaded.load(Ordering::Acquire);
+        if !waiting {
             self.waiting_since.store(0, Ordering::Release);
         } else if self.waiting_since.load(Ordering::Acquire) == 0 {
-            self.waiting_since.store(read_until, Ordering::Release);
+            self.waiting_since.store(now, Ordering::Release);
         }
     }
 }
@@ -261,8 +271,7 @@ impl Offloader {
         let (starts, starts_rx) = std::sync::mpsc::channel();
         let pin = move || {
             if let Some(core) = core {
-                let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == core));
-                id.map(core_affinity::set_for_current);
+                crate::server::pin_current_thread(core);
             }
         };
         let reader = {
@@ -371,7 +380,7 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool, mut reader: Reade
             Err(f) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 shared.set_state(State::Degraded, f.reason);
-                shared.note_waiting(shared.offloaded.load(Ordering::Acquire), crate::clock::now());
+                shared.note_stalled(crate::clock::now());
                 if f.reason == Reason::Journal {
                     progress.next = 0;
                 }
@@ -459,7 +468,7 @@ async fn session(
                 r = reader.batches.recv() => r,
                 () = tokio::time::sleep(POLL) => {
                     // Nothing sealed yet: look at the stop flag and the lag again.
-                    shared.note_waiting(cursor, crate::clock::now().saturating_sub(POLL.as_nanos() as u64));
+                    shared.note_stalled(crate::clock::now().saturating_sub(POLL.as_nanos() as u64));
                     if stop.load(Ordering::Acquire) && stopping_since.elapsed() > STOP_GRACE {
                         return Ok(());
                     }
@@ -477,7 +486,6 @@ async fn session(
             progress.held = Some(batch);
         }
         let Some(batch) = &progress.held else { continue };
-        let read_until = batch.sealed_at;
         let started = Instant::now();
         commit(client, node, cursor, batch).await?;
         cursor = batch.last;
@@ -487,7 +495,7 @@ async fn session(
         shared.rows.fetch_add(batch.rows as u64, Ordering::Relaxed);
         shared.last_batch_events.store(batch.events as u64, Ordering::Relaxed);
         shared.offloaded.store(cursor, Ordering::Release);
-        shared.note_waiting(cursor, read_until);
+        shared.note_committed(batch);
         progress.held = None;
     }
 }
@@ -549,7 +557,7 @@ fn read_batches(
         let stopping = stopping_since.is_some();
         let full = m.open.events >= cfg.postgres.batch_events;
         if m.open.events > 0 && (full || stopping || opened.elapsed() >= batch_time) {
-            let sealed = m.seal();
+            let sealed = m.seal(stable);
             if out.blocking_send((*generation, Ok(sealed))).is_err() {
                 return;
             }
@@ -684,8 +692,10 @@ struct Batch {
 
 /// A batch ready to commit (kept until it is, to retry after a broken connection).
 struct Sealed {
-    /// When it was closed: events after it arrived later.
+    /// When it was closed.
     sealed_at: Nanos,
+    /// Whether it holds every event that was stable when it was closed.
+    reached_stable: bool,
     first: u64,
     last: u64,
     events: usize,
@@ -760,8 +770,8 @@ impl Mirror {
         Ok(())
     }
 
-    /// Closes the open batch (which has events).
-    fn seal(&mut self) -> Sealed {
+    /// Closes the open batch (which has events); `stable` as of its last read.
+    fn seal(&mut self, stable: u64) -> Sealed {
         let mut b = std::mem::take(&mut self.open);
         let symbols = self.engine.symbols();
         let mut accounts = CopyBuf::new();
@@ -849,7 +859,8 @@ impl Mirror {
             }
         }
         let last = self.tail.next_seq() - 1;
-        Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at: crate::clock::now() }
+        let (sealed_at, reached_stable) = (crate::clock::now(), last >= stable);
+        Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at, reached_stable }
     }
 }
 
