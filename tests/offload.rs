@@ -318,3 +318,26 @@ fn an_unreachable_or_refusing_postgres_degrades_the_report_not_the_trading() {
     let node = Node::start(&[]);
     assert_eq!(ready(&node).1["postgres"], "off");
 }
+
+#[test]
+fn a_graceful_stop_offloads_what_the_journal_holds() {
+    let pg = Postgres::start();
+    let mut env = node_env(&pg.url());
+    // Batches close only on size or at the stop.
+    env.push(("SIGNALGATE_POSTGRES_BATCH_MS", "60000".into()));
+    let node = start(None, &env);
+    let (_, key) = node.account("pro", "1000000", unlimited());
+    let stop = Arc::new(AtomicBool::new(false));
+    let traders = load(&node, &[key], stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in traders {
+        t.join().unwrap();
+    }
+    let (_, r) = ready(&node);
+    assert!(r["offload_lag_events"].as_u64().unwrap() > 0, "nothing offloaded before the stop: {r}");
+    let dir = node.stop();
+    let j = journal(dir.path());
+    assert_eq!(pg.query("SELECT last_seq FROM offload_cursor"), j.last_seq.to_string());
+    assert_rows(&pg, "fills", &seqs(&j, &["fill"]));
+}

@@ -461,7 +461,7 @@ async fn session(
     }
     shared.set_state(State::Ok, Reason::None);
     log::info!("postgres: offloading events after seq {cursor}");
-    let stopping_since = Instant::now();
+    let mut stopping_since: Option<Instant> = None;
     loop {
         if progress.held.is_none() {
             let received = tokio::select! {
@@ -469,7 +469,9 @@ async fn session(
                 () = tokio::time::sleep(POLL) => {
                     // Nothing sealed yet: look at the stop flag and the lag again.
                     shared.note_stalled(crate::clock::now().saturating_sub(POLL.as_nanos() as u64));
-                    if stop.load(Ordering::Acquire) && stopping_since.elapsed() > STOP_GRACE {
+                    // Stopping: the reader hands over what was stable and finishes; do not wait
+                    // for it for ever.
+                    if stop.load(Ordering::Acquire) && stopping_since.get_or_insert_with(Instant::now).elapsed() > STOP_GRACE {
                         return Ok(());
                     }
                     continue;
