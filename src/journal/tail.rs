@@ -213,6 +213,23 @@ mod tests {
     }
 
     #[test]
+    fn records_that_straddle_read_chunks_come_out_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Several chunks' worth of records, read in steps that do not line up with them.
+        let path = segment(dir.path(), 1, 60_000);
+        assert!(std::fs::metadata(&path).unwrap().len() > 2 * CHUNK as u64);
+        let mut t = Tail::new(dir.path(), 1);
+        let mut next = 1;
+        while next <= 60_000 {
+            let seen = read_all(&mut t, u64::MAX, 7_777);
+            assert!(!seen.is_empty());
+            assert_eq!(seen, (next..next + seen.len() as u64).collect::<Vec<_>>());
+            next += seen.len() as u64;
+        }
+        assert_eq!(t.next_seq(), 60_001);
+    }
+
+    #[test]
     fn a_gap_and_a_pruned_start_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         segment(dir.path(), 5, 6);
