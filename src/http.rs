@@ -298,6 +298,7 @@ async fn handle(
     request.authorization = header("authorization");
     request.x_api_key = header("x-api-key");
     request.content_type = header("content-type");
+    request.if_none_match = header("if-none-match");
     match &body {
         Ok(bytes) => {
             request.body = bytes;
@@ -315,6 +316,9 @@ async fn handle(
                 (route, before)
             };
             answer_when_durable(node, &mut answer, before).await;
+            if let Some(query) = answer.history.take() {
+                answer_from_history(node, &mut answer, query, &request).await;
+            }
             node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
         }
         Err(e) => {
@@ -360,6 +364,41 @@ pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, be
         answer.error(&JOURNAL_STOPPED);
     }
 }
+
+/// Hands a history query to the history thread and waits (without blocking the core) for its
+/// answer; an `If-None-Match` that matches the answer's `ETag` gets 304 without a body.
+async fn answer_from_history(
+    node: &RefCell<Node>,
+    answer: &mut Response,
+    query: crate::postgres::history::Trades,
+    request: &Request<'_>,
+) {
+    let waiting = node.borrow().history.as_ref().and_then(|h| h.ask(query));
+    let reply = match waiting {
+        Some(rx) => rx.await.ok(),
+        None => None,
+    };
+    let Some(reply) = reply else {
+        answer.reset();
+        answer.error(&HISTORY_BUSY);
+        return;
+    };
+    let status = if reply.status == 200 && reply.etag.as_deref().map(str::as_bytes) == request.if_none_match {
+        304
+    } else {
+        reply.status
+    };
+    let mut n = node.borrow_mut();
+    n.metrics.count(crate::metrics::Route::Trades, status);
+    answer.status = status;
+    answer.body = if status == 304 || request.method == crate::api::Method::Head { Vec::new() } else { reply.body };
+    answer.cache_control = reply.cache_control;
+    answer.etag = reply.etag;
+    answer.no_store = reply.cache_control.is_none();
+}
+
+const HISTORY_BUSY: ApiError<'static> =
+    ApiError::with(503, "history.unavailable", Detail::Unavailable("too many history queries are waiting", 1));
 
 const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
     503,
@@ -425,8 +464,15 @@ fn to_hyper(r: &Response) -> hyper::Response<Full<Bytes>> {
     if r.idempotent_replay {
         h.insert(HeaderName::from_static("idempotent-replay"), HeaderValue::from_static("true"));
     }
-    if r.no_store {
+    if let Some(c) = r.cache_control {
+        h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static(c));
+        // The answer is per key: a shared cache must key on it.
+        h.insert(hyper::header::VARY, HeaderValue::from_static("Authorization, X-API-Key"));
+    } else if r.no_store {
         h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(tag) = r.etag.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        h.insert(hyper::header::ETAG, tag);
     }
     if let Some(allow) = r.allow {
         h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));

@@ -34,6 +34,8 @@ pub enum Route {
     Quote,
     /// `POST /v1/market/ticks`
     Ticks,
+    /// `GET /v1/trades`
+    Trades,
     /// `GET /health`
     Health,
     /// `GET /ready`
@@ -46,7 +48,7 @@ pub enum Route {
     Unmatched,
 }
 
-const ROUTES: [Route; 17] = [
+const ROUTES: [Route; 18] = [
     Route::Signals,
     Route::OrderCreate,
     Route::OrderList,
@@ -59,6 +61,7 @@ const ROUTES: [Route; 17] = [
     Route::Resume,
     Route::Quote,
     Route::Ticks,
+    Route::Trades,
     Route::Health,
     Route::Ready,
     Route::Metrics,
@@ -82,6 +85,7 @@ impl Route {
             Route::Resume => "POST /v1/account/resume",
             Route::Quote => "GET /v1/market/{symbol}/quote",
             Route::Ticks => "POST /v1/market/ticks",
+            Route::Trades => "GET /v1/trades",
             Route::Health => "GET /health",
             Route::Ready => "GET /ready",
             Route::Metrics => "GET /metrics",

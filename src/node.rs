@@ -42,6 +42,8 @@ pub struct Node {
     pub(crate) started_at: Nanos,
     /// Where the offload to PostgreSQL stands (when `postgres.url` is set).
     pub offload: Option<std::sync::Arc<crate::postgres::offload::Shared>>,
+    /// The history thread (when `postgres.url` is set).
+    pub history: Option<crate::postgres::history::History>,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -105,6 +107,7 @@ impl Node {
             draining: false,
             started_at: now,
             offload: None,
+            history: None,
         }
     }
 

@@ -362,3 +362,102 @@ fn a_graceful_stop_offloads_what_the_journal_holds() {
     assert_eq!(pg.query("SELECT last_seq FROM offload_cursor"), j.last_seq.to_string());
     assert_rows(&pg, "fills", &seqs(&j, &["fill"]));
 }
+
+#[test]
+fn trades_come_from_postgres_in_pages_with_fields_cache_headers_and_etags() {
+    let pg = Postgres::start();
+    let node = start(None, &node_env(&pg.url()));
+    let (account, key) = node.account("pro", "1000000", unlimited());
+    let auth = bearer(&key);
+    let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3000.00","ask":"3000.50"}]}"#;
+    assert_eq!(
+        node.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&node.demo_key)), JSON], ticks).status,
+        200
+    );
+    for i in 0..25 {
+        let (symbol, side) = (["BTC-USD", "ETH-USD"][i % 2], ["buy", "sell"][i % 3 / 2]);
+        let body = format!(r#"{{"symbol":"{symbol}","action":"{side}","qty":"0.01"}}"#);
+        assert_eq!(node.req("POST", "/v1/signals", &[("Authorization", &auth), JSON], &body).status, 201);
+    }
+    wait_caught_up(&node);
+    let get = |query: &str, headers: &[(&str, &str)]| {
+        let mut h = vec![("Authorization", auth.as_str())];
+        h.extend_from_slice(headers);
+        node.req("GET", &format!("/v1/trades{query}"), &h, "")
+    };
+
+    // Pages of 10, newest first, without gaps or repeats.
+    let mut seqs = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = format!("?limit=10{}", cursor.as_deref().map(|c| format!("&cursor={c}")).unwrap_or_default());
+        let r = get(&query, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let page = r.json();
+        let rows = page["trades"].as_array().unwrap();
+        assert!(rows.len() <= 10);
+        seqs.extend(rows.iter().map(|t| t["seq"].as_u64().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let in_db = pg.query(&format!(
+        "SELECT string_agg(seq::text, ',' ORDER BY ts DESC, seq DESC) FROM fills WHERE account_id = {account}"
+    ));
+    assert_eq!(seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(","), in_db);
+    assert_eq!(seqs.len(), 25);
+
+    // Field selection and a symbol filter.
+    let r = get("?fields=seq,qty&symbol=ETH-USD", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rows = r.json()["trades"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 12);
+    for t in &rows {
+        let keys: Vec<&String> = t.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["seq", "qty"], "in the order of the field list");
+        assert_eq!(t["qty"], "0.01");
+    }
+    let full = get("?limit=1", &[]).json();
+    let t = &full["trades"][0];
+    for f in ["ts", "seq", "order_id", "symbol", "side", "qty", "price", "notional", "fee", "realized_pnl"] {
+        assert!(!t[f].is_null(), "{f} in {t}");
+    }
+    assert!(t["ts"].as_str().unwrap().ends_with('Z'));
+
+    // Cache headers: a window still open, and one long closed.
+    let r = get("", &[]);
+    assert_eq!(r.header("cache-control"), Some("public, max-age=5"));
+    assert_eq!(r.header("vary"), Some("Authorization, X-API-Key"));
+    let old = get("?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z", &[]);
+    assert_eq!(old.status, 200, "{}", old.body);
+    assert_eq!(old.header("cache-control"), Some("public, max-age=86400"));
+    assert_eq!(old.json()["trades"].as_array().unwrap().len(), 0);
+
+    // ETag and 304.
+    let etag = r.header("etag").unwrap().to_string();
+    let again = get("", &[("If-None-Match", &etag)]);
+    assert_eq!((again.status, again.body.as_str()), (304, ""));
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    assert_eq!(get("", &[("If-None-Match", "\"other\"")]).status, 200);
+
+    // Bad input: a clear 400 each.
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?cursor=nope", "cursor"),
+        ("?fields=seq,password", "fields"),
+        ("?symbol=DOGE-USD", "symbol"),
+    ] {
+        let r = get(query, &[]);
+        assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()), "{query}: {}", r.body);
+        assert!(r.body.contains(field), "{query}: {}", r.body);
+    }
+    let r = get("?from=2026-13-45T00:00:00Z", &[]);
+    assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()), "{}", r.body);
+    assert_eq!(node.req("GET", "/v1/trades", &[], "").status, 401);
+
+    // Without PostgreSQL there is no history to answer from.
+    let plain = Node::start(&[]);
+    let r = plain.req("GET", "/v1/trades", &[("Authorization", &bearer(&plain.demo_key))], "");
+    assert_eq!((r.status, r.code()), (501, "history.unavailable".to_string()), "{}", r.body);
+}

@@ -64,6 +64,8 @@ pub struct Request<'a> {
     pub x_api_key: Option<&'a [u8]>,
     /// `Content-Type` header.
     pub content_type: Option<&'a [u8]>,
+    /// `If-None-Match` header.
+    pub if_none_match: Option<&'a [u8]>,
     /// The body.
     pub body: &'a [u8],
 }
@@ -72,7 +74,16 @@ impl<'a> Request<'a> {
     /// A request with no headers and no body.
     pub fn new(method: Method, path: &'a str) -> Self {
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        Request { method, path, query, authorization: None, x_api_key: None, content_type: None, body: b"" }
+        Request {
+            method,
+            path,
+            query,
+            authorization: None,
+            x_api_key: None,
+            content_type: None,
+            if_none_match: None,
+            body: b"",
+        }
     }
 
     /// The value of query parameter `name` (first occurrence; no percent-decoding needed for
@@ -108,6 +119,12 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// An answer to render once the request's events are durable and the venue has seen them.
     pub pending: Option<Pending>,
+    /// A history query for the history thread; its answer replaces this response.
+    pub history: Option<crate::postgres::history::Trades>,
+    /// `Cache-Control` other than `no-store`.
+    pub cache_control: Option<&'static str>,
+    /// `ETag`, quoted.
+    pub etag: Option<String>,
 }
 
 /// The answer of a request that sent orders or cancels to the venue. The venue sees them only
@@ -156,6 +173,9 @@ impl Response {
         self.no_store = false;
         self.allow = None;
         self.pending = None;
+        self.history = None;
+        self.cache_control = None;
+        self.etag = None;
     }
 
     /// Turns it into an error answer.
@@ -185,6 +205,7 @@ mod tests {
             include_str!("body.rs"),
             include_str!("error.rs"),
             include_str!("../http.rs"),
+            include_str!("../postgres/history.rs"),
         ];
         let mut codes = Vec::new();
         for src in sources {
@@ -195,7 +216,7 @@ mod tests {
                 let (family, name) = word.split_once('.').unwrap_or(("", ""));
                 let families = [
                     "json", "request", "auth", "admin", "rate", "route", "symbol", "order", "account", "key", "market",
-                    "node", "journal",
+                    "node", "journal", "history",
                 ];
                 if families.contains(&family)
                     && !name.is_empty()

@@ -28,6 +28,10 @@ const REVOKED_KEY: ApiError<'static> = ApiError::new(401, "auth.key_revoked", "t
 const FORBIDDEN_FEED: ApiError<'static> =
     ApiError::new(403, "auth.forbidden", "this key lacks the feed role needed to send market data");
 const OVERLOADED: ApiError<'static> = ApiError::with(503, "node.overloaded", Detail::RetryAfter(1));
+/// History routes on a node without PostgreSQL.
+const HISTORY_OFF: ApiError<'static> =
+    ApiError::new(501, "history.unavailable", "trade history needs PostgreSQL (postgres.url); this node keeps none");
+
 /// Commands that would change state while the journal cannot write.
 pub(crate) const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
     503,
@@ -52,7 +56,10 @@ impl Node {
         if req.method == Method::Head {
             resp.body.clear();
         }
-        self.metrics.count(route, resp.status);
+        // A history query is counted once the history thread has answered it.
+        if resp.history.is_none() {
+            self.metrics.count(route, resp.status);
+        }
         route
     }
 
@@ -83,6 +90,8 @@ impl Node {
             "/v1/account/halt" => (Route::Halt, Err(ApiError::method_not_allowed("POST"))),
             "/v1/account/resume" if m == Method::Post => (Route::Resume, self.resume(req, resp, now)),
             "/v1/account/resume" => (Route::Resume, Err(ApiError::method_not_allowed("POST"))),
+            "/v1/trades" if get => (Route::Trades, self.trades(req, resp, now)),
+            "/v1/trades" => (Route::Trades, Err(ApiError::method_not_allowed("GET"))),
             "/v1/market/ticks" if m == Method::Post => (Route::Ticks, self.post_ticks(req, resp, now)),
             "/v1/market/ticks" => (Route::Ticks, Err(ApiError::method_not_allowed("POST"))),
             _ => self.dispatch_with_params(req, resp, now),
@@ -240,6 +249,62 @@ impl Node {
     fn write_order<'a>(&self, id: OrderId, resp: &mut Response) -> Result<'a> {
         let o = self.engine.order(id).ok_or(ApiError::new(404, "order.not_found", "no such order"))?;
         render::order(&mut Writer::new(&mut resp.body), &self.engine, o);
+        Ok(())
+    }
+
+    /// `GET /v1/trades`: validated here, answered by the history thread (`postgres::history`).
+    fn trades<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
+        use crate::postgres::history::{Trades, TRADE_FIELDS};
+        let key = self.authenticate(req, None, resp, now)?;
+        if self.history.is_none() {
+            return Err(HISTORY_OFF);
+        }
+        let text = |name: &'static str| -> Result<'a, Option<String>> {
+            match req.query_param(name) {
+                None => Ok(None),
+                Some(v) if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+                    Err(ApiError::invalid(name, "must be 1 to 64 printable characters"))
+                }
+                // RFC 3339 times carry '+' and ':' that clients may percent-encode.
+                Some(v) => Ok(Some(v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+"))),
+            }
+        };
+        let symbol = text("symbol")?;
+        if let Some(s) = &symbol {
+            if self.engine.symbols().find(s).is_none() {
+                return Err(ApiError::invalid("symbol", "is not a configured symbol"));
+            }
+        }
+        let limit = match req.query_param("limit") {
+            None => 100,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIST as u32).contains(&n) => n,
+                _ => return Err(ApiError::invalid("limit", "must be a whole number from 1 to 1000")),
+            },
+        };
+        let cursor = match req.query_param("cursor") {
+            None => None,
+            Some(v) => {
+                let parsed = v.split_once('.').and_then(|(t, s)| Some((t.parse().ok()?, s.parse().ok()?)));
+                Some(parsed.ok_or(ApiError::invalid("cursor", "must be a next_cursor from an earlier page"))?)
+            }
+        };
+        let fields = match req.query_param("fields") {
+            None => u16::MAX,
+            Some(list) => {
+                let mut bits = 0u16;
+                for f in list.split(',') {
+                    let i = TRADE_FIELDS.iter().position(|n| *n == f).ok_or(ApiError::invalid(
+                        "fields",
+                        "must be a comma-separated list of ts, seq, order_id, symbol, side, qty, price, notional, fee, realized_pnl",
+                    ))?;
+                    bits |= 1 << i;
+                }
+                bits
+            }
+        };
+        let (from, to) = (text("from")?, text("to")?);
+        resp.history = Some(Trades { account: key.account.0, symbol, from, to, limit, cursor, fields });
         Ok(())
     }
 

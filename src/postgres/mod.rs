@@ -5,6 +5,7 @@
 //! start); [`offload`] copies the journal into those tables.
 
 mod copy;
+pub mod history;
 pub mod migrate;
 pub mod offload;
 
