@@ -370,9 +370,15 @@ pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, be
 async fn answer_from_history(
     node: &RefCell<Node>,
     answer: &mut Response,
-    query: crate::postgres::history::Trades,
+    query: crate::postgres::history::Query,
     request: &Request<'_>,
 ) {
+    use crate::postgres::history::Query;
+    let route = match &query {
+        Query::Trades(_) => crate::metrics::Route::Trades,
+        Query::Candles(_) => crate::metrics::Route::Candles,
+        Query::Performance(_) => crate::metrics::Route::Performance,
+    };
     let waiting = node.borrow().history.as_ref().and_then(|h| h.ask(query));
     let reply = match waiting {
         Some(rx) => rx.await.ok(),
@@ -381,6 +387,7 @@ async fn answer_from_history(
     let Some(reply) = reply else {
         answer.reset();
         answer.error(&HISTORY_BUSY);
+        node.borrow_mut().metrics.count(route, answer.status);
         return;
     };
     let status = if reply.status == 200 && reply.etag.as_deref().map(str::as_bytes) == request.if_none_match {
@@ -389,7 +396,7 @@ async fn answer_from_history(
         reply.status
     };
     let mut n = node.borrow_mut();
-    n.metrics.count(crate::metrics::Route::Trades, status);
+    n.metrics.count(route, status);
     answer.status = status;
     answer.body = if status == 304 || request.method == crate::api::Method::Head { Vec::new() } else { reply.body };
     answer.cache_control = reply.cache_control;

@@ -36,6 +36,10 @@ pub enum Route {
     Ticks,
     /// `GET /v1/trades`
     Trades,
+    /// `GET /v1/performance`
+    Performance,
+    /// `GET /v1/market/{symbol}/candles`
+    Candles,
     /// `GET /health`
     Health,
     /// `GET /ready`
@@ -48,7 +52,7 @@ pub enum Route {
     Unmatched,
 }
 
-const ROUTES: [Route; 18] = [
+const ROUTES: [Route; 20] = [
     Route::Signals,
     Route::OrderCreate,
     Route::OrderList,
@@ -62,6 +66,8 @@ const ROUTES: [Route; 18] = [
     Route::Quote,
     Route::Ticks,
     Route::Trades,
+    Route::Performance,
+    Route::Candles,
     Route::Health,
     Route::Ready,
     Route::Metrics,
@@ -86,6 +92,8 @@ impl Route {
             Route::Quote => "GET /v1/market/{symbol}/quote",
             Route::Ticks => "POST /v1/market/ticks",
             Route::Trades => "GET /v1/trades",
+            Route::Performance => "GET /v1/performance",
+            Route::Candles => "GET /v1/market/{symbol}/candles",
             Route::Health => "GET /health",
             Route::Ready => "GET /ready",
             Route::Metrics => "GET /metrics",

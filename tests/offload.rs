@@ -364,7 +364,7 @@ fn a_graceful_stop_offloads_what_the_journal_holds() {
 }
 
 #[test]
-fn trades_come_from_postgres_in_pages_with_fields_cache_headers_and_etags() {
+fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags() {
     let pg = Postgres::start();
     let node = start(None, &node_env(&pg.url()));
     let (account, key) = node.account("pro", "1000000", unlimited());
@@ -456,8 +456,50 @@ fn trades_come_from_postgres_in_pages_with_fields_cache_headers_and_etags() {
     assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()), "{}", r.body);
     assert_eq!(node.req("GET", "/v1/trades", &[], "").status, 401);
 
+    // Performance over the last 7 days: today's fills, six quiet days.
+    let perf = |query: &str| node.req("GET", &format!("/v1/performance{query}"), &[("Authorization", &auth)], "");
+    let r = perf("?period=7d");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let p = r.json();
+    let sums = pg.query(&format!(
+        "SELECT trim_scale(sum(realized))::text || '|' || trim_scale(sum(fee))::text || '|' || \
+         trim_scale(sum(realized) - sum(fee))::text || '|' || count(*) FROM fills WHERE account_id = {account}"
+    ));
+    let shown = format!(
+        "{}|{}|{}|{}",
+        p["realized_pnl"].as_str().unwrap(),
+        p["fees"].as_str().unwrap(),
+        p["net_pnl"].as_str().unwrap(),
+        p["trades"]
+    );
+    assert_eq!(shown, sums);
+    assert_eq!(p["daily"].as_array().unwrap().len(), 7);
+    assert_eq!(p["daily"][6]["net_pnl"], p["net_pnl"], "all of it today");
+    assert!(p["win_rate"].as_f64().is_some_and(|w| (0.0..=1.0).contains(&w)), "{p}");
+    assert!(p["sharpe"].is_number(), "{p}");
+    assert_eq!(r.header("cache-control"), Some("public, max-age=5"), "the window includes today");
+    let r = perf("?period=2d");
+    assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()));
+
+    // Candles of the mid price, from the quotes.
+    let candles = |path: &str| node.req("GET", path, &[("Authorization", &auth)], "");
+    let r = candles("/v1/market/BTC-USD/candles?interval=1m");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = r.json();
+    let quotes: i64 = c["candles"].as_array().unwrap().iter().map(|k| k["quotes"].as_i64().unwrap()).sum();
+    assert_eq!(quotes.to_string(), pg.query("SELECT count(*) FROM market_data WHERE symbol = 'BTC-USD'"));
+    assert_eq!(c["candles"][0]["open"], "65000.5", "{c}");
+    let r = candles("/v1/market/BTC-USD/candles?interval=1d&from=2020-01-01T00:00:00Z&to=2020-02-01T00:00:00Z");
+    assert_eq!((r.status, r.header("cache-control")), (200, Some("public, max-age=86400")));
+    assert_eq!(r.json()["candles"].as_array().unwrap().len(), 0);
+    let r = candles("/v1/market/BTC-USD/candles?interval=5m");
+    assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()));
+    assert_eq!(candles("/v1/market/DOGE-USD/candles").status, 404);
+
     // Without PostgreSQL there is no history to answer from.
     let plain = Node::start(&[]);
-    let r = plain.req("GET", "/v1/trades", &[("Authorization", &bearer(&plain.demo_key))], "");
-    assert_eq!((r.status, r.code()), (501, "history.unavailable".to_string()), "{}", r.body);
+    for path in ["/v1/trades", "/v1/performance", "/v1/market/BTC-USD/candles"] {
+        let r = plain.req("GET", path, &[("Authorization", &bearer(&plain.demo_key))], "");
+        assert_eq!((r.status, r.code()), (501, "history.unavailable".to_string()), "{path}: {}", r.body);
+    }
 }

@@ -120,7 +120,7 @@ pub struct Response {
     /// An answer to render once the request's events are durable and the venue has seen them.
     pub pending: Option<Pending>,
     /// A history query for the history thread; its answer replaces this response.
-    pub history: Option<crate::postgres::history::Trades>,
+    pub history: Option<crate::postgres::history::Query>,
     /// `Cache-Control` other than `no-store`.
     pub cache_control: Option<&'static str>,
     /// `ETag`, quoted.

@@ -42,6 +42,18 @@ pub(crate) const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
 /// Largest `limit` of `GET /v1/orders`.
 const MAX_LIST: usize = 1000;
 
+/// A text parameter of a history query: 1 to 64 printable characters, with the `:` and `+` of
+/// RFC 3339 times decoded when a client percent-encoded them.
+fn history_param<'a>(req: &Request<'a>, name: &'static str) -> Result<'a, Option<String>> {
+    match req.query_param(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(ApiError::invalid(name, "must be 1 to 64 printable characters"))
+        }
+        Some(v) => Ok(Some(v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+"))),
+    }
+}
+
 impl Node {
     /// Serves one public API request into `resp`; returns the route it matched (for metrics).
     pub fn handle(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Route {
@@ -92,6 +104,8 @@ impl Node {
             "/v1/account/resume" => (Route::Resume, Err(ApiError::method_not_allowed("POST"))),
             "/v1/trades" if get => (Route::Trades, self.trades(req, resp, now)),
             "/v1/trades" => (Route::Trades, Err(ApiError::method_not_allowed("GET"))),
+            "/v1/performance" if get => (Route::Performance, self.performance(req, resp, now)),
+            "/v1/performance" => (Route::Performance, Err(ApiError::method_not_allowed("GET"))),
             "/v1/market/ticks" if m == Method::Post => (Route::Ticks, self.post_ticks(req, resp, now)),
             "/v1/market/ticks" => (Route::Ticks, Err(ApiError::method_not_allowed("POST"))),
             _ => self.dispatch_with_params(req, resp, now),
@@ -112,6 +126,12 @@ impl Node {
             return match req.method {
                 Method::Post => (Route::PositionClose, self.close_position(req, symbol, resp, now)),
                 _ => (Route::PositionClose, Err(ApiError::method_not_allowed("POST"))),
+            };
+        }
+        if let Some(symbol) = req.path.strip_prefix("/v1/market/").and_then(|s| s.strip_suffix("/candles")) {
+            return match req.method {
+                _ if get => (Route::Candles, self.candles(req, symbol, resp, now)),
+                _ => (Route::Candles, Err(ApiError::method_not_allowed("GET"))),
             };
         }
         if let Some(symbol) = req.path.strip_prefix("/v1/market/").and_then(|s| s.strip_suffix("/quote")) {
@@ -254,22 +274,12 @@ impl Node {
 
     /// `GET /v1/trades`: validated here, answered by the history thread (`postgres::history`).
     fn trades<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        use crate::postgres::history::{Trades, TRADE_FIELDS};
+        use crate::postgres::history::{Query, Trades, TRADE_FIELDS};
         let key = self.authenticate(req, None, resp, now)?;
         if self.history.is_none() {
             return Err(HISTORY_OFF);
         }
-        let text = |name: &'static str| -> Result<'a, Option<String>> {
-            match req.query_param(name) {
-                None => Ok(None),
-                Some(v) if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
-                    Err(ApiError::invalid(name, "must be 1 to 64 printable characters"))
-                }
-                // RFC 3339 times carry '+' and ':' that clients may percent-encode.
-                Some(v) => Ok(Some(v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+"))),
-            }
-        };
-        let symbol = text("symbol")?;
+        let symbol = history_param(req, "symbol")?;
         if let Some(s) = &symbol {
             if self.engine.symbols().find(s).is_none() {
                 return Err(ApiError::invalid("symbol", "is not a configured symbol"));
@@ -303,8 +313,50 @@ impl Node {
                 bits
             }
         };
-        let (from, to) = (text("from")?, text("to")?);
-        resp.history = Some(Trades { account: key.account.0, symbol, from, to, limit, cursor, fields });
+        let (from, to) = (history_param(req, "from")?, history_param(req, "to")?);
+        resp.history = Some(Query::Trades(Trades { account: key.account.0, symbol, from, to, limit, cursor, fields }));
+        Ok(())
+    }
+
+    /// `GET /v1/performance?period=1d|7d|30d|90d`, answered by the history thread.
+    fn performance<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
+        use crate::postgres::history::{Performance, Query};
+        let key = self.authenticate(req, None, resp, now)?;
+        if self.history.is_none() {
+            return Err(HISTORY_OFF);
+        }
+        let days = match req.query_param("period") {
+            None | Some("30d") => 30,
+            Some("1d") => 1,
+            Some("7d") => 7,
+            Some("90d") => 90,
+            Some(_) => return Err(ApiError::invalid("period", "must be 1d, 7d, 30d or 90d")),
+        };
+        resp.history = Some(Query::Performance(Performance { account: key.account.0, days }));
+        Ok(())
+    }
+
+    /// `GET /v1/market/{symbol}/candles?interval=1m|1h|1d&from=&to=`, answered by the history
+    /// thread.
+    fn candles<'a>(&mut self, req: &Request<'a>, symbol: &'a str, resp: &mut Response, now: Nanos) -> Result<'a> {
+        use crate::postgres::history::{Candles, Query};
+        self.authenticate(req, None, resp, now)?;
+        let spec = self.engine.symbols().find(symbol).ok_or(ApiError::with(
+            404,
+            "symbol.unknown",
+            Detail::TextWith("unknown symbol: ", symbol),
+        ))?;
+        if self.history.is_none() {
+            return Err(HISTORY_OFF);
+        }
+        let interval = match req.query_param("interval") {
+            None | Some("1m") => "1m",
+            Some("1h") => "1h",
+            Some("1d") => "1d",
+            Some(_) => return Err(ApiError::invalid("interval", "must be 1m, 1h or 1d")),
+        };
+        let (from, to) = (history_param(req, "from")?, history_param(req, "to")?);
+        resp.history = Some(Query::Candles(Candles { symbol: spec.name.clone(), interval, from, to }));
         Ok(())
     }
 

@@ -42,6 +42,42 @@ pub struct Trades {
     pub fields: u16,
 }
 
+/// `GET /v1/market/{symbol}/candles`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Candles {
+    /// The symbol.
+    pub symbol: String,
+    /// `1m`, `1h` or `1d`.
+    pub interval: &'static str,
+    /// From this time (RFC 3339), inclusive; default: 500 intervals before `to`.
+    pub from: Option<String>,
+    /// Up to this time (RFC 3339), exclusive; default: now.
+    pub to: Option<String>,
+}
+
+/// `GET /v1/performance`, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Performance {
+    /// The key's account.
+    pub account: u32,
+    /// Calendar days (UTC) up to and including today.
+    pub days: u32,
+}
+
+/// A history query.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// `GET /v1/trades`
+    Trades(Trades),
+    /// `GET /v1/market/{symbol}/candles`
+    Candles(Candles),
+    /// `GET /v1/performance`
+    Performance(Performance),
+}
+
+/// Most candles in one answer.
+pub const MAX_CANDLES: i64 = 5000;
+
 /// A finished answer.
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
@@ -55,7 +91,7 @@ pub struct Reply {
     pub etag: Option<String>,
 }
 
-type Job = (Trades, oneshot::Sender<Reply>);
+type Job = (Query, oneshot::Sender<Reply>);
 
 /// The hot core's handle on the history thread.
 pub struct History {
@@ -80,7 +116,7 @@ impl History {
     }
 
     /// Queues a query; `None` when the queue is full (the caller answers 503).
-    pub fn ask(&self, q: Trades) -> Option<oneshot::Receiver<Reply>> {
+    pub fn ask(&self, q: Query) -> Option<oneshot::Receiver<Reply>> {
         let (tx, rx) = oneshot::channel();
         self.jobs.try_send((q, tx)).ok().map(|()| rx)
     }
@@ -94,7 +130,7 @@ async fn serve(url: &str, offload: &Shared, mut jobs: mpsc::Receiver<Job>) {
         }
         let answer = match &client {
             None => error(503, "history.unavailable", "PostgreSQL cannot be reached; try again later"),
-            Some(c) => match tokio::time::timeout(QUERY_TIMEOUT, trades(c, &q, offload)).await {
+            Some(c) => match tokio::time::timeout(QUERY_TIMEOUT, answer(c, &q, offload)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
                     error(400, "request.invalid_field", "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
@@ -129,8 +165,31 @@ fn error(status: u16, code: &str, message: &str) -> Reply {
     Reply { status, body: body.to_string().into_bytes(), cache_control: None, etag: None }
 }
 
+async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Reply, tokio_postgres::Error> {
+    let (body, to) = match q {
+        Query::Trades(t) => (trades(c, t).await?, &t.to),
+        Query::Candles(k) => (candles(c, k).await?, &k.to),
+        // The window always includes today.
+        Query::Performance(p) => (performance(c, p).await?, &None),
+    };
+    // A window that ended more than 15 minutes ago (and before what the offload still owes)
+    // does not change any more.
+    let settled = match to {
+        Some(to) => {
+            let lag = offload.status(crate::clock::now()).lag_seconds;
+            let sql = "SELECT $1::text::timestamptz < now() - interval '15 minutes' - $2::float8 * interval '1 second'";
+            c.query_one(sql, &[to, &lag]).await?.get::<_, bool>(0)
+        }
+        None => false,
+    };
+    let cache_control = Some(if settled { "public, max-age=86400" } else { "public, max-age=5" });
+    let digest = Sha256::digest(&body);
+    let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    Ok(Reply { status: 200, body, cache_control, etag: Some(etag) })
+}
+
 /// One page of an account's fills, newest first, with keyset pagination on (time, seq).
-async fn trades(c: &Client, q: &Trades, offload: &Shared) -> Result<Reply, tokio_postgres::Error> {
+async fn trades(c: &Client, q: &Trades) -> Result<Vec<u8>, tokio_postgres::Error> {
     let (cursor_us, cursor_seq) = q.cursor.unzip();
     let limit = i64::from(q.limit);
     let params: [&(dyn ToSql + Sync); 7] =
@@ -171,19 +230,148 @@ async fn trades(c: &Client, q: &Trades, offload: &Shared) -> Result<Reply, tokio
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| format!("{}.{}", r.get::<_, i64>(1), r.get::<_, i64>(2))))
         .flatten();
-    let body = serde_json::json!({"trades": trades, "next_cursor": next}).to_string().into_bytes();
-    // A window that ended more than 15 minutes ago does not change any more (its events are in
-    // PostgreSQL once the offload is past it).
-    let settled = match &q.to {
-        Some(to) => {
-            let lag = offload.status(crate::clock::now()).lag_seconds;
-            let sql = "SELECT $1::text::timestamptz < now() - interval '15 minutes' - $2::float8 * interval '1 second'";
-            c.query_one(sql, &[to, &lag]).await?.get::<_, bool>(0)
-        }
-        None => false,
+    Ok(serde_json::json!({"trades": trades, "next_cursor": next}).to_string().into_bytes())
+}
+
+/// OHLC of the mid price per interval, from the quotes, oldest first.
+async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let unit = match q.interval {
+        "1m" => "minute",
+        "1h" => "hour",
+        _ => "day",
     };
-    let cache_control = Some(if settled { "public, max-age=86400" } else { "public, max-age=5" });
-    let digest = Sha256::digest(&body);
-    let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    Ok(Reply { status: 200, body, cache_control, etag: Some(etag) })
+    let rows = c
+        .query(
+            "WITH w AS (
+                 SELECT coalesce($3::text::timestamptz, now()) AS upto, ('1 ' || $4)::interval AS step
+             )
+             SELECT to_char(date_trunc($4, ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    trim_scale((array_agg((bid + ask) / 2 ORDER BY ts, seq))[1])::text,
+                    trim_scale(max((bid + ask) / 2))::text,
+                    trim_scale(min((bid + ask) / 2))::text,
+                    trim_scale((array_agg((bid + ask) / 2 ORDER BY ts DESC, seq DESC))[1])::text,
+                    count(*)
+             FROM market_data, w
+             WHERE symbol = $1
+               AND ts >= coalesce($2::text::timestamptz, w.upto - 500 * w.step)
+               AND ts < w.upto
+             GROUP BY date_trunc($4, ts)
+             ORDER BY date_trunc($4, ts)
+             LIMIT $5",
+            &[&q.symbol, &q.from, &q.to, &unit, &MAX_CANDLES],
+        )
+        .await?;
+    let candles: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "t": r.get::<_, String>(0), "open": r.get::<_, String>(1), "high": r.get::<_, String>(2),
+                "low": r.get::<_, String>(3), "close": r.get::<_, String>(4), "quotes": r.get::<_, i64>(5),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({"symbol": q.symbol, "interval": q.interval, "candles": candles});
+    Ok(body.to_string().into_bytes())
+}
+
+/// Realized P&L, fees, trade count, win rate, max drawdown and Sharpe ratio of an account over
+/// its last `days` calendar days, from its daily net P&L (days without fills count as 0).
+async fn performance(c: &Client, q: &Performance) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "WITH days AS (
+                 SELECT generate_series(date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day',
+                                        date_trunc('day', now() AT TIME ZONE 'UTC'), interval '1 day') AS day
+             ), f AS (
+                 SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AS day, sum(realized) AS realized, sum(fee) AS fees,
+                        count(*) AS fills, count(*) FILTER (WHERE realized > 0) AS wins,
+                        count(*) FILTER (WHERE realized < 0) AS losses
+                 FROM fills
+                 WHERE account_id = $1
+                   AND ts >= (date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day') AT TIME ZONE 'UTC'
+                 GROUP BY 1
+             )
+             SELECT to_char(days.day, 'YYYY-MM-DD'), coalesce(f.realized, 0)::text, coalesce(f.fees, 0)::text,
+                    coalesce(f.realized - f.fees, 0)::float8, coalesce(f.fills, 0), coalesce(f.wins, 0),
+                    coalesce(f.losses, 0), trim_scale(coalesce(f.realized - f.fees, 0))::text
+             FROM days LEFT JOIN f USING (day)
+             ORDER BY days.day",
+            &[&(q.account as i32), &(q.days as i32)],
+        )
+        .await?;
+    let sums = c
+        .query_one(
+            "SELECT trim_scale(coalesce(sum(realized), 0))::text, trim_scale(coalesce(sum(fee), 0))::text,
+                    trim_scale(coalesce(sum(realized) - sum(fee), 0))::text
+             FROM fills
+             WHERE account_id = $1
+               AND ts >= (date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day') AT TIME ZONE 'UTC'",
+            &[&(q.account as i32), &(q.days as i32)],
+        )
+        .await?;
+    let daily: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(3)).collect();
+    let (trades, wins, losses) = rows
+        .iter()
+        .fold((0, 0, 0), |(t, w, l), r| (t + r.get::<_, i64>(4), w + r.get::<_, i64>(5), l + r.get::<_, i64>(6)));
+    let stats = Stats::of(&daily);
+    let body = serde_json::json!({
+        "period": format!("{}d", q.days),
+        "from": rows.first().map(|r| r.get::<_, String>(0)),
+        "realized_pnl": sums.get::<_, String>(0),
+        "fees": sums.get::<_, String>(1),
+        "net_pnl": sums.get::<_, String>(2),
+        "trades": trades,
+        "win_rate": (wins + losses > 0).then(|| wins as f64 / (wins + losses) as f64),
+        "max_drawdown": format!("{:.8}", stats.max_drawdown).trim_end_matches('0').trim_end_matches('.'),
+        "sharpe": stats.sharpe,
+        "daily": rows.iter().map(|r| serde_json::json!({"day": r.get::<_, String>(0), "net_pnl": r.get::<_, String>(7)})).collect::<Vec<_>>(),
+    });
+    Ok(body.to_string().into_bytes())
+}
+
+/// Drawdown and Sharpe ratio of a daily P&L series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stats {
+    /// Largest fall of cumulative P&L from an earlier peak (≥ 0; the start counts as a peak at 0).
+    max_drawdown: f64,
+    /// Mean over sample standard deviation of daily P&L, × √365; `None` with fewer than two days
+    /// or no variation.
+    sharpe: Option<f64>,
+}
+
+impl Stats {
+    fn of(daily: &[f64]) -> Stats {
+        let (mut cumulative, mut peak, mut max_drawdown) = (0.0f64, 0.0f64, 0.0f64);
+        for d in daily {
+            cumulative += d;
+            peak = peak.max(cumulative);
+            max_drawdown = max_drawdown.max(peak - cumulative);
+        }
+        let n = daily.len() as f64;
+        let sharpe = (daily.len() >= 2).then(|| {
+            let mean = daily.iter().sum::<f64>() / n;
+            let var = daily.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            (var > 0.0).then(|| mean / var.sqrt() * 365f64.sqrt())
+        });
+        Stats { max_drawdown, sharpe: sharpe.flatten() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn drawdown_and_sharpe_of_known_series() {
+        let s = Stats::of(&[10.0, -30.0, 5.0, 40.0, -10.0]);
+        // Cumulative 10, -20, -15, 25, 15: the worst fall is from 10 to -20.
+        assert_eq!(s.max_drawdown, 30.0);
+        // Mean 3, sample variance (49 + 1089 + 4 + 1369 + 169) / 4 = 670.
+        let expected = 3.0 / 670f64.sqrt() * 365f64.sqrt();
+        assert!((s.sharpe.unwrap() - expected).abs() < 1e-12);
+        assert_eq!(Stats::of(&[-5.0]).max_drawdown, 5.0, "a loss from the start is a drawdown");
+        assert_eq!(Stats::of(&[-5.0]).sharpe, None);
+        assert_eq!(Stats::of(&[2.0, 2.0]).sharpe, None, "no variation");
+        assert_eq!(Stats::of(&[]), Stats { max_drawdown: 0.0, sharpe: None });
+    }
 }
