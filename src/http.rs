@@ -370,10 +370,10 @@ pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, be
 async fn answer_from_history(
     node: &RefCell<Node>,
     answer: &mut Response,
-    query: crate::postgres::history::Query,
+    query: crate::history::Query,
     request: &Request<'_>,
 ) {
-    use crate::postgres::history::Query;
+    use crate::history::Query;
     let route = match &query {
         Query::Trades(_) => crate::metrics::Route::Trades,
         Query::Candles(_) => crate::metrics::Route::Candles,

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod fixed;
+pub mod history;
 pub mod http;
 pub mod journal;
 pub mod json;

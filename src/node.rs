@@ -43,7 +43,7 @@ pub struct Node {
     /// Where the offload to PostgreSQL stands (when `postgres.url` is set).
     pub offload: Option<std::sync::Arc<crate::postgres::offload::Shared>>,
     /// The history thread (when `postgres.url` is set).
-    pub history: Option<crate::postgres::history::History>,
+    pub history: Option<crate::history::History>,
 }
 
 /// Builds the symbol table from a validated configuration.

@@ -284,12 +284,13 @@ fn build_node(
     if !cfg.postgres.url.is_empty() {
         let offload = Arc::new(crate::postgres::offload::Shared::new(replayed.last_seq));
         node.journal.publish_to(offload.clone());
-        let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
-        let history = crate::postgres::history::History::spawn(&cfg.postgres.url, offload.clone(), core)
-            .map_err(|e| format!("cannot start the history thread: {e}"))?;
-        node.history = Some(history);
         node.offload = Some(offload);
     }
+    // History from PostgreSQL when there is one, from the journal's recent events otherwise.
+    let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
+    let history = crate::history::History::spawn(cfg, node.offload.clone(), core)
+        .map_err(|e| format!("cannot start the history thread: {e}"))?;
+    node.history = Some(history);
     Ok((node, replayed.resume, demo))
 }
 

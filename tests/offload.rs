@@ -151,10 +151,25 @@ fn wait_caught_up(node: &Node) {
 }
 
 /// Two traders and a quote feed, until `stop`; returns the count of 201 answers.
-fn load(node: &Node, keys: &[String], stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<usize>> {
+/// Quotes for both symbols, from the demo key (which has the feed role).
+fn post_ticks(node: &Node) {
     let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3000.00","ask":"3000.50"}]}"#;
     let r = node.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&node.demo_key)), JSON], ticks);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Quotes, then `n` market signals alternating symbols (two buys, one sell), each filled.
+fn trade(node: &Node, key: &str, n: usize) {
+    post_ticks(node);
+    for i in 0..n {
+        let (symbol, side) = (["BTC-USD", "ETH-USD"][i % 2], ["buy", "sell"][i % 3 / 2]);
+        let body = format!(r#"{{"symbol":"{symbol}","action":"{side}","qty":"0.01"}}"#);
+        assert_eq!(node.req("POST", "/v1/signals", &[("Authorization", &bearer(key)), JSON], &body).status, 201);
+    }
+}
+
+fn load(node: &Node, keys: &[String], stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<usize>> {
+    post_ticks(node);
     let mut threads = Vec::new();
     for (t, key) in keys.iter().enumerate() {
         let (addr, auth, stop) = (node.http, bearer(key), stop.clone());
@@ -369,16 +384,7 @@ fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags
     let node = start(None, &node_env(&pg.url()));
     let (account, key) = node.account("pro", "1000000", unlimited());
     let auth = bearer(&key);
-    let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3000.00","ask":"3000.50"}]}"#;
-    assert_eq!(
-        node.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&node.demo_key)), JSON], ticks).status,
-        200
-    );
-    for i in 0..25 {
-        let (symbol, side) = (["BTC-USD", "ETH-USD"][i % 2], ["buy", "sell"][i % 3 / 2]);
-        let body = format!(r#"{{"symbol":"{symbol}","action":"{side}","qty":"0.01"}}"#);
-        assert_eq!(node.req("POST", "/v1/signals", &[("Authorization", &auth), JSON], &body).status, 201);
-    }
+    trade(&node, &key, 25);
     wait_caught_up(&node);
     let get = |query: &str, headers: &[(&str, &str)]| {
         let mut h = vec![("Authorization", auth.as_str())];
@@ -495,11 +501,64 @@ fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags
     let r = candles("/v1/market/BTC-USD/candles?interval=5m");
     assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()));
     assert_eq!(candles("/v1/market/DOGE-USD/candles").status, 404);
+}
 
-    // Without PostgreSQL there is no history to answer from.
-    let plain = Node::start(&[]);
-    for path in ["/v1/trades", "/v1/performance", "/v1/market/BTC-USD/candles"] {
-        let r = plain.req("GET", path, &[("Authorization", &bearer(&plain.demo_key))], "");
-        assert_eq!((r.status, r.code()), (501, "history.unavailable".to_string()), "{path}: {}", r.body);
+#[test]
+fn without_postgres_history_comes_from_the_journal_in_the_same_shapes() {
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    let (_, key) = node.account("pro", "1000000", unlimited());
+    let auth = bearer(&key);
+    trade(&node, &key, 12);
+    let j = journal(node.data_dir());
+    let fills = seqs(&j, &["fill"]);
+    let get = |path: &str| {
+        let r = node.req("GET", path, &[("Authorization", &auth)], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        r
+    };
+    // Two pages of 7 and 5, newest first: every fill of the journal, once.
+    let first = get("/v1/trades?limit=7").json();
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let second = get(&format!("/v1/trades?limit=7&cursor={cursor}")).json();
+    assert!(second["next_cursor"].is_null());
+    let mut seen: Vec<u64> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["trades"].as_array().unwrap().iter().map(|t| t["seq"].as_u64().unwrap()))
+        .collect();
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "newest first: {seen:?}");
+    seen.sort_unstable();
+    assert_eq!(seen, fills);
+    let t = &first["trades"][0];
+    for f in ["ts", "seq", "order_id", "symbol", "side", "qty", "price", "notional", "fee", "realized_pnl"] {
+        assert!(!t[f].is_null(), "{f} in {t}");
     }
+    assert_eq!(t["qty"], "0.01");
+    let narrow = get("/v1/trades?fields=seq,side&symbol=ETH-USD").json();
+    assert_eq!(narrow["trades"].as_array().unwrap().len(), 6);
+    assert_eq!(narrow["trades"][0].as_object().unwrap().keys().collect::<Vec<_>>(), ["seq", "side"]);
+
+    let p = get("/v1/performance?period=7d").json();
+    assert_eq!(p["trades"], 12);
+    assert_eq!(p["daily"].as_array().unwrap().len(), 7);
+    assert_eq!(p["daily"][6]["net_pnl"], p["net_pnl"]);
+
+    let r = get("/v1/market/BTC-USD/candles?interval=1h");
+    let c = r.json();
+    assert_eq!(c["candles"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!((c["candles"][0]["open"].as_str(), c["candles"][0]["quotes"].as_i64()), (Some("65000.5"), Some(1)));
+    assert_eq!(r.header("cache-control"), Some("public, max-age=5"));
+    let etag = r.header("etag").unwrap().to_string();
+    let again = node.req(
+        "GET",
+        "/v1/market/BTC-USD/candles?interval=1h",
+        &[("Authorization", &auth), ("If-None-Match", &etag)],
+        "",
+    );
+    assert_eq!(again.status, 304);
+
+    let r = node.req("GET", "/v1/trades?from=2026-13-45T00:00:00Z", &[("Authorization", &auth)], "");
+    assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()), "{}", r.body);
+    let old = get("/v1/trades?to=2020-01-01T00:00:00Z");
+    assert_eq!(old.header("cache-control"), Some("public, max-age=86400"));
+    assert_eq!(old.json()["trades"].as_array().unwrap().len(), 0);
 }

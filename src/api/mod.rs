@@ -120,7 +120,7 @@ pub struct Response {
     /// An answer to render once the request's events are durable and the venue has seen them.
     pub pending: Option<Pending>,
     /// A history query for the history thread; its answer replaces this response.
-    pub history: Option<crate::postgres::history::Query>,
+    pub history: Option<crate::history::Query>,
     /// `Cache-Control` other than `no-store`.
     pub cache_control: Option<&'static str>,
     /// `ETag`, quoted.
@@ -205,7 +205,9 @@ mod tests {
             include_str!("body.rs"),
             include_str!("error.rs"),
             include_str!("../http.rs"),
-            include_str!("../postgres/history.rs"),
+            include_str!("../history/mod.rs"),
+            include_str!("../history/postgres.rs"),
+            include_str!("../history/recent.rs"),
         ];
         let mut codes = Vec::new();
         for src in sources {

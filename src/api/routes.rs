@@ -272,9 +272,9 @@ impl Node {
         Ok(())
     }
 
-    /// `GET /v1/trades`: validated here, answered by the history thread (`postgres::history`).
+    /// `GET /v1/trades`: validated here, answered by the history thread (`history`).
     fn trades<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        use crate::postgres::history::{Query, Trades, TRADE_FIELDS};
+        use crate::history::{Query, Trades, TRADE_FIELDS};
         let key = self.authenticate(req, None, resp, now)?;
         if self.history.is_none() {
             return Err(HISTORY_OFF);
@@ -320,7 +320,7 @@ impl Node {
 
     /// `GET /v1/performance?period=1d|7d|30d|90d`, answered by the history thread.
     fn performance<'a>(&mut self, req: &Request<'a>, resp: &mut Response, now: Nanos) -> Result<'a> {
-        use crate::postgres::history::{Performance, Query};
+        use crate::history::{Performance, Query};
         let key = self.authenticate(req, None, resp, now)?;
         if self.history.is_none() {
             return Err(HISTORY_OFF);
@@ -339,7 +339,7 @@ impl Node {
     /// `GET /v1/market/{symbol}/candles?interval=1m|1h|1d&from=&to=`, answered by the history
     /// thread.
     fn candles<'a>(&mut self, req: &Request<'a>, symbol: &'a str, resp: &mut Response, now: Nanos) -> Result<'a> {
-        use crate::postgres::history::{Candles, Query};
+        use crate::history::{Candles, Query};
         self.authenticate(req, None, resp, now)?;
         let spec = self.engine.symbols().find(symbol).ok_or(ApiError::with(
             404,

@@ -110,6 +110,20 @@ pub fn mirror_engine(cfg: &Config) -> Engine<NoVenue> {
     Engine::new(crate::node::engine_config(cfg), crate::node::symbol_table(cfg), crate::node::tiers(cfg), NoVenue)
 }
 
+/// Applies `e` to a mirror engine; for a fill, returns the P&L it realized (the change it made
+/// to its position's realized P&L), otherwise 0.
+pub fn apply_event_realizing(engine: &mut Engine<NoVenue>, e: &crate::engine::event::Event) -> i64 {
+    let realized = |engine: &Engine<NoVenue>| match e.kind {
+        crate::engine::event::EventKind::Fill { account, symbol, .. } => {
+            engine.account(account).map_or(0, |a| a.positions[usize::from(symbol.0)].realized)
+        }
+        _ => 0,
+    };
+    let before = realized(engine);
+    engine.apply_event(e);
+    realized(engine) - before
+}
+
 impl Venue for NoVenue {
     fn submit(&mut self, _: &Order, _: &SymbolSpec, _: Option<&Quote>, _: Nanos, _: &mut Vec<Execution>) {}
     fn cancel(&mut self, _: &Order, _: Nanos, _: &mut Vec<Execution>) {}

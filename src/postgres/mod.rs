@@ -5,7 +5,6 @@
 //! start); [`offload`] copies the journal into those tables.
 
 mod copy;
-pub mod history;
 pub mod migrate;
 pub mod offload;
 

@@ -876,14 +876,7 @@ fn update_order(engine: &Engine<NoVenue>, b: &mut Batch, id: crate::engine::type
 
 /// Applies `e` to the mirror and adds the rows it makes to the batch.
 fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
-    // A fill's realized P&L is the change it makes to its position's.
-    let realized_before = match e.kind {
-        EventKind::Fill { account, symbol, .. } => {
-            engine.account(account).map_or(0, |a| a.positions[usize::from(symbol.0)].realized)
-        }
-        _ => 0,
-    };
-    engine.apply_event(e);
+    let realized = snapshot::apply_event_realizing(engine, e);
     b.events += 1;
     match e.kind {
         EventKind::AccountCreated { account, .. } | EventKind::AccountStateChanged { account, .. } => {
@@ -940,7 +933,7 @@ fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
                 .numeric(price, spec.price_decimals)
                 .numeric(notional, MONEY_DECIMALS)
                 .numeric(fee, MONEY_DECIMALS)
-                .numeric(pos.realized - realized_before, MONEY_DECIMALS);
+                .numeric(realized, MONEY_DECIMALS);
             b.positions.insert((account, symbol), (pos, e.seq, e.ts));
         }
         EventKind::Quote(q) => {

@@ -1,128 +1,20 @@
-//! History queries, answered from PostgreSQL on a thread of their own: a slow query never delays
-//! the hot core, which only validates the request, hands it over here and waits (without
-//! blocking) for the finished answer.
+//! The history thread on PostgreSQL: one connection, one query at a time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::migrate::describe;
-use super::offload::Shared;
+use super::{
+    error, finish, Candles, Job, Performance, Query, Reply, Stats, Trades, MAX_CANDLES, QUERY_TIMEOUT, TRADE_FIELDS,
+};
+use crate::postgres::migrate::describe;
+use crate::postgres::offload::Shared;
 
-/// Queries waiting for the history thread beyond which the API answers 503.
-const QUEUE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// A query that takes longer is cancelled and answered 503.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The columns of `GET /v1/trades`, in answer order.
-pub const TRADE_FIELDS: [&str; 10] =
-    ["ts", "seq", "order_id", "symbol", "side", "qty", "price", "notional", "fee", "realized_pnl"];
-
-/// `GET /v1/trades`, validated.
-#[derive(Debug, Clone, Default)]
-pub struct Trades {
-    /// The key's account.
-    pub account: u32,
-    /// Only this symbol.
-    pub symbol: Option<String>,
-    /// From this time (RFC 3339), inclusive.
-    pub from: Option<String>,
-    /// Up to this time (RFC 3339), exclusive.
-    pub to: Option<String>,
-    /// Most rows in the page.
-    pub limit: u32,
-    /// Rows strictly before this (time µs, seq), from the previous page's `next_cursor`.
-    pub cursor: Option<(i64, i64)>,
-    /// Bit `i` set: field `TRADE_FIELDS[i]` is shown.
-    pub fields: u16,
-}
-
-/// `GET /v1/market/{symbol}/candles`, validated.
-#[derive(Debug, Clone, Default)]
-pub struct Candles {
-    /// The symbol.
-    pub symbol: String,
-    /// `1m`, `1h` or `1d`.
-    pub interval: &'static str,
-    /// From this time (RFC 3339), inclusive; default: 500 intervals before `to`.
-    pub from: Option<String>,
-    /// Up to this time (RFC 3339), exclusive; default: now.
-    pub to: Option<String>,
-}
-
-/// `GET /v1/performance`, validated.
-#[derive(Debug, Clone, Default)]
-pub struct Performance {
-    /// The key's account.
-    pub account: u32,
-    /// Calendar days (UTC) up to and including today.
-    pub days: u32,
-}
-
-/// A history query.
-#[derive(Debug, Clone)]
-pub enum Query {
-    /// `GET /v1/trades`
-    Trades(Trades),
-    /// `GET /v1/market/{symbol}/candles`
-    Candles(Candles),
-    /// `GET /v1/performance`
-    Performance(Performance),
-}
-
-/// Most candles in one answer.
-pub const MAX_CANDLES: i64 = 5000;
-
-/// A finished answer.
-#[derive(Debug, Clone, Default)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Vec<u8>,
-    /// `Cache-Control` (successful answers).
-    pub cache_control: Option<&'static str>,
-    /// `ETag` (successful answers), quoted.
-    pub etag: Option<String>,
-}
-
-type Job = (Query, oneshot::Sender<Reply>);
-
-/// The hot core's handle on the history thread.
-pub struct History {
-    jobs: mpsc::Sender<Job>,
-}
-
-impl History {
-    /// Starts the history thread for `url`.
-    pub fn spawn(url: &str, offload: Arc<Shared>, core: Option<usize>) -> std::io::Result<History> {
-        let (jobs, rx) = mpsc::channel(QUEUE);
-        let url = url.to_owned();
-        std::thread::Builder::new().name("sg-history".into()).spawn(move || {
-            if let Some(core) = core {
-                crate::server::pin_current_thread(core);
-            }
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(serve(&url, &offload, rx)),
-                Err(e) => log::error!("history: cannot start the runtime: {e}"),
-            }
-        })?;
-        Ok(History { jobs })
-    }
-
-    /// Queues a query; `None` when the queue is full (the caller answers 503).
-    pub fn ask(&self, q: Query) -> Option<oneshot::Receiver<Reply>> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.try_send((q, tx)).ok().map(|()| rx)
-    }
-}
-
-async fn serve(url: &str, offload: &Shared, mut jobs: mpsc::Receiver<Job>) {
+pub(super) async fn serve(url: &str, offload: &Shared, mut jobs: mpsc::Receiver<Job>) {
     let mut client: Option<Client> = None;
     while let Some((q, reply)) = jobs.recv().await {
         if client.as_ref().is_none_or(Client::is_closed) {
@@ -160,11 +52,6 @@ async fn connect(url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
-fn error(status: u16, code: &str, message: &str) -> Reply {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    Reply { status, body: body.to_string().into_bytes(), cache_control: None, etag: None }
-}
-
 async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Reply, tokio_postgres::Error> {
     let (body, to) = match q {
         Query::Trades(t) => (trades(c, t).await?, &t.to),
@@ -182,10 +69,7 @@ async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Reply, tokio_
         }
         None => false,
     };
-    let cache_control = Some(if settled { "public, max-age=86400" } else { "public, max-age=5" });
-    let digest = Sha256::digest(&body);
-    let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    Ok(Reply { status: 200, body, cache_control, etag: Some(etag) })
+    Ok(finish(body, settled))
 }
 
 /// One page of an account's fills, newest first, with keyset pagination on (time, seq).
@@ -327,51 +211,4 @@ async fn performance(c: &Client, q: &Performance) -> Result<Vec<u8>, tokio_postg
         "daily": rows.iter().map(|r| serde_json::json!({"day": r.get::<_, String>(0), "net_pnl": r.get::<_, String>(7)})).collect::<Vec<_>>(),
     });
     Ok(body.to_string().into_bytes())
-}
-
-/// Drawdown and Sharpe ratio of a daily P&L series.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Stats {
-    /// Largest fall of cumulative P&L from an earlier peak (≥ 0; the start counts as a peak at 0).
-    max_drawdown: f64,
-    /// Mean over sample standard deviation of daily P&L, × √365; `None` with fewer than two days
-    /// or no variation.
-    sharpe: Option<f64>,
-}
-
-impl Stats {
-    fn of(daily: &[f64]) -> Stats {
-        let (mut cumulative, mut peak, mut max_drawdown) = (0.0f64, 0.0f64, 0.0f64);
-        for d in daily {
-            cumulative += d;
-            peak = peak.max(cumulative);
-            max_drawdown = max_drawdown.max(peak - cumulative);
-        }
-        let n = daily.len() as f64;
-        let sharpe = (daily.len() >= 2).then(|| {
-            let mean = daily.iter().sum::<f64>() / n;
-            let var = daily.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
-            (var > 0.0).then(|| mean / var.sqrt() * 365f64.sqrt())
-        });
-        Stats { max_drawdown, sharpe: sharpe.flatten() }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Stats;
-
-    #[test]
-    fn drawdown_and_sharpe_of_known_series() {
-        let s = Stats::of(&[10.0, -30.0, 5.0, 40.0, -10.0]);
-        // Cumulative 10, -20, -15, 25, 15: the worst fall is from 10 to -20.
-        assert_eq!(s.max_drawdown, 30.0);
-        // Mean 3, sample variance (49 + 1089 + 4 + 1369 + 169) / 4 = 670.
-        let expected = 3.0 / 670f64.sqrt() * 365f64.sqrt();
-        assert!((s.sharpe.unwrap() - expected).abs() < 1e-12);
-        assert_eq!(Stats::of(&[-5.0]).max_drawdown, 5.0, "a loss from the start is a drawdown");
-        assert_eq!(Stats::of(&[-5.0]).sharpe, None);
-        assert_eq!(Stats::of(&[2.0, 2.0]).sharpe, None, "no variation");
-        assert_eq!(Stats::of(&[]), Stats { max_drawdown: 0.0, sharpe: None });
-    }
 }
