@@ -68,6 +68,10 @@ struct SignalsArgs {
     /// Quantity of each buy, sell and target step.
     #[arg(long, default_value = "0.01")]
     qty: String,
+    /// Send market data instead of signals: POST /v1/market/ticks with this many quotes per
+    /// request, spread over the symbols (the created keys get the feed role).
+    #[arg(long, default_value_t = 0)]
+    ticks: usize,
     /// Keep-alive connections.
     #[arg(long, short, default_value_t = 50)]
     connections: usize,
@@ -112,12 +116,31 @@ fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
             .admin_token
             .as_deref()
             .ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) is needed to create accounts; or give --key")?;
-        node::create_accounts(admin, token, a.accounts.max(1))?
+        node::create_accounts(admin, token, a.accounts.max(1), a.ticks > 0)?
     } else {
         a.keys.clone()
     };
     let q = &a.qty;
     let mut requests = Vec::new();
+    if a.ticks > 0 {
+        // A few bodies with prices walking up and down, so consecutive quotes differ.
+        for (k, key) in keys.iter().enumerate() {
+            let auth = format!("Bearer {key}");
+            for variant in 0..8 {
+                let ticks: Vec<String> = (0..a.ticks)
+                    .map(|i| {
+                        let symbol = &a.symbols[i % a.symbols.len()];
+                        let bid = 1000 + (i + variant + k) % 17;
+                        format!(r#"{{"symbol":"{symbol}","bid":"{bid}.00","ask":"{}.00"}}"#, bid + 1)
+                    })
+                    .collect();
+                let body = format!(r#"{{"ticks":[{}]}}"#, ticks.join(","));
+                let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+                requests.push(load::request("POST", &host, "/v1/market/ticks", &headers, body.as_bytes()));
+            }
+        }
+        return Ok(Prepared { addr, requests, accounts: keys.len() });
+    }
     for key in &keys {
         let auth = format!("Bearer {key}");
         for symbol in &a.symbols {
@@ -188,8 +211,9 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
     };
     let m = load::run(load)?;
     let node = node::node_latency(p.addr).unwrap_or_default();
+    let what = if a.ticks > 0 { format!("ticks ({} quotes per request)", a.ticks) } else { "signals".into() };
     println!(
-        "signals: {mode}, {} connections, {} s measured after {} s warm-up, {} accounts × {} symbols, against {}",
+        "{what}: {mode}, {} connections, {} s measured after {} s warm-up, {} accounts × {} symbols, against {}",
         a.connections,
         a.duration,
         a.warmup,
@@ -220,11 +244,11 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
     print_node(&node);
     if let Some(path) = &a.json {
         let v = json!({
-            "scenario": "signals",
+            "scenario": if a.ticks > 0 { "ticks" } else { "signals" },
             "parameters": {
                 "target": a.target, "mode": if a.rate.is_some() { "open" } else { "closed" }, "rate": a.rate,
                 "connections": a.connections, "duration_s": a.duration, "warmup_s": a.warmup,
-                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "cpu": a.cpu,
+                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu,
                 "max_error_rate": a.max_error_rate,
             },
             "requests": s.total(),

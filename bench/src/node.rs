@@ -45,8 +45,9 @@ pub fn call(
     Ok((status, body.to_string()))
 }
 
-/// Creates `n` accounts with limits that stay out of the way of a load test, and one key each.
-pub fn create_accounts(admin: SocketAddr, token: &str, n: usize) -> Result<Vec<String>, String> {
+/// Creates `n` accounts with limits that stay out of the way of a load test, and one key each
+/// (with the feed role when `feed`, to send market data).
+pub fn create_accounts(admin: SocketAddr, token: &str, n: usize, feed: bool) -> Result<Vec<String>, String> {
     let auth = format!("Bearer {token}");
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let mut keys = Vec::new();
@@ -70,7 +71,8 @@ pub fn create_accounts(admin: SocketAddr, token: &str, n: usize) -> Result<Vec<S
         }
         let id =
             serde_json::from_str::<Value>(&text).map_err(|e| e.to_string())?["id"].as_u64().ok_or("no account id")?;
-        let (status, text) = call(admin, "POST", &format!("/admin/accounts/{id}/keys"), &headers, "{}")?;
+        let key_body = if feed { r#"{"roles":["feed"]}"# } else { "{}" };
+        let (status, text) = call(admin, "POST", &format!("/admin/accounts/{id}/keys"), &headers, key_body)?;
         if status != 201 {
             return Err(format!("creating a key: {status} {text}"));
         }
