@@ -281,8 +281,11 @@ impl Recent {
         let first_day = now / DAY - u64::from(q.days - 1);
         let mut daily = vec![(0i64, 0i64); q.days as usize];
         let (mut trades, mut wins, mut losses) = (0u64, 0u64, 0u64);
-        for f in self.fills.get(&q.account).into_iter().flatten().filter(|f| f.ts / DAY >= first_day) {
-            let day = &mut daily[(f.ts / DAY - first_day) as usize];
+        for f in self.fills.get(&q.account).into_iter().flatten() {
+            // Days before the window, and any stamped after today, are left out.
+            let Some(day) = (f.ts / DAY).checked_sub(first_day).and_then(|d| daily.get_mut(d as usize)) else {
+                continue;
+            };
             day.0 += f.realized;
             day.1 += f.fee;
             trades += 1;
