@@ -398,7 +398,11 @@ async fn answer_from_history(
     let mut n = node.borrow_mut();
     n.metrics.count(route, status);
     answer.status = status;
-    answer.body = if status == 304 || request.method == crate::api::Method::Head { Vec::new() } else { reply.body };
+    // Into the connection's own buffer, which later requests reuse.
+    answer.body.clear();
+    if status != 304 && request.method != crate::api::Method::Head {
+        answer.body.extend_from_slice(&reply.body);
+    }
     answer.cache_control = reply.cache_control;
     answer.etag = reply.etag;
     answer.no_store = reply.cache_control.is_none();
