@@ -76,6 +76,8 @@ pub struct Config {
     pub demo: DemoConfig,
     /// PostgreSQL for history.
     pub postgres: PostgresConfig,
+    /// The WebSocket stream.
+    pub ws: WsConfig,
     /// Tradable symbols.
     pub symbols: Vec<SymbolConfig>,
     /// Tiers by name; the defaults `free`, `pro` and `enterprise` are kept unless redefined.
@@ -110,6 +112,37 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Listen backlog.
     pub backlog: i32,
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Listen address of the WebSocket stream (`GET /v1/ws`), served by the fan-out core.
+    pub addr: String,
+    /// WebSocket connections at once, node-wide; more get 503.
+    pub max_connections: usize,
+    /// Bytes a connection may have waiting to be sent; beyond, it is closed (4008).
+    pub queue_bytes: usize,
+    /// Most messages in one frame.
+    pub frame_messages: usize,
+    /// Most bytes in one frame (a single larger message still goes alone).
+    pub frame_bytes: usize,
+    /// Seconds between server pings.
+    pub ping_secs: u64,
+    /// Seconds without a pong after a ping before the connection is closed.
+    pub pong_timeout_secs: u64,
+    /// Seconds a connection that did not authenticate in its upgrade request has for its
+    /// `auth` message.
+    pub auth_timeout_secs: u64,
+    /// Largest client message; larger ones close the connection (1009).
+    pub max_message_bytes: usize,
+    /// Account events kept in memory for `resume_from`.
+    pub resume_events: usize,
+    /// Events a resume may read back from the journal beyond that window.
+    pub resume_journal_events: u64,
+    /// Bytes of the ring that carries events from the hot core to the fan-out core.
+    pub feed_bytes: usize,
 }
 
 /// `[admin]`
@@ -295,6 +328,13 @@ pub struct TierConfig {
     /// Gross exposure per unit of equity.
     #[serde(default = "default_leverage")]
     pub leverage: u32,
+    /// WebSocket connections per key at once.
+    #[serde(default = "default_ws_connections")]
+    pub ws_connections: u32,
+}
+
+fn default_ws_connections() -> u32 {
+    10
 }
 
 fn default_leverage() -> u32 {
@@ -315,6 +355,7 @@ impl Default for Config {
             market: MarketConfig::default(),
             demo: DemoConfig::default(),
             postgres: PostgresConfig::default(),
+            ws: WsConfig::default(),
             symbols: default_symbols(),
             tiers: default_tiers(),
         }
@@ -337,6 +378,25 @@ impl Default for HttpConfig {
             max_inflight: 4096,
             shutdown_grace_ms: 8_000,
             backlog: 1024,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            addr: "127.0.0.1:8082".into(),
+            max_connections: 20_000,
+            queue_bytes: 1 << 20,
+            frame_messages: 64,
+            frame_bytes: 16 * 1024,
+            ping_secs: 20,
+            pong_timeout_secs: 10,
+            auth_timeout_secs: 5,
+            max_message_bytes: 64 * 1024,
+            resume_events: 100_000,
+            resume_journal_events: 5_000_000,
+            feed_bytes: 16 << 20,
         }
     }
 }
@@ -429,7 +489,8 @@ fn default_symbols() -> Vec<SymbolConfig> {
     ]
 }
 
-fn tier(rpm: u32, order: &str, position: &str, gross: &str, ops: u32, loss: &str, open: u32) -> TierConfig {
+#[allow(clippy::too_many_arguments)]
+fn tier(rpm: u32, order: &str, position: &str, gross: &str, ops: u32, loss: &str, open: u32, ws: u32) -> TierConfig {
     TierConfig {
         requests_per_minute: rpm,
         max_order_notional: Decimal::new(order),
@@ -439,14 +500,15 @@ fn tier(rpm: u32, order: &str, position: &str, gross: &str, ops: u32, loss: &str
         max_daily_loss: Decimal::new(loss),
         max_open_orders: open,
         leverage: 1,
+        ws_connections: ws,
     }
 }
 
 fn default_tiers() -> BTreeMap<String, TierConfig> {
     BTreeMap::from([
-        ("free".to_string(), tier(60, "1000", "5000", "10000", 2, "500", 10)),
-        ("pro".to_string(), tier(1200, "50000", "100000", "250000", 20, "10000", 100)),
-        ("enterprise".to_string(), tier(60_000, "1000000", "5000000", "20000000", 500, "250000", 1000)),
+        ("free".to_string(), tier(60, "1000", "5000", "10000", 2, "500", 10, 5)),
+        ("pro".to_string(), tier(1200, "50000", "100000", "250000", 20, "10000", 100, 50)),
+        ("enterprise".to_string(), tier(60_000, "1000000", "5000000", "20000000", 500, "250000", 1000, 10_000)),
     ])
 }
 
@@ -467,7 +529,7 @@ impl fmt::Display for ConfigError {
 
 /// Sections that environment variables may override.
 const ENV_SECTIONS: &[&str] =
-    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres"];
+    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres", "ws"];
 
 /// Prefix of overriding environment variables.
 pub const ENV_PREFIX: &str = "SIGNALGATE_";
@@ -614,6 +676,42 @@ impl Config {
         }
         if !(1..=60_000).contains(&self.postgres.batch_ms) {
             err("postgres.batch_ms", "must be between 1 and 60000".into());
+        }
+        if let Err(e) = self.ws.addr.parse::<SocketAddr>() {
+            err("ws.addr", format!("{:?} is not an IP:port address ({e})", self.ws.addr));
+        }
+        if !self.ws.addr.ends_with(":0") && (self.ws.addr == self.http.addr || self.ws.addr == self.admin.addr) {
+            err("ws.addr", "must differ from http.addr and admin.addr".into());
+        }
+        for (key, v) in [
+            ("ws.max_connections", self.ws.max_connections),
+            ("ws.frame_messages", self.ws.frame_messages),
+            ("ws.resume_events", self.ws.resume_events),
+        ] {
+            if v == 0 {
+                err(key, "must be positive".into());
+            }
+        }
+        if !(4096..=1 << 30).contains(&self.ws.queue_bytes) {
+            err("ws.queue_bytes", "must be between 4096 and 1 GiB".into());
+        }
+        if !(512..=1 << 24).contains(&self.ws.frame_bytes) {
+            err("ws.frame_bytes", "must be between 512 and 16 MiB".into());
+        }
+        if !(256..=1 << 24).contains(&self.ws.max_message_bytes) {
+            err("ws.max_message_bytes", "must be between 256 and 16 MiB".into());
+        }
+        if !(1 << 16..=1 << 30).contains(&self.ws.feed_bytes) || !self.ws.feed_bytes.is_power_of_two() {
+            err("ws.feed_bytes", "must be a power of two between 64 KiB and 1 GiB".into());
+        }
+        for (key, v) in [
+            ("ws.ping_secs", self.ws.ping_secs),
+            ("ws.pong_timeout_secs", self.ws.pong_timeout_secs),
+            ("ws.auth_timeout_secs", self.ws.auth_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&v) {
+                err(key, "must be between 1 and 3600".into());
+            }
         }
         if self.journal.keep_covered_segments < -1 {
             err("journal.keep_covered_segments", "must be -1 (keep all) or a count".into());

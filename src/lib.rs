@@ -35,3 +35,4 @@ pub mod server;
 pub mod shutdown;
 pub mod tune;
 pub mod venue;
+pub mod ws;

@@ -44,6 +44,8 @@ pub struct Node {
     pub offload: Option<std::sync::Arc<crate::postgres::offload::Shared>>,
     /// The history thread (when `postgres.url` is set).
     pub history: Option<crate::history::History>,
+    /// The WebSocket stream's counters.
+    pub ws: Option<std::sync::Arc<crate::ws::WsStats>>,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -108,6 +110,7 @@ impl Node {
             started_at: now,
             offload: None,
             history: None,
+            ws: None,
         }
     }
 

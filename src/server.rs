@@ -33,6 +33,8 @@ pub struct Started {
     pub http: SocketAddr,
     /// Bound admin address.
     pub admin: SocketAddr,
+    /// Bound WebSocket address.
+    pub ws: SocketAddr,
 }
 
 /// Core ids of this host.
@@ -113,9 +115,11 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
     let public = bind(&cfg.http.addr, cfg.http.backlog, "http.addr")?;
     let admin = bind(&cfg.admin.addr, cfg.http.backlog, "admin.addr")?;
+    let ws_listener = bind(&cfg.ws.addr, cfg.http.backlog, "ws.addr")?;
     let started = Started {
         http: public.local_addr().map_err(|e| e.to_string())?,
         admin: admin.local_addr().map_err(|e| e.to_string())?,
+        ws: ws_listener.local_addr().map_err(|e| e.to_string())?,
     };
     let generated_token = cfg.admin.token.is_empty();
     let admin_token =
@@ -150,8 +154,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         host_cores()
     );
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
-    let (node, resume, demo) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let (node, resume, demo, stream) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
+    let (hot_links, fanout_links) = crate::ws::links();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let hot = {
         let cfg = cfg.clone();
@@ -161,18 +166,30 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
-                hot_main(cfg, (node, resume), listeners, stop, notifier, ready_tx).await;
+                hot_main(cfg, (node, resume), listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
     let mut fanouts = Vec::new();
+    let mut serve_ws = Some(crate::ws::Serve {
+        listener: ws_listener.into_raw_fd(),
+        state: stream.0,
+        feed: stream.1,
+        links: fanout_links,
+        stats: stream.2,
+    });
     for &core in &cfg.topology.fanout {
         let (cfg2, stop) = (cfg.clone(), stop.clone());
+        let ws = serve_ws.take();
         let handle = executor(&cfg, "sg-fanout")
             .spawn(move || async move {
                 pin_if_asked(&cfg2, core, "fan-out");
-                // Reserved for WebSocket fan-out; it idles until then and leaves with the node.
-                Shutdown::new().follow(stop).await;
+                match ws {
+                    // The first fan-out core serves the WebSocket stream.
+                    Some(ws) => crate::ws::serve(cfg2, ws, stop).await,
+                    // Further ones are reserved; they idle and leave with the node.
+                    None => Shutdown::new().follow(stop).await,
+                }
             })
             .map_err(|e| format!("cannot start a fan-out executor on core {core}: {e}"))?;
         fanouts.push(handle);
@@ -248,6 +265,10 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     }
 }
 
+/// What the fan-out core's stream starts from: the engine state after start-up, the feed that
+/// carries what follows, and the stream's counters.
+type StreamStart = (crate::engine::EngineState, crate::ws::feed::Consumer, Arc<crate::ws::WsStats>);
+
 /// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
 /// done here on the main thread so that no executor ever waits on it), gives the demo account
 /// its key, and hands the paper venue back the open orders. Returns where the writer continues.
@@ -256,7 +277,7 @@ fn build_node(
     opts: RunOptions,
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
-) -> Result<(Node, journal::writer::Resume, Demo), String> {
+) -> Result<(Node, journal::writer::Resume, Demo, StreamStart), String> {
     let now = crate::clock::now();
     let mut node = Node::new(cfg, admin_token, now);
     let replay_started = std::time::Instant::now();
@@ -291,13 +312,20 @@ fn build_node(
     let history = crate::history::History::spawn(cfg, node.offload.clone(), core)
         .map_err(|e| format!("cannot start the history thread: {e}"))?;
     node.history = Some(history);
-    Ok((node, replayed.resume, demo))
+    // The stream continues from this state; the feed carries every event appended after it.
+    let (producer, consumer) = crate::ws::feed::feed(cfg.ws.feed_bytes, node.journal.durable());
+    node.journal.set_feed(producer);
+    let stats = Arc::new(crate::ws::WsStats::default());
+    node.ws = Some(stats.clone());
+    let state = node.engine.state();
+    Ok((node, replayed.resume, demo, (state, consumer, stats)))
 }
 
 async fn hot_main(
     cfg: Config,
     (node, resume): (Node, journal::writer::Resume),
     (public_fd, admin_fd): (RawFd, RawFd),
+    ws_links: crate::ws::HotLinks,
     stop: Arc<AtomicBool>,
     notifier: Notifier,
     ready: mpsc::Sender<Result<(), String>>,
@@ -324,6 +352,7 @@ async fn hot_main(
         let _ = spawn_bg(Box::pin(simulate_quotes(cfg.clone(), node.clone(), shutdown.clone())));
     }
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
+    let ws_side = glommio::spawn_local_into(crate::ws::hot_side(node.clone(), ws_links, shutdown.clone()), http_queue);
     // The writer outlives the HTTP tasks: it stops once they are done and everything is written.
     let journal_finish = Shutdown::new();
     let writer = glommio::spawn_local_into(
@@ -340,7 +369,7 @@ async fn hot_main(
         glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
     let admin_task =
         glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, opts, shutdown.clone()), background);
-    let (Ok(public_task), Ok(admin_task), Ok(writer)) = (public_task, admin_task, writer) else {
+    let (Ok(public_task), Ok(admin_task), Ok(writer), Ok(ws_side)) = (public_task, admin_task, writer, ws_side) else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;
     };
@@ -363,6 +392,7 @@ async fn hot_main(
     node.borrow_mut().draining = true;
     public_task.await;
     admin_task.await;
+    ws_side.await;
     journal_finish.trigger();
     writer.await;
 }
@@ -417,6 +447,7 @@ fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Demo
     );
     let _ = writeln!(out, "http:  http://{}", s.http);
     let _ = writeln!(out, "admin: http://{}", s.admin);
+    let _ = writeln!(out, "ws:    ws://{}/v1/ws", s.ws);
     if let Some(token) = admin_token {
         let _ = writeln!(out, "admin token (generated, set admin.token to keep one): {token}");
     }

@@ -78,6 +78,7 @@ fn bad_settings_stop_the_start_with_a_reason() {
             ("SIGNALGATE_JOURNAL_DIR", d),
             ("SIGNALGATE_HTTP_ADDR", &addr),
             ("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0"),
+            ("SIGNALGATE_WS_ADDR", "127.0.0.1:0"),
             ("SIGNALGATE_TOPOLOGY_PIN", "false"),
         ],
     );

@@ -733,6 +733,9 @@ impl Node {
         if let Some(o) = &self.offload {
             o.render_metrics(crate::clock::now(), &mut resp.body);
         }
+        if let Some(ws) = &self.ws {
+            ws.render_metrics(&mut resp.body);
+        }
         Ok(())
     }
 }

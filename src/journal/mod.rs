@@ -103,6 +103,8 @@ pub struct Journal {
     waiters: RefCell<Vec<Waker>>,
     /// Told how far the journal is stable, when the node offloads to PostgreSQL.
     offload: Option<Arc<crate::postgres::offload::Shared>>,
+    /// Carries every record to the WebSocket fan-out.
+    feed: Option<crate::ws::feed::Producer>,
 }
 
 impl Journal {
@@ -121,7 +123,14 @@ impl Journal {
             writer: None,
             waiters: RefCell::new(Vec::with_capacity(1024)),
             offload: None,
+            feed: None,
         }
+    }
+
+    /// Copies every record appended from now on to `feed`.
+    pub fn set_feed(&mut self, feed: crate::ws::feed::Producer) {
+        feed.publish_durable(self.durable);
+        self.feed = Some(feed);
     }
 
     /// Tells `offload` how far the journal is stable from now on.
@@ -156,8 +165,12 @@ impl Journal {
         if events.is_empty() {
             return;
         }
+        let start = self.pending.len();
         for e in events {
             format::encode(&mut self.pending, e);
+        }
+        if let Some(feed) = &self.feed {
+            feed.push(&self.pending[start..]);
         }
         self.appended = events[events.len() - 1].seq;
         if let Some(w) = self.writer.take() {
@@ -226,6 +239,9 @@ impl Journal {
         if seq > self.durable {
             self.durable = seq;
             self.wake_waiters();
+            if let Some(feed) = &self.feed {
+                feed.publish_durable(seq);
+            }
         }
     }
 

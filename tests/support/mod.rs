@@ -20,6 +20,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// Admin API address.
     pub admin: SocketAddr,
+    /// WebSocket address.
+    pub ws: SocketAddr,
     /// The demo account's key.
     pub demo_key: String,
     /// Everything the node printed on stdout.
@@ -90,6 +92,7 @@ impl Node {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("SIGNALGATE_HTTP_ADDR", "127.0.0.1:0")
             .env("SIGNALGATE_ADMIN_ADDR", "127.0.0.1:0")
+            .env("SIGNALGATE_WS_ADDR", "127.0.0.1:0")
             .env("SIGNALGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SIGNALGATE_JOURNAL_DIR", dir.path())
             .env("SIGNALGATE_TOPOLOGY_PIN", "false")
@@ -124,10 +127,10 @@ impl Node {
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut banner = Vec::new();
-        let (mut http, mut admin, mut key) = (None, None, None);
+        let (mut http, mut admin, mut ws, mut key) = (None, None, None, None);
         let demo = !env.iter().any(|(k, v)| *k == "SIGNALGATE_DEMO_ENABLED" && *v == "false");
         let mut saw_try = false;
-        while http.is_none() || admin.is_none() || (demo && !saw_try) {
+        while http.is_none() || admin.is_none() || ws.is_none() || (demo && !saw_try) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -144,6 +147,8 @@ impl Node {
                 http = a.parse().ok();
             } else if let Some(a) = line.strip_prefix("admin: http://") {
                 admin = a.parse().ok();
+            } else if let Some(a) = line.strip_prefix("ws:    ws://") {
+                ws = a.trim_end_matches("/v1/ws").parse().ok();
             } else if let Some(k) = line.split("(shown once): ").nth(1) {
                 key = Some(k.to_string());
             }
@@ -154,6 +159,7 @@ impl Node {
             child,
             http: http.unwrap(),
             admin: admin.unwrap(),
+            ws: ws.unwrap(),
             demo_key: key.unwrap_or_default(),
             banner,
             stderr: erx,

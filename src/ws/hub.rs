@@ -1,0 +1,926 @@
+//! The fan-out core's state: every connection, what it subscribed to and what waits to be sent
+//! to it, the resume window, and a mirror of the engine that follows the feed (keys for
+//! authentication, orders for routing their updates, positions after fills).
+//!
+//! Each event is encoded once; subscribers get a copy of the same bytes in their queue. Account
+//! events are queued in full and never dropped; a quote only marks its symbol as changed for
+//! each subscriber, and the connection's writer sends the newest quote of each changed symbol
+//! when it next writes — so a client that lags gets conflated quotes, never a growing queue.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::engine::account::KeyRecord;
+use crate::engine::event::{Event, EventKind};
+use crate::engine::types::{AccountId, KeyId};
+use crate::engine::{Engine, EngineState};
+use crate::journal::format;
+use crate::journal::snapshot::{mirror_engine, NoVenue};
+use crate::journal::tail::Tail;
+
+use super::feed::Consumer;
+use super::frame::{self, Kind};
+use super::protocol::{close, encode_entry, encode_json, ServerBody, ServerMsg, SymbolInfo, FRAME_HEADER, VERSION};
+use super::WsStats;
+
+/// Settings from `[ws]`, in the units the hub uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node name (for the welcome).
+    pub node: String,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Queue bound per connection.
+    pub queue_bytes: usize,
+    /// Messages per frame.
+    pub frame_messages: usize,
+    /// Bytes per frame.
+    pub frame_bytes: usize,
+    /// Ping interval.
+    pub ping: Duration,
+    /// Pong timeout.
+    pub pong_timeout: Duration,
+    /// Auth timeout.
+    pub auth_timeout: Duration,
+    /// Largest client message.
+    pub max_message: usize,
+    /// Account events kept for resume.
+    pub resume_events: usize,
+    /// Events a resume may read from the journal.
+    pub resume_journal_events: u64,
+    /// The journal's directory.
+    pub dir: PathBuf,
+    /// WebSocket connections per key, by tier id.
+    pub tier_caps: Vec<u32>,
+}
+
+impl Settings {
+    /// The settings of a validated configuration.
+    pub fn new(cfg: &Config) -> Settings {
+        let w = &cfg.ws;
+        Settings {
+            node: cfg.node.name.clone(),
+            max_connections: w.max_connections,
+            queue_bytes: w.queue_bytes,
+            frame_messages: w.frame_messages.min(usize::from(u16::MAX)),
+            frame_bytes: w.frame_bytes,
+            ping: Duration::from_secs(w.ping_secs),
+            pong_timeout: Duration::from_secs(w.pong_timeout_secs),
+            auth_timeout: Duration::from_secs(w.auth_timeout_secs),
+            max_message: w.max_message_bytes,
+            resume_events: w.resume_events,
+            resume_journal_events: w.resume_journal_events,
+            dir: cfg.journal.dir.clone(),
+            // In the order `node::tiers` gives the engine its tiers.
+            tier_caps: cfg.tiers.values().map(|t| t.ws_connections).collect(),
+        }
+    }
+}
+
+/// Why a key may not open a stream: HTTP status (for the upgrade), close code (for an `auth`
+/// message), error code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthError {
+    /// HTTP status.
+    pub status: u16,
+    /// Close code.
+    pub close: u16,
+    /// Stable error code.
+    pub code: &'static str,
+    /// Message.
+    pub message: &'static str,
+}
+
+const INVALID_KEY: AuthError =
+    AuthError { status: 401, close: close::AUTH, code: "auth.invalid_key", message: "unknown API key" };
+const REVOKED_KEY: AuthError =
+    AuthError { status: 401, close: close::AUTH, code: "auth.key_revoked", message: "this API key was revoked" };
+const KEY_FULL: AuthError = AuthError {
+    status: 429,
+    close: close::TOO_MANY,
+    code: "ws.too_many_connections",
+    message: "this key has as many WebSocket connections as its tier allows",
+};
+
+/// What a connection is, as the hub and its tasks share it.
+pub struct Conn {
+    /// Unique for the life of the node.
+    pub id: u64,
+    /// JSON text frames instead of binary ones.
+    pub json: bool,
+    /// The socket, for a forced shutdown.
+    pub fd: std::os::fd::RawFd,
+    /// Everything that changes.
+    pub st: RefCell<ConnState>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// The mutable part of a connection.
+pub struct ConnState {
+    /// The key, once authenticated.
+    pub key: Option<KeyRecord>,
+    /// The raw key (forwarded with `signal` messages).
+    pub key_text: String,
+    /// `resume_from` of the upgrade request, used by the first `account` subscription.
+    pub resume_from: Option<u64>,
+    /// Subscribed to its account's events.
+    pub account: bool,
+    /// Subscribed symbols (bit per symbol id).
+    quotes: Vec<u64>,
+    /// Symbols with a newer quote to send.
+    dirty: Vec<u64>,
+    any_dirty: bool,
+    /// Entries (`u32 length ‖ message`) waiting to be sent, in order.
+    pending: Vec<u8>,
+    pending_msgs: usize,
+    /// Control frames to send first (pongs, pings).
+    control: Vec<u8>,
+    /// Bytes handed to the socket and not yet written.
+    pub in_flight: usize,
+    /// Set when the connection must close: code and reason.
+    pub closing: Option<(u16, String)>,
+    closing_since: Option<Instant>,
+    /// When the connection was accepted.
+    pub opened: Instant,
+    /// When the last ping was sent, and whether its pong came back.
+    ping_sent: Option<Instant>,
+    /// Last pong (or any frame) received.
+    pub last_heard: Instant,
+}
+
+impl Conn {
+    fn new(id: u64, json: bool, fd: std::os::fd::RawFd, symbols: usize) -> Conn {
+        let words = symbols.div_ceil(64);
+        let now = Instant::now();
+        Conn {
+            id,
+            json,
+            fd,
+            st: RefCell::new(ConnState {
+                key: None,
+                key_text: String::new(),
+                resume_from: None,
+                account: false,
+                quotes: vec![0; words],
+                dirty: vec![0; words],
+                any_dirty: false,
+                pending: Vec::new(),
+                pending_msgs: 0,
+                control: Vec::new(),
+                in_flight: 0,
+                closing: None,
+                closing_since: None,
+                opened: now,
+                ping_sent: None,
+                last_heard: now,
+            }),
+            waker: Cell::new(None),
+        }
+    }
+
+    /// Wakes the writer.
+    pub fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Registers the writer's waker.
+    pub fn park(&self, waker: &Waker) {
+        self.waker.set(Some(waker.clone()));
+    }
+
+    /// Asks the writer to close with `code` (the first reason wins) and drops what was queued.
+    pub fn close(&self, code: u16, reason: &str) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closing.is_some() {
+                return;
+            }
+            st.closing = Some((code, reason.to_string()));
+            st.closing_since = Some(Instant::now());
+            st.pending = Vec::new();
+            st.pending_msgs = 0;
+            st.any_dirty = false;
+        }
+        self.wake();
+    }
+
+    /// Whether the writer has something to do.
+    pub fn has_work(&self) -> bool {
+        let st = self.st.borrow();
+        st.closing.is_some() || !st.control.is_empty() || st.pending_msgs > 0 || st.any_dirty
+    }
+
+    /// Queues a control frame.
+    pub fn control(&self, kind: Kind, payload: &[u8]) {
+        frame::write_frame(&mut self.st.borrow_mut().control, kind, payload);
+        self.wake();
+    }
+}
+
+/// An account event kept for resume: its sequence number, account, the message and its binary
+/// encoding.
+struct Kept {
+    seq: u64,
+    account: AccountId,
+    msg: ServerMsg,
+    bin: Box<[u8]>,
+}
+
+/// The fan-out core's state.
+pub struct Hub {
+    /// Settings.
+    pub settings: Settings,
+    /// Shared counters for `/metrics`.
+    pub stats: Arc<WsStats>,
+    mirror: Engine<NoVenue>,
+    symbols: Vec<SymbolInfo>,
+    conns: HashMap<u64, Rc<Conn>>,
+    next_id: u64,
+    by_symbol: Vec<Vec<u64>>,
+    by_account: HashMap<AccountId, Vec<u64>>,
+    per_key: HashMap<KeyId, u32>,
+    /// The newest quote of each symbol, encoded (binary, JSON).
+    latest: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The next sequence number to take from the feed.
+    next_seq: u64,
+    /// Account events after `window_from - 1`, oldest first.
+    window: VecDeque<Kept>,
+    window_from: u64,
+    feed: Consumer,
+    /// Records read from the feed, not yet durable.
+    scratch: Vec<u8>,
+    /// A frame being built.
+    frame: Vec<u8>,
+    entry: Vec<u8>,
+}
+
+impl Hub {
+    /// A hub that continues from the engine state `state` (the hot core's after start-up).
+    pub fn new(cfg: &Config, state: EngineState, feed: Consumer, stats: Arc<WsStats>) -> Result<Hub, String> {
+        let mut mirror = mirror_engine(cfg);
+        let last = state.last_seq;
+        mirror.restore(state)?;
+        let symbols: Vec<SymbolInfo> = mirror
+            .symbols()
+            .all()
+            .iter()
+            .map(|s| SymbolInfo {
+                id: s.id.0,
+                name: s.name.clone(),
+                price_decimals: s.price_decimals,
+                qty_decimals: s.qty_decimals,
+            })
+            .collect();
+        let n = symbols.len();
+        Ok(Hub {
+            settings: Settings::new(cfg),
+            stats,
+            mirror,
+            symbols,
+            conns: HashMap::new(),
+            next_id: 1,
+            by_symbol: vec![Vec::new(); n],
+            by_account: HashMap::new(),
+            per_key: HashMap::new(),
+            latest: vec![None; n],
+            next_seq: last + 1,
+            window: VecDeque::new(),
+            window_from: last + 1,
+            feed,
+            scratch: Vec::with_capacity(1 << 20),
+            frame: Vec::with_capacity(64 * 1024),
+            entry: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Connections open (authenticated or not).
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Every connection.
+    pub fn conns(&self) -> impl Iterator<Item = &Rc<Conn>> {
+        self.conns.values()
+    }
+
+    /// The last sequence number the hub has taken in.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    fn now_ns(&self) -> u64 {
+        crate::clock::now()
+    }
+
+    fn msg(&self, body: ServerBody) -> ServerMsg {
+        ServerMsg { seq: self.last_seq(), ts: self.now_ns(), body }
+    }
+
+    /// Registers a new connection (not yet authenticated).
+    pub fn open(&mut self, json: bool, fd: std::os::fd::RawFd) -> Rc<Conn> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = Rc::new(Conn::new(id, json, fd, self.symbols.len()));
+        self.conns.insert(id, conn.clone());
+        self.stats.connections.store(self.conns.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        conn
+    }
+
+    /// Forgets a connection and its subscriptions.
+    pub fn remove(&mut self, conn: &Conn) {
+        if self.conns.remove(&conn.id).is_none() {
+            return;
+        }
+        let st = conn.st.borrow();
+        for (sym, subs) in self.by_symbol.iter_mut().enumerate() {
+            if bit(&st.quotes, sym) {
+                subs.retain(|&c| c != conn.id);
+            }
+        }
+        if let Some(k) = st.key {
+            if st.account {
+                if let Some(subs) = self.by_account.get_mut(&k.account) {
+                    subs.retain(|&c| c != conn.id);
+                }
+            }
+            if let Some(n) = self.per_key.get_mut(&k.id) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.stats.connections.store(self.conns.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Checks `key` for a new stream (without taking a place for it).
+    pub fn check_key(&mut self, key: &str) -> Result<KeyRecord, AuthError> {
+        let hash = crate::auth::hash_key(key.as_bytes());
+        if self.mirror.key_by_hash(&hash).is_none() {
+            // A key created an instant ago may still be on its way from the hot core.
+            self.pump();
+        }
+        let record = *self.mirror.key_by_hash(&hash).ok_or(INVALID_KEY)?;
+        if record.revoked {
+            return Err(REVOKED_KEY);
+        }
+        let tier = self.mirror.account(record.account).map(|a| usize::from(a.tier));
+        let cap = tier.and_then(|t| self.settings.tier_caps.get(t).copied()).unwrap_or(0);
+        if self.per_key.get(&record.id).copied().unwrap_or(0) >= cap {
+            return Err(KEY_FULL);
+        }
+        Ok(record)
+    }
+
+    /// Authenticates `conn` with `key` and sends the welcome.
+    pub fn authenticate(&mut self, conn: &Conn, key: &str) -> Result<(), AuthError> {
+        let record = self.check_key(key).inspect_err(|_| {
+            self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
+        *self.per_key.entry(record.id).or_insert(0) += 1;
+        {
+            let mut st = conn.st.borrow_mut();
+            st.key = Some(record);
+            st.key_text = key.to_string();
+        }
+        let welcome = self.msg(ServerBody::Welcome {
+            version: VERSION,
+            node: self.settings.node.clone(),
+            account: record.account.0,
+            key: record.id.0,
+            symbols: self.symbols.clone(),
+        });
+        self.send(conn, &welcome);
+        Ok(())
+    }
+
+    /// Queues a message for one connection (not counted against the queue bound: these are
+    /// answers to the client's own requests).
+    pub fn send(&mut self, conn: &Conn, msg: &ServerMsg) {
+        self.entry.clear();
+        encode_queued(&mut self.entry, msg, conn.json);
+        let mut st = conn.st.borrow_mut();
+        if st.closing.is_none() {
+            st.pending.extend_from_slice(&self.entry);
+            st.pending_msgs += 1;
+        }
+        drop(st);
+        conn.wake();
+    }
+
+    /// Queues an error message.
+    pub fn send_error(&mut self, conn: &Conn, code: &str, message: String) {
+        let msg = self.msg(ServerBody::Error { code: code.into(), message });
+        self.send(conn, &msg);
+    }
+
+    /// Applies a `subscribe`: every channel is checked before any is taken.
+    pub fn subscribe(&mut self, conn: &Conn, channels: &[String], resume_from: Option<u64>) {
+        let mut symbols = Vec::new();
+        let mut account = false;
+        for c in channels {
+            match self.channel(c) {
+                Ok(Some(sym)) => symbols.push(sym),
+                Ok(None) => account = true,
+                Err(e) => return self.send_error(conn, "ws.unknown_channel", e),
+            }
+        }
+        let Some(key) = conn.st.borrow().key else { return };
+        for sym in symbols {
+            let mut st = conn.st.borrow_mut();
+            if !bit(&st.quotes, sym) {
+                set_bit(&mut st.quotes, sym, true);
+                self.by_symbol[sym].push(conn.id);
+            }
+        }
+        let msg = self.msg(ServerBody::Subscribed { channels: channels.to_vec() });
+        self.send(conn, &msg);
+        if account {
+            let resume = {
+                let mut st = conn.st.borrow_mut();
+                let was = st.account;
+                st.account = true;
+                let resume = resume_from.or(st.resume_from.take());
+                if !was {
+                    self.by_account.entry(key.account).or_default().push(conn.id);
+                }
+                resume
+            };
+            if let Some(from) = resume {
+                self.resume(conn, key.account, from);
+            }
+        }
+    }
+
+    /// Applies an `unsubscribe`.
+    pub fn unsubscribe(&mut self, conn: &Conn, channels: &[String]) {
+        let mut parsed = Vec::new();
+        for c in channels {
+            match self.channel(c) {
+                Ok(ch) => parsed.push(ch),
+                Err(e) => return self.send_error(conn, "ws.unknown_channel", e),
+            }
+        }
+        let Some(key) = conn.st.borrow().key else { return };
+        for ch in parsed {
+            let mut st = conn.st.borrow_mut();
+            match ch {
+                Some(sym) if bit(&st.quotes, sym) => {
+                    set_bit(&mut st.quotes, sym, false);
+                    set_bit(&mut st.dirty, sym, false);
+                    self.by_symbol[sym].retain(|&c| c != conn.id);
+                }
+                Some(_) => {}
+                None if st.account => {
+                    st.account = false;
+                    if let Some(subs) = self.by_account.get_mut(&key.account) {
+                        subs.retain(|&c| c != conn.id);
+                    }
+                }
+                None => {}
+            }
+        }
+        let msg = self.msg(ServerBody::Unsubscribed { channels: channels.to_vec() });
+        self.send(conn, &msg);
+    }
+
+    /// `Some(symbol)` for `quotes:<SYMBOL>`, `None` for `account`.
+    fn channel(&self, name: &str) -> Result<Option<usize>, String> {
+        if name == "account" {
+            return Ok(None);
+        }
+        let sym = name
+            .strip_prefix("quotes:")
+            .ok_or_else(|| format!("unknown channel {:?}: use \"account\" or \"quotes:<SYMBOL>\"", trim(name)))?;
+        self.symbols
+            .iter()
+            .position(|s| s.name == sym)
+            .map(Some)
+            .ok_or_else(|| format!("unknown symbol {:?} in channel {:?}", trim(sym), trim(name)))
+    }
+
+    /// Sends `conn` its account's events after `from`: from the window, and from the journal
+    /// for what the window no longer holds.
+    fn resume(&mut self, conn: &Conn, account: AccountId, from: u64) {
+        let last = self.last_seq();
+        let failed = |hub: &mut Hub, reason: String| {
+            hub.stats.resume_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let oldest = hub.window_from.saturating_sub(1);
+            let msg = hub.msg(ServerBody::ResumeFailed { from, oldest, reason });
+            hub.send(conn, &msg);
+        };
+        if from > last {
+            return failed(self, format!("sequence number {from} is beyond the node's last ({last})"));
+        }
+        let mut out = Vec::new();
+        let mut count = 0u64;
+        let limit = self.settings.queue_bytes;
+        if from + 1 < self.window_from {
+            let gap = self.window_from - from - 1;
+            if gap > self.settings.resume_journal_events {
+                return failed(
+                    self,
+                    format!("{gap} events are older than the resume window and beyond ws.resume_journal_events"),
+                );
+            }
+            let mut tail = Tail::new(&self.settings.dir, from + 1);
+            let upto = self.window_from - 1;
+            let json = conn.json;
+            let orders = &self.mirror;
+            let read = tail.read(upto, usize::MAX, |e| {
+                if account_of(&e, |o| orders.order(o).map(|o| o.account)) == Some(account) {
+                    let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
+                    encode_queued(&mut out, &msg, json);
+                    count += 1;
+                    if out.len() > limit {
+                        return Err("more than ws.queue_bytes to resume".into());
+                    }
+                }
+                Ok(())
+            });
+            match read {
+                Ok(n) if n as u64 == gap => {}
+                Ok(n) => return failed(self, format!("the journal holds only {n} of the {gap} events to resume")),
+                Err(e) => return failed(self, format!("cannot resume from the journal: {e}")),
+            }
+        }
+        for k in self.window.iter().filter(|k| k.seq > from && k.account == account) {
+            if conn.json {
+                encode_queued(&mut out, &k.msg, true);
+            } else {
+                out.extend_from_slice(&k.bin);
+            }
+            count += 1;
+            if out.len() > limit {
+                return failed(self, "more than ws.queue_bytes to resume; refetch over REST".into());
+            }
+        }
+        self.stats.resumes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut st = conn.st.borrow_mut();
+            if st.closing.is_some() {
+                return;
+            }
+            st.pending.extend_from_slice(&out);
+            st.pending_msgs += count as usize;
+        }
+        let msg = self.msg(ServerBody::Resumed { from, upto: last, count });
+        self.send(conn, &msg);
+    }
+
+    /// Takes in what the feed holds: every durable event, in order, and from the journal files
+    /// what the hot core left out of the ring.
+    pub fn pump(&mut self) {
+        // Read `durable` first: every record up to it was put in the ring (or left out) before.
+        let durable = self.feed.durable();
+        self.feed.drain_into(&mut self.scratch);
+        let mut off = 0;
+        let scratch = std::mem::take(&mut self.scratch);
+        while let Ok(rec) = format::read_at(&scratch, off) {
+            if rec.seq > durable {
+                break;
+            }
+            off = rec.next;
+            if rec.seq < self.next_seq {
+                continue;
+            }
+            if rec.seq > self.next_seq {
+                self.catch_up(rec.seq - 1);
+            }
+            match format::decode(rec.payload) {
+                Ok(e) => self.on_event(&e),
+                Err(e) => {
+                    log::error!("ws: undecodable event {} in the feed: {e}", rec.seq);
+                    self.next_seq = rec.seq + 1;
+                }
+            }
+        }
+        self.scratch = scratch;
+        self.scratch.drain(..off);
+        if self.next_seq <= durable && self.scratch.is_empty() {
+            self.catch_up(durable);
+        }
+    }
+
+    /// Reads the events up to `upto` that the ring did not carry from the journal.
+    fn catch_up(&mut self, upto: u64) {
+        let from = self.next_seq;
+        self.stats.catch_ups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tail = Tail::new(&self.settings.dir, from);
+        let mut events = Vec::new();
+        let read = tail.read(upto, usize::MAX, |e| {
+            events.push(e);
+            Ok(())
+        });
+        for e in &events {
+            self.on_event(e);
+        }
+        if let Err(e) = read.map_err(|e| e.to_string()).and_then(|n| {
+            (n as u64 == upto + 1 - from).then_some(()).ok_or(format!("found {n} of {} events", upto + 1 - from))
+        }) {
+            // Account streams would have a hole: close them so their clients resume (and learn
+            // that the window starts after the hole).
+            log::error!("ws: cannot read events {from}..={upto} back from the journal: {e}");
+            self.next_seq = upto + 1;
+            self.window.clear();
+            self.window_from = upto + 1;
+            for c in self.conns.values() {
+                if c.st.borrow().account {
+                    c.close(close::INTERNAL, "events lost on the way to the stream; resume");
+                }
+            }
+        }
+    }
+
+    /// Takes in one event.
+    fn on_event(&mut self, e: &Event) {
+        // Looked up before the event is applied: applying may retire the order.
+        let account = account_of(e, |o| self.mirror.order(o).map(|o| o.account));
+        self.mirror.apply_event(e);
+        self.next_seq = e.seq + 1;
+        match e.kind {
+            EventKind::Quote(q) => self.on_quote(e, usize::from(q.symbol.0)),
+            EventKind::KeyRevoked { key } => {
+                for c in self.conns.values() {
+                    if c.st.borrow().key.is_some_and(|k| k.id == key) {
+                        c.close(close::REVOKED, "auth.key_revoked: this API key was revoked");
+                    }
+                }
+            }
+            _ => {
+                let Some(account) = account else { return };
+                let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
+                self.publish(account, msg);
+                if let EventKind::Fill { account, symbol, .. } = e.kind {
+                    if let Some(p) = self.mirror.account(account).map(|a| a.positions[usize::from(symbol.0)]) {
+                        let body = ServerBody::Position {
+                            account: account.0,
+                            symbol: symbol.0,
+                            qty: p.qty,
+                            cost: p.cost,
+                            realized: p.realized,
+                            fees: p.fees,
+                        };
+                        self.publish(account, ServerMsg { seq: e.seq, ts: e.ts, body });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_quote(&mut self, e: &Event, sym: usize) {
+        let Some(subs) = self.by_symbol.get(sym) else { return };
+        let slot = self.latest[sym].get_or_insert_with(|| (Vec::with_capacity(128), Vec::with_capacity(256)));
+        let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
+        slot.0.clear();
+        encode_queued(&mut slot.0, &msg, false);
+        slot.1.clear();
+        encode_queued(&mut slot.1, &msg, true);
+        for id in subs {
+            if let Some(c) = self.conns.get(id) {
+                {
+                    let mut st = c.st.borrow_mut();
+                    set_bit(&mut st.dirty, sym, true);
+                    st.any_dirty = true;
+                }
+                c.wake();
+            }
+        }
+    }
+
+    /// Keeps an account message for resume and queues it for the account's subscribers.
+    fn publish(&mut self, account: AccountId, msg: ServerMsg) {
+        let mut bin = Vec::new();
+        encode_queued(&mut bin, &msg, false);
+        let mut json = Vec::new();
+        if let Some(subs) = self.by_account.get(&account) {
+            for id in subs {
+                let Some(c) = self.conns.get(id) else { continue };
+                let bytes = if c.json {
+                    if json.is_empty() {
+                        encode_queued(&mut json, &msg, true);
+                    }
+                    &json
+                } else {
+                    &bin
+                };
+                let over = {
+                    let mut st = c.st.borrow_mut();
+                    if st.closing.is_some() {
+                        continue;
+                    }
+                    st.pending.extend_from_slice(bytes);
+                    st.pending_msgs += 1;
+                    st.pending.len() + st.in_flight > self.settings.queue_bytes
+                };
+                if over {
+                    self.stats.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    c.close(close::SLOW_CONSUMER, "slow consumer");
+                } else {
+                    c.wake();
+                }
+            }
+        }
+        let seq = msg.seq;
+        self.window.push_back(Kept { seq, account, msg, bin: bin.into_boxed_slice() });
+        while self.window.len() > self.settings.resume_events {
+            if let Some(k) = self.window.pop_front() {
+                // Messages of one event share its seq: the window is whole from the next one.
+                self.window_from = k.seq + 1;
+            }
+        }
+        while self.window.front().is_some_and(|k| k.seq < self.window_from) {
+            self.window.pop_front();
+        }
+    }
+
+    /// Builds the next frames for `conn` into `out` (WebSocket frames, ready to write): control
+    /// frames, then queued messages and changed quotes, at most one data frame's bound per call
+    /// unless control frames came first. Returns `false` when the connection must close after
+    /// `out` is written.
+    pub fn next_frames(&mut self, conn: &Conn, out: &mut Vec<u8>) -> bool {
+        let mut st = conn.st.borrow_mut();
+        out.append(&mut st.control);
+        if let Some((code, reason)) = st.closing.clone() {
+            frame::write_close(out, code, &reason);
+            return false;
+        }
+        if st.pending_msgs == 0 && !st.any_dirty {
+            return true;
+        }
+        let (max_msgs, max_bytes) = (self.settings.frame_messages, self.settings.frame_bytes);
+        self.frame.clear();
+        if conn.json {
+            self.frame.push(b'[');
+        } else {
+            self.frame.extend_from_slice(&VERSION.to_le_bytes());
+            self.frame.extend_from_slice(&[0, 0]);
+        }
+        let mut count = 0usize;
+        let add = |frame: &mut Vec<u8>, count: &mut usize, bytes: &[u8]| {
+            if conn.json {
+                if *count > 0 {
+                    frame.push(b',');
+                }
+                frame.extend_from_slice(bytes);
+            } else {
+                frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                frame.extend_from_slice(bytes);
+            }
+            *count += 1;
+        };
+        let mut used = 0;
+        while st.pending_msgs > 0 && count < max_msgs {
+            let len = u32::from_le_bytes(st.pending[used..used + 4].try_into().unwrap_or_default()) as usize;
+            if count > 0 && self.frame.len() + len > max_bytes {
+                break;
+            }
+            add(&mut self.frame, &mut count, &st.pending[used + 4..used + 4 + len]);
+            used += 4 + len;
+            st.pending_msgs -= 1;
+        }
+        st.pending.drain(..used);
+        if st.pending.capacity() > 64 * 1024 && st.pending.len() < 16 * 1024 {
+            st.pending.shrink_to(16 * 1024);
+        }
+        if st.pending_msgs == 0 && st.any_dirty {
+            let mut left = false;
+            for w in 0..st.dirty.len() {
+                while st.dirty[w] != 0 {
+                    let b = st.dirty[w].trailing_zeros() as usize;
+                    let sym = w * 64 + b;
+                    let Some((bin, json)) = &self.latest[sym] else {
+                        st.dirty[w] &= !(1 << b);
+                        continue;
+                    };
+                    let bytes = if conn.json { &json[4..] } else { &bin[4..] };
+                    if count >= max_msgs || (count > 0 && self.frame.len() + bytes.len() > max_bytes) {
+                        left = true;
+                        break;
+                    }
+                    add(&mut self.frame, &mut count, bytes);
+                    st.dirty[w] &= !(1 << b);
+                }
+                if left {
+                    break;
+                }
+            }
+            st.any_dirty = left;
+        }
+        if conn.json {
+            self.frame.push(b']');
+            frame::write_frame(out, Kind::Text, &self.frame);
+        } else {
+            self.frame[2..FRAME_HEADER].copy_from_slice(&(count as u16).to_le_bytes());
+            frame::write_frame(out, Kind::Binary, &self.frame);
+        }
+        self.stats.messages.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// Periodic checks: pings, pong and auth deadlines, closes that do not finish.
+    pub fn tick(&mut self, now: Instant) {
+        for c in self.conns.values() {
+            let mut st = c.st.borrow_mut();
+            if let Some(since) = st.closing_since {
+                if now.duration_since(since) > Duration::from_secs(2) {
+                    // The client does not read even the close frame: drop the socket.
+                    // SAFETY: `fd` is the connection's open socket, owned by its tasks, which
+                    // see the shutdown as an error and end.
+                    unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+                }
+                continue;
+            }
+            if st.key.is_none() {
+                if now.duration_since(st.opened) > self.settings.auth_timeout {
+                    drop(st);
+                    c.close(close::AUTH, "auth.timeout: no auth message in time");
+                }
+                continue;
+            }
+            match st.ping_sent {
+                Some(sent) if st.last_heard < sent => {
+                    if now.duration_since(sent) > self.settings.pong_timeout {
+                        drop(st);
+                        c.close(close::PONG_TIMEOUT, "pong timeout");
+                    }
+                }
+                _ => {
+                    let since = st.ping_sent.map_or(st.opened, |p| p.max(st.last_heard));
+                    if now.duration_since(since) >= self.settings.ping {
+                        st.ping_sent = Some(now);
+                        frame::write_frame(&mut st.control, Kind::Ping, b"sg");
+                        drop(st);
+                        c.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The account an event belongs to (orders looked up with `order_account`); `None` for events
+/// no account stream carries (quotes, keys).
+fn account_of(
+    e: &Event,
+    order_account: impl Fn(crate::engine::types::OrderId) -> Option<AccountId>,
+) -> Option<AccountId> {
+    match e.kind {
+        EventKind::AccountCreated { account, .. }
+        | EventKind::LimitsSet { account, .. }
+        | EventKind::AccountStateChanged { account, .. }
+        | EventKind::DayStarted { account, .. }
+        | EventKind::Fill { account, .. }
+        | EventKind::SignalAnswered { account, .. }
+        | EventKind::Rejected { account, .. } => Some(account),
+        EventKind::OrderAccepted { order } => Some(order.account),
+        EventKind::OrderUpdated { order, .. } => order_account(order),
+        EventKind::Quote(_) | EventKind::KeyAdded { .. } | EventKind::KeyRevoked { .. } => None,
+    }
+}
+
+/// Appends `msg` as a queue entry: `u32 length ‖ message`, the message in rkyv or JSON.
+fn encode_queued(out: &mut Vec<u8>, msg: &ServerMsg, json: bool) {
+    if json {
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        encode_json(out, msg);
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    } else {
+        encode_entry(out, msg);
+    }
+}
+
+fn bit(words: &[u64], i: usize) -> bool {
+    words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+fn set_bit(words: &mut [u64], i: usize, on: bool) {
+    if let Some(w) = words.get_mut(i / 64) {
+        if on {
+            *w |= 1 << (i % 64);
+        } else {
+            *w &= !(1 << (i % 64));
+        }
+    }
+}
+
+fn trim(s: &str) -> &str {
+    let mut end = s.len().min(40);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,556 @@
+//! The WebSocket stream (`GET /v1/ws`) on the fan-out core: its own listener (`[ws] addr`), the
+//! feed that brings it the hot core's events, and the link that carries `signal` messages to
+//! the hot core and their answers back. See `docs/ws.md` for the protocol.
+
+pub mod client;
+pub mod feed;
+pub mod frame;
+pub mod hub;
+pub mod protocol;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::api::{Method, Request, Response};
+use crate::config::Config;
+use crate::engine::EngineState;
+use crate::node::Node;
+use crate::shutdown::Shutdown;
+use frame::{HttpRefusal, Kind};
+use hub::{Conn, Hub};
+use protocol::{close, ClientMsg, ServerBody, ServerMsg};
+
+/// Counters of the stream, read by `/metrics` on the hot core.
+#[derive(Debug, Default)]
+pub struct WsStats {
+    /// Connections open.
+    pub connections: AtomicU64,
+    /// Messages sent.
+    pub messages: AtomicU64,
+    /// Frames sent.
+    pub frames: AtomicU64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: AtomicU64,
+    /// Failed authentications.
+    pub auth_failures: AtomicU64,
+    /// Resumes served.
+    pub resumes: AtomicU64,
+    /// Resumes refused (`resume_failed`).
+    pub resume_failed: AtomicU64,
+    /// Times events were read back from the journal because the feed had no room for them.
+    pub catch_ups: AtomicU64,
+    /// Signals received over WebSocket.
+    pub signals: AtomicU64,
+}
+
+impl WsStats {
+    /// Appends the stream's series in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let lines: [(&str, &str, &str, &AtomicU64); 9] = [
+            ("ws_connections", "gauge", "Open WebSocket connections.", &self.connections),
+            ("ws_messages_total", "counter", "Messages sent to WebSocket clients.", &self.messages),
+            ("ws_frames_total", "counter", "WebSocket frames with messages sent.", &self.frames),
+            ("ws_slow_consumers_total", "counter", "Connections closed for not reading (4008).", &self.slow_consumers),
+            ("ws_auth_failures_total", "counter", "Refused WebSocket authentications.", &self.auth_failures),
+            ("ws_resumes_total", "counter", "Resumes served.", &self.resumes),
+            ("ws_resume_failures_total", "counter", "Resumes refused with resume_failed.", &self.resume_failed),
+            (
+                "ws_feed_catch_ups_total",
+                "counter",
+                "Times the fan-out read events back from the journal.",
+                &self.catch_ups,
+            ),
+            ("ws_signals_total", "counter", "Signals received over WebSocket.", &self.signals),
+        ];
+        for (name, kind, help, v) in lines {
+            let _ = writeln!(
+                out,
+                "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} {kind}\nsignalgate_{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// A `signal` message on its way to the hot core.
+#[derive(Debug)]
+pub struct WsSignal {
+    /// The connection.
+    pub conn: u64,
+    /// The client's request id.
+    pub request_id: u64,
+    /// The connection's API key.
+    pub key: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+/// The hot core's answer to a [`WsSignal`].
+#[derive(Debug)]
+pub struct WsAnswer {
+    /// The connection.
+    pub conn: u64,
+    /// The client's request id.
+    pub request_id: u64,
+    /// HTTP status.
+    pub status: u16,
+    /// HTTP body.
+    pub body: Vec<u8>,
+}
+
+/// The hot core's ends of the links.
+pub struct HotLinks {
+    wake: SharedSender<()>,
+    signals: SharedReceiver<WsSignal>,
+    answers: SharedSender<WsAnswer>,
+}
+
+/// The fan-out core's ends of the links.
+pub struct FanoutLinks {
+    wake: SharedReceiver<()>,
+    signals: SharedSender<WsSignal>,
+    answers: SharedReceiver<WsAnswer>,
+}
+
+/// Signals in flight between the cores at most; more are answered 503.
+const SIGNALS_IN_FLIGHT: usize = 4096;
+
+/// Creates the links between the hot core and the fan-out core (created once, at start).
+pub fn links() -> (HotLinks, FanoutLinks) {
+    let (wake_tx, wake_rx) = shared_channel::new_bounded(64);
+    let (sig_tx, sig_rx) = shared_channel::new_bounded(SIGNALS_IN_FLIGHT);
+    let (ans_tx, ans_rx) = shared_channel::new_bounded(SIGNALS_IN_FLIGHT);
+    (
+        HotLinks { wake: wake_tx, signals: sig_rx, answers: ans_tx },
+        FanoutLinks { wake: wake_rx, signals: sig_tx, answers: ans_rx },
+    )
+}
+
+/// The hot core's part: wakes the fan-out core whenever more events are durable, and serves
+/// `signal` messages with the same code as `POST /v1/signals`.
+pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdown) {
+    let wake = links.wake.connect().await;
+    let waker = glommio::spawn_local({
+        let node = node.clone();
+        async move {
+            loop {
+                let next = node.borrow().journal.durable() + 1;
+                if !crate::journal::wait_durable(&node, next).await {
+                    break;
+                }
+                // A full channel already holds a wake-up the fan-out core has yet to take.
+                let _ = wake.try_send(());
+            }
+        }
+    })
+    .detach();
+    let signals = links.signals.connect().await;
+    let answers = Rc::new(links.answers.connect().await);
+    loop {
+        let next = futures_lite::future::or(signals.recv(), async {
+            shutdown.wait().await;
+            None
+        });
+        let Some(sig) = next.await else { break };
+        let (node, answers) = (node.clone(), answers.clone());
+        glommio::spawn_local(async move {
+            let (status, body) = answer_signal(&node, &sig).await;
+            let _ = answers.send(WsAnswer { conn: sig.conn, request_id: sig.request_id, status, body }).await;
+        })
+        .detach();
+    }
+    drop(waker);
+}
+
+async fn answer_signal(node: &RefCell<Node>, sig: &WsSignal) -> (u16, Vec<u8>) {
+    let mut req = Request::new(Method::Post, "/v1/signals");
+    req.x_api_key = Some(sig.key.as_bytes());
+    req.content_type = Some(b"application/json");
+    req.body = &sig.body;
+    let mut resp = Response::default();
+    let before = {
+        let mut node = node.borrow_mut();
+        let before = node.engine.last_seq();
+        node.inflight += 1;
+        node.handle(&req, &mut resp, crate::clock::now());
+        before
+    };
+    crate::http::answer_when_durable(node, &mut resp, before).await;
+    node.borrow_mut().inflight -= 1;
+    (resp.status, resp.body)
+}
+
+/// Everything the fan-out core needs to serve the stream.
+pub struct Serve {
+    /// The listener, bound at start.
+    pub listener: RawFd,
+    /// The engine state the hub continues from.
+    pub state: EngineState,
+    /// The feed's consumer end.
+    pub feed: feed::Consumer,
+    /// The links.
+    pub links: FanoutLinks,
+    /// Counters.
+    pub stats: Arc<WsStats>,
+}
+
+/// Serves the stream until `stop` is set, then closes every connection (1001).
+pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
+    // SAFETY: the descriptor comes from `into_raw_fd` on a listener this process bound; its
+    // ownership moves here exactly once.
+    let listener = unsafe { TcpListener::from_raw_fd(s.listener) };
+    let hub = match Hub::new(&cfg, s.state, s.feed, s.stats) {
+        Ok(h) => Rc::new(RefCell::new(h)),
+        Err(e) => {
+            log::error!("ws: cannot start the stream: {e}");
+            return;
+        }
+    };
+    let shutdown = Shutdown::new();
+    glommio::spawn_local({
+        let shutdown = shutdown.clone();
+        async move { shutdown.follow(stop).await }
+    })
+    .detach();
+    // In the hot core's order: each connect waits for the other end's.
+    let wake = s.links.wake.connect().await;
+    let signals = Rc::new(s.links.signals.connect().await);
+    let answers = s.links.answers.connect().await;
+    glommio::spawn_local(pump(hub.clone(), wake, shutdown.clone())).detach();
+    glommio::spawn_local({
+        let hub = hub.clone();
+        async move {
+            while let Some(a) = answers.recv().await {
+                deliver_answer(&hub, a);
+            }
+        }
+    })
+    .detach();
+    glommio::spawn_local({
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        async move {
+            while !shutdown.is_triggered() {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                hub.borrow_mut().tick(Instant::now());
+            }
+        }
+    })
+    .detach();
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        });
+        let stream = match accepted.await {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                log::warn!("ws: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let full = {
+            let hub = hub.borrow();
+            hub.len() >= hub.settings.max_connections
+        };
+        glommio::spawn_local(connection(stream, hub.clone(), signals.clone(), full)).detach();
+    }
+    for c in hub.borrow().conns() {
+        c.close(close::GOING_AWAY, "node shutting down");
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !hub.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes in the feed whenever the hot core says there is more (and every 100 ms regardless).
+async fn pump(hub: Rc<RefCell<Hub>>, wake: shared_channel::ConnectedReceiver<()>, shutdown: Shutdown) {
+    let mut linked = true;
+    while !shutdown.is_triggered() {
+        if linked {
+            let woke = futures_lite::future::or(async { wake.recv().await.is_some() }, async {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                true
+            });
+            linked = woke.await;
+        } else {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        }
+        hub.borrow_mut().pump();
+    }
+}
+
+fn deliver_answer(hub: &RefCell<Hub>, a: WsAnswer) {
+    let mut hub = hub.borrow_mut();
+    let Some(conn) = hub.conns().find(|c| c.id == a.conn).cloned() else { return };
+    let body = String::from_utf8(a.body).unwrap_or_default();
+    let msg = ServerMsg {
+        seq: hub.last_seq(),
+        ts: crate::clock::now(),
+        body: ServerBody::SignalResult { request_id: a.request_id, status: a.status, body },
+    };
+    hub.send(&conn, &msg);
+}
+
+/// A glommio stream shared by a connection's reader and writer (one polls it at a time).
+struct Shared(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for Shared {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// Bytes read from a socket at a time (and what an idle connection keeps for it).
+const READ_CHUNK: usize = 1024;
+
+async fn with_timeout<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(d).await;
+        None
+    })
+    .await
+}
+
+async fn refuse(mut stream: TcpStream, r: &HttpRefusal) {
+    let _ = with_timeout(Duration::from_secs(1), stream.write_all(&r.response())).await;
+    let _ = with_timeout(Duration::from_secs(1), stream.close()).await;
+}
+
+async fn connection(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, signals: Rc<ConnectedSender<WsSignal>>, full: bool) {
+    let _ = stream.set_nodelay(true);
+    let auth_timeout = hub.borrow().settings.auth_timeout;
+    let mut buf = Vec::new();
+    let upgrade = with_timeout(auth_timeout, async {
+        loop {
+            let len = buf.len();
+            buf.resize(len + READ_CHUNK, 0);
+            let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
+            buf.truncate(len + n);
+            if n == 0 {
+                return None;
+            }
+            match frame::parse_upgrade(&buf) {
+                Ok(None) => continue,
+                Ok(Some(up)) => return Some(Ok(up)),
+                Err(r) => return Some(Err(r)),
+            }
+        }
+    })
+    .await;
+    let (up, used) = match upgrade {
+        Some(Some(Ok(up))) => up,
+        Some(Some(Err(r))) => return refuse(stream, &r).await,
+        Some(None) => return,
+        None => {
+            let r = HttpRefusal::new(408, "request.timeout", "the upgrade request did not arrive in time");
+            return refuse(stream, &r).await;
+        }
+    };
+    if full {
+        let r =
+            HttpRefusal::new(503, "ws.node_full", "the node has as many WebSocket connections as ws.max_connections");
+        return refuse(stream, &r).await;
+    }
+    if let Some(key) = &up.api_key {
+        let checked = hub.borrow_mut().check_key(key);
+        if let Err(e) = checked {
+            hub.borrow().stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return refuse(stream, &HttpRefusal::new(e.status, e.code, e.message)).await;
+        }
+    }
+    if stream.write_all(&frame::accept_response(&up)).await.is_err() {
+        return;
+    }
+    let conn = hub.borrow_mut().open(up.json, stream.as_raw_fd());
+    conn.st.borrow_mut().resume_from = up.resume_from;
+    if let Some(key) = &up.api_key {
+        let authed = hub.borrow_mut().authenticate(&conn, key);
+        if let Err(e) = authed {
+            conn.close(e.close, &format!("{}: {}", e.code, e.message));
+        }
+    }
+    buf.drain(..used);
+    let stream = Rc::new(RefCell::new(stream));
+    let writer = glommio::spawn_local(write_loop(conn.clone(), Shared(stream.clone()), hub.clone())).detach();
+    read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf).await;
+    // The reader is done (the client closed or broke the protocol): let the writer send the
+    // close frame; `Hub::tick` cuts it short if the client does not take it.
+    conn.close(1000, "");
+    let _ = writer.await;
+    hub.borrow_mut().remove(&conn);
+}
+
+async fn write_loop(conn: Rc<Conn>, mut stream: Shared, hub: Rc<RefCell<Hub>>) {
+    let mut out = Vec::new();
+    loop {
+        futures_lite::future::poll_fn(|cx| {
+            if conn.has_work() {
+                Poll::Ready(())
+            } else {
+                conn.park(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await;
+        let keep = hub.borrow_mut().next_frames(&conn, &mut out);
+        conn.st.borrow_mut().in_flight = out.len();
+        let written = stream.write_all(&out).await;
+        conn.st.borrow_mut().in_flight = 0;
+        out.clear();
+        if out.capacity() > 64 * 1024 {
+            out = Vec::new();
+        }
+        if written.is_err() || !keep {
+            break;
+        }
+    }
+    // SAFETY: the connection's own open socket; its reader sees the shutdown and ends.
+    unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+}
+
+async fn read_loop(
+    conn: &Conn,
+    mut stream: Shared,
+    hub: &RefCell<Hub>,
+    signals: &ConnectedSender<WsSignal>,
+    mut buf: Vec<u8>,
+) {
+    let max = hub.borrow().settings.max_message;
+    // A fragmented message being put together: its kind and bytes.
+    let mut message: Option<(Kind, Vec<u8>)> = None;
+    loop {
+        let mut off = 0;
+        loop {
+            let (kind, fin, payload, used) = match frame::read_frame(&mut buf[off..], max) {
+                Ok(Some((f, n))) => (f.kind, f.fin, f.payload.to_vec(), n),
+                Ok(None) => break,
+                Err(frame::BadFrame(code, reason)) => return conn.close(code, reason),
+            };
+            off += used;
+            conn.st.borrow_mut().last_heard = Instant::now();
+            let whole = match (kind, &mut message) {
+                (Kind::Ping, _) => {
+                    conn.control(Kind::Pong, &payload);
+                    continue;
+                }
+                (Kind::Pong, _) => continue,
+                (Kind::Close, _) => {
+                    let code = payload.get(..2).map_or(1000, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let code = if (1000..5000).contains(&code) { code } else { close::PROTOCOL };
+                    return conn.close(code, "");
+                }
+                (Kind::Continue, None) => return conn.close(close::PROTOCOL, "continuation without a message"),
+                (Kind::Continue, Some((_, acc))) => {
+                    if acc.len() + payload.len() > max {
+                        return conn.close(close::TOO_BIG, "message too big");
+                    }
+                    acc.extend_from_slice(&payload);
+                    if !fin {
+                        continue;
+                    }
+                    message.take()
+                }
+                (_, Some(_)) => return conn.close(close::PROTOCOL, "a new message before the last one ended"),
+                (k, None) if !fin => {
+                    message = Some((k, payload));
+                    continue;
+                }
+                (k, None) => Some((k, payload)),
+            };
+            if let Some((kind, bytes)) = whole {
+                if let Err((code, reason)) = on_message(&mut hub.borrow_mut(), conn, kind, &bytes, signals) {
+                    return conn.close(code, &reason);
+                }
+            }
+        }
+        buf.drain(..off);
+        if conn.st.borrow().closing.is_some() {
+            return;
+        }
+        let len = buf.len();
+        buf.resize(len + READ_CHUNK, 0);
+        let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
+        buf.truncate(len + n);
+        if n == 0 {
+            return;
+        }
+        if buf.capacity() > 4 * READ_CHUNK && buf.len() < READ_CHUNK {
+            buf.shrink_to(READ_CHUNK);
+        }
+    }
+}
+
+fn on_message(
+    hub: &mut Hub,
+    conn: &Conn,
+    kind: Kind,
+    bytes: &[u8],
+    signals: &ConnectedSender<WsSignal>,
+) -> Result<(), (u16, String)> {
+    let msg = match (conn.json, kind) {
+        (true, Kind::Text) => protocol::decode_client_json(bytes),
+        (false, Kind::Binary) => protocol::decode_client(bytes),
+        (true, _) => return Err((close::UNSUPPORTED, "binary frame on a format=json connection".into())),
+        (false, _) => return Err((close::UNSUPPORTED, "text frame on a binary connection (use ?format=json)".into())),
+    }
+    .map_err(|r| (r.code, r.reason))?;
+    let authed = conn.st.borrow().key.is_some();
+    match msg {
+        ClientMsg::Auth { key } if !authed => {
+            hub.authenticate(conn, &key).map_err(|e| (e.close, format!("{}: {}", e.code, e.message)))?
+        }
+        _ if !authed => return Err((close::AUTH, "auth.required: send an auth message first".into())),
+        ClientMsg::Auth { .. } => {
+            hub.send_error(conn, "ws.already_authenticated", "this connection is already authenticated".into())
+        }
+        ClientMsg::Subscribe { channels, resume_from } => hub.subscribe(conn, &channels, resume_from),
+        ClientMsg::Unsubscribe { channels } => hub.unsubscribe(conn, &channels),
+        ClientMsg::Ping { id } => {
+            let msg = ServerMsg { seq: hub.last_seq(), ts: crate::clock::now(), body: ServerBody::Pong { id } };
+            hub.send(conn, &msg);
+        }
+        ClientMsg::Signal { request_id, body } => {
+            hub.stats.signals.fetch_add(1, Ordering::Relaxed);
+            let key = conn.st.borrow().key_text.clone();
+            let sig = WsSignal { conn: conn.id, request_id, key, body: body.into_bytes() };
+            if signals.try_send(sig).is_err() {
+                let body = r#"{"error":{"code":"node.overloaded","message":"too many signals in flight; retry"}}"#;
+                let msg = ServerMsg {
+                    seq: hub.last_seq(),
+                    ts: crate::clock::now(),
+                    body: ServerBody::SignalResult { request_id, status: 503, body: body.into() },
+                };
+                hub.send(conn, &msg);
+            }
+        }
+    }
+    Ok(())
+}
