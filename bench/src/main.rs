@@ -4,6 +4,7 @@
 //! Scenarios today: `signals` (open-loop with coordinated-omission correction, or closed-loop)
 //! and `ceiling` (the same load against nginx `return 200` on the node's core, then the node).
 
+mod fanout;
 mod load;
 mod node;
 mod stats;
@@ -43,6 +44,147 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// WebSocket subscribers receiving quotes sent through POST /v1/market/ticks; latency from
+    /// each quote's intended send time to its arrival.
+    WsFanout(FanoutArgs),
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    /// The node's public API (quotes are sent there).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// The node's WebSocket listener.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    ws: SocketAddr,
+    /// The node's admin API (the harness creates an account with a feed key there).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// Admin token (or SIGNALGATE_ADMIN_TOKEN).
+    #[arg(long, env = "SIGNALGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Use this key (with the feed role) instead of creating an account.
+    #[arg(long)]
+    key: Option<String>,
+    /// WebSocket subscribers.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Symbols each subscriber takes (spread evenly over the node's symbols).
+    #[arg(long, default_value_t = 10)]
+    per_client: usize,
+    /// Quotes per second in all (open loop).
+    #[arg(long, short, default_value_t = 100.0)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, short, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of quotes before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Core to pin the harness to.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// The node's pid: its RSS is sampled before and after the subscribers connect.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    /// Write the results and the run's parameters as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit 1 when the share of undelivered messages exceeds this.
+    #[arg(long, default_value_t = 0.0)]
+    max_loss: f64,
+}
+
+fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
+    if let Some(cpu) = a.cpu {
+        let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu));
+        if !id.is_some_and(core_affinity::set_for_current) {
+            return Err(format!("cannot pin the harness to core {cpu}"));
+        }
+    }
+    let (http, _) = node::parse_url(&a.target)?;
+    let key = match &a.key {
+        Some(k) => k.clone(),
+        None => {
+            let (admin, _) = node::parse_url(&a.admin)?;
+            let token =
+                a.admin_token.as_deref().ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) or --key is needed")?;
+            node::create_accounts(admin, token, 1, true)?.remove(0)
+        }
+    };
+    // The node's symbols, from a welcome message.
+    let mut probe = signalgate::ws::client::Client::connect(a.ws, "", Some(&key)).map_err(|e| e.to_string())?;
+    probe.set_timeout(Duration::from_secs(5));
+    let symbols = match probe.recv()? {
+        signalgate::ws::client::Incoming::Messages(m) => match m.into_iter().next().map(|m| m.body) {
+            Some(signalgate::ws::protocol::ServerBody::Welcome { symbols, .. }) => {
+                symbols.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => return Err(format!("expected a welcome, got {other:?}")),
+        },
+        other => return Err(format!("expected a welcome, got {other:?}")),
+    };
+    probe.close();
+    println!(
+        "ws-fanout: {} subscribers × {} of {} symbols, {} quotes/s for {} s (after {} s warm-up) at {}",
+        a.clients,
+        a.per_client,
+        symbols.len(),
+        a.rate,
+        a.duration,
+        a.warmup,
+        a.ws
+    );
+    let r = fanout::run(fanout::FanoutRun {
+        ws: a.ws,
+        http,
+        key,
+        symbols,
+        clients: a.clients,
+        per_client: a.per_client,
+        rate: a.rate,
+        duration: a.duration,
+        warmup: a.warmup,
+        node_pid: a.node_pid,
+    })?;
+    let q = |p: f64| r.hist.value_at_quantile(p) as f64 / 1e3;
+    let (p50, p90, p99, p999, max) = (q(0.5), q(0.9), q(0.99), q(0.999), r.hist.max() as f64 / 1e3);
+    let loss = if r.expected > 0 { 1.0 - r.delivered as f64 / r.expected as f64 } else { 0.0 };
+    println!("| quotes sent | messages expected | delivered | delivered/s | p50 | p90 | p99 | p99.9 | max (µs) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {:.0} | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {max:.0} |",
+        r.ticks,
+        r.expected,
+        r.delivered,
+        r.delivered as f64 / a.duration
+    );
+    println!("feeder errors: {}, subscriber disconnects: {}", r.feed_errors, r.disconnects);
+    let per_conn = r.rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / a.clients.max(1) as f64);
+    if let (Some((before, idle)), Some(per)) = (r.rss, per_conn) {
+        println!(
+            "node RSS: {:.1} MiB before, {:.1} MiB with {} idle subscribers: {:.1} KiB per connection",
+            before as f64 / 1048576.0,
+            idle as f64 / 1048576.0,
+            a.clients,
+            per / 1024.0
+        );
+    }
+    if let Some(path) = &a.json {
+        let v = json!({
+            "scenario": "ws-fanout",
+            "parameters": {"ws": a.ws.to_string(), "clients": a.clients, "per_client": a.per_client, "rate": a.rate,
+                           "duration_s": a.duration, "warmup_s": a.warmup, "cpu": a.cpu},
+            "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max},
+            "quotes_sent": r.ticks, "messages_expected": r.expected, "messages_delivered": r.delivered,
+            "feeder_errors": r.feed_errors, "disconnects": r.disconnects,
+            "node_rss_bytes": r.rss.map(|(b, i)| json!({"before": b, "idle": i})),
+            "rss_per_connection_bytes": per_conn,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(if loss > a.max_loss || r.feed_errors > 0 || r.disconnects > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 #[derive(Args, Clone)]
@@ -384,6 +526,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Signals(a) => signals(a),
         Command::Ceiling { signals: a, node_core, rounds } => ceiling(a, *node_core, *rounds),
+        Command::WsFanout(a) => ws_fanout(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("signalgate-bench: {e}");
