@@ -983,6 +983,21 @@ mod tests {
     }
 
     #[test]
+    fn ws_settings_are_checked_and_overridable() {
+        let c = Config::from_toml("", env(&[("SIGNALGATE_WS_ADDR", "0.0.0.0:9100")])).unwrap();
+        assert_eq!(c.ws.addr, "0.0.0.0:9100");
+        assert!(c.validate(&[0, 1]).is_empty());
+        let text = "[ws]\naddr = \"127.0.0.1:8080\"\nfeed_bytes = 100000\nqueue_bytes = 10\nping_secs = 0\n";
+        let c = Config::from_toml(text, env(&[])).unwrap();
+        let keys: Vec<String> = c.validate(&[0, 1]).into_iter().map(|e| e.key).collect();
+        for k in ["ws.addr", "ws.feed_bytes", "ws.queue_bytes", "ws.ping_secs"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        let e = Config::from_toml("[ws]\nbogus = 1\n", env(&[])).unwrap_err();
+        assert!(e[0].message.contains("bogus"), "{e:?}");
+    }
+
+    #[test]
     fn decimals_may_be_strings_or_numbers() {
         let c = Config::from_toml("[demo]\ncash = 2500.5\n", env(&[])).unwrap();
         assert_eq!(c.demo.cash.parse(2), Ok(250_050));

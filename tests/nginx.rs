@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 
 /// The shipped files with only host-specific things changed: paths into `dir`, the listen port,
 /// the node's address and no privilege drop (tests may not have www-data).
-fn render(dir: &Path, listen_port: u16, node: std::net::SocketAddr) -> std::path::PathBuf {
+fn render(dir: &Path, listen_port: u16, node: std::net::SocketAddr, ws: std::net::SocketAddr) -> std::path::PathBuf {
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .arg("-keyout")
@@ -35,7 +35,8 @@ fn render(dir: &Path, listen_port: u16, node: std::net::SocketAddr) -> std::path
         .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{listen_port} ssl;"))
         .replace("    listen [::]:443 ssl;\n", "")
         .replace("/etc/ssl/signalgate/", &format!("{d}/"))
-        .replace("server 127.0.0.1:8080 ", &format!("server {node} "));
+        .replace("server 127.0.0.1:8080 ", &format!("server {node} "))
+        .replace("server 127.0.0.1:8082 ", &format!("server {ws} "));
     std::fs::write(dir.join("signalgate.conf"), site).unwrap();
     let main = shipped("nginx.conf")
         .replace("user www-data;\n", "")
@@ -72,7 +73,7 @@ fn curl(port: u16, args: &[&str]) -> (u16, String) {
 #[test]
 fn the_shipped_config_passes_nginx_t() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = render(dir.path(), free_port(), "127.0.0.1:8080".parse().unwrap());
+    let conf = render(dir.path(), free_port(), "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
     let out = Command::new("nginx")
         .arg("-t")
         .arg("-p")
@@ -91,7 +92,7 @@ fn a_real_nginx_in_front_of_a_real_node() {
     node.wait_for_quote(&node.demo_key, "BTC-USD");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let conf = render(dir.path(), port, node.http);
+    let conf = render(dir.path(), port, node.http, node.ws);
     let child = Command::new("nginx")
         .arg("-p")
         .arg(dir.path())
@@ -144,4 +145,16 @@ fn a_real_nginx_in_front_of_a_real_node() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(connections <= 4, "nginx reuses upstream connections ({connections} open)");
+    // The WebSocket upgrade goes through TLS to the node's stream listener, and its first frame
+    // (the welcome, naming the node's symbols) comes back.
+    let out = Command::new("curl")
+        .args(["-sk", "-i", "-N", "--max-time", "3", "--http1.1"])
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"])
+        .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "-H", &format!("X-API-Key: {}", node.demo_key)])
+        .arg(format!("https://localhost:{port}/v1/ws"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(text.contains("BTC-USD") && text.contains("ETH-USD"), "{text}");
 }

@@ -23,45 +23,40 @@ fn connect(node: &Node, query: &str, key: Option<&str>) -> Client {
     c
 }
 
-/// Binary messages until `pred` holds for one (returned with everything before it).
-fn until(c: &mut Client, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> Vec<ServerMsg> {
+/// Messages of one mode (`unpack` takes them out of a frame) until `pred` holds for one,
+/// returned with everything before it.
+fn until_in<T: std::fmt::Debug>(
+    c: &mut Client,
+    what: &str,
+    unpack: impl Fn(Incoming) -> Option<Vec<T>>,
+    pred: impl Fn(&T) -> bool,
+) -> Vec<T> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
-        match c.recv() {
-            Ok(Incoming::Messages(msgs)) => {
-                for m in msgs {
-                    let hit = pred(&m);
-                    seen.push(m);
-                    if hit {
-                        return seen;
-                    }
-                }
+        let got = c.recv();
+        let Some(msgs) = got.clone().ok().and_then(&unpack) else {
+            panic!("waiting for {what}: {got:?} after {seen:?}");
+        };
+        for m in msgs {
+            let hit = pred(&m);
+            seen.push(m);
+            if hit {
+                return seen;
             }
-            other => panic!("waiting for {what}: {other:?} after {seen:?}"),
         }
     }
     panic!("no {what} within 5 s; saw {seen:?}");
 }
 
+/// Binary messages until `pred` holds for one.
+fn until(c: &mut Client, what: &str, pred: impl Fn(&ServerMsg) -> bool) -> Vec<ServerMsg> {
+    until_in(c, what, |i| if let Incoming::Messages(m) = i { Some(m) } else { None }, pred)
+}
+
 /// JSON messages until `pred` holds for one.
 fn until_json(c: &mut Client, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut seen = Vec::new();
-    for _ in 0..500 {
-        match c.recv() {
-            Ok(Incoming::Json(msgs)) => {
-                for m in msgs {
-                    let hit = pred(&m);
-                    seen.push(m);
-                    if hit {
-                        return seen;
-                    }
-                }
-            }
-            other => panic!("waiting for {what}: {other:?} after {seen:?}"),
-        }
-    }
-    panic!("no {what}; saw {seen:?}");
+    until_in(c, what, |i| if let Incoming::Json(m) = i { Some(m) } else { None }, pred)
 }
 
 fn closed(c: &mut Client) -> (u16, String) {
@@ -347,22 +342,7 @@ fn a_stalled_reader_is_closed_as_a_slow_consumer_and_others_stay_on_time() {
 
 /// A masked client frame.
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [9, 8, 7, 6];
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
+    signalgate::ws::frame::client_frame(opcode, payload, [9, 8, 7, 6])
 }
 
 /// The close frame in raw server bytes after the 101 answer: code and reason.

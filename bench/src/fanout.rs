@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use signalgate::engine::event::EventKind;
+use signalgate::ws::frame::client_frame;
 use signalgate::ws::protocol::{decode_frame, encode_client, ClientMsg, ServerBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,19 +67,7 @@ fn rss(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
-fn masked(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x17, 0x3c, 0x81];
-    let mut out = vec![0x82];
-    if payload.len() < 126 {
-        out.push(0x80 | payload.len() as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
-}
+const MASK: [u8; 4] = [0x5a, 0x17, 0x3c, 0x81];
 
 /// The symbols subscriber `c` takes: spread so that each symbol has the same number of them.
 fn subscription(c: usize, per_client: usize, n: usize) -> Vec<usize> {
@@ -124,7 +113,7 @@ async fn subscriber(
     }
     buf.drain(..head);
     let sub = encode_client(&ClientMsg::Subscribe { channels: symbols, resume_from: None });
-    s.write_all(&masked(&sub)).await.map_err(|e| e.to_string())?;
+    s.write_all(&client_frame(2, &sub, MASK)).await.map_err(|e| e.to_string())?;
     loop {
         // Whole frames at the start of `buf`.
         loop {
@@ -154,11 +143,7 @@ async fn subscriber(
                     }
                 }
             } else if op == 9 {
-                let pong = {
-                    let mut p = masked(&buf[hdr..hdr + len]);
-                    p[0] = 0x8a;
-                    p
-                };
+                let pong = client_frame(0xa, &buf[hdr..hdr + len], MASK);
                 s.write_all(&pong).await.map_err(|e| e.to_string())?;
             } else if op == 8 {
                 return Err("closed by the node".into());

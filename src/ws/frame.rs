@@ -211,6 +211,16 @@ pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(reason);
 }
 
+/// A whole client frame: `opcode` (as on the wire), masked with `mask`. For clients and tests.
+pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let h = FrameHeader { opcode: OpCode::from(opcode), mask: Some(mask), ..FrameHeader::default() };
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    // Formatting into a Vec cannot fail.
+    let _ = h.format(payload.len() as u64, &mut out);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 /// One client frame, unmasked in place.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -327,17 +337,7 @@ mod tests {
     }
 
     fn masked(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![0x80 | kind];
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        out
+        client_frame(kind, payload, [1, 2, 3, 4])
     }
 
     #[test]

@@ -311,6 +311,11 @@ impl Hub {
         self.conns.is_empty()
     }
 
+    /// The connection with id `id`, while it is open.
+    pub fn conn(&self, id: u64) -> Option<Rc<Conn>> {
+        self.conns.get(&id).cloned()
+    }
+
     /// Every connection.
     pub fn conns(&self) -> impl Iterator<Item = &Rc<Conn>> {
         self.conns.values()

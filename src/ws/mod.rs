@@ -297,7 +297,7 @@ async fn pump(hub: Rc<RefCell<Hub>>, wake: shared_channel::ConnectedReceiver<()>
 
 fn deliver_answer(hub: &RefCell<Hub>, a: WsAnswer) {
     let mut hub = hub.borrow_mut();
-    let Some(conn) = hub.conns().find(|c| c.id == a.conn).cloned() else { return };
+    let Some(conn) = hub.conn(a.conn) else { return };
     let body = String::from_utf8(a.body).unwrap_or_default();
     let msg = ServerMsg {
         seq: hub.last_seq(),
