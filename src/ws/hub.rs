@@ -839,7 +839,7 @@ impl Hub {
         for c in self.conns.values() {
             let mut st = c.st.borrow_mut();
             if let Some(since) = st.closing_since {
-                if now.duration_since(since) > Duration::from_secs(2) {
+                if now.duration_since(since) > self.settings.pong_timeout {
                     // The client does not read even the close frame: drop the socket.
                     // SAFETY: `fd` is the connection's open socket, owned by its tasks, which
                     // see the shutdown as an error and end.

@@ -402,7 +402,7 @@ async fn connection(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, signals: Rc<Co
     let writer = glommio::spawn_local(write_loop(conn.clone(), Shared(stream.clone()), hub.clone())).detach();
     read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf).await;
     // The reader is done (the client closed or broke the protocol): let the writer send the
-    // close frame; `Hub::tick` cuts it short if the client does not take it.
+    // close frame; `Hub::tick` drops the socket if the client does not take it in time.
     conn.close(1000, "");
     let _ = writer.await;
     hub.borrow_mut().remove(&conn);
