@@ -108,6 +108,9 @@ const KEY_FULL: AuthError = AuthError {
     message: "this key has as many WebSocket connections as its tier allows",
 };
 
+/// Control frames (pongs) a connection may have waiting.
+const MAX_CONTROL_BYTES: usize = 64 * 1024;
+
 /// What a connection is, as the hub and its tasks share it.
 pub struct Conn {
     /// Unique for the life of the node.
@@ -218,9 +221,18 @@ impl Conn {
         st.closing.is_some() || !st.control.is_empty() || st.pending_msgs > 0 || st.any_dirty
     }
 
-    /// Queues a control frame.
+    /// Queues a control frame; a client that sends pings without reading the pongs is a slow
+    /// consumer too.
     pub fn control(&self, kind: Kind, payload: &[u8]) {
-        frame::write_frame(&mut self.st.borrow_mut().control, kind, payload);
+        let over = {
+            let mut st = self.st.borrow_mut();
+            frame::write_frame(&mut st.control, kind, payload);
+            st.control.len() > MAX_CONTROL_BYTES
+        };
+        if over {
+            self.st.borrow_mut().control.clear();
+            self.close(close::SLOW_CONSUMER, "slow consumer");
+        }
         self.wake();
     }
 }
@@ -409,18 +421,26 @@ impl Hub {
         Ok(())
     }
 
-    /// Queues a message for one connection (not counted against the queue bound: these are
-    /// answers to the client's own requests).
+    /// Queues a message for one connection; past the queue bound (a client that sends requests
+    /// without reading the answers) it is closed as a slow consumer.
     pub fn send(&mut self, conn: &Conn, msg: &ServerMsg) {
         self.entry.clear();
         encode_queued(&mut self.entry, msg, conn.json);
-        let mut st = conn.st.borrow_mut();
-        if st.closing.is_none() {
+        let over = {
+            let mut st = conn.st.borrow_mut();
+            if st.closing.is_some() {
+                return;
+            }
             st.pending.extend_from_slice(&self.entry);
             st.pending_msgs += 1;
+            st.pending.len() + st.in_flight > self.settings.queue_bytes
+        };
+        if over {
+            self.stats.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conn.close(close::SLOW_CONSUMER, "slow consumer");
+        } else {
+            conn.wake();
         }
-        drop(st);
-        conn.wake();
     }
 
     /// Queues an error message.
@@ -529,7 +549,8 @@ impl Hub {
         }
         let mut out = Vec::new();
         let mut count = 0u64;
-        let limit = self.settings.queue_bytes;
+        // Half the bound, so that live messages still fit after a long resume.
+        let limit = self.settings.queue_bytes / 2;
         if from + 1 < self.window_from {
             let gap = self.window_from - from - 1;
             if gap > self.settings.resume_journal_events {
@@ -548,7 +569,7 @@ impl Hub {
                     encode_queued(&mut out, &msg, json);
                     count += 1;
                     if out.len() > limit {
-                        return Err("more than ws.queue_bytes to resume".into());
+                        return Err("more than half of ws.queue_bytes to resume".into());
                     }
                 }
                 Ok(())
@@ -567,7 +588,7 @@ impl Hub {
             }
             count += 1;
             if out.len() > limit {
-                return failed(self, "more than ws.queue_bytes to resume; refetch over REST".into());
+                return failed(self, "more than half of ws.queue_bytes to resume; refetch over REST".into());
             }
         }
         self.stats.resumes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
