@@ -139,7 +139,8 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Account events kept in memory for `resume_from`.
     pub resume_events: usize,
-    /// Events a resume may read back from the journal beyond that window.
+    /// Events a resume may read back from the journal beyond that window (read on the fan-out
+    /// core while its streams wait, so kept small).
     pub resume_journal_events: u64,
     /// Bytes of the ring that carries events from the hot core to the fan-out core.
     pub feed_bytes: usize,
@@ -395,7 +396,7 @@ impl Default for WsConfig {
             auth_timeout_secs: 5,
             max_message_bytes: 64 * 1024,
             resume_events: 100_000,
-            resume_journal_events: 5_000_000,
+            resume_journal_events: 200_000,
             feed_bytes: 16 << 20,
         }
     }

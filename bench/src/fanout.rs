@@ -16,6 +16,7 @@ use signalgate::ws::protocol::{decode_frame, encode_client, ClientMsg, ServerBod
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the scenario needs.
+#[derive(Clone)]
 pub struct FanoutRun {
     /// The node's WebSocket address.
     pub ws: SocketAddr,
@@ -253,18 +254,7 @@ pub fn run(r: FanoutRun) -> Result<FanoutResult, String> {
         sh.until_ns = until;
     }
     let feed = {
-        let r2 = FanoutRun {
-            ws: r.ws,
-            http: r.http,
-            key: r.key.clone(),
-            symbols: r.symbols.clone(),
-            clients: r.clients,
-            per_client: r.per_client,
-            rate: r.rate,
-            duration: r.duration,
-            warmup: r.warmup,
-            node_pid: None,
-        };
+        let r2 = r.clone();
         std::thread::spawn(move || feeder(&r2, start, (from, until), until))
     };
     let drain_until = Instant::now() + Duration::from_nanos(until.saturating_sub(now_ns())) + Duration::from_secs(2);

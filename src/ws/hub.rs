@@ -237,13 +237,11 @@ impl Conn {
     }
 }
 
-/// An account event kept for resume: its sequence number, account, the message and its binary
-/// encoding.
+/// An account message kept for resume: its sequence number, account and the message.
 struct Kept {
     seq: u64,
     account: AccountId,
     msg: ServerMsg,
-    bin: Box<[u8]>,
 }
 
 /// The fan-out core's state.
@@ -426,12 +424,18 @@ impl Hub {
     pub fn send(&mut self, conn: &Conn, msg: &ServerMsg) {
         self.entry.clear();
         encode_queued(&mut self.entry, msg, conn.json);
+        self.enqueue(conn, &self.entry);
+    }
+
+    /// Queues one encoded entry; past the queue bound the connection is closed as a slow
+    /// consumer instead.
+    fn enqueue(&self, conn: &Conn, entry: &[u8]) {
         let over = {
             let mut st = conn.st.borrow_mut();
             if st.closing.is_some() {
                 return;
             }
-            st.pending.extend_from_slice(&self.entry);
+            st.pending.extend_from_slice(entry);
             st.pending_msgs += 1;
             st.pending.len() + st.in_flight > self.settings.queue_bytes
         };
@@ -581,11 +585,7 @@ impl Hub {
             }
         }
         for k in self.window.iter().filter(|k| k.seq > from && k.account == account) {
-            if conn.json {
-                encode_queued(&mut out, &k.msg, true);
-            } else {
-                out.extend_from_slice(&k.bin);
-            }
+            encode_queued(&mut out, &k.msg, conn.json);
             count += 1;
             if out.len() > limit {
                 return failed(self, "more than half of ws.queue_bytes to resume; refetch over REST".into());
@@ -705,13 +705,21 @@ impl Hub {
     }
 
     fn on_quote(&mut self, e: &Event, sym: usize) {
-        let Some(subs) = self.by_symbol.get(sym) else { return };
+        let Some(subs) = self.by_symbol.get(sym).filter(|s| !s.is_empty()) else { return };
+        // Encoded once per mode in use: a dirty bit is only set for the subscribers below, so a
+        // mode nobody here reads is never taken from `latest`.
+        let json = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| c.json));
+        let binary = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| !c.json));
         let slot = self.latest[sym].get_or_insert_with(|| (Vec::with_capacity(128), Vec::with_capacity(256)));
         let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
         slot.0.clear();
-        encode_queued(&mut slot.0, &msg, false);
+        if binary {
+            encode_queued(&mut slot.0, &msg, false);
+        }
         slot.1.clear();
-        encode_queued(&mut slot.1, &msg, true);
+        if json {
+            encode_queued(&mut slot.1, &msg, true);
+        }
         for id in subs {
             if let Some(c) = self.conns.get(id) {
                 {
@@ -726,39 +734,20 @@ impl Hub {
 
     /// Keeps an account message for resume and queues it for the account's subscribers.
     fn publish(&mut self, account: AccountId, msg: ServerMsg) {
-        let mut bin = Vec::new();
-        encode_queued(&mut bin, &msg, false);
-        let mut json = Vec::new();
+        // Encoded at most once per mode, for the first subscriber that reads it.
+        let (mut bin, mut json) = (Vec::new(), Vec::new());
         if let Some(subs) = self.by_account.get(&account) {
             for id in subs {
                 let Some(c) = self.conns.get(id) else { continue };
-                let bytes = if c.json {
-                    if json.is_empty() {
-                        encode_queued(&mut json, &msg, true);
-                    }
-                    &json
-                } else {
-                    &bin
-                };
-                let over = {
-                    let mut st = c.st.borrow_mut();
-                    if st.closing.is_some() {
-                        continue;
-                    }
-                    st.pending.extend_from_slice(bytes);
-                    st.pending_msgs += 1;
-                    st.pending.len() + st.in_flight > self.settings.queue_bytes
-                };
-                if over {
-                    self.stats.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    c.close(close::SLOW_CONSUMER, "slow consumer");
-                } else {
-                    c.wake();
+                let entry = if c.json { &mut json } else { &mut bin };
+                if entry.is_empty() {
+                    encode_queued(entry, &msg, c.json);
                 }
+                self.enqueue(c, entry);
             }
         }
         let seq = msg.seq;
-        self.window.push_back(Kept { seq, account, msg, bin: bin.into_boxed_slice() });
+        self.window.push_back(Kept { seq, account, msg });
         while self.window.len() > self.settings.resume_events {
             if let Some(k) = self.window.pop_front() {
                 // Messages of one event share its seq: the window is whole from the next one.
@@ -825,11 +814,11 @@ impl Hub {
                 while st.dirty[w] != 0 {
                     let b = st.dirty[w].trailing_zeros() as usize;
                     let sym = w * 64 + b;
-                    let Some((bin, json)) = &self.latest[sym] else {
+                    let encoded = self.latest[sym].as_ref().map(|(bin, json)| if conn.json { json } else { bin });
+                    let Some(bytes) = encoded.and_then(|e| e.get(4..)) else {
                         st.dirty[w] &= !(1 << b);
                         continue;
                     };
-                    let bytes = if conn.json { &json[4..] } else { &bin[4..] };
                     if count >= max_msgs || (count > 0 && self.frame.len() + bytes.len() > max_bytes) {
                         left = true;
                         break;
