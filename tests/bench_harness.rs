@@ -140,3 +140,115 @@ fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
     assert!(r["rss_per_connection_bytes"].as_f64().is_some(), "{r}");
     assert_eq!(r["disconnects"], 0);
 }
+
+/// `signalgate-bench SCENARIO` against `node` with a JSON report; (exit code, report, output).
+fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("out.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+        .arg(name)
+        .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
+        .args(["--ws", &node.ws.to_string(), "--admin-token", ADMIN_TOKEN, "--quiet"])
+        .args(["--json", json_path.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), report, text)
+}
+
+#[test]
+fn a_mixed_run_reports_traders_and_watchers() {
+    // Without the simulator the harness's quotes are the only ones: the counts are exact.
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    let args = ["--rate", "200", "--connections", "2", "--duration", "2", "--warmup", "0.5", "--accounts", "2"];
+    let (code, r, text) = scenario(&node, "mixed", &[&args[..], &["--watchers", "10", "--quote-rate", "40"]].concat());
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["scenario"], "mixed");
+    assert_eq!(r["parameters"]["watchers"], 10);
+    let s = &r["signals"];
+    let requests = s["requests"].as_u64().unwrap();
+    assert!((300..=500).contains(&requests), "about 200/s for 2 s: {requests}");
+    assert_eq!(s["ok"].as_u64(), Some(requests), "{text}");
+    assert!(s["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let w = &r["watchers"];
+    // 40 quotes a second in turn over two symbols; each symbol has 5 of the 10 watchers.
+    let sent = w["quotes"]["sent"].as_u64().unwrap();
+    assert!((76..=81).contains(&sent), "{w}");
+    assert_eq!(w["quotes"]["expected"].as_u64(), Some(sent * 5), "{w}");
+    assert_eq!(w["quotes"]["delivered"], w["quotes"]["expected"], "{w}");
+    // Every signal makes an order that fills: at least the order and its fill reach each of the
+    // account's 5 watchers.
+    let account = w["account"]["expected"].as_u64().unwrap();
+    assert!(account >= requests * 2 * 5 * 9 / 10, "{account} for {requests} signals: {w}");
+    assert_eq!(w["account"]["delivered"], w["account"]["expected"], "{w}");
+    assert!(w["account"]["latency_us"]["p50"].as_u64().unwrap() > 0, "{w}");
+    assert_eq!((w["account_loss"].as_f64(), w["quotes_conflated"].as_f64()), (Some(0.0), Some(0.0)), "{w}");
+    assert_eq!(w["disconnects"], 0);
+    assert_eq!(r["failed"], json!([]));
+    assert!(r["node_signal_to_order_us"]["count"].as_u64().unwrap() >= requests);
+    assert!(
+        text.contains("traders (POST /v1/signals)") && text.contains("| account, from the node's event time |"),
+        "{text}"
+    );
+
+    // A key the node does not know: the run cannot start, and says why.
+    let (code, _, text) = scenario(&node, "mixed", &["--key", "sg_unknown", "--duration", "1"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("auth.invalid_key"), "{text}");
+}
+
+#[test]
+fn a_soak_samples_the_node_and_fails_when_it_dies() {
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    let pid = node.node_pid().to_string();
+    let args = ["--rate", "100", "--connections", "2", "--accounts", "1", "--watchers", "4", "--quote-rate", "20"];
+    let (code, r, text) = scenario(
+        &node,
+        "soak",
+        &[&args[..], &["--duration", "2", "--warmup", "0.5", "--sample-every", "0.5", "--node-pid", &pid]].concat(),
+    );
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["scenario"], "soak");
+    let p = &r["node_process"];
+    let samples = p["samples"].as_array().unwrap();
+    assert!((4..=6).contains(&samples.len()), "every 0.5 s over 2.5 s: {p}");
+    assert!(samples.iter().all(|s| s["rss_bytes"].as_u64().unwrap() > 1 << 20 && s["open_fds"].as_u64().unwrap() > 4));
+    let fds = &p["drift_after_warmup"]["open_fds"];
+    assert!(fds["max"].as_f64().unwrap() >= samples.last().unwrap()["open_fds"].as_f64().unwrap(), "{p}");
+    assert!(p["drift_after_warmup"]["rss_bytes"]["per_hour"].is_number(), "{p}");
+    assert_eq!(p["alive"], true);
+    assert!(text.contains("open descriptors"), "{text}");
+
+    // The node dies half-way: the soak fails and says so.
+    let run = std::thread::spawn({
+        let node_args: Vec<String> = [&args[..], &["--duration", "4", "--warmup", "0", "--node-pid", &pid]]
+            .concat()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let (http, admin, ws) = (node.http, node.admin, node.ws);
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+                .args(["soak", "--target", &format!("http://{http}"), "--admin", &format!("http://{admin}")])
+                .args(["--ws", &ws.to_string(), "--admin-token", ADMIN_TOKEN, "--quiet", "--sample-every", "0.5"])
+                .args(&node_args)
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = node.crash();
+    let out = run.join().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("the node exited during the soak"), "{text}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+        .args(["soak", "--node-pid", "4000000000", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process 4000000000"));
+}

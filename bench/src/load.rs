@@ -50,18 +50,23 @@ pub fn run(load: Load) -> Result<Measured, String> {
         .name("bench-load".into())
         .spawn(move || {
             if let Some(cpu) = load.cpu {
-                let pinned = core_affinity::get_core_ids()
-                    .and_then(|ids| ids.into_iter().find(|c| c.id == cpu))
-                    .is_some_and(core_affinity::set_for_current);
-                if !pinned {
-                    return Err(format!("cannot pin the load generator to core {cpu}"));
-                }
+                pin_current(cpu)?;
             }
             drive(&load)
         })
         .map_err(|e| format!("cannot start the load thread: {e}"))?
         .join()
         .map_err(|_| "the load thread panicked".to_string())?
+}
+
+/// Pins the calling thread (and the threads it starts after) to core `cpu`.
+pub fn pin_current(cpu: usize) -> Result<(), String> {
+    let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu));
+    if id.is_some_and(core_affinity::set_for_current) {
+        Ok(())
+    } else {
+        Err(format!("cannot pin the harness to core {cpu}"))
+    }
 }
 
 /// Where one connection is in its request cycle.

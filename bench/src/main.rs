@@ -1,24 +1,28 @@
 //! `signalgate-bench`: drives a running signalgate node and reports latency percentiles,
 //! achieved rate and errors by kind — next to the node's own signal-to-order histogram.
 //!
-//! Scenarios today: `signals` (open-loop with coordinated-omission correction, or closed-loop)
-//! and `ceiling` (the same load against nginx `return 200` on the node's core, then the node).
+//! Scenarios: `signals` (open-loop with coordinated-omission correction, or closed-loop),
+//! `ceiling` (the same load against nginx `return 200` on the node's core, then the node),
+//! `ws-fanout` (WebSocket subscribers receiving quotes), `mixed` (traders and watchers at once)
+//! and `soak` (a long `mixed` run that samples the node's memory and descriptors).
 
-mod fanout;
 mod load;
+mod mixed;
 mod node;
 mod stats;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use load::{Load, Measured};
+use load::{pin_current, Load, Measured};
 use node::NodeLatency;
+use watch::{now_ns, subscription, Feeder, Watcher, Watchers};
 
 /// Load-testing harness for signalgate nodes.
 #[derive(Parser)]
@@ -47,6 +51,11 @@ enum Command {
     /// WebSocket subscribers receiving quotes sent through POST /v1/market/ticks; latency from
     /// each quote's intended send time to its arrival.
     WsFanout(FanoutArgs),
+    /// Traders sending signals over HTTP while WebSocket watchers receive their accounts'
+    /// messages and quotes; reports both sides.
+    Mixed(mixed::MixedArgs),
+    /// A long `mixed` run that samples the node's RSS and open descriptors and reports their drift.
+    Soak(mixed::SoakArgs),
 }
 
 #[derive(Args, Clone)]
@@ -97,10 +106,7 @@ struct FanoutArgs {
 
 fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     if let Some(cpu) = a.cpu {
-        let id = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu));
-        if !id.is_some_and(core_affinity::set_for_current) {
-            return Err(format!("cannot pin the harness to core {cpu}"));
-        }
+        pin_current(cpu)?;
     }
     let (http, _) = node::parse_url(&a.target)?;
     let key = match &a.key {
@@ -135,33 +141,39 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
         a.warmup,
         a.ws
     );
-    let r = fanout::run(fanout::FanoutRun {
-        ws: a.ws,
-        http,
-        key,
-        symbols,
-        clients: a.clients,
-        per_client: a.per_client,
-        rate: a.rate,
-        duration: a.duration,
-        warmup: a.warmup,
-        node_pid: a.node_pid,
-    })?;
-    let q = |p: f64| r.hist.value_at_quantile(p) as f64 / 1e3;
-    let (p50, p90, p99, p999, max) = (q(0.5), q(0.9), q(0.99), q(0.999), r.hist.max() as f64 / 1e3);
-    let loss = if r.expected > 0 { 1.0 - r.delivered as f64 / r.expected as f64 } else { 0.0 };
+    let rss_before = a.node_pid.and_then(watch::rss);
+    let subscribers = (0..a.clients)
+        .map(|c| Watcher {
+            key: key.clone(),
+            quotes: subscription(c, a.per_client, symbols.len()),
+            account: false,
+            group: 0,
+        })
+        .collect();
+    let watchers = Watchers::connect(a.ws, &symbols, subscribers)?;
+    let rss = rss_before.zip(a.node_pid.and_then(watch::rss));
+    let start = now_ns() + 100_000_000;
+    let from = start + (a.warmup * 1e9) as u64;
+    let until = from + (a.duration * 1e9) as u64;
+    watchers.measure(from, until);
+    let feed = Feeder { http, key, symbols, rate: a.rate }.spawn(start, (from, until));
+    watchers.run_until(Instant::now() + Duration::from_nanos(until.saturating_sub(now_ns())) + Duration::from_secs(2));
+    let fed = feed.join().map_err(|_| "the feeder panicked")??;
+    let w = watchers.result();
+    let expected: u64 = fed.per_symbol.iter().zip(watchers.per_symbol()).map(|(t, n)| t * n).sum();
+    let ticks: u64 = fed.per_symbol.iter().sum();
+    let [p50, p90, p99, p999, max] = stats::percentiles(&w.quotes);
+    let loss = if expected > 0 { 1.0 - w.quotes_delivered as f64 / expected as f64 } else { 0.0 };
     println!("| quotes sent | messages expected | delivered | delivered/s | p50 | p90 | p99 | p99.9 | max (µs) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {:.0} | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {max:.0} |",
-        r.ticks,
-        r.expected,
-        r.delivered,
-        r.delivered as f64 / a.duration
+        "| {ticks} | {expected} | {} | {:.0} | {p50} | {p90} | {p99} | {p999} | {max} |",
+        w.quotes_delivered,
+        w.quotes_delivered as f64 / a.duration
     );
-    println!("feeder errors: {}, subscriber disconnects: {}", r.feed_errors, r.disconnects);
-    let per_conn = r.rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / a.clients.max(1) as f64);
-    if let (Some((before, idle)), Some(per)) = (r.rss, per_conn) {
+    println!("feeder errors: {}, subscriber disconnects: {}", fed.errors, w.disconnects);
+    let per_conn = rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / a.clients.max(1) as f64);
+    if let (Some((before, idle)), Some(per)) = (rss, per_conn) {
         println!(
             "node RSS: {:.1} MiB before, {:.1} MiB with {} idle subscribers: {:.1} KiB per connection",
             before as f64 / 1048576.0,
@@ -175,16 +187,16 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
             "scenario": "ws-fanout",
             "parameters": {"ws": a.ws.to_string(), "clients": a.clients, "per_client": a.per_client, "rate": a.rate,
                            "duration_s": a.duration, "warmup_s": a.warmup, "cpu": a.cpu},
-            "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max},
-            "quotes_sent": r.ticks, "messages_expected": r.expected, "messages_delivered": r.delivered,
-            "feeder_errors": r.feed_errors, "disconnects": r.disconnects,
-            "node_rss_bytes": r.rss.map(|(b, i)| json!({"before": b, "idle": i})),
+            "latency_us": latency_json(&w.quotes),
+            "quotes_sent": ticks, "messages_expected": expected, "messages_delivered": w.quotes_delivered,
+            "feeder_errors": fed.errors, "disconnects": w.disconnects,
+            "node_rss_bytes": rss.map(|(b, i)| json!({"before": b, "idle": i})),
             "rss_per_connection_bytes": per_conn,
         });
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(if loss > a.max_loss || r.feed_errors > 0 || r.disconnects > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if loss > a.max_loss || fed.errors > 0 || w.disconnects > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 #[derive(Args, Clone)]
@@ -248,9 +260,12 @@ struct Prepared {
     addr: SocketAddr,
     requests: Vec<Vec<u8>>,
     accounts: usize,
+    /// The accounts' keys.
+    keys: Vec<String>,
 }
 
-fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
+/// The run's keys (created with the feed role when `feed`) and its prepared requests.
+fn prepare(a: &SignalsArgs, feed: bool) -> Result<Prepared, String> {
     let (addr, host) = node::parse_url(&a.target)?;
     let keys = if a.keys.is_empty() {
         let (admin, _) = node::parse_url(&a.admin)?;
@@ -258,7 +273,7 @@ fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
             .admin_token
             .as_deref()
             .ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) is needed to create accounts; or give --key")?;
-        node::create_accounts(admin, token, a.accounts.max(1), a.ticks > 0)?
+        node::create_accounts(admin, token, a.accounts.max(1), feed || a.ticks > 0)?
     } else {
         a.keys.clone()
     };
@@ -281,7 +296,7 @@ fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
                 requests.push(load::request("POST", &host, "/v1/market/ticks", &headers, body.as_bytes()));
             }
         }
-        return Ok(Prepared { addr, requests, accounts: keys.len() });
+        return Ok(Prepared { addr, requests, accounts: keys.len(), keys });
     }
     for key in &keys {
         let auth = format!("Bearer {key}");
@@ -298,7 +313,7 @@ fn prepare(a: &SignalsArgs) -> Result<Prepared, String> {
             }
         }
     }
-    Ok(Prepared { addr, requests, accounts: keys.len() })
+    Ok(Prepared { addr, requests, accounts: keys.len(), keys })
 }
 
 fn load_for(a: &SignalsArgs, addr: SocketAddr, requests: Vec<Vec<u8>>) -> Load {
@@ -319,8 +334,9 @@ fn achieved(m: &Measured) -> f64 {
     m.stats.total() as f64 / m.elapsed.as_secs_f64()
 }
 
-fn latency_json(m: &Measured) -> Value {
-    let [p50, p90, p99, p999, max] = m.stats.percentiles();
+/// p50 … max of a latency histogram (µs) as JSON.
+fn latency_json(h: &hdrhistogram::Histogram<u64>) -> Value {
+    let [p50, p90, p99, p999, max] = stats::percentiles(h);
     json!({"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max})
 }
 
@@ -344,8 +360,44 @@ fn print_node(n: &NodeLatency) {
     );
 }
 
+/// Requests, rate and errors of a run, its latency table and its errors by kind.
+fn print_requests(m: &Measured, open_loop: bool) {
+    let s = &m.stats;
+    println!(
+        "requests {} ({:.1}/s achieved), 2xx {}, errors {} ({:.2}%)",
+        s.total(),
+        achieved(m),
+        s.ok,
+        s.error_count(),
+        s.error_rate() * 100.0
+    );
+    let [p50, p90, p99, p999, max] = s.percentiles();
+    let basis = if open_loop { "each request's intended send time" } else { "each request's send" };
+    println!("latency (µs, from {basis}):");
+    println!("{:>10} {:>10} {:>10} {:>10} {:>10}", "p50", "p90", "p99", "p99.9", "max");
+    println!("{p50:>10} {p90:>10} {p99:>10} {p999:>10} {max:>10}");
+    if !s.errors.is_empty() {
+        println!("errors by kind:");
+        for (kind, n) in &s.errors {
+            println!("{n:>10}  {kind}");
+        }
+    }
+}
+
+/// The same as JSON.
+fn requests_json(m: &Measured) -> Value {
+    let s = &m.stats;
+    json!({
+        "requests": s.total(),
+        "ok": s.ok,
+        "achieved_rps": achieved(m),
+        "latency_us": latency_json(&m.stats.latency_us),
+        "errors": {"total": s.error_count(), "rate": s.error_rate(), "by_kind": s.errors},
+    })
+}
+
 fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
-    let p = prepare(a)?;
+    let p = prepare(a, false)?;
     let load = load_for(a, p.addr, p.requests);
     let mode = match load.rate {
         Some(r) => format!("open loop at {r} req/s"),
@@ -363,29 +415,10 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
         a.symbols.len(),
         a.target
     );
-    let s = &m.stats;
-    println!(
-        "requests {} ({:.1}/s achieved), 2xx {}, errors {} ({:.2}%)",
-        s.total(),
-        achieved(&m),
-        s.ok,
-        s.error_count(),
-        s.error_rate() * 100.0
-    );
-    let [p50, p90, p99, p999, max] = s.percentiles();
-    let basis = if a.rate.is_some() { "each request's intended send time" } else { "each request's send" };
-    println!("latency (µs, from {basis}):");
-    println!("{:>10} {:>10} {:>10} {:>10} {:>10}", "p50", "p90", "p99", "p99.9", "max");
-    println!("{p50:>10} {p90:>10} {p99:>10} {p999:>10} {max:>10}");
-    if !s.errors.is_empty() {
-        println!("errors by kind:");
-        for (kind, n) in &s.errors {
-            println!("{n:>10}  {kind}");
-        }
-    }
+    print_requests(&m, a.rate.is_some());
     print_node(&node);
     if let Some(path) = &a.json {
-        let v = json!({
+        let mut v = json!({
             "scenario": if a.ticks > 0 { "ticks" } else { "signals" },
             "parameters": {
                 "target": a.target, "mode": if a.rate.is_some() { "open" } else { "closed" }, "rate": a.rate,
@@ -393,16 +426,15 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
                 "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu,
                 "max_error_rate": a.max_error_rate,
             },
-            "requests": s.total(),
-            "ok": s.ok,
-            "achieved_rps": achieved(&m),
-            "latency_us": latency_json(&m),
-            "errors": {"total": s.error_count(), "rate": s.error_rate(), "by_kind": s.errors},
             "node_signal_to_order_us": node_json(&node),
         });
+        if let (Some(v), Value::Object(r)) = (v.as_object_mut(), requests_json(&m)) {
+            v.extend(r);
+        }
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    let s = &m.stats;
     Ok(if s.error_rate() > a.max_error_rate {
         eprintln!(
             "error rate {:.2}% is above --max-error-rate {:.2}%",
@@ -480,7 +512,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode, String> {
-    let p = prepare(a)?;
+    let p = prepare(a, false)?;
     let nginx = Nginx::start(node_core)?;
     let mut rows = Vec::new();
     let (mut ratios, mut worst) = (Vec::new(), 0.0f64);
@@ -500,7 +532,7 @@ fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode,
         worst = worst.max(ours.stats.error_rate());
         ratios.push(ratio);
         rows.push(json!({"round": round, "nginx_rps": rb, "signalgate_rps": ro, "ratio": ratio,
-            "signalgate_latency_us": latency_json(&ours), "signalgate_errors": ours.stats.errors}));
+            "signalgate_latency_us": latency_json(&ours.stats.latency_us), "signalgate_errors": ours.stats.errors}));
     }
     let med = median(&mut ratios.clone());
     println!("| **median** | | | **{med:.2}** | | |");
@@ -527,6 +559,8 @@ fn main() -> ExitCode {
         Command::Signals(a) => signals(a),
         Command::Ceiling { signals: a, node_core, rounds } => ceiling(a, *node_core, *rounds),
         Command::WsFanout(a) => ws_fanout(a),
+        Command::Mixed(a) => mixed::run(a, None),
+        Command::Soak(a) => mixed::run(&a.mixed, Some(a)),
     };
     result.unwrap_or_else(|e| {
         eprintln!("signalgate-bench: {e}");

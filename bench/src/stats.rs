@@ -35,6 +35,19 @@ impl Schedule {
     }
 }
 
+/// p50, p90, p99, p99.9 and max of `h` (zeros when it is empty).
+pub fn percentiles(h: &Histogram<u64>) -> [u64; 5] {
+    if h.is_empty() {
+        return [0; 5];
+    }
+    [h.value_at_quantile(0.5), h.value_at_quantile(0.9), h.value_at_quantile(0.99), h.value_at_quantile(0.999), h.max()]
+}
+
+/// An empty latency histogram in microseconds: 1 µs to 1 h at 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds")
+}
+
 /// Counts of one run.
 pub struct Stats {
     /// Latencies in microseconds.
@@ -54,11 +67,7 @@ impl Default for Stats {
 impl Stats {
     /// Empty counts; latencies from 1 µs to 1 h at 3 significant digits.
     pub fn new() -> Self {
-        Stats {
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds"),
-            ok: 0,
-            errors: BTreeMap::new(),
-        }
+        Stats { latency_us: latency_histogram(), ok: 0, errors: BTreeMap::new() }
     }
 
     /// Records one answered request.
@@ -96,17 +105,7 @@ impl Stats {
 
     /// (p50, p90, p99, p99.9, max) in microseconds.
     pub fn percentiles(&self) -> [u64; 5] {
-        let h = &self.latency_us;
-        if h.is_empty() {
-            return [0; 5];
-        }
-        [
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-        ]
+        percentiles(&self.latency_us)
     }
 }
 

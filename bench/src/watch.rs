@@ -1,0 +1,444 @@
+//! WebSocket watchers and the quote feeder, shared by `ws-fanout`, `mixed` and `soak`.
+//!
+//! Watchers are many subscribers on one thread (tokio, non-blocking), each on some `quotes:`
+//! channels and optionally its account's `account` channel. The feeder sends quotes open-loop
+//! through `POST /v1/market/ticks`, each stamped with its intended send time, so a quote's latency
+//! is its arrival minus that stamp: a feeder or a node that falls behind shows up as latency, not
+//! as a quietly lower rate. An account message's latency is its arrival minus the node's time on
+//! the event (the moment the hot core made it), which covers the journal write and the fan-out.
+//! Frames are decoded with the crate's protocol module.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use signalgate::engine::event::EventKind;
+use signalgate::ws::frame::client_frame;
+use signalgate::ws::protocol::{decode_frame, encode_client, ClientMsg, ServerBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::stats::latency_histogram;
+
+/// Nanoseconds since the Unix epoch: the clock of quote stamps and of the node's events.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+const MASK: [u8; 4] = [0x5a, 0x17, 0x3c, 0x81];
+
+/// The symbols subscriber `c` takes: spread so that each symbol has the same number of them.
+pub fn subscription(c: usize, per_client: usize, n: usize) -> Vec<usize> {
+    (0..per_client.min(n)).map(|j| (c + j * n.div_ceil(per_client.max(1))) % n).collect()
+}
+
+/// One watcher.
+pub struct Watcher {
+    /// The key it connects with (its account is the one `account` streams).
+    pub key: String,
+    /// Indexes into the symbol list of the quotes it takes.
+    pub quotes: Vec<usize>,
+    /// Whether it takes its account's messages.
+    pub account: bool,
+    /// Watchers of one account share a group: they should all get the same account messages.
+    pub group: usize,
+}
+
+struct Shared {
+    /// Quote latency (µs) from the intended send time.
+    quotes: Histogram<u64>,
+    /// Account message latency (µs) from the node's event time.
+    account: Histogram<u64>,
+    /// Messages stamped at or after this (ns) and before `until_ns` are measured.
+    from_ns: u64,
+    until_ns: u64,
+    quotes_delivered: u64,
+    /// Measured account messages, per watcher.
+    account_msgs: Vec<u64>,
+    subscribed: usize,
+    disconnects: u64,
+    first_error: Option<String>,
+}
+
+/// Watchers connected to a node, driven by [`Watchers::run_until`].
+pub struct Watchers {
+    rt: tokio::runtime::Runtime,
+    local: tokio::task::LocalSet,
+    shared: Rc<RefCell<Shared>>,
+    groups: Vec<usize>,
+    /// Subscribers per symbol.
+    per_symbol: Vec<u64>,
+}
+
+/// What the watchers received in the measured window.
+pub struct WatchResult {
+    /// Quote latency (µs).
+    pub quotes: Histogram<u64>,
+    /// Quotes received.
+    pub quotes_delivered: u64,
+    /// Account message latency (µs).
+    pub account: Histogram<u64>,
+    /// Account messages received.
+    pub account_delivered: u64,
+    /// Account messages that should have arrived: for each watcher, the most any watcher of its
+    /// account received.
+    pub account_expected: u64,
+    /// Watchers whose connection ended.
+    pub disconnects: u64,
+}
+
+impl Watchers {
+    /// Connects every watcher and waits until each has its subscriptions confirmed.
+    pub fn connect(ws: SocketAddr, symbols: &[String], watchers: Vec<Watcher>) -> Result<Watchers, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let local = tokio::task::LocalSet::new();
+        let n = watchers.len();
+        let shared = Rc::new(RefCell::new(Shared {
+            quotes: latency_histogram(),
+            account: latency_histogram(),
+            from_ns: u64::MAX,
+            until_ns: u64::MAX,
+            quotes_delivered: 0,
+            account_msgs: vec![0; n],
+            subscribed: 0,
+            disconnects: 0,
+            first_error: None,
+        }));
+        let mut per_symbol = vec![0u64; symbols.len()];
+        let groups = watchers.iter().map(|w| w.group).collect();
+        let deadline = Instant::now() + Duration::from_secs(10 + n as u64 / 500);
+        local.block_on(&rt, async {
+            for (id, w) in watchers.into_iter().enumerate() {
+                let mut channels: Vec<String> = w.quotes.iter().map(|&s| format!("quotes:{}", symbols[s])).collect();
+                for &s in &w.quotes {
+                    per_symbol[s] += 1;
+                }
+                if w.account {
+                    channels.push("account".into());
+                }
+                let shared = shared.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(e) = watch(ws, &w.key, channels, id, &shared).await {
+                        let mut sh = shared.borrow_mut();
+                        sh.first_error.get_or_insert(e);
+                        sh.disconnects += 1;
+                    }
+                });
+                if id % 200 == 199 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let settled = || {
+                let sh = shared.borrow();
+                sh.subscribed + sh.disconnects as usize >= n
+            };
+            while !settled() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let sh = shared.borrow();
+        if sh.subscribed < n {
+            let why = sh.first_error.clone().unwrap_or_else(|| "no subscription confirmed in time".into());
+            return Err(format!("{} of {n} watchers did not subscribe: {why}", n - sh.subscribed));
+        }
+        drop(sh);
+        Ok(Watchers { rt, local, shared, groups, per_symbol })
+    }
+
+    /// Subscribers of each symbol.
+    pub fn per_symbol(&self) -> &[u64] {
+        &self.per_symbol
+    }
+
+    /// Measures messages stamped in `[from_ns, until_ns)`.
+    pub fn measure(&self, from_ns: u64, until_ns: u64) {
+        let mut sh = self.shared.borrow_mut();
+        sh.from_ns = from_ns;
+        sh.until_ns = until_ns;
+    }
+
+    /// Receives until `deadline`.
+    pub fn run_until(&self, deadline: Instant) {
+        self.local.block_on(&self.rt, async {
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// What was measured.
+    pub fn result(&self) -> WatchResult {
+        let sh = self.shared.borrow();
+        let mut most = std::collections::HashMap::<usize, u64>::new();
+        for (g, n) in self.groups.iter().zip(&sh.account_msgs) {
+            let m = most.entry(*g).or_default();
+            *m = (*m).max(*n);
+        }
+        WatchResult {
+            quotes: sh.quotes.clone(),
+            quotes_delivered: sh.quotes_delivered,
+            account: sh.account.clone(),
+            account_delivered: sh.account_msgs.iter().sum(),
+            account_expected: self.groups.iter().map(|g| most[g]).sum(),
+            disconnects: sh.disconnects,
+        }
+    }
+}
+
+/// One watcher's connection: upgrade, subscribe, then read until the connection ends.
+async fn watch(
+    ws: SocketAddr,
+    key: &str,
+    channels: Vec<String>,
+    id: usize,
+    shared: &Rc<RefCell<Shared>>,
+) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(ws).await.map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    let req = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {ws}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: {key}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(4096);
+    let head = loop {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during the handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        return Err(String::from_utf8_lossy(&buf[..head]).trim().to_string());
+    }
+    buf.drain(..head);
+    let sub = encode_client(&ClientMsg::Subscribe { channels, resume_from: None });
+    s.write_all(&client_frame(2, &sub, MASK)).await.map_err(|e| e.to_string())?;
+    loop {
+        // Whole frames at the start of `buf`.
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, hdr) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap_or_default()) as usize, 10),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            let op = buf[0] & 0x0f;
+            let arrived = now_ns();
+            if op == 2 {
+                let msgs = decode_frame(&buf[hdr..hdr + len])?;
+                let mut sh = shared.borrow_mut();
+                let window = sh.from_ns..sh.until_ns;
+                let us = |ts: u64| arrived.saturating_sub(ts).div_ceil(1000).max(1);
+                for m in msgs {
+                    match m.body {
+                        ServerBody::Event { event: EventKind::Quote(q) } if window.contains(&q.ts) => {
+                            sh.quotes_delivered += 1;
+                            let _ = sh.quotes.record(us(q.ts));
+                        }
+                        ServerBody::Event { event: EventKind::Quote(_) } => {}
+                        ServerBody::Event { .. } | ServerBody::Position { .. } if window.contains(&m.ts) => {
+                            sh.account_msgs[id] += 1;
+                            let _ = sh.account.record(us(m.ts));
+                        }
+                        ServerBody::Subscribed { .. } => sh.subscribed += 1,
+                        ServerBody::Error { code, message } => return Err(format!("{code}: {message}")),
+                        _ => {}
+                    }
+                }
+            } else if op == 9 {
+                let pong = client_frame(0xa, &buf[hdr..hdr + len], MASK);
+                s.write_all(&pong).await.map_err(|e| e.to_string())?;
+            } else if op == 8 {
+                let code = buf.get(hdr..hdr + 2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                let reason = String::from_utf8_lossy(buf.get(hdr + 2..hdr + len).unwrap_or_default());
+                return Err(format!("closed by the node: {code} {reason}"));
+            }
+            buf.drain(..hdr + len);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The open-loop quote feeder.
+#[derive(Clone)]
+pub struct Feeder {
+    /// The node's public API.
+    pub http: SocketAddr,
+    /// A key with the feed role.
+    pub key: String,
+    /// Symbols, quoted in turn.
+    pub symbols: Vec<String>,
+    /// Quotes per second in all.
+    pub rate: f64,
+}
+
+/// What the feeder did: quotes sent per symbol within the measured window, and failed requests.
+pub struct Fed {
+    /// Per symbol, quotes accepted whose stamp is in the window.
+    pub per_symbol: Vec<u64>,
+    /// Requests that failed or were refused.
+    pub errors: u64,
+}
+
+impl Feeder {
+    /// Quote `k` is due at `start_ns + k / rate`, stamped with that time, one request each on a
+    /// keep-alive connection, until `end_ns`. Runs on its own thread.
+    pub fn spawn(self, start_ns: u64, window: (u64, u64)) -> std::thread::JoinHandle<Result<Fed, String>> {
+        std::thread::spawn(move || self.feed(start_ns, window))
+    }
+
+    fn feed(&self, start_ns: u64, (from, until): (u64, u64)) -> Result<Fed, String> {
+        let mut conn = None;
+        let mut fed = Fed { per_symbol: vec![0; self.symbols.len()], errors: 0 };
+        for k in 0u64.. {
+            let due = start_ns + (k as f64 * 1e9 / self.rate) as u64;
+            if due >= until {
+                break;
+            }
+            let now = now_ns();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+            let sym = (k as usize) % self.symbols.len();
+            let mid = 1000 + (k % 50) as i64;
+            let body = format!(
+                r#"{{"ticks":[{{"symbol":"{}","bid":"{}.00","ask":"{}.10","ts":{due}}}]}}"#,
+                self.symbols[sym], mid, mid
+            );
+            let req = format!(
+                "POST /v1/market/ticks HTTP/1.1\r\nHost: x\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                self.key,
+                body.len()
+            );
+            match self.send(&mut conn, req.as_bytes()) {
+                Ok(status) if (200..300).contains(&status) => {
+                    if due >= from {
+                        fed.per_symbol[sym] += 1;
+                    }
+                }
+                Ok(_) => fed.errors += 1,
+                Err(_) => {
+                    // Counted, and the next quote opens a new connection.
+                    fed.errors += 1;
+                    conn = None;
+                }
+            }
+        }
+        Ok(fed)
+    }
+
+    /// One request on the keep-alive connection (opened if needed); the answer's status.
+    fn send(&self, conn: &mut Option<std::net::TcpStream>, req: &[u8]) -> std::io::Result<u16> {
+        use std::io::{Error, Read, Write};
+        let c = match conn {
+            Some(c) => c,
+            None => {
+                let c = std::net::TcpStream::connect_timeout(&self.http, Duration::from_secs(1))?;
+                c.set_nodelay(true)?;
+                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                conn.insert(c)
+            }
+        };
+        c.write_all(req)?;
+        let mut answer = Vec::with_capacity(512);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = c.read(&mut chunk)?;
+            if n == 0 {
+                return Err(Error::other("closed by the node"));
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            let Some(head) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let text = String::from_utf8_lossy(&answer[..head]);
+            let length = text
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if answer.len() >= head + 4 + length {
+                return text.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| Error::other("no status"));
+            }
+        }
+    }
+}
+
+/// Resident memory of a process (bytes), from `/proc/PID/status`.
+pub fn rss(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+/// Open file descriptors of a process, from `/proc/PID/fd`.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_spread_evenly() {
+        let mut count = vec![0; 100];
+        for c in 0..10_000 {
+            let s = subscription(c, 10, 100);
+            let mut d = s.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 10, "{s:?}");
+            for x in s {
+                count[x] += 1;
+            }
+        }
+        assert!(count.iter().all(|&c| c == 1000), "{count:?}");
+    }
+
+    #[test]
+    fn memory_and_descriptors_of_a_process() {
+        use std::process::{Child, Command, Stdio};
+        // `sleep`, after the shell opened `redirects`; both children inherit the same descriptors.
+        let sleeper = |redirects: &str| -> Child {
+            let c = Command::new("sh")
+                .args(["-c", &format!("{redirects} exec sleep 30")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let comm = format!("/proc/{}/comm", c.id());
+            while std::fs::read_to_string(&comm).unwrap() != "sleep\n" {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            c
+        };
+        let (mut plain, mut more) = (sleeper(""), sleeper("exec 7</dev/null 8</dev/null 9</dev/null;"));
+        let (fds, fds_more, mem) = (open_fds(plain.id()), open_fds(more.id()), rss(plain.id()));
+        for c in [&mut plain, &mut more] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert!(fds.unwrap() >= 3, "stdin, stdout and stderr at least");
+        assert_eq!(fds_more, fds.map(|n| n + 3));
+        assert!(mem.unwrap() > 0);
+        assert_eq!(rss(plain.id()), None, "gone");
+    }
+}
