@@ -9,18 +9,7 @@ use serde_json::{json, Value};
 use support::{Node, ADMIN_TOKEN};
 
 fn bench(node: &Node, args: &[&str]) -> (i32, Value, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
-        .arg("signals")
-        .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
-        .args(["--admin-token", ADMIN_TOKEN, "--quiet", "--json", json_path.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), report, text)
+    scenario(node, "signals", args)
 }
 
 #[test]
@@ -145,14 +134,14 @@ fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
 fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("out.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
-        .arg(name)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"));
+    cmd.arg(name)
         .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
-        .args(["--ws", &node.ws.to_string(), "--admin-token", ADMIN_TOKEN, "--quiet"])
-        .args(["--json", json_path.to_str().unwrap()])
-        .args(args)
-        .output()
-        .unwrap();
+        .args(["--admin-token", ADMIN_TOKEN, "--quiet", "--json", json_path.to_str().unwrap()]);
+    if name != "signals" {
+        cmd.args(["--ws", &node.ws.to_string()]);
+    }
+    let out = cmd.args(args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
     (out.status.code().unwrap_or(-1), report, text)
