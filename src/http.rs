@@ -160,21 +160,8 @@ pub struct HttpOptions {
 /// finish (up to the grace period) and returns.
 pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
     let live = Rc::new(Cell::new(0usize));
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => break,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                log::warn!("{api:?} listener: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        };
+    let what = format!("{api:?} listener");
+    while let Some(stream) = accept(&listener, &shutdown, &what).await {
         if live.get() >= opts.max_connections {
             node.borrow_mut().metrics.connections_refused += 1;
             glommio::spawn_local(refuse(stream)).detach();
@@ -202,6 +189,23 @@ pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opt
     }
     if live.get() > 0 {
         log::warn!("{api:?} listener: {} connection(s) still open after the grace period", live.get());
+    }
+}
+
+/// The next connection, or `None` once shutdown begins; a failed accept is logged and retried.
+pub(crate) async fn accept(listener: &TcpListener, shutdown: &Shutdown, what: &str) -> Option<TcpStream> {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shutdown.wait().await;
+            None
+        });
+        match accepted.await? {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                log::warn!("{what}: accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }
 

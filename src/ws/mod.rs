@@ -249,20 +249,7 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
         }
     })
     .detach();
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shutdown.wait().await;
-            None
-        });
-        let stream = match accepted.await {
-            None => break,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                log::warn!("ws: accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    while let Some(stream) = crate::http::accept(&listener, &shutdown, "ws listener").await {
         let full = {
             let hub = hub.borrow();
             hub.len() >= hub.settings.max_connections
