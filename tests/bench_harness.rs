@@ -128,6 +128,7 @@ fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
     assert!(r["rss_per_connection_bytes"].as_f64().is_some(), "{r}");
     assert_eq!(r["disconnects"], 0);
+    assert!(text.contains("account messages"), "a live progress line: {text}");
 }
 
 /// `signalgate-bench SCENARIO` against `node` with a JSON report; (exit code, report, output).

@@ -102,6 +102,9 @@ struct FanoutArgs {
     /// Exit 1 when the share of undelivered messages exceeds this.
     #[arg(long, default_value_t = 0.0)]
     max_loss: f64,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
@@ -157,7 +160,8 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     let until = from + (a.duration * 1e9) as u64;
     watchers.measure(from, until);
     let feed = Feeder { http, key, symbols, rate: a.rate }.spawn(start, (from, until));
-    watchers.run_until(Instant::now() + Duration::from_nanos(until.saturating_sub(now_ns())) + Duration::from_secs(2));
+    let drained = Instant::now() + Duration::from_nanos(until.saturating_sub(now_ns())) + Duration::from_secs(2);
+    watchers.run_until(drained, !a.quiet);
     let fed = feed.join().map_err(|_| "the feeder panicked")??;
     let w = watchers.result();
     let expected: u64 = fed.per_symbol.iter().zip(watchers.per_symbol()).map(|(t, n)| t * n).sum();

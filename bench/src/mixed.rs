@@ -238,7 +238,8 @@ pub fn run(a: &MixedArgs, soak: Option<&SoakArgs>) -> Result<ExitCode, String> {
         let total = s.warmup + s.duration;
         std::thread::spawn(move || sample(pid, origin, every, end, total))
     });
-    watchers.run_until(end + Duration::from_secs(2));
+    // The traders' generator prints the progress line of a mixed run; a soak prints its samples.
+    watchers.run_until(end + Duration::from_secs(2), false);
     let m = traders.join().map_err(|_| "the load thread panicked")??;
     let fed = match feed {
         Some(f) => Some(f.join().map_err(|_| "the feeder panicked")??),

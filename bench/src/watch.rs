@@ -158,13 +158,31 @@ impl Watchers {
         sh.until_ns = until_ns;
     }
 
-    /// Receives until `deadline`.
-    pub fn run_until(&self, deadline: Instant) {
+    /// Receives until `deadline`; with `progress`, a line on stderr every second with what the
+    /// measured window has received so far.
+    pub fn run_until(&self, deadline: Instant, progress: bool) {
+        use std::io::Write;
+        let origin = Instant::now();
+        let mut shown = 0;
         self.local.block_on(&self.rt, async {
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                let secs = origin.elapsed().as_secs();
+                if progress && secs > shown {
+                    shown = secs;
+                    let sh = self.shared.borrow();
+                    let account: u64 = sh.account_msgs.iter().sum();
+                    eprint!(
+                        "\r{secs:>5} s  {:>10} quotes  {:>10} account messages  {:>6} disconnects   ",
+                        sh.quotes_delivered, account, sh.disconnects
+                    );
+                    let _ = std::io::stderr().flush();
+                }
             }
         });
+        if progress {
+            eprintln!();
+        }
     }
 
     /// What was measured.
