@@ -326,11 +326,9 @@ fn an_unreachable_or_refusing_postgres_degrades_the_report_not_the_trading() {
             assert!(Instant::now() < deadline, "{url}: expected {reason}, got {r}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let log = node.log();
-        assert!(
-            log.iter().any(|l| l.contains("postgres: offload stopped") && l.contains(logged)),
-            "{url}: a clear log line naming {logged:?}: {log:?}"
-        );
+        let stopped = |l: &str| l.contains("postgres: offload stopped") && l.contains(logged);
+        let log = node.log_until(Duration::from_secs(5), stopped);
+        assert!(log.iter().any(|l| stopped(l)), "{url}: a clear log line naming {logged:?}: {log:?}");
     }
     // A database that has more of this node's events than its journal (a new data directory
     // against an old database): nothing is offloaded over the old rows.

@@ -262,6 +262,21 @@ impl Node {
         self.stderr.try_iter().collect()
     }
 
+    /// Lines logged until one satisfies `found` (included) or `timeout` passes: a line the node
+    /// has written may still be on its way through the pipe.
+    pub fn log_until(&self, timeout: Duration, found: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lines = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            let done = found(&line);
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    }
+
     /// Polls until the engine has a quote for `symbol` (the simulator runs every 20 ms).
     pub fn wait_for_quote(&self, key: &str, symbol: &str) {
         let auth = bearer(key);
