@@ -4,6 +4,8 @@
     python3 examples/ws_client.py --url ws://127.0.0.1:8082/v1/ws --key sg_... \
         --channels account quotes:BTC-USD [--resume-from SEQ] [--signal '{"symbol":"BTC-USD","action":"buy","qty":"0.01"}']
 
+Behind nginx (TLS) the URL is wss://HOST/v1/ws; --cafile names the CA of a private certificate.
+
 Prints every message the node sends, one JSON object per line. On a disconnect it reconnects with
 resume_from set to the last account event it saw, so no account event is missed or repeated.
 See docs/ws.md for the messages.
@@ -14,15 +16,19 @@ import base64
 import json
 import os
 import socket
+import ssl
 import struct
 import sys
 import time
 from urllib.parse import urlparse, quote
 
 
-def connect(url, key, resume_from):
+def connect(url, key, resume_from, cafile):
     u = urlparse(url)
-    sock = socket.create_connection((u.hostname, u.port or 80), timeout=30)
+    tls = u.scheme == "wss"
+    sock = socket.create_connection((u.hostname, u.port or (443 if tls else 80)), timeout=30)
+    if tls:
+        sock = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname=u.hostname)
     query = "format=json"
     if resume_from is not None:
         query += "&resume_from=%d" % resume_from
@@ -88,7 +94,8 @@ def frames(sock, buf):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="ws://127.0.0.1:8082/v1/ws")
+    p.add_argument("--url", default="ws://127.0.0.1:8082/v1/ws", help="ws://… to a node, wss://… through nginx")
+    p.add_argument("--cafile", help="CA certificate(s) to trust for wss:// instead of the system's")
     p.add_argument("--key", required=True)
     p.add_argument("--channels", nargs="+", default=["account"])
     p.add_argument("--resume-from", type=int)
@@ -99,7 +106,10 @@ def main():
     seen = 0
     while True:
         try:
-            sock, buf = connect(args.url, args.key, last_account_seq)
+            sock, buf = connect(args.url, args.key, last_account_seq, args.cafile)
+        except ssl.SSLCertVerificationError as e:
+            print("connect failed: %s" % e, file=sys.stderr)
+            return 1  # retrying would not help
         except (OSError, ConnectionError) as e:
             print("connect failed: %s; retrying in 1 s" % e, file=sys.stderr)
             time.sleep(1)

@@ -1,8 +1,9 @@
 //! The shipped nginx configuration: it passes `nginx -t`, and a real nginx (TLS with a throwaway
-//! certificate) in front of a real node carries the API.
+//! certificate) in front of a real node carries the API and a WebSocket session.
 
 mod support;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +54,10 @@ struct Nginx(Child);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM, not SIGKILL: the master takes its workers down with it (killed outright, it
+        // would leave them running, holding the port).
+        // SAFETY: the pid of our own child, not yet waited for.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.0.wait();
     }
 }
@@ -145,16 +149,46 @@ fn a_real_nginx_in_front_of_a_real_node() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(connections <= 4, "nginx reuses upstream connections ({connections} open)");
-    // The WebSocket upgrade goes through TLS to the node's stream listener, and its first frame
-    // (the welcome, naming the node's symbols) comes back.
-    let out = Command::new("curl")
-        .args(["-sk", "-i", "-N", "--max-time", "3", "--http1.1"])
-        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13"])
-        .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "-H", &format!("X-API-Key: {}", node.demo_key)])
-        .arg(format!("https://localhost:{port}/v1/ws"))
+    // A WebSocket session through TLS, with the example client (which verifies the certificate):
+    // subscribe to the account, send a signal on the socket, and see its answer, fill and position.
+    let mut client = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws_client.py"))
+        .args(["--url", &format!("wss://localhost:{port}/v1/ws"), "--key", &node.demo_key])
+        .arg("--cafile")
+        .arg(dir.path().join("fullchain.pem"))
+        .args(["--channels", "account", "--signal", r#"{"symbol":"BTC-USD","action":"sell","qty":"0.004"}"#])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = client.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut msgs = Vec::new();
+    let seen = |msgs: &[serde_json::Value], kind: &str| msgs.iter().any(|m| m["type"] == kind);
+    while !(seen(&msgs, "position") && seen(&msgs, "signal_result")) {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else { break };
+        msgs.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(msgs.iter().any(|m| m["type"] == "welcome"), "{msgs:?}");
+    let answer = msgs.iter().find(|m| m["type"] == "signal_result").expect("the signal's answer came back");
+    assert_eq!((answer["request_id"].as_u64(), answer["status"].as_u64()), (Some(1), Some(201)), "{answer}");
+    assert!(msgs.iter().any(|m| m["type"] == "event" && m["event"]["type"] == "fill"), "{msgs:?}");
+    let position = msgs.iter().find(|m| m["type"] == "position").expect("a position after the fill");
+    assert_eq!(position["qty"], 60, "0.01 bought over HTTP, 0.004 sold over the socket: {position}");
+    // Without the certificate's CA the client refuses the server instead of retrying forever.
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws_client.py"))
+        .args(["--url", &format!("wss://localhost:{port}/v1/ws"), "--key", &node.demo_key])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
-    assert!(text.contains("BTC-USD") && text.contains("ETH-USD"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
 }
