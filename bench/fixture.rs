@@ -10,22 +10,27 @@ use signalgate::engine::market::Quote;
 use signalgate::engine::types::{SymbolId, SECOND};
 use signalgate::node::Node;
 
-const KEY: &str = "sg_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
 pub struct Fixture {
     pub node: Node,
-    pub auth: String,
+    /// `Authorization` of each account, in order; signal `i` goes to account `i % len`.
+    pub auth: Vec<String>,
     pub bodies: Vec<Vec<u8>>,
     pub resp: Response,
     pub now: u64,
 }
 
 impl Fixture {
-    /// `bodies` signals cycle through buys, sells and targets on two symbols; every fourth one
-    /// carries a fresh `signal_id`, so idempotency records are written too.
+    /// One account that remembers 256 orders; see [`Fixture::with_accounts`].
     pub fn new(bodies: usize) -> Self {
+        Self::with_accounts(bodies, 1, 256)
+    }
+
+    /// `bodies` signals cycle through buys, sells and targets on two symbols; every fourth one
+    /// carries a fresh `signal_id`, so idempotency records are written too. `accounts` accounts,
+    /// each remembering `orders_per_account` finished orders.
+    pub fn with_accounts(bodies: usize, accounts: usize, orders_per_account: usize) -> Self {
         let mut cfg = Config::default();
-        cfg.engine.orders_per_account = 256;
+        cfg.engine.orders_per_account = orders_per_account;
         cfg.engine.idempotency_capacity = 1024;
         let now = 1_800_000_000 * SECOND;
         let mut node = Node::new(&cfg, "unused-admin-token".into(), now);
@@ -38,10 +43,16 @@ impl Fixture {
             max_daily_loss: Some(0),
             ..LimitOverrides::default()
         };
-        let account = node
-            .open_account(AccountName::new("bench").unwrap(), "enterprise", 1_000_000_000 * 100_000_000, overrides, now)
-            .unwrap();
-        node.add_key(account, hash_key(KEY.as_bytes()), Roles::default(), now).unwrap();
+        let auth = (0..accounts)
+            .map(|i| {
+                let name = AccountName::new(&format!("bench-{i}")).unwrap();
+                let cash = 1_000_000_000 * 100_000_000;
+                let account = node.open_account(name, "enterprise", cash, overrides, now).unwrap();
+                let key = format!("sg_{i:064x}");
+                node.add_key(account, hash_key(key.as_bytes()), Roles::default(), now).unwrap();
+                format!("Bearer {key}")
+            })
+            .collect();
         let shapes = [
             r#"{"symbol":"BTC-USD","action":"buy","qty":"0.0100"}"#,
             r#"{"symbol":"BTC-USD","action":"sell","qty":"0.0100"}"#,
@@ -58,7 +69,7 @@ impl Fixture {
                 }
             })
             .collect();
-        let mut f = Fixture { node, auth: format!("Bearer {KEY}"), bodies, resp: Response::with_capacity(4096), now };
+        let mut f = Fixture { node, auth, bodies, resp: Response::with_capacity(4096), now };
         f.quote();
         f
     }
@@ -85,7 +96,7 @@ impl Fixture {
         // Moved out for the call (no copy): the request borrows them while `serve` needs `self`.
         let (bodies, auth) = (std::mem::take(&mut self.bodies), std::mem::take(&mut self.auth));
         let mut req = Request::new(Method::Post, "/v1/signals");
-        req.authorization = Some(auth.as_bytes());
+        req.authorization = Some(auth[i % auth.len()].as_bytes());
         req.content_type = Some(b"application/json");
         req.body = &bodies[i % bodies.len()];
         let status = self.serve(&req, self.now);

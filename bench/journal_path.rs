@@ -67,7 +67,7 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, io: WriteIo, count: usize, 
                     }
                 }
                 let mut req = Request::new(Method::Post, "/v1/signals");
-                req.authorization = Some(auth.as_bytes());
+                req.authorization = Some(auth[0].as_bytes());
                 req.content_type = Some(b"application/json");
                 req.body = &bodies[i % bodies.len()];
                 let before = node.borrow().engine.last_seq();

@@ -4,6 +4,10 @@
 //! limit, risk checks, order, paper fill and answer encoding — with no sockets, and reports the
 //! node's own signal-to-order histogram (request parsed → order handed to the venue) next to it.
 //! Pin it to a quiet core for stable numbers: `taskset -c 1 cargo bench --bench signal_path`.
+//!
+//! A second part measures the same path while the remembered order history grows: many
+//! accounts each keep `engine.orders_per_account` finished orders, so the engine's order map
+//! grows to millions of entries, and any pause while it grows shows as the slowest signals.
 
 use std::time::Instant;
 
@@ -60,4 +64,45 @@ fn main() {
             h.max()
         );
     }
+    history_growth(quick);
+}
+
+/// Signals spread over many accounts until every account's history is full (and a fifth more):
+/// the per-call distribution, the slowest call and how many orders were remembered then.
+fn history_growth(quick: bool) {
+    // An odd number of accounts: each account's signals cycle through all four shapes, so every
+    // signal places an order (a repeated `target` would not).
+    let (accounts, history) = if quick { (11, 1_000) } else { (101, 10_000) };
+    let mut f = fixture::Fixture::with_accounts(1024, accounts, history);
+    let signals = accounts * history * 6 / 5;
+    let mut per_call = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let (mut slowest, mut remembered_then, mut over_1ms) = (0u64, 0usize, 0u64);
+    let started = Instant::now();
+    for i in 0..signals {
+        if i % 1000 == 0 {
+            f.quote();
+        }
+        let t = Instant::now();
+        f.signal(i);
+        let ns = t.elapsed().as_nanos() as u64;
+        per_call.saturating_record(ns);
+        over_1ms += u64::from(ns > 1_000_000);
+        if ns > slowest {
+            (slowest, remembered_then) = (ns, f.node.engine.orders_len());
+        }
+    }
+    println!(
+        "history growth: {accounts} accounts × {history} remembered orders, {signals} signals in {:.1} s, {} orders remembered at the end",
+        started.elapsed().as_secs_f64(),
+        f.node.engine.orders_len()
+    );
+    println!(
+        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>10}  calls over 1 ms: {over_1ms}; the slowest with {remembered_then} orders remembered",
+        "request bytes → answer bytes",
+        per_call.value_at_quantile(0.5),
+        per_call.value_at_quantile(0.9),
+        per_call.value_at_quantile(0.99),
+        per_call.value_at_quantile(0.999),
+        slowest
+    );
 }

@@ -84,7 +84,7 @@ proptest! {
         content_type in prop::sample::select(vec![None, Some(&b"application/json"[..]), Some(b"text/plain"), Some(b"image/png"), Some(b"\xff")]),
     ) {
         let mut f = fixture::Fixture::new(1);
-        let auth = f.auth.clone();
+        let auth = f.auth[0].clone();
         let mut req = Request::new(method, path);
         req.body = &body;
         req.content_type = content_type;

@@ -126,7 +126,10 @@ pub struct Engine<V> {
     accounts: Vec<Account>,
     keys: Vec<KeyRecord>,
     key_index: HashMap<[u8; 32], KeyId, IdHash>,
-    orders: HashMap<OrderId, Order, IdHash>,
+    /// Every open order and each account's recent finished ones: millions of entries with many
+    /// accounts. A map that grows a step per insert, not all at once: moving a million orders
+    /// to a bigger table in one go stalls the hot core for hundreds of milliseconds.
+    orders: griddle::HashMap<OrderId, Order, IdHash>,
     quotes: Vec<Option<Quote>>,
     idempotency: IdempotencyStore,
     venue: V,
@@ -149,7 +152,7 @@ impl<V: Venue> Engine<V> {
             accounts: Vec::new(),
             keys: Vec::new(),
             key_index: HashMap::default(),
-            orders: HashMap::default(),
+            orders: griddle::HashMap::default(),
             quotes: vec![None; n],
             venue,
             next_seq: 1,
@@ -918,8 +921,8 @@ impl<V: Venue> Engine<V> {
                 let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
                 let nsym = self.symbols.len();
                 let history = self.cfg.orders_per_account.max(1);
-                // Twice the history: a map with deletions rehashes in place (no allocation) only
-                // while it is at most half full.
+                // Twice the history: deletions leave tombstones, and with room to spare they
+                // rarely fill the table (which would make it grow).
                 self.orders.reserve(2 * history);
                 self.accounts.push(Account {
                     id: account,
