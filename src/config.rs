@@ -118,7 +118,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
-    /// Listen address of the WebSocket stream (`GET /v1/ws`), served by the fan-out core.
+    /// Listen address of the WebSocket stream (`GET /v1/ws`), served by the fan-out cores.
     pub addr: String,
     /// WebSocket connections at once, node-wide; more get 503.
     pub max_connections: usize,
@@ -142,7 +142,7 @@ pub struct WsConfig {
     /// Events a resume may read back from the journal beyond that window (read on the fan-out
     /// core while its streams wait, so kept small).
     pub resume_journal_events: u64,
-    /// Bytes of the ring that carries events from the hot core to the fan-out core.
+    /// Bytes of the ring that carries events from the hot core to each fan-out core.
     pub feed_bytes: usize,
 }
 

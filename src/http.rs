@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
@@ -194,8 +194,17 @@ pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opt
 
 /// The next connection, or `None` once shutdown begins; a failed accept is logged and retried.
 pub(crate) async fn accept(listener: &TcpListener, shutdown: &Shutdown, what: &str) -> Option<TcpStream> {
+    shared_accept(listener, shutdown, what).await.map(AcceptedTcpStream::bind_to_executor)
+}
+
+/// [`accept`], but the connection is not yet bound to this executor: it may be handed to another.
+pub(crate) async fn shared_accept(
+    listener: &TcpListener,
+    shutdown: &Shutdown,
+    what: &str,
+) -> Option<AcceptedTcpStream> {
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        let accepted = futures_lite::future::or(async { Some(listener.shared_accept().await) }, async {
             shutdown.wait().await;
             None
         });

@@ -156,7 +156,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
     let (node, resume, demo, stream) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
-    let (hot_links, fanout_links) = crate::ws::links();
+    let (hot_links, fanout_links): (Vec<_>, Vec<_>) = cfg.topology.fanout.iter().map(|_| crate::ws::links()).unzip();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let hot = {
         let cfg = cfg.clone();
@@ -170,26 +170,19 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
+    // Every fan-out executor serves the stream and follows its own feed; the first accepts the
+    // connections and hands each to the executor serving the fewest.
+    let (state, feeds, stats) = stream;
+    let intakes = crate::ws::intakes(ws_listener.into_raw_fd(), cfg.topology.fanout.len());
     let mut fanouts = Vec::new();
-    let mut serve_ws = Some(crate::ws::Serve {
-        listener: ws_listener.into_raw_fd(),
-        state: stream.0,
-        feed: stream.1,
-        links: fanout_links,
-        stats: stream.2,
-    });
-    for &core in &cfg.topology.fanout {
+    let each = cfg.topology.fanout.iter().zip(intakes).zip(feeds).zip(fanout_links);
+    for (((&core, intake), feed), links) in each {
+        let ws = crate::ws::Serve { intake, state: state.clone(), feed, links, stats: stats.clone() };
         let (cfg2, stop) = (cfg.clone(), stop.clone());
-        let ws = serve_ws.take();
         let handle = executor(&cfg, "sg-fanout")
             .spawn(move || async move {
                 pin_if_asked(&cfg2, core, "fan-out");
-                match ws {
-                    // The first fan-out core serves the WebSocket stream.
-                    Some(ws) => crate::ws::serve(cfg2, ws, stop).await,
-                    // Further ones are reserved; they idle and leave with the node.
-                    None => Shutdown::new().follow(stop).await,
-                }
+                crate::ws::serve(cfg2, ws, stop).await;
             })
             .map_err(|e| format!("cannot start a fan-out executor on core {core}: {e}"))?;
         fanouts.push(handle);
@@ -267,7 +260,7 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
 
 /// What the fan-out core's stream starts from: the engine state after start-up, the feed that
 /// carries what follows, and the stream's counters.
-type StreamStart = (crate::engine::EngineState, crate::ws::feed::Consumer, Arc<crate::ws::WsStats>);
+type StreamStart = (crate::engine::EngineState, Vec<crate::ws::feed::Consumer>, Arc<crate::ws::WsStats>);
 
 /// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
 /// done here on the main thread so that no executor ever waits on it), gives the demo account
@@ -312,20 +305,26 @@ fn build_node(
     let history = crate::history::History::spawn(cfg, node.offload.clone(), core)
         .map_err(|e| format!("cannot start the history thread: {e}"))?;
     node.history = Some(history);
-    // The stream continues from this state; the feed carries every event appended after it.
-    let (producer, consumer) = crate::ws::feed::feed(cfg.ws.feed_bytes, node.journal.durable());
-    node.journal.set_feed(producer);
-    let stats = Arc::new(crate::ws::WsStats::default());
+    // The stream continues from this state; a feed per fan-out executor carries every event
+    // appended after it.
+    let consumers = (0..cfg.topology.fanout.len())
+        .map(|_| {
+            let (producer, consumer) = crate::ws::feed::feed(cfg.ws.feed_bytes, node.journal.durable());
+            node.journal.add_feed(producer);
+            consumer
+        })
+        .collect();
+    let stats = Arc::new(crate::ws::WsStats::new(cfg.topology.fanout.len()));
     node.ws = Some(stats.clone());
     let state = node.engine.state();
-    Ok((node, replayed.resume, demo, (state, consumer, stats)))
+    Ok((node, replayed.resume, demo, (state, consumers, stats)))
 }
 
 async fn hot_main(
     cfg: Config,
     (node, resume): (Node, journal::writer::Resume),
     (public_fd, admin_fd): (RawFd, RawFd),
-    ws_links: crate::ws::HotLinks,
+    ws_links: Vec<crate::ws::HotLinks>,
     stop: Arc<AtomicBool>,
     notifier: Notifier,
     ready: mpsc::Sender<Result<(), String>>,
@@ -352,7 +351,10 @@ async fn hot_main(
         let _ = spawn_bg(Box::pin(simulate_quotes(cfg.clone(), node.clone(), shutdown.clone())));
     }
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
-    let ws_side = glommio::spawn_local_into(crate::ws::hot_side(node.clone(), ws_links, shutdown.clone()), http_queue);
+    let ws_sides: Result<Vec<_>, _> = ws_links
+        .into_iter()
+        .map(|links| glommio::spawn_local_into(crate::ws::hot_side(node.clone(), links, shutdown.clone()), http_queue))
+        .collect();
     // The writer outlives the HTTP tasks: it stops once they are done and everything is written.
     let journal_finish = Shutdown::new();
     let writer = glommio::spawn_local_into(
@@ -369,7 +371,8 @@ async fn hot_main(
         glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
     let admin_task =
         glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, opts, shutdown.clone()), background);
-    let (Ok(public_task), Ok(admin_task), Ok(writer), Ok(ws_side)) = (public_task, admin_task, writer, ws_side) else {
+    let (Ok(public_task), Ok(admin_task), Ok(writer), Ok(ws_sides)) = (public_task, admin_task, writer, ws_sides)
+    else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;
     };
@@ -392,7 +395,9 @@ async fn hot_main(
     node.borrow_mut().draining = true;
     public_task.await;
     admin_task.await;
-    ws_side.await;
+    for side in ws_sides {
+        side.await;
+    }
     journal_finish.trigger();
     writer.await;
 }

@@ -432,6 +432,61 @@ fn the_node_wide_cap_refuses_with_503() {
     }
 }
 
+/// `signalgate_ws_executor_connections` of each fan-out executor, once they add up to `total`.
+fn per_executor(node: &Node, total: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = node.req("GET", "/metrics", &[], "").body;
+        let counts: Vec<u64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("signalgate_ws_executor_connections{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if counts.iter().sum::<u64>() == total || Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_fanout_executor_serves_the_stream_under_node_wide_caps() {
+    let node = Node::start(&[("SIGNALGATE_TOPOLOGY_FANOUT", "[0, 1]"), ("SIGNALGATE_WS_MAX_CONNECTIONS", "12")]);
+    let mut clients: Vec<Client> = (0..10).map(|_| connect(&node, "", Some(&node.demo_key))).collect();
+    for c in &mut clients {
+        subscribe(c, &["account"], None);
+        until(c, "subscribed", |m| matches!(m.body, ServerBody::Subscribed { .. }));
+    }
+    let counts = per_executor(&node, 10);
+    assert_eq!((counts.len(), counts.iter().sum::<u64>()), (2, 10), "{counts:?}");
+    assert!(counts.iter().all(|&n| n > 0), "the kernel hands connections to both executors: {counts:?}");
+    // Each executor follows the feed: every client, wherever it landed, gets the same fill.
+    let r = node.req("POST", "/v1/signals", &[JSON, ("X-API-Key", &node.demo_key)], BUY);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let fills: Vec<Vec<u64>> = clients
+        .iter_mut()
+        .map(|c| account_seqs(&until(c, "the position", |m| matches!(m.body, ServerBody::Position { .. }))))
+        .collect();
+    assert!(fills.windows(2).all(|w| w[0] == w[1]), "{fills:?}");
+    // The node-wide cap counts both executors' connections.
+    clients.extend((0..2).map(|_| connect(&node, "", Some(&node.demo_key))));
+    match Client::connect(node.ws, "", Some(&node.demo_key)) {
+        Err(ConnectError::Refused(503, body)) => assert!(body.contains("ws.node_full"), "{body}"),
+        other => panic!("{:?}", other.err()),
+    }
+    drop(clients);
+    assert_eq!(per_executor(&node, 0), [0, 0]);
+    // So does a tier's cap per key (free: 5), wherever its connections landed.
+    let (_, key) = node.account("free", "1000", json!(null));
+    let open: Vec<Client> = (0..5).map(|_| connect(&node, "", Some(&key))).collect();
+    assert!(per_executor(&node, 5).iter().all(|&n| n > 0));
+    match Client::connect(node.ws, "", Some(&key)) {
+        Err(ConnectError::Refused(429, body)) => assert!(body.contains("ws.too_many_connections"), "{body}"),
+        other => panic!("{:?}", other.err()),
+    }
+    drop(open);
+}
+
 #[test]
 fn malformed_and_oversized_frames_close_with_their_code() {
     let node = Node::start(&[]);

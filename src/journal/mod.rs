@@ -103,8 +103,8 @@ pub struct Journal {
     waiters: RefCell<Vec<Waker>>,
     /// Told how far the journal is stable, when the node offloads to PostgreSQL.
     offload: Option<Arc<crate::postgres::offload::Shared>>,
-    /// Carries every record to the WebSocket fan-out.
-    feed: Option<crate::ws::feed::Producer>,
+    /// Carry every record to the WebSocket fan-out executors, one feed each.
+    feeds: Vec<crate::ws::feed::Producer>,
 }
 
 impl Journal {
@@ -123,14 +123,14 @@ impl Journal {
             writer: None,
             waiters: RefCell::new(Vec::with_capacity(1024)),
             offload: None,
-            feed: None,
+            feeds: Vec::new(),
         }
     }
 
-    /// Copies every record appended from now on to `feed`.
-    pub fn set_feed(&mut self, feed: crate::ws::feed::Producer) {
+    /// Copies every record appended from now on to `feed` too.
+    pub fn add_feed(&mut self, feed: crate::ws::feed::Producer) {
         feed.publish_durable(self.durable);
-        self.feed = Some(feed);
+        self.feeds.push(feed);
     }
 
     /// Tells `offload` how far the journal is stable from now on.
@@ -169,7 +169,7 @@ impl Journal {
         for e in events {
             format::encode(&mut self.pending, e);
         }
-        if let Some(feed) = &self.feed {
+        for feed in &self.feeds {
             feed.push(&self.pending[start..]);
         }
         self.appended = events[events.len() - 1].seq;
@@ -239,7 +239,7 @@ impl Journal {
         if seq > self.durable {
             self.durable = seq;
             self.wake_waiters();
-            if let Some(feed) = &self.feed {
+            for feed in &self.feeds {
                 feed.publish_durable(seq);
             }
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::engine::account::KeyRecord;
 use crate::engine::event::{Event, EventKind};
-use crate::engine::types::{AccountId, KeyId};
+use crate::engine::types::AccountId;
 use crate::engine::{Engine, EngineState};
 use crate::journal::format;
 use crate::journal::snapshot::{mirror_engine, NoVenue};
@@ -253,10 +253,8 @@ pub struct Hub {
     mirror: Engine<NoVenue>,
     symbols: Vec<SymbolInfo>,
     conns: HashMap<u64, Rc<Conn>>,
-    next_id: u64,
     by_symbol: Vec<Vec<u64>>,
     by_account: HashMap<AccountId, Vec<u64>>,
-    per_key: HashMap<KeyId, u32>,
     /// The newest quote of each symbol, encoded (binary, JSON).
     latest: Vec<Option<(Vec<u8>, Vec<u8>)>>,
     /// The next sequence number to take from the feed.
@@ -296,10 +294,8 @@ impl Hub {
             mirror,
             symbols,
             conns: HashMap::new(),
-            next_id: 1,
             by_symbol: vec![Vec::new(); n],
             by_account: HashMap::new(),
-            per_key: HashMap::new(),
             latest: vec![None; n],
             next_seq: last + 1,
             window: VecDeque::new(),
@@ -346,11 +342,9 @@ impl Hub {
 
     /// Registers a new connection (not yet authenticated).
     pub fn open(&mut self, json: bool, fd: std::os::fd::RawFd) -> Rc<Conn> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.stats.conn_id();
         let conn = Rc::new(Conn::new(id, json, fd, self.symbols.len()));
         self.conns.insert(id, conn.clone());
-        self.stats.connections.store(self.conns.len() as u64, std::sync::atomic::Ordering::Relaxed);
         conn
     }
 
@@ -371,11 +365,8 @@ impl Hub {
                     subs.retain(|&c| c != conn.id);
                 }
             }
-            if let Some(n) = self.per_key.get_mut(&k.id) {
-                *n = n.saturating_sub(1);
-            }
+            self.stats.give_key_place(k.id);
         }
-        self.stats.connections.store(self.conns.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Checks `key` for a new stream (without taking a place for it).
@@ -389,20 +380,29 @@ impl Hub {
         if record.revoked {
             return Err(REVOKED_KEY);
         }
-        let tier = self.mirror.account(record.account).map(|a| usize::from(a.tier));
-        let cap = tier.and_then(|t| self.settings.tier_caps.get(t).copied()).unwrap_or(0);
-        if self.per_key.get(&record.id).copied().unwrap_or(0) >= cap {
+        if self.stats.key_connections(record.id) >= self.key_cap(&record) {
             return Err(KEY_FULL);
         }
         Ok(record)
     }
 
+    /// How many streams the key's tier allows it.
+    fn key_cap(&self, record: &KeyRecord) -> u32 {
+        let tier = self.mirror.account(record.account).map(|a| usize::from(a.tier));
+        tier.and_then(|t| self.settings.tier_caps.get(t).copied()).unwrap_or(0)
+    }
+
     /// Authenticates `conn` with `key` and sends the welcome.
     pub fn authenticate(&mut self, conn: &Conn, key: &str) -> Result<(), AuthError> {
-        let record = self.check_key(key).inspect_err(|_| {
-            self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        })?;
-        *self.per_key.entry(record.id).or_insert(0) += 1;
+        let record = self
+            .check_key(key)
+            .and_then(|r| {
+                // Checked again as the place is taken: another executor may have taken the last.
+                self.stats.take_key_place(r.id, self.key_cap(&r)).then_some(r).ok_or(KEY_FULL)
+            })
+            .inspect_err(|_| {
+                self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })?;
         {
             let mut st = conn.st.borrow_mut();
             st.key = Some(record);

@@ -9,22 +9,24 @@ pub mod hub;
 pub mod protocol;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
 
 use crate::api::{Method, Request, Response};
 use crate::config::Config;
+use crate::engine::types::KeyId;
 use crate::engine::EngineState;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
@@ -32,11 +34,19 @@ use frame::{HttpRefusal, Kind};
 use hub::{Conn, Hub};
 use protocol::{close, ClientMsg, ServerBody, ServerMsg};
 
-/// Counters of the stream, read by `/metrics` on the hot core.
+/// What the fan-out executors share: the stream's counters (read by `/metrics` on the hot core)
+/// and the node-wide connection places. The places are taken and given back only when a
+/// connection opens, authenticates or closes, never per message.
 #[derive(Debug, Default)]
 pub struct WsStats {
-    /// Connections open.
+    /// Connections open on the whole node (those still in their handshake included).
     pub connections: AtomicU64,
+    /// Connections each fan-out executor serves, in `topology.fanout` order.
+    pub per_executor: Vec<AtomicU64>,
+    /// Authenticated connections of each key, against its tier's cap.
+    per_key: Mutex<HashMap<KeyId, u32>>,
+    /// The next connection id (unique on the node).
+    next_conn: AtomicU64,
     /// Messages sent.
     pub messages: AtomicU64,
     /// Frames sent.
@@ -56,6 +66,59 @@ pub struct WsStats {
 }
 
 impl WsStats {
+    /// Counters for `executors` fan-out executors.
+    pub fn new(executors: usize) -> WsStats {
+        WsStats { per_executor: (0..executors).map(|_| AtomicU64::new(0)).collect(), ..WsStats::default() }
+    }
+
+    /// Takes a place for a new connection, with the executor that serves the fewest, unless the
+    /// node already holds `max`.
+    pub fn take_place(self: &Arc<Self>, max: usize) -> Option<Place> {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max as u64).then_some(n + 1))
+            .ok()?;
+        let executor = (0..self.per_executor.len())
+            .min_by_key(|&i| self.per_executor[i].load(Ordering::Acquire))
+            .unwrap_or_default();
+        if let Some(n) = self.per_executor.get(executor) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        Some(Place { stats: self.clone(), executor })
+    }
+
+    /// A new connection id.
+    pub fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections `key` holds.
+    pub fn key_connections(&self, key: KeyId) -> u32 {
+        self.per_key.lock().map_or(0, |m| m.get(&key).copied().unwrap_or(0))
+    }
+
+    /// Counts one more connection for `key` unless it already holds `cap`.
+    pub fn take_key_place(&self, key: KeyId, cap: u32) -> bool {
+        let Ok(mut m) = self.per_key.lock() else { return false };
+        let n = m.entry(key).or_insert(0);
+        if *n >= cap {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back a place taken with [`WsStats::take_key_place`].
+    pub fn give_key_place(&self, key: KeyId) {
+        if let Ok(mut m) = self.per_key.lock() {
+            if let Some(n) = m.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&key);
+                }
+            }
+        }
+    }
+
     /// Appends the stream's series in Prometheus text format.
     pub fn render_metrics(&self, out: &mut Vec<u8>) {
         use std::io::Write;
@@ -82,7 +145,61 @@ impl WsStats {
                 v.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_ws_executor_connections WebSocket connections each fan-out executor serves.\n\
+             # TYPE signalgate_ws_executor_connections gauge"
+        );
+        for (i, v) in self.per_executor.iter().enumerate() {
+            let _ =
+                writeln!(out, "signalgate_ws_executor_connections{{executor=\"{i}\"}} {}", v.load(Ordering::Relaxed));
+        }
     }
+}
+
+/// A connection's place in the node-wide count and in its executor's, given back when dropped.
+pub struct Place {
+    stats: Arc<WsStats>,
+    /// The fan-out executor that serves the connection.
+    pub executor: usize,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.stats.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(n) = self.stats.per_executor.get(self.executor) {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A connection on its way from the accepting executor to the one that serves it.
+pub struct Handed {
+    stream: AcceptedTcpStream,
+    place: Place,
+}
+
+/// Connections waiting for a fan-out executor to take them, at most.
+const HANDED_IN_FLIGHT: usize = 1024;
+
+/// How a fan-out executor gets its connections.
+pub enum Intake {
+    /// The first executor accepts every connection and hands each to the executor serving the
+    /// fewest (itself included): senders to executors 1, 2, ….
+    Accept {
+        /// The listener, bound at start.
+        listener: RawFd,
+        /// Senders to the other executors.
+        to: Vec<SharedSender<Handed>>,
+    },
+    /// The others serve what it hands them.
+    Handed(SharedReceiver<Handed>),
+}
+
+/// The intakes of `executors` fan-out executors sharing `listener`, in `topology.fanout` order.
+pub fn intakes(listener: RawFd, executors: usize) -> Vec<Intake> {
+    let (to, from): (Vec<_>, Vec<_>) = (1..executors).map(|_| shared_channel::new_bounded(HANDED_IN_FLIGHT)).unzip();
+    std::iter::once(Intake::Accept { listener, to }).chain(from.into_iter().map(Intake::Handed)).collect()
 }
 
 /// A `signal` message on its way to the hot core.
@@ -193,10 +310,10 @@ async fn answer_signal(node: &RefCell<Node>, sig: &WsSignal) -> (u16, Vec<u8>) {
     (resp.status, resp.body)
 }
 
-/// Everything the fan-out core needs to serve the stream.
+/// Everything a fan-out executor needs to serve the stream.
 pub struct Serve {
-    /// The listener, bound at start.
-    pub listener: RawFd,
+    /// Where its connections come from.
+    pub intake: Intake,
     /// The engine state the hub continues from.
     pub state: EngineState,
     /// The feed's consumer end.
@@ -209,9 +326,6 @@ pub struct Serve {
 
 /// Serves the stream until `stop` is set, then closes every connection (1001).
 pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
-    // SAFETY: the descriptor comes from `into_raw_fd` on a listener this process bound; its
-    // ownership moves here exactly once.
-    let listener = unsafe { TcpListener::from_raw_fd(s.listener) };
     let hub = match Hub::new(&cfg, s.state, s.feed, s.stats) {
         Ok(h) => Rc::new(RefCell::new(h)),
         Err(e) => {
@@ -249,12 +363,47 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
         }
     })
     .detach();
-    while let Some(stream) = crate::http::accept(&listener, &shutdown, "ws listener").await {
-        let full = {
-            let hub = hub.borrow();
-            hub.len() >= hub.settings.max_connections
-        };
-        glommio::spawn_local(connection(stream, hub.clone(), signals.clone(), full)).detach();
+    let serve_here = |stream: AcceptedTcpStream, place: Option<Place>| {
+        glommio::spawn_local(connection(stream.bind_to_executor(), hub.clone(), signals.clone(), place)).detach();
+    };
+    match s.intake {
+        Intake::Accept { listener, to } => {
+            // SAFETY: the descriptor comes from `into_raw_fd` on a listener this process bound;
+            // its ownership moves here exactly once.
+            let listener = unsafe { TcpListener::from_raw_fd(listener) };
+            let mut others = Vec::with_capacity(to.len());
+            for t in to {
+                others.push(t.connect().await);
+            }
+            while let Some(stream) = crate::http::shared_accept(&listener, &shutdown, "ws listener").await {
+                let place = {
+                    let hub = hub.borrow();
+                    hub.stats.take_place(hub.settings.max_connections)
+                };
+                match place {
+                    // `others[i]` goes to executor i + 1 (this one is executor 0).
+                    Some(place) if place.executor > 0 => {
+                        let sent = others[place.executor - 1].send(Handed { stream, place }).await;
+                        if let Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(h))) = sent {
+                            // That executor has stopped (the node is shutting down): close.
+                            drop(h.stream.bind_to_executor());
+                        }
+                    }
+                    place => serve_here(stream, place),
+                }
+            }
+        }
+        Intake::Handed(from) => {
+            let from = from.connect().await;
+            loop {
+                let next = futures_lite::future::or(from.recv(), async {
+                    shutdown.wait().await;
+                    None
+                });
+                let Some(Handed { stream, place }) = next.await else { break };
+                serve_here(stream, Some(place));
+            }
+        }
     }
     for c in hub.borrow().conns() {
         c.close(close::GOING_AWAY, "node shutting down");
@@ -331,7 +480,14 @@ async fn refuse(mut stream: TcpStream, r: &HttpRefusal) {
     let _ = with_timeout(Duration::from_secs(1), stream.close()).await;
 }
 
-async fn connection(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, signals: Rc<ConnectedSender<WsSignal>>, full: bool) {
+/// Serves one connection; `place` is its place in the node-wide count (`None`: the node is full,
+/// so the upgrade is refused).
+async fn connection(
+    mut stream: TcpStream,
+    hub: Rc<RefCell<Hub>>,
+    signals: Rc<ConnectedSender<WsSignal>>,
+    place: Option<Place>,
+) {
     let _ = stream.set_nodelay(true);
     let auth_timeout = hub.borrow().settings.auth_timeout;
     let mut buf = Vec::new();
@@ -361,7 +517,7 @@ async fn connection(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, signals: Rc<Co
             return refuse(stream, &r).await;
         }
     };
-    if full {
+    if place.is_none() {
         let r =
             HttpRefusal::new(503, "ws.node_full", "the node has as many WebSocket connections as ws.max_connections");
         return refuse(stream, &r).await;
