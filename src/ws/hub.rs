@@ -307,11 +307,6 @@ impl Hub {
         })
     }
 
-    /// Connections open (authenticated or not).
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Whether no connection is open.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
