@@ -151,9 +151,17 @@ fn a_real_nginx_in_front_of_a_real_node() {
     assert!(connections <= 4, "nginx reuses upstream connections ({connections} open)");
     // A WebSocket session through TLS, with the example client (which verifies the certificate):
     // subscribe to the account, send a signal on the socket, and see its answer, fill and position.
-    let mut client = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws_client.py"))
-        .args(["--url", &format!("wss://localhost:{port}/v1/ws"), "--key", &node.demo_key])
+    let example_client = || {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["20", "python3", concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws_client.py")]).args([
+            "--url",
+            &format!("wss://localhost:{port}/v1/ws"),
+            "--key",
+            &node.demo_key,
+        ]);
+        cmd
+    };
+    let mut client = example_client()
         .arg("--cafile")
         .arg(dir.path().join("fullchain.pem"))
         .args(["--channels", "account", "--signal", r#"{"symbol":"BTC-USD","action":"sell","qty":"0.004"}"#])
@@ -174,7 +182,9 @@ fn a_real_nginx_in_front_of_a_real_node() {
         let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else { break };
         msgs.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
     }
-    let _ = client.kill();
+    // SIGTERM to `timeout`, which passes it on to the client (SIGKILL would orphan the client).
+    // SAFETY: the pid of our own child, not yet waited for.
+    unsafe { libc::kill(client.id() as libc::pid_t, libc::SIGTERM) };
     let _ = client.wait();
     assert!(msgs.iter().any(|m| m["type"] == "welcome"), "{msgs:?}");
     let answer = msgs.iter().find(|m| m["type"] == "signal_result").expect("the signal's answer came back");
@@ -182,12 +192,9 @@ fn a_real_nginx_in_front_of_a_real_node() {
     assert!(msgs.iter().any(|m| m["type"] == "event" && m["event"]["type"] == "fill"), "{msgs:?}");
     let position = msgs.iter().find(|m| m["type"] == "position").expect("a position after the fill");
     assert_eq!(position["qty"], 60, "0.01 bought over HTTP, 0.004 sold over the socket: {position}");
-    // Without the certificate's CA the client refuses the server instead of retrying forever.
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ws_client.py"))
-        .args(["--url", &format!("wss://localhost:{port}/v1/ws"), "--key", &node.demo_key])
-        .output()
-        .unwrap();
+    // Without the certificate's CA the client refuses the server instead of retrying forever
+    // (which `timeout` would end with 124).
+    let out = example_client().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
