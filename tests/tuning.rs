@@ -79,3 +79,24 @@ fn limits_and_scripts_are_well_formed() {
     assert!(show.status.success());
     assert!(!show.stdout.is_empty());
 }
+
+#[test]
+fn thread_cpu_shows_each_node_thread_per_window() {
+    let node = support::Node::start(&[]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/thread-cpu");
+    let out = Command::new(script).args([&node.node_pid().to_string(), "0.35", "100"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // One line per 100 ms window over 0.35 s (a window a slow machine sleeps through merges).
+    assert!((2..=3).contains(&lines.len()), "{text}");
+    for l in &lines {
+        for thread in ["sg-hot-", "sg-fanout-", "sg-snapshot"] {
+            assert!(l.contains(thread), "{thread} in {l}");
+        }
+        assert!(l.contains(" u") && l.contains(" s"), "{l}");
+    }
+    let out = Command::new(script).arg("4000000000").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process 4000000000"));
+}
