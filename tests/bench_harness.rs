@@ -41,6 +41,42 @@ fn an_open_loop_run_reports_latency_rate_and_the_nodes_own_figures() {
 }
 
 #[test]
+fn a_sleeping_harness_keeps_its_rate_and_leaves_its_core_to_others() {
+    let node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("out.json");
+    // bash's `times` prints the CPU time of its children: the harness alone.
+    let run = format!(
+        "'{}' signals --target http://{} --admin http://{} --admin-token {ADMIN_TOKEN} --quiet --json '{}' \
+         --rate 400 --connections 4 --duration 2 --warmup 0.5 --accounts 2 --wait sleep; code=$?; times; exit $code",
+        env!("CARGO_BIN_EXE_signalgate-bench"),
+        node.http,
+        node.admin,
+        json_path.display()
+    );
+    let out = Command::new("bash").args(["-c", &run]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(r["parameters"]["wait"], "sleep");
+    let rate = r["achieved_rps"].as_f64().unwrap();
+    assert!((300.0..=500.0).contains(&rate), "{rate}");
+    assert_eq!(r["errors"]["total"], 0);
+    // The children's line of `times`: "0m0.123s 0m0.045s" (user, system).
+    let children = text.lines().last().unwrap();
+    let cpu: f64 = children
+        .split_whitespace()
+        .map(|t| {
+            let (m, s) = t.trim_end_matches('s').split_once('m').unwrap();
+            m.parse::<f64>().unwrap() * 60.0 + s.parse::<f64>().unwrap()
+        })
+        .sum();
+    // A spinning generator would take its core for the whole 2.5 s.
+    assert!(cpu < 1.0, "the harness used {cpu:.2} s of CPU in a 2.5 s run: {children}");
+}
+
+#[test]
 fn refused_requests_are_counted_by_kind_and_fail_the_run() {
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");

@@ -248,6 +248,10 @@ struct SignalsArgs {
     /// Core to pin the harness to.
     #[arg(long)]
     cpu: Option<usize>,
+    /// How the load thread waits: spin (it owns its core; the most precise) or sleep (in epoll
+    /// until a request is due or an answer arrives; for a core shared with, e.g., PostgreSQL).
+    #[arg(long, value_enum, default_value = "spin")]
+    wait: load::Wait,
     /// Write the results and the run's parameters as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -331,6 +335,7 @@ fn load_for(a: &SignalsArgs, addr: SocketAddr, requests: Vec<Vec<u8>>) -> Load {
         requests,
         cpu: a.cpu,
         progress: !a.quiet,
+        wait: a.wait,
     }
 }
 
@@ -427,7 +432,7 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
             "parameters": {
                 "target": a.target, "mode": if a.rate.is_some() { "open" } else { "closed" }, "rate": a.rate,
                 "connections": a.connections, "duration_s": a.duration, "warmup_s": a.warmup,
-                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu,
+                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu, "wait": format!("{:?}", a.wait).to_lowercase(),
                 "max_error_rate": a.max_error_rate,
             },
             "node_signal_to_order_us": node_json(&node),
