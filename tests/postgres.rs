@@ -37,6 +37,7 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("applied 0001_core.sql") && out.contains("applied 0002_aggregates.sql"), "{out}");
     assert!(out.contains("skipped 0003_timescale_aggregates.sql"), "no TimescaleDB in Debian's PostgreSQL: {out}");
+    assert!(out.contains("applied 0004_market_data_key.sql"), "{out}");
     let tables = pg.query(
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
@@ -47,16 +48,16 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
     );
     assert_eq!(views, "candles_1d,candles_1h,candles_1m,pnl_daily,pnl_hourly");
     let schema = "SELECT string_agg(version || ':' || status, ',' ORDER BY version) FROM signalgate_schema";
-    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped");
+    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied");
     let fingerprint = "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace";
     let before = pg.query(fingerprint);
 
     let (code, out, err) = migrate(&["--postgres", &url]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("schema up to date (2 migration(s) already applied)"), "{out}");
+    assert!(out.contains("schema up to date (3 migration(s) already applied)"), "{out}");
     assert!(out.contains("skipped 0003"), "{out}");
     assert_eq!(pg.query(fingerprint), before, "a re-run creates nothing");
-    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped");
+    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied");
 
     // The query surface works on plain PostgreSQL: candles from quotes, P&L from fills.
     pg.query(
@@ -79,13 +80,22 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
         pg.query("SELECT realized, fees, net, fills, winning_fills FROM pnl_daily WHERE account_id = 7"),
         "10.00000000|0.20000000|9.80000000|2|1"
     );
-    // Rows are keyed by (time, journal sequence): the same event cannot go in twice.
+    // Fills are keyed by (time, journal sequence): the same event cannot go in twice.
     let dup = Command::new("psql")
-        .args(["-X", "-c", "INSERT INTO market_data VALUES ('2026-11-23 10:00:01+00', 1, 'BTC-USD', 1, 2, 1, 1)"])
+        .args([
+            "-X",
+            "-c",
+            "INSERT INTO fills VALUES ('2026-11-23 10:00:00+00', 5, 1, 7, 'BTC-USD', 'buy', 1, 100, 100, 0.1, 0)",
+        ])
         .arg(&url)
         .output()
         .unwrap();
     assert!(!dup.status.success() && String::from_utf8_lossy(&dup.stderr).contains("duplicate key"));
+    // Quotes keep only the index their queries use (0004): the offload cursor, committed with
+    // the rows, is what keeps a quote from going in twice.
+    let market_data_indexes =
+        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'market_data'";
+    assert_eq!(pg.query(market_data_indexes), "market_data_symbol_ts");
 }
 
 #[test]
@@ -117,7 +127,7 @@ fn a_node_with_migrate_on_applies_the_schema_at_start_and_starts_without_postgre
     let url = pg.url();
     let node = Node::start(&[("SIGNALGATE_POSTGRES_URL", &url), ("SIGNALGATE_POSTGRES_MIGRATE", "true")]);
     assert!(node.log().iter().any(|l| l.contains("postgres: applied 0001_core.sql")), "{:?}", node.log());
-    assert_eq!(pg.query("SELECT count(*) FROM signalgate_schema WHERE status = 'applied'"), "2");
+    assert_eq!(pg.query("SELECT count(*) FROM signalgate_schema WHERE status = 'applied'"), "3");
     drop(node);
     drop(pg);
     // PostgreSQL gone: the node logs the failure and trades all the same.

@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_timescale_aggregates.sql",
         sql: include_str!("../../schema/0003_timescale_aggregates.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_market_data_key.sql",
+        sql: include_str!("../../schema/0004_market_data_key.sql"),
+    },
 ];
 
 /// What a run did.
