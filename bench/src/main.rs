@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use load::{pin_current, Load, Measured};
@@ -432,7 +432,7 @@ fn signals(a: &SignalsArgs) -> Result<ExitCode, String> {
             "parameters": {
                 "target": a.target, "mode": if a.rate.is_some() { "open" } else { "closed" }, "rate": a.rate,
                 "connections": a.connections, "duration_s": a.duration, "warmup_s": a.warmup,
-                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu, "wait": format!("{:?}", a.wait).to_lowercase(),
+                "accounts": p.accounts, "symbols": a.symbols, "qty": a.qty, "ticks_per_request": a.ticks, "cpu": a.cpu, "wait": a.wait.to_possible_value().map(|v| v.get_name().to_owned()),
                 "max_error_rate": a.max_error_rate,
             },
             "node_signal_to_order_us": node_json(&node),
