@@ -12,13 +12,16 @@ fn bench(node: &Node, args: &[&str]) -> (i32, Value, String) {
     scenario(node, "signals", args)
 }
 
-/// Tests that check an achieved rate take turns: on two cores, one harness spinning beside
-/// another run can starve it below its rate.
-static RATE_CHECKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Harness runs take turns: a spinning harness takes a whole core, and on two cores two of them
+/// beside their nodes starve each other below the rates the tests check.
+static ONE_HARNESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn harness_turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_HARNESS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 #[test]
 fn an_open_loop_run_reports_latency_rate_and_the_nodes_own_figures() {
-    let _turn = RATE_CHECKS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
     let (code, r, text) =
@@ -47,7 +50,6 @@ fn an_open_loop_run_reports_latency_rate_and_the_nodes_own_figures() {
 
 #[test]
 fn a_sleeping_harness_keeps_its_rate_and_leaves_its_core_to_others() {
-    let _turn = RATE_CHECKS.lock().unwrap_or_else(|e| e.into_inner());
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
     let dir = tempfile::tempdir().unwrap();
@@ -61,7 +63,10 @@ fn a_sleeping_harness_keeps_its_rate_and_leaves_its_core_to_others() {
         node.admin,
         json_path.display()
     );
-    let out = Command::new("bash").args(["-c", &run]).output().unwrap();
+    let out = {
+        let _turn = harness_turn();
+        Command::new("bash").args(["-c", &run]).output().unwrap()
+    };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
@@ -126,11 +131,14 @@ fn a_closed_loop_run_and_setup_errors() {
     // Nothing listens on port 1: every attempt is a counted connect error, retried after 50 ms.
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("refused.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
-        .args(["signals", "--target", "http://127.0.0.1:1", "--key", "sg_unused", "--connections", "2"])
-        .args(["--duration", "1", "--warmup", "0", "--quiet", "--json", json_path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = {
+        let _turn = harness_turn();
+        Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+            .args(["signals", "--target", "http://127.0.0.1:1", "--key", "sg_unused", "--connections", "2"])
+            .args(["--duration", "1", "--warmup", "0", "--quiet", "--json", json_path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
     assert_eq!(out.status.code(), Some(1));
     let refused: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     let connects = refused["errors"]["by_kind"]["connect"].as_u64().unwrap();
@@ -149,6 +157,7 @@ fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("out.json");
+    let turn = harness_turn();
     let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
         .arg("ws-fanout")
         .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
@@ -157,6 +166,7 @@ fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
         .args(["--node-pid", &node.node_pid().to_string(), "--json", json_path.to_str().unwrap()])
         .output()
         .unwrap();
+    drop(turn);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{text}");
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
@@ -184,7 +194,10 @@ fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
     if name != "signals" {
         cmd.args(["--ws", &node.ws.to_string()]);
     }
-    let out = cmd.args(args).output().unwrap();
+    let out = {
+        let _turn = harness_turn();
+        cmd.args(args).output().unwrap()
+    };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
     (out.status.code().unwrap_or(-1), report, text)
@@ -254,6 +267,7 @@ fn a_soak_samples_the_node_and_fails_when_it_dies() {
     assert!(text.contains("open descriptors"), "{text}");
 
     // The node dies half-way: the soak fails and says so.
+    let turn = harness_turn();
     let run = std::thread::spawn({
         let node_args: Vec<String> = [&args[..], &["--duration", "4", "--warmup", "0", "--node-pid", &pid]]
             .concat()
@@ -273,6 +287,7 @@ fn a_soak_samples_the_node_and_fails_when_it_dies() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let _ = node.crash();
     let out = run.join().unwrap();
+    drop(turn);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("the node exited during the soak"), "{text}");
