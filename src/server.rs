@@ -154,9 +154,10 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         host_cores()
     );
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
-    let (node, resume, demo, stream) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let (node, resume, demo, (state, feeds, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
-    let (hot_links, fanout_links): (Vec<_>, Vec<_>) = cfg.topology.fanout.iter().map(|_| crate::ws::links()).unzip();
+    let (hot_links, fanout_links): (Vec<_>, Vec<_>) =
+        (0..cfg.topology.fanout.len()).map(|i| crate::ws::links(stats.clone(), i)).unzip();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let hot = {
         let cfg = cfg.clone();
@@ -172,7 +173,6 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     };
     // Every fan-out executor serves the stream and follows its own feed; the first accepts the
     // connections and hands each to the executor serving the fewest.
-    let (state, feeds, stats) = stream;
     let intakes = crate::ws::intakes(ws_listener.into_raw_fd(), cfg.topology.fanout.len());
     let mut fanouts = Vec::new();
     let each = cfg.topology.fanout.iter().zip(intakes).zip(feeds).zip(fanout_links);

@@ -125,6 +125,40 @@ fn binary_stream_carries_quotes_and_the_accounts_own_fills() {
 }
 
 #[test]
+fn a_new_connection_starts_from_every_durable_event() {
+    // With no connection open, the fan-out executor is not woken for each event (it takes the
+    // feed in every 100 ms); it catches up before it serves a new connection. No simulator:
+    // after the signals nothing happens that could wake it.
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"}]}"#;
+    let r = node.req("POST", "/v1/market/ticks", &[("X-API-Key", &node.demo_key), JSON], ticks);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (_, key) = node.account("pro", "1000000", json!({"max_orders_per_second": 100_000}));
+    // Once, so that the hub knows the key (an unknown key makes it catch up by itself).
+    connect(&node, "", Some(&key)).close();
+    for round in 0..5 {
+        assert_eq!(per_executor(&node, 0).iter().sum::<u64>(), 0, "no connection open");
+        for _ in 0..10 {
+            let r = node.req("POST", "/v1/signals", &[JSON, ("X-API-Key", &key)], BUY);
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+        let metrics = node.req("GET", "/metrics", &[], "").body;
+        let durable: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("signalgate_journal_durable_seq ")?.parse().ok())
+            .expect("signalgate_journal_durable_seq");
+        let mut c = connect(&node, "", Some(&key));
+        let welcome = until(&mut c, "welcome", |m| matches!(m.body, ServerBody::Welcome { .. }));
+        assert!(
+            welcome[0].seq >= durable,
+            "round {round}: welcome at seq {} before durable seq {durable}",
+            welcome[0].seq
+        );
+        c.close();
+    }
+}
+
+#[test]
 fn another_accounts_events_are_not_sent() {
     let node = Node::start(&[]);
     let (_, other) = node.account("pro", "100000", json!(null));

@@ -231,6 +231,10 @@ pub struct WsAnswer {
 /// The hot core's ends of the links.
 pub struct HotLinks {
     wake: SharedSender<()>,
+    /// The node's stream counters and the index of the executor at the other end: it is woken
+    /// only while it serves a connection.
+    stats: Arc<WsStats>,
+    executor: usize,
     signals: SharedReceiver<WsSignal>,
     answers: SharedSender<WsAnswer>,
 }
@@ -245,21 +249,26 @@ pub struct FanoutLinks {
 /// Signals in flight between the cores at most; more are answered 503.
 const SIGNALS_IN_FLIGHT: usize = 4096;
 
-/// Creates the links between the hot core and the fan-out core (created once, at start).
-pub fn links() -> (HotLinks, FanoutLinks) {
+/// Creates the links between the hot core and fan-out executor `executor` (once, at start).
+pub fn links(stats: Arc<WsStats>, executor: usize) -> (HotLinks, FanoutLinks) {
     let (wake_tx, wake_rx) = shared_channel::new_bounded(64);
     let (sig_tx, sig_rx) = shared_channel::new_bounded(SIGNALS_IN_FLIGHT);
     let (ans_tx, ans_rx) = shared_channel::new_bounded(SIGNALS_IN_FLIGHT);
     (
-        HotLinks { wake: wake_tx, signals: sig_rx, answers: ans_tx },
+        HotLinks { wake: wake_tx, stats, executor, signals: sig_rx, answers: ans_tx },
         FanoutLinks { wake: wake_rx, signals: sig_tx, answers: ans_rx },
     )
 }
 
-/// The hot core's part: wakes the fan-out core whenever more events are durable, and serves
-/// `signal` messages with the same code as `POST /v1/signals`.
+/// The hot core's part: wakes the fan-out executor whenever more events are durable while it
+/// serves connections, and serves `signal` messages with the same code as `POST /v1/signals`.
+///
+/// An executor without connections is not woken: it takes the feed in on its own every 100 ms
+/// (`pump`) and before it serves a new connection. Each wake-up is a system call on the hot core
+/// and, when both executors share a core, a switch to the fan-out thread and back.
 pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdown) {
     let wake = links.wake.connect().await;
+    let (stats, executor) = (links.stats, links.executor);
     let waker = glommio::spawn_local({
         let node = node.clone();
         async move {
@@ -267,6 +276,9 @@ pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdo
                 let next = node.borrow().journal.durable() + 1;
                 if !crate::journal::wait_durable(&node, next).await {
                     break;
+                }
+                if stats.per_executor[executor].load(Ordering::Acquire) == 0 {
+                    continue;
                 }
                 // A full channel already holds a wake-up the fan-out core has yet to take.
                 let _ = wake.try_send(());
@@ -364,6 +376,9 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
     })
     .detach();
     let serve_here = |stream: AcceptedTcpStream, place: Option<Place>| {
+        // The hot core wakes this executor only while it serves connections: until this one, the
+        // hub may be up to 100 ms behind.
+        hub.borrow_mut().pump();
         glommio::spawn_local(connection(stream.bind_to_executor(), hub.clone(), signals.clone(), place)).detach();
     };
     match s.intake {
@@ -414,7 +429,8 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Takes in the feed whenever the hot core says there is more (and every 100 ms regardless).
+/// Takes in the feed whenever the hot core says there is more (it says so only while this
+/// executor serves connections) and every 100 ms regardless.
 async fn pump(hub: Rc<RefCell<Hub>>, wake: shared_channel::ConnectedReceiver<()>, shutdown: Shutdown) {
     let mut linked = true;
     while !shutdown.is_triggered() {
