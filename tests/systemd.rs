@@ -188,10 +188,21 @@ fn every_system_call_the_node_makes_passes_the_units_filter() {
     conn.send("GET", "/metrics", &[], b"");
     node.admin("POST", "/admin/accounts", r#"{"name":"s"}"#);
     drop(conn);
+    let pid = node.node_pid();
     // strace would detach on SIGTERM rather than pass it on, so signal the node itself.
     // SAFETY: kill(2) on the node process this test started (a child of its strace child).
-    assert_eq!(unsafe { libc::kill(node.node_pid() as libc::pid_t, libc::SIGTERM) }, 0);
-    assert!(node.wait(Duration::from_secs(10)).expect("strace and the node exit").success());
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+    let exit = node.wait(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "strace and the node exit within 10 s: {exit:?}; node process still there: {}; threads: {:?}; node log: {:?}",
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_or_else(
+            |_| Vec::new(),
+            |d| d.flatten().filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).collect()
+        ),
+        node.log()
+    );
 
     let text = std::fs::read_to_string(&summary).unwrap();
     // Rows of `strace -c` start with the share of time; the header and rulers do not.
