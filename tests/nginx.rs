@@ -142,12 +142,7 @@ fn a_real_nginx_in_front_of_a_real_node() {
     for _ in 0..20 {
         assert_eq!(curl(port, &["/health"]).0, 200);
     }
-    let metrics = node.req("GET", "/metrics", &[], "").body;
-    let connections: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("signalgate_http_connections "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let connections = node.metric("signalgate_http_connections");
     assert!(connections <= 4, "nginx reuses upstream connections ({connections} open)");
     // A WebSocket session through TLS, with the example client (which verifies the certificate):
     // subscribe to the account, send a signal on the socket, and see its answer, fill and position.

@@ -142,11 +142,7 @@ fn a_new_connection_starts_from_every_durable_event() {
             let r = node.req("POST", "/v1/signals", &[JSON, ("X-API-Key", &key)], BUY);
             assert_eq!(r.status, 201, "{}", r.body);
         }
-        let metrics = node.req("GET", "/metrics", &[], "").body;
-        let durable: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("signalgate_journal_durable_seq ")?.parse().ok())
-            .expect("signalgate_journal_durable_seq");
+        let durable = node.metric("signalgate_journal_durable_seq");
         let mut c = connect(&node, "", Some(&key));
         let welcome = until(&mut c, "welcome", |m| matches!(m.body, ServerBody::Welcome { .. }));
         assert!(

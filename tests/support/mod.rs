@@ -177,6 +177,15 @@ impl Node {
         self.conn().send(method, path, headers, body.as_bytes())
     }
 
+    /// The value of an unlabelled metric from `GET /metrics`; panics when it is missing.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.req("GET", "/metrics", &[], "").body;
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
     /// One request on a fresh connection to the admin API, with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Resp {
         let auth = format!("Bearer {ADMIN_TOKEN}");
