@@ -100,3 +100,31 @@ fn thread_cpu_shows_each_node_thread_per_window() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process 4000000000"));
 }
+
+#[test]
+fn io_sleeps_shows_where_the_journal_workers_sleep() {
+    // The default journal (`interval`, `uring`): an fdatasync through io_uring every 10 ms, each
+    // sleeping in an io_uring worker while the disk flushes, as long as signals keep coming.
+    let node = support::Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/io-sleeps");
+    let mut child = Command::new(script)
+        .arg("1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let auth = support::bearer(&node.demo_key);
+    let body = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.0001"}"#;
+    while child.try_wait().unwrap().is_none() {
+        node.req("POST", "/v1/signals", &[("Authorization", &auth), support::JSON], body);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sync = text.lines().find(|l| l.starts_with("fdatasync sleeps")).unwrap_or_else(|| panic!("{text}"));
+    let count: u64 = sync.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(count > 0, "{text}");
+    assert!(text.contains("longest fdatasync sleeps:") && text.contains("ext4_sync_file"), "{text}");
+}
