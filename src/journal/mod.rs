@@ -22,6 +22,8 @@ pub mod writer;
 pub use replay::{replay, Replayed};
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::binary_heap::{BinaryHeap, PeekMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,7 +102,9 @@ pub struct Journal {
     /// Set once the writer has stopped: nothing more becomes durable.
     closed: bool,
     writer: Option<Waker>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Requests waiting for their events, the one waiting for the lowest sequence number first:
+    /// an advance wakes only those it covers, not the ones whose events a later write carries.
+    waiters: RefCell<BinaryHeap<Reverse<Waiter>>>,
     /// Told how far the journal is stable, when the node offloads to PostgreSQL.
     offload: Option<Arc<crate::postgres::offload::Shared>>,
     /// Carry every record to the WebSocket fan-out executors, one feed each.
@@ -121,7 +125,7 @@ impl Journal {
             healthy: true,
             closed: false,
             writer: None,
-            waiters: RefCell::new(Vec::with_capacity(1024)),
+            waiters: RefCell::new(BinaryHeap::with_capacity(1024)),
             offload: None,
             feeds: Vec::new(),
         }
@@ -238,7 +242,11 @@ impl Journal {
     pub fn mark_durable(&mut self, seq: u64) {
         if seq > self.durable {
             self.durable = seq;
-            self.wake_waiters();
+            let mut waiters = self.waiters.borrow_mut();
+            while let Some(w) = waiters.peek_mut().filter(|w| w.0.seq <= seq) {
+                PeekMut::pop(w).0.waker.wake();
+            }
+            drop(waiters);
             for feed in &self.feeds {
                 feed.publish_durable(seq);
             }
@@ -253,12 +261,8 @@ impl Journal {
     /// The writer stopped for good: waiting requests give up.
     pub fn close(&mut self) {
         self.closed = true;
-        self.wake_waiters();
-    }
-
-    fn wake_waiters(&self) {
-        for w in self.waiters.borrow_mut().drain(..) {
-            w.wake();
+        for w in self.waiters.borrow_mut().drain() {
+            w.0.waker.wake();
         }
     }
 
@@ -276,8 +280,34 @@ impl Journal {
         if self.closed {
             return Some(false);
         }
-        self.waiters.borrow_mut().push(waker.clone());
+        self.waiters.borrow_mut().push(Reverse(Waiter { seq, waker: waker.clone() }));
         None
+    }
+}
+
+/// A request's task waiting for `seq` to become durable; ordered by `seq` alone.
+struct Waiter {
+    seq: u64,
+    waker: Waker,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+    }
+}
+
+impl Eq for Waiter {}
+
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.seq.cmp(&other.seq)
     }
 }
 
@@ -299,5 +329,60 @@ impl Future for DurableWait<'_> {
             Some(done) => Poll::Ready(done),
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::{FsyncPolicy, Journal};
+
+    /// A waker that counts how often it was woken.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn woken(c: &Count) -> usize {
+        c.0.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn an_advance_wakes_only_the_requests_whose_events_it_covers() {
+        let j = &mut Journal::new(FsyncPolicy::Interval, 0);
+        let (late, late_waker) = counting();
+        let (early, early_waker) = counting();
+        let (middle, middle_waker) = counting();
+        // Registered out of order: the wake order follows sequence numbers, not arrival.
+        assert_eq!(j.poll_durable(9, &late_waker), None);
+        assert_eq!(j.poll_durable(3, &early_waker), None);
+        assert_eq!(j.poll_durable(5, &middle_waker), None);
+
+        j.mark_durable(4);
+        assert_eq!((woken(&early), woken(&middle), woken(&late)), (1, 0, 0));
+        assert_eq!(j.poll_durable(3, &early_waker), Some(true));
+        assert_eq!(j.poll_durable(5, &middle_waker), None, "still waiting, registered again");
+
+        j.mark_durable(8);
+        // Both of the middle request's registrations wake it.
+        assert_eq!((woken(&early), woken(&middle), woken(&late)), (1, 2, 0));
+        j.mark_durable(8);
+        assert_eq!(woken(&late), 0, "no advance, no wake");
+
+        j.close();
+        assert_eq!(woken(&late), 1, "closing wakes whoever is left");
+        assert_eq!(j.poll_durable(9, &late_waker), Some(false));
+        assert_eq!(j.poll_durable(8, &late_waker), Some(true));
     }
 }
