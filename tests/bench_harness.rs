@@ -222,14 +222,20 @@ fn a_mixed_run_reports_traders_and_watchers() {
     let sent = w["quotes"]["sent"].as_u64().unwrap();
     assert!((76..=81).contains(&sent), "{w}");
     assert_eq!(w["quotes"]["expected"].as_u64(), Some(sent * 5), "{w}");
-    assert_eq!(w["quotes"]["delivered"], w["quotes"]["expected"], "{w}");
+    // A quote that a newer one of its symbol replaces before the fan-out sends it is conflated by
+    // design; that happens when the fan-out thread is held up for longer than the 50 ms between
+    // a symbol's quotes (seen with the whole suite running on two cores). The report must count it.
+    let (delivered, expected) = (w["quotes"]["delivered"].as_u64().unwrap(), sent * 5);
+    assert!(delivered <= expected && delivered >= expected * 9 / 10, "{w}");
+    let conflated = w["quotes_conflated"].as_f64().unwrap();
+    assert!((conflated - (1.0 - delivered as f64 / expected as f64)).abs() < 1e-9, "{w}");
     // Every signal makes an order that fills: at least the order and its fill reach each of the
     // account's 5 watchers.
     let account = w["account"]["expected"].as_u64().unwrap();
     assert!(account >= requests * 2 * 5 * 9 / 10, "{account} for {requests} signals: {w}");
     assert_eq!(w["account"]["delivered"], w["account"]["expected"], "{w}");
     assert!(w["account"]["latency_us"]["p50"].as_u64().unwrap() > 0, "{w}");
-    assert_eq!((w["account_loss"].as_f64(), w["quotes_conflated"].as_f64()), (Some(0.0), Some(0.0)), "{w}");
+    assert_eq!(w["account_loss"].as_f64(), Some(0.0), "{w}");
     assert_eq!(w["disconnects"], 0);
     assert_eq!(r["failed"], json!([]));
     assert!(r["node_signal_to_order_us"]["count"].as_u64().unwrap() >= requests);
