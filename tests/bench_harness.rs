@@ -191,7 +191,7 @@ fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
     cmd.arg(name)
         .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
         .args(["--admin-token", ADMIN_TOKEN, "--quiet", "--json", json_path.to_str().unwrap()]);
-    if name != "signals" {
+    if !matches!(name, "signals" | "ceiling") {
         cmd.args(["--ws", &node.ws.to_string()]);
     }
     let out = {
@@ -201,6 +201,32 @@ fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let report = std::fs::read_to_string(&json_path).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
     (out.status.code().unwrap_or(-1), report, text)
+}
+
+#[test]
+fn a_ceiling_run_puts_the_node_beside_nginx_and_leaves_no_nginx_behind() {
+    let node = Node::start(&[]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let args = ["--rounds", "2", "--connections", "4", "--duration", "1", "--warmup", "0.2", "--accounts", "2"];
+    let (code, r, text) = scenario(&node, "ceiling", &args);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["scenario"], "ceiling");
+    let rounds = r["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{r}");
+    let mut ratios = Vec::new();
+    for round in rounds {
+        let (nginx, ours) = (round["nginx_rps"].as_f64().unwrap(), round["signalgate_rps"].as_f64().unwrap());
+        assert!(nginx > 100.0 && ours > 100.0, "both served the load: {round}");
+        let ratio = round["ratio"].as_f64().unwrap();
+        assert!((ratio - ours / nginx).abs() < 1e-9, "{round}");
+        assert_eq!(round["signalgate_errors"], json!({}), "no request failed: {round}");
+        ratios.push(ratio);
+    }
+    assert!((r["median_ratio"].as_f64().unwrap() - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9, "{r}");
+    assert!(text.contains("| **median** |"), "{text}");
+    // nginx went down with its worker: nothing answers on its port once the run is over.
+    let nginx: std::net::SocketAddr = r["parameters"]["nginx"].as_str().unwrap().parse().unwrap();
+    assert!(std::net::TcpStream::connect(nginx).is_err(), "an nginx worker outlived the run on {nginx}");
 }
 
 #[test]

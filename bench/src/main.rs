@@ -502,8 +502,18 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM, not SIGKILL: the master takes its worker down with it. Killed outright, it
+        // would leave the worker running, pinned to the node's core and holding the port.
+        // SAFETY: the pid of our own child, not yet waited for.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -551,7 +561,8 @@ fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode,
         let v = json!({
             "scenario": "ceiling",
             "parameters": {"target": a.target, "connections": a.connections, "rate": a.rate, "duration_s": a.duration,
-                           "warmup_s": a.warmup, "node_core": node_core, "cpu": a.cpu, "rounds": rounds},
+                           "warmup_s": a.warmup, "node_core": node_core, "cpu": a.cpu, "rounds": rounds,
+                           "nginx": nginx.addr.to_string()},
             "rounds": rows,
             "median_ratio": med,
             "node_signal_to_order_us": node_json(&node),
