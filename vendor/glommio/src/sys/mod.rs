@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // signalgate: pairs with the fence the sleeping executor issues after `prepare_to_sleep`
+        // (in place of `membarrier::heavy`): either this sees `should_notify` set, or the
+        // sleeper sees what was queued before this call.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
