@@ -1325,6 +1325,10 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
+                // signalgate: a preemption pending before any queue ran still leaves tasks to
+                // run; answering `false` would let the executor park with them queued, asleep
+                // until some unrelated event arrives (or forever, if none does).
+                ran |= !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {
