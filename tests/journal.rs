@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,9 +70,10 @@ fn acknowledged_orders_survive_kill_9_under_every_fsync_policy() {
         node.wait_for_quote(&key, "BTC-USD");
         // Four traders send signals as fast as answers come; every 201 is an acknowledged order.
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
         let traders: Vec<_> = (0..4)
             .map(|t| {
-                let (addr, key, stop) = (node.http, key.clone(), stop.clone());
+                let (addr, key, stop, answered) = (node.http, key.clone(), stop.clone(), answered.clone());
                 std::thread::spawn(move || {
                     let mut conn = support::Conn::open(addr);
                     let auth = bearer(&key);
@@ -83,7 +84,10 @@ fn acknowledged_orders_survive_kill_9_under_every_fsync_policy() {
                         let body =
                             format!(r#"{{"symbol":"ETH-USD","action":"{side}","qty":"0.01","signal_id":"t{t}-{i}"}}"#);
                         match conn.try_send("POST", "/v1/signals", &[("Authorization", &auth), JSON], body.as_bytes()) {
-                            Ok(r) if r.status == 201 => acked.push((format!("t{t}-{i}"), r.json())),
+                            Ok(r) if r.status == 201 => {
+                                acked.push((format!("t{t}-{i}"), r.json()));
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
                             Ok(r) => panic!("unexpected answer {}: {}", r.status, r.body),
                             Err(_) => break, // the node died under us
                         }
@@ -93,7 +97,12 @@ fn acknowledged_orders_survive_kill_9_under_every_fsync_policy() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(400));
+        // The crash comes once the traders have had answers (however slow the machine is), while
+        // they are still sending.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answered.load(Ordering::Relaxed) < 40 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let dir = node.crash();
         stop.store(true, Ordering::Relaxed);
         let acked: Vec<(String, Value)> = traders.into_iter().flat_map(|t| t.join().unwrap()).collect();

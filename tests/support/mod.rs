@@ -261,7 +261,9 @@ impl Node {
     /// Stops the node with SIGTERM, checks it exits 0, and hands back its data directory.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.terminate();
-        let status = self.wait(Duration::from_secs(10)).expect("node exits within 10 s");
+        let Some(status) = self.wait(Duration::from_secs(10)) else {
+            panic!("node did not exit within 10 s of SIGTERM; log: {:?}", self.log());
+        };
         assert!(status.success(), "exit status {status}; log: {:?}", self.log());
         self.dir.take().expect("data directory")
     }
