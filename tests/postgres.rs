@@ -38,6 +38,7 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
     assert!(out.contains("applied 0001_core.sql") && out.contains("applied 0002_aggregates.sql"), "{out}");
     assert!(out.contains("skipped 0003_timescale_aggregates.sql"), "no TimescaleDB in Debian's PostgreSQL: {out}");
     assert!(out.contains("applied 0004_market_data_key.sql"), "{out}");
+    assert!(out.contains("applied 0005_market_data_brin.sql"), "{out}");
     let tables = pg.query(
         "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
@@ -48,16 +49,16 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
     );
     assert_eq!(views, "candles_1d,candles_1h,candles_1m,pnl_daily,pnl_hourly");
     let schema = "SELECT string_agg(version || ':' || status, ',' ORDER BY version) FROM signalgate_schema";
-    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied");
+    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied,5:applied");
     let fingerprint = "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace";
     let before = pg.query(fingerprint);
 
     let (code, out, err) = migrate(&["--postgres", &url]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("schema up to date (3 migration(s) already applied)"), "{out}");
+    assert!(out.contains("schema up to date (4 migration(s) already applied)"), "{out}");
     assert!(out.contains("skipped 0003"), "{out}");
     assert_eq!(pg.query(fingerprint), before, "a re-run creates nothing");
-    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied");
+    assert_eq!(pg.query(schema), "1:applied,2:applied,3:skipped,4:applied,5:applied");
 
     // The query surface works on plain PostgreSQL: candles from quotes, P&L from fills.
     pg.query(
@@ -91,11 +92,12 @@ fn migrations_apply_from_empty_and_a_rerun_changes_nothing() {
         .output()
         .unwrap();
     assert!(!dup.status.success() && String::from_utf8_lossy(&dup.stderr).contains("duplicate key"));
-    // Quotes keep only the index their queries use (0004): the offload cursor, committed with
-    // the rows, is what keeps a quote from going in twice.
-    let market_data_indexes =
-        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'market_data'";
-    assert_eq!(pg.query(market_data_indexes), "market_data_symbol_ts");
+    // Quotes have no key (0004): the offload cursor, committed with the rows, is what keeps a
+    // quote from going in twice. Their one index is a BRIN on time (0005).
+    let market_data_indexes = "SELECT string_agg(c.relname || ':' || a.amname, ',' ORDER BY c.relname) \
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+         WHERE i.indrelid = 'market_data'::regclass";
+    assert_eq!(pg.query(market_data_indexes), "market_data_ts_brin:brin");
 }
 
 #[test]
@@ -127,7 +129,7 @@ fn a_node_with_migrate_on_applies_the_schema_at_start_and_starts_without_postgre
     let url = pg.url();
     let node = Node::start(&[("SIGNALGATE_POSTGRES_URL", &url), ("SIGNALGATE_POSTGRES_MIGRATE", "true")]);
     assert!(node.log().iter().any(|l| l.contains("postgres: applied 0001_core.sql")), "{:?}", node.log());
-    assert_eq!(pg.query("SELECT count(*) FROM signalgate_schema WHERE status = 'applied'"), "3");
+    assert_eq!(pg.query("SELECT count(*) FROM signalgate_schema WHERE status = 'applied'"), "4");
     drop(node);
     drop(pg);
     // PostgreSQL gone: the node logs the failure and trades all the same.

@@ -117,7 +117,9 @@ async fn trades(c: &Client, q: &Trades) -> Result<Vec<u8>, tokio_postgres::Error
     Ok(serde_json::json!({"trades": trades, "next_cursor": next}).to_string().into_bytes())
 }
 
-/// OHLC of the mid price per interval, from the quotes, oldest first.
+/// OHLC of the mid price per interval, from the quotes, oldest first. The window's bounds are
+/// scalar subqueries, computed once: written inline, the casts would be evaluated again for every
+/// row the index's time ranges let through.
 async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Error> {
     let unit = match q.interval {
         "1m" => "minute",
@@ -128,6 +130,8 @@ async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Err
         .query(
             "WITH w AS (
                  SELECT coalesce($3::text::timestamptz, now()) AS upto, ('1 ' || $4)::interval AS step
+             ), b AS (
+                 SELECT coalesce($2::text::timestamptz, upto - 500 * step) AS lo, upto AS hi FROM w
              )
              SELECT to_char(date_trunc($4, ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     trim_scale((array_agg((bid + ask) / 2 ORDER BY ts, seq))[1])::text,
@@ -135,10 +139,10 @@ async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Err
                     trim_scale(min((bid + ask) / 2))::text,
                     trim_scale((array_agg((bid + ask) / 2 ORDER BY ts DESC, seq DESC))[1])::text,
                     count(*)
-             FROM market_data, w
+             FROM market_data
              WHERE symbol = $1
-               AND ts >= coalesce($2::text::timestamptz, w.upto - 500 * w.step)
-               AND ts < w.upto
+               AND ts >= (SELECT lo FROM b)
+               AND ts < (SELECT hi FROM b)
              GROUP BY date_trunc($4, ts)
              ORDER BY date_trunc($4, ts)
              LIMIT $5",

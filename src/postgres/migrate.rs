@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_market_data_key.sql",
         sql: include_str!("../../schema/0004_market_data_key.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_market_data_brin.sql",
+        sql: include_str!("../../schema/0005_market_data_brin.sql"),
+    },
 ];
 
 /// What a run did.
