@@ -921,9 +921,12 @@ impl<V: Venue> Engine<V> {
                 let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
                 let nsym = self.symbols.len();
                 let history = self.cfg.orders_per_account.max(1);
-                // Twice the history: deletions leave tombstones, and with room to spare they
-                // rarely fill the table (which would make it grow).
-                self.orders.reserve(2 * history);
+                // Room for twice every account's history, this one's included: deletions leave
+                // tombstones, and with room to spare they rarely fill the table (which would
+                // make it grow, in the middle of trading). `reserve` counts from the orders
+                // held now, so it is asked for what is missing.
+                let room = 2 * history * (self.accounts.len() + 1);
+                self.orders.reserve(room.saturating_sub(self.orders.len()));
                 self.accounts.push(Account {
                     id: account,
                     name,

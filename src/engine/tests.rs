@@ -425,6 +425,26 @@ fn finished_orders_are_forgotten_beyond_the_history() {
 }
 
 #[test]
+fn the_order_table_is_sized_for_every_accounts_history_when_the_accounts_are_made() {
+    let mut e = engine();
+    let accounts: Vec<AccountId> = (0..5).map(|_| open(&mut e, 1_000_000, LimitOverrides::default())).collect();
+    let room = e.orders.capacity();
+    assert!(room >= 2 * 64 * accounts.len(), "room for {room} orders");
+    // Every account's history filled, and turned over twice: the table never grows.
+    let mut t = T0;
+    quote(&mut e, BTC, 9_990, 10_000, 1_000_000, t);
+    for round in 0..3 * 64 {
+        for &a in &accounts {
+            t += 1;
+            let s = if round % 2 == 0 { buy(1) } else { sell(1) };
+            e.signal(a, &spec(BTC, s), t).unwrap();
+        }
+    }
+    assert_eq!(e.orders_len(), 64 * accounts.len());
+    assert_eq!(e.orders.capacity(), room, "the table grew while trading");
+}
+
+#[test]
 fn sequence_numbers_have_no_gaps_and_replay_rebuilds_the_state() {
     let (mut e, a) = setup();
     let mut all = Vec::new();
