@@ -30,7 +30,7 @@ use signalgate::shutdown::Shutdown;
 mod fixture;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: signalgate::alloc::Allocator = signalgate::alloc::Allocator;
 
 /// Signals from the fixture through the real journal into `dir`, until `count` signals or
 /// `events` events; returns the signal-to-order histogram (ns).
@@ -89,6 +89,8 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, io: WriteIo, count: usize, 
 }
 
 fn main() {
+    // This thread plays the hot core: its large tables are mapped when they are made, as in the node.
+    signalgate::alloc::map_large_blocks_on_this_thread();
     let quick = !std::env::args().any(|a| a == "--bench");
     let (n, n_always, replay_events) = if quick { (300, 100, 20_000) } else { (20_000, 3_000, 1_000_000) };
     println!("journal_path: signal-to-order with the journal on (ns), one signal at a time");

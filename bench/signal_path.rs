@@ -17,9 +17,11 @@ use hdrhistogram::Histogram;
 mod fixture;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: signalgate::alloc::Allocator = signalgate::alloc::Allocator;
 
 fn main() {
+    // This thread plays the hot core: its large tables are mapped when they are made, as in the node.
+    signalgate::alloc::map_large_blocks_on_this_thread();
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
     let quick = !std::env::args().any(|a| a == "--bench");
     let (warmup, measured) = if quick { (1_000, 5_000) } else { (200_000, 1_000_000) };

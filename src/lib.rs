@@ -15,6 +15,7 @@
 //! - [`json`] and [`fixed`] read and write the wire format without floats or heap.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod clock;

@@ -9,7 +9,7 @@ use signalgate::config::Config;
 use signalgate::{journal, server, tune};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: signalgate::alloc::Allocator = signalgate::alloc::Allocator;
 
 /// Low-latency trading appliance: signals in, risk-checked orders out.
 #[derive(Parser)]

@@ -154,6 +154,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         host_cores()
     );
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
+    // This thread builds the hot core's state and feeds, the hot executor runs them: their large
+    // tables take their page faults when they are made, not during a signal.
+    crate::alloc::map_large_blocks_on_this_thread();
     let (node, resume, demo, (state, feeds, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
     let (hot_links, fanout_links): (Vec<_>, Vec<_>) =
@@ -167,6 +170,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         executor(&cfg, "sg-hot")
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
+                crate::alloc::map_large_blocks_on_this_thread();
                 hot_main(cfg, (node, resume), listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?

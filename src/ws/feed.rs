@@ -36,14 +36,9 @@ unsafe impl Send for Feed {}
 /// Creates a feed of `capacity` bytes (a power of two), with everything up to `durable` sent.
 pub fn feed(capacity: usize, durable: u64) -> (Producer, Consumer) {
     assert!(capacity.is_power_of_two());
+    // Made by the thread that builds the hot core, whose large blocks the node's allocator maps
+    // when they are allocated (`crate::alloc`): the hot core's first pass takes no page faults.
     let buf: Box<[UnsafeCell<u8>]> = (0..capacity).map(|_| UnsafeCell::new(0)).collect();
-    // The allocator hands over zeroed memory that the kernel maps on first touch. Touch it now:
-    // left to the hot core's first pass through the ring, those page faults held it up for
-    // 10 ms at a time on this class of VM.
-    for page in buf.iter().step_by(4096) {
-        // SAFETY: a write through the cell's pointer; nothing else holds the buffer yet.
-        unsafe { std::ptr::write_volatile(page.get(), 0) };
-    }
     let feed = Arc::new(Feed {
         buf,
         mask: capacity - 1,
