@@ -200,7 +200,7 @@ impl<V: Venue> Engine<V> {
         self.next_order = state.next_order;
         self.day = state.day;
         self.orders.clear();
-        self.orders.reserve((2 * history * state.accounts.len()).max(state.orders.len()));
+        self.make_order_room(state.accounts.len(), state.orders.len());
         self.orders.extend(state.orders.into_iter().map(|o| (o.id, o)));
         self.accounts = state.accounts;
         for a in &mut self.accounts {
@@ -921,12 +921,7 @@ impl<V: Venue> Engine<V> {
                 let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
                 let nsym = self.symbols.len();
                 let history = self.cfg.orders_per_account.max(1);
-                // Room for twice every account's history, this one's included: deletions leave
-                // tombstones, and with room to spare they rarely fill the table (which would
-                // make it grow, in the middle of trading). `reserve` counts from the orders
-                // held now, so it is asked for what is missing.
-                let room = 2 * history * (self.accounts.len() + 1);
-                self.orders.reserve(room.saturating_sub(self.orders.len()));
+                self.make_order_room(self.accounts.len() + 1, self.orders.len());
                 self.accounts.push(Account {
                     id: account,
                     name,
@@ -1026,6 +1021,15 @@ impl<V: Venue> Engine<V> {
             }
             EventKind::Rejected { .. } => {}
         }
+    }
+
+    /// Sizes the order map for `accounts` accounts and at least `orders` orders: room for twice
+    /// every account's history. Deletions leave tombstones, and with room to spare they rarely
+    /// fill the table (which would make it grow, in the middle of trading).
+    fn make_order_room(&mut self, accounts: usize, orders: usize) {
+        let room = (2 * self.cfg.orders_per_account.max(1) * accounts).max(orders);
+        // `reserve` counts from the orders held now: ask for what is missing.
+        self.orders.reserve(room.saturating_sub(self.orders.len()));
     }
 
     fn apply_accepted(&mut self, order: Order, ts: Nanos) {
