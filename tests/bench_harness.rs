@@ -207,7 +207,21 @@ fn scenario(node: &Node, name: &str, args: &[&str]) -> (i32, Value, String) {
 fn a_ceiling_run_puts_the_node_beside_nginx_and_leaves_no_nginx_behind() {
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
-    let args = ["--rounds", "2", "--connections", "4", "--duration", "1", "--warmup", "0.2", "--accounts", "2"];
+    let pid = node.node_pid().to_string();
+    let args = [
+        "--rounds",
+        "2",
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--accounts",
+        "2",
+        "--node-pid",
+        &pid,
+    ];
     let (code, r, text) = scenario(&node, "ceiling", &args);
     assert_eq!(code, 0, "{text}");
     assert_eq!(r["scenario"], "ceiling");
@@ -220,10 +234,21 @@ fn a_ceiling_run_puts_the_node_beside_nginx_and_leaves_no_nginx_behind() {
         let ratio = round["ratio"].as_f64().unwrap();
         assert!((ratio - ours / nginx).abs() < 1e-9, "{round}");
         assert_eq!(round["signalgate_errors"], json!({}), "no request failed: {round}");
+        // Where each server's core went per request, from /proc: the core's time and the threads'.
+        let cpu = &round["cpu_per_request_us"];
+        for (server, thread) in [("nginx", "nginx"), ("signalgate", "sg-hot")] {
+            let core = &cpu[server]["core"];
+            let busy = core["busy"].as_f64().unwrap();
+            let parts = ["user", "system", "interrupts"].map(|k| core[k].as_f64().unwrap());
+            assert!(busy > 0.0 && (busy - parts.iter().sum::<f64>()).abs() < 1e-6, "{server}: {cpu}");
+            let t = &cpu[server]["threads"][thread];
+            assert!(t["user"].as_f64().unwrap() + t["system"].as_f64().unwrap() > 0.0, "{server}'s {thread}: {cpu}");
+        }
         ratios.push(ratio);
     }
     assert!((r["median_ratio"].as_f64().unwrap() - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9, "{r}");
     assert!(text.contains("| **median** |"), "{text}");
+    assert!(text.contains("CPU of core 0 per request"), "{text}");
     // nginx went down with its worker: nothing answers on its port once the run is over.
     let nginx: std::net::SocketAddr = r["parameters"]["nginx"].as_str().unwrap().parse().unwrap();
     assert!(std::net::TcpStream::connect(nginx).is_err(), "an nginx worker outlived the run on {nginx}");

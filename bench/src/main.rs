@@ -6,6 +6,7 @@
 //! `ws-fanout` (WebSocket subscribers receiving quotes), `mixed` (traders and watchers at once)
 //! and `soak` (a long `mixed` run that samples the node's memory and descriptors).
 
+mod cpu;
 mod load;
 mod mixed;
 mod node;
@@ -47,6 +48,10 @@ enum Command {
         /// Rounds (each runs nginx, then the node).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The node's process id: with it, each round also reads how much of the core nginx and
+        /// the node spend per request (user, system, interrupts, and by thread) from `/proc`.
+        #[arg(long)]
+        node_pid: Option<u32>,
     },
     /// WebSocket subscribers receiving quotes sent through POST /v1/market/ticks; latency from
     /// each quote's intended send time to its arrival.
@@ -530,11 +535,12 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode, String> {
+fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize, node_pid: Option<u32>) -> Result<ExitCode, String> {
     let p = prepare(a, false)?;
     let nginx = Nginx::start(node_core)?;
     let mut rows = Vec::new();
     let (mut ratios, mut worst) = (Vec::new(), 0.0f64);
+    let mut cpu_rounds: (Vec<cpu::PerRequest>, Vec<cpu::PerRequest>) = (Vec::new(), Vec::new());
     println!(
         "ceiling: nginx `return 200` (one worker on core {node_core}) vs signalgate POST /v1/signals at {}",
         a.target
@@ -542,21 +548,51 @@ fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize) -> Result<ExitCode,
     println!("| round | nginx (req/s) | signalgate (req/s) | ratio | signalgate p50 / p99 (µs) | signalgate errors |");
     println!("|---|---|---|---|---|---|");
     for round in 1..=rounds.max(1) {
+        // The CPU windows leave half a second at each end of the measured time.
+        let skip = Duration::from_secs_f64(a.warmup + 0.5);
+        let span = Duration::from_secs_f64((a.duration - 1.0).max(0.5));
+        let watch = |pid: u32| node_pid.map(|_| cpu::window(node_core, vec![pid], a.cpu, skip, span));
+        let sampler = watch(nginx.child.id());
         let base = load::run(load_for(a, nginx.addr, p.requests.clone()))?;
+        let nginx_cpu = sampler.and_then(|s| s.join().ok());
+        let sampler = node_pid.and_then(watch);
         let ours = load::run(load_for(a, p.addr, p.requests.clone()))?;
+        let node_cpu = sampler.and_then(|s| s.join().ok());
         let (rb, ro) = (achieved(&base), achieved(&ours));
+        let mut cpu_json = Value::Null;
+        if let (Some((n0, n1)), Some((s0, s1))) = (nginx_cpu, node_cpu) {
+            let (n, s) = (
+                cpu::PerRequest::between(&n0, &n1, rb * span.as_secs_f64()),
+                cpu::PerRequest::between(&s0, &s1, ro * span.as_secs_f64()),
+            );
+            cpu_json = json!({"nginx": n.json(), "signalgate": s.json()});
+            cpu_rounds.0.push(n);
+            cpu_rounds.1.push(s);
+        }
         let ratio = if rb > 0.0 { ro / rb } else { 0.0 };
         let [p50, _, p99, _, _] = ours.stats.percentiles();
         println!("| {round} | {rb:.0} | {ro:.0} | {ratio:.2} | {p50} / {p99} | {} |", ours.stats.error_count());
         worst = worst.max(ours.stats.error_rate());
         ratios.push(ratio);
         rows.push(json!({"round": round, "nginx_rps": rb, "signalgate_rps": ro, "ratio": ratio,
-            "signalgate_latency_us": latency_json(&ours.stats.latency_us), "signalgate_errors": ours.stats.errors}));
+            "signalgate_latency_us": latency_json(&ours.stats.latency_us), "signalgate_errors": ours.stats.errors,
+            "cpu_per_request_us": cpu_json}));
     }
     let med = median(&mut ratios.clone());
     println!("| **median** | | | **{med:.2}** | | |");
+    if !cpu_rounds.0.is_empty() {
+        println!();
+        println!("CPU of core {node_core} per request (µs; medians of the rounds; by thread: user + system, the system time with the interrupts taken on the thread)");
+        println!("| server | core busy | user | system | interrupts | by thread |");
+        println!("|---|---|---|---|---|---|");
+        println!("{}", cpu::row("nginx", &cpu_rounds.0));
+        println!("{}", cpu::row("signalgate", &cpu_rounds.1));
+    }
+    // Nothing when the target is not a node (examples/return200).
     let node = node::node_latency(p.addr).unwrap_or_default();
-    print_node(&node);
+    if node.count > 0 {
+        print_node(&node);
+    }
     if let Some(path) = &a.json {
         let v = json!({
             "scenario": "ceiling",
@@ -577,7 +613,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Signals(a) => signals(a),
-        Command::Ceiling { signals: a, node_core, rounds } => ceiling(a, *node_core, *rounds),
+        Command::Ceiling { signals: a, node_core, rounds, node_pid } => ceiling(a, *node_core, *rounds, *node_pid),
         Command::WsFanout(a) => ws_fanout(a),
         Command::Mixed(a) => mixed::run(a, None),
         Command::Soak(a) => mixed::run(&a.mixed, Some(a)),
