@@ -2,12 +2,13 @@
 //! executor (pinned, vendored rings), the same hyper adapter, timer and connection settings as
 //! the node's hot core, with no API, engine or journal behind them. By default it is nginx's
 //! `return 200` written with the node's stack, so `signalgate-bench ceiling` shows how much of
-//! nginx's rate the stack itself reaches before any signal is handled (BENCHMARKS.md). Three
-//! options add, one at a time, what the node asks of the stack for a signal:
+//! nginx's rate the stack itself reaches before any signal is handled (BENCHMARKS.md). Its
+//! options add, alone or together, what the node asks of the stack for a signal:
 //!
 //! - `--read-body`: the request body is read to its end (`BodyExt::collect`);
 //! - `--polls N`: the answer waits N times for a wake-up from another task, as a signal waits for
-//!   the journal (its order's write, then its fill's);
+//!   the journal (its order's write, then its fill's); with `--wait-us US` that task lets US µs
+//!   pass before each batch it wakes, as a journal write takes time;
 //! - `--answer`: a 201 with the node's headers (content type, rate-limit headers, Server-Timing)
 //!   and a signal answer's body.
 //!
@@ -43,6 +44,8 @@ const ANSWER: &[u8] = br#"{"signal_id":null,"order":{"id":"1234567","symbol":"BT
 struct Options {
     read_body: bool,
     polls: usize,
+    /// Time the waker task lets pass before each batch it wakes.
+    wait: Duration,
     answer: bool,
 }
 
@@ -59,7 +62,7 @@ type Waiting = Rc<RefCell<Queue>>;
 fn main() {
     let mut args = std::env::args().skip(1);
     let usage = || -> ! {
-        eprintln!("usage: return200 ADDR CORE [--read-body] [--polls N] [--answer]");
+        eprintln!("usage: return200 ADDR CORE [--read-body] [--polls N [--wait-us US]] [--answer]");
         std::process::exit(2);
     };
     let (Some(addr), Some(core)) = (args.next(), args.next().and_then(|c| c.parse::<usize>().ok())) else { usage() };
@@ -69,6 +72,9 @@ fn main() {
             "--read-body" => opts.read_body = true,
             "--answer" => opts.answer = true,
             "--polls" => opts.polls = args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| usage()),
+            "--wait-us" => {
+                opts.wait = Duration::from_micros(args.next().and_then(|n| n.parse().ok()).unwrap_or_else(|| usage()))
+            }
             _ => usage(),
         }
     }
@@ -86,7 +92,7 @@ fn main() {
             println!("return200: listening on {addr}, core {core}");
             let waiting: Waiting = Rc::default();
             if opts.polls > 0 {
-                glommio::spawn_local(wake_all(waiting.clone())).detach();
+                glommio::spawn_local(wake_all(waiting.clone(), opts.wait)).detach();
             }
             loop {
                 let Ok(stream) = listener.accept().await else { continue };
@@ -151,9 +157,12 @@ async fn answer(
 
 /// Wakes the waiting answers in batches, as the journal writer wakes the requests a write
 /// covered; sleeps while none wait.
-async fn wake_all(waiting: Waiting) {
+async fn wake_all(waiting: Waiting, wait: Duration) {
     let mut batch = Vec::new();
     loop {
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
         std::future::poll_fn(|cx| {
             let mut q = waiting.borrow_mut();
             if q.waiting.is_empty() {
