@@ -1,6 +1,7 @@
 //! Where a server's core goes, per request: the core's user, system and interrupt time from
 //! `/proc/stat`, and each thread of the server's processes from `/proc/PID/task/TID/stat`, read at
-//! the start and the end of a measured window and divided by the requests answered in it.
+//! the start and the end of a window inside a round's measured time and divided by the requests of
+//! that window (the caller's count: the round's rate times the window's length).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

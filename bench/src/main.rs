@@ -548,14 +548,15 @@ fn ceiling(a: &SignalsArgs, node_core: usize, rounds: usize, node_pid: Option<u3
     println!("| round | nginx (req/s) | signalgate (req/s) | ratio | signalgate p50 / p99 (µs) | signalgate errors |");
     println!("|---|---|---|---|---|---|");
     for round in 1..=rounds.max(1) {
-        // The CPU windows leave half a second at each end of the measured time.
+        // The CPU windows leave half a second at each end of the measured time; the requests in
+        // a window are the round's rate times its length (the load is steady by then).
         let skip = Duration::from_secs_f64(a.warmup + 0.5);
         let span = Duration::from_secs_f64((a.duration - 1.0).max(0.5));
-        let watch = |pid: u32| node_pid.map(|_| cpu::window(node_core, vec![pid], a.cpu, skip, span));
-        let sampler = watch(nginx.child.id());
+        let watch = |pid: u32| cpu::window(node_core, vec![pid], a.cpu, skip, span);
+        let sampler = node_pid.map(|_| watch(nginx.child.id()));
         let base = load::run(load_for(a, nginx.addr, p.requests.clone()))?;
         let nginx_cpu = sampler.and_then(|s| s.join().ok());
-        let sampler = node_pid.and_then(watch);
+        let sampler = node_pid.map(watch);
         let ours = load::run(load_for(a, p.addr, p.requests.clone()))?;
         let node_cpu = sampler.and_then(|s| s.join().ok());
         let (rb, ro) = (achieved(&base), achieved(&ours));
