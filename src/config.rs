@@ -528,6 +528,25 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// `path` without `.` components, and with each `..` taking away the component before it (no
+/// file system access: a symbolic link is kept as written).
+fn normalize(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(c);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Sections that environment variables may override.
 const ENV_SECTIONS: &[&str] =
     &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres", "ws"];
@@ -549,7 +568,25 @@ impl Config {
             })?,
             None => String::new(),
         };
-        Self::from_toml(&text, env)
+        let mut config = Self::from_toml(&text, env)?;
+        let cwd = std::env::current_dir().map_err(|e| {
+            vec![ConfigError {
+                key: "journal.dir".into(),
+                message: format!("cannot read the working directory to resolve relative paths against: {e}"),
+            }]
+        })?;
+        config.resolve_paths(&cwd);
+        Ok(config)
+    }
+
+    /// Makes every path of the configuration absolute, against `base` (the working directory at
+    /// start). Done once, when the configuration is loaded, so that nothing later depends on the
+    /// working directory: io_uring opens a relative path against no directory at all (EBADF),
+    /// and the banner and logs show where the files really are.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if !self.journal.dir.as_os_str().is_empty() && self.journal.dir.is_relative() {
+            self.journal.dir = normalize(&base.join(&self.journal.dir));
+        }
     }
 
     /// Parses TOML text and applies environment overrides.
@@ -883,6 +920,8 @@ pub fn parse_limit_overrides(v: &serde_json::Value) -> Result<LimitOverrides, St
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -895,6 +934,23 @@ mod tests {
         assert_eq!(c.validate(&[0, 1]), vec![]);
         assert_eq!(c.symbols.len(), 2);
         assert_eq!(c.tiers.len(), 3);
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_working_directory() {
+        let mut c = Config::from_toml("[journal]\ndir = \"./data/../node-1/.\"\n", env(&[])).unwrap();
+        c.resolve_paths(Path::new("/srv/sg"));
+        assert_eq!(c.journal.dir, PathBuf::from("/srv/sg/node-1"));
+        let mut c = Config::from_toml("", env(&[("SIGNALGATE_JOURNAL_DIR", "/var/lib/x")])).unwrap();
+        c.resolve_paths(Path::new("/srv/sg"));
+        assert_eq!(c.journal.dir, PathBuf::from("/var/lib/x"), "an absolute path stays as it is");
+        // `load` resolves against the process's working directory, file or no file.
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.journal.dir, std::env::current_dir().unwrap().join("signalgate-data"));
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "[journal]\ndir = \"rel/dir\"\n").unwrap();
+        let c = Config::load(Some(file.path()), env(&[])).unwrap();
+        assert_eq!(c.journal.dir, std::env::current_dir().unwrap().join("rel/dir"));
     }
 
     #[test]

@@ -114,6 +114,11 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
     }
 }
 
+/// `path` as the absolute path it names from the working directory, for messages.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn init_logging(filter: &str) {
     let env = env_logger::Env::default().default_filter_or(filter);
     env_logger::Builder::from_env(env).format_timestamp_micros().init();
@@ -176,6 +181,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.node.log);
+            match &config {
+                Some(file) => log::info!("configuration: {}", absolute(file).display()),
+                None => log::info!("configuration: the embedded default (no --config)"),
+            }
             match server::run(cfg, server::RunOptions { repair_journal }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -105,6 +105,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(format!("invalid configuration:\n  {}", list.join("\n  ")));
     }
+    if cfg.journal.dir.is_relative() {
+        // io_uring opens a relative path against no directory at all: `Config::load` resolves
+        // every path once, against the working directory at start.
+        return Err(format!(
+            "journal.dir {} is relative; resolve it first (Config::resolve_paths)",
+            cfg.journal.dir.display()
+        ));
+    }
     let _lock = lock_data_dir(&cfg)?;
     if cfg.postgres.migrate {
         // PostgreSQL is never needed to trade: a failure is logged and the node starts anyway.

@@ -24,11 +24,16 @@ pub struct Node {
     pub ws: SocketAddr,
     /// The demo account's key.
     pub demo_key: String,
+    /// The admin token: the tests' own, or the one the node generated and printed.
+    pub admin_token: String,
     /// Everything the node printed on stdout.
     pub banner: Vec<String>,
     stderr: mpsc::Receiver<String>,
-    /// The data directory; taken by [`Node::crash`] and [`Node::stop`] for a restart.
+    /// The directory the test made for the node (its data directory, or the working directory
+    /// of a newcomer's node); taken by [`Node::crash`] and [`Node::stop`] for a restart.
     dir: Option<tempfile::TempDir>,
+    /// The node's data directory.
+    data: std::path::PathBuf,
 }
 
 /// Path of the binary under test.
@@ -104,6 +109,29 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let demo = !env.iter().any(|(k, v)| *k == "SIGNALGATE_DEMO_ENABLED" && *v == "false");
+        let data = dir.path().to_path_buf();
+        Self::attach(cmd, dir, data, demo)
+    }
+
+    /// Starts the node as a newcomer does: `signalgate run` in `cwd`, with no configuration file
+    /// and not one environment variable, so on the default ports, the default (relative) data
+    /// directory and the default topology. Start it again in the same directory for a restart.
+    pub fn start_as_newcomer(cwd: tempfile::TempDir) -> Node {
+        let mut cmd = Command::new(binary());
+        cmd.arg("run").current_dir(cwd.path()).env_clear();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let data = cwd.path().join("signalgate-data");
+        Self::attach(cmd, cwd, data, true).unwrap_or_else(|(e, _)| panic!("node did not start: {e}"))
+    }
+
+    /// Spawns `cmd` (stdout and stderr piped) and reads its banner.
+    fn attach(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        data: std::path::PathBuf,
+        demo: bool,
+    ) -> Result<Node, (String, tempfile::TempDir)> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return Err((e.to_string(), dir)),
@@ -128,7 +156,7 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut banner = Vec::new();
         let (mut http, mut admin, mut ws, mut key) = (None, None, None, None);
-        let demo = !env.iter().any(|(k, v)| *k == "SIGNALGATE_DEMO_ENABLED" && *v == "false");
+        let mut admin_token = ADMIN_TOKEN.to_string();
         let mut saw_try = false;
         while http.is_none() || admin.is_none() || ws.is_none() || (demo && !saw_try) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -151,6 +179,8 @@ impl Node {
                 ws = a.trim_end_matches("/v1/ws").parse().ok();
             } else if let Some(k) = line.split("(shown once): ").nth(1) {
                 key = Some(k.to_string());
+            } else if let Some(t) = line.strip_prefix("admin token (generated").and_then(|l| l.split("): ").nth(1)) {
+                admin_token = t.to_string();
             }
             saw_try |= line.starts_with("try:");
             banner.push(line);
@@ -161,9 +191,11 @@ impl Node {
             admin: admin.unwrap(),
             ws: ws.unwrap(),
             demo_key: key.unwrap_or_default(),
+            admin_token,
             banner,
             stderr: erx,
             dir: Some(dir),
+            data,
         })
     }
 
@@ -188,7 +220,7 @@ impl Node {
 
     /// One request on a fresh connection to the admin API, with the admin token.
     pub fn admin(&self, method: &str, path: &str, body: &str) -> Resp {
-        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let auth = format!("Bearer {}", self.admin_token);
         Conn::open(self.admin).send(
             method,
             path,
@@ -248,7 +280,7 @@ impl Node {
 
     /// The node's data directory.
     pub fn data_dir(&self) -> &std::path::Path {
-        self.dir.as_ref().expect("data directory").path()
+        &self.data
     }
 
     /// Kills the node with SIGKILL, as a crash would, and hands back its data directory.
