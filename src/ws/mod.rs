@@ -450,6 +450,10 @@ async fn pump(hub: Rc<RefCell<Hub>>, wake: shared_channel::ConnectedReceiver<()>
 fn deliver_answer(hub: &RefCell<Hub>, a: WsAnswer) {
     let mut hub = hub.borrow_mut();
     let Some(conn) = hub.conn(a.conn) else { return };
+    // The hot core answers once the signal's events are durable, and publishes that to the feed
+    // before it sends the answer: taking the feed in first queues the order's events (and its
+    // fills and position) ahead of the answer that reports them.
+    hub.pump();
     let body = String::from_utf8(a.body).unwrap_or_default();
     let msg = ServerMsg {
         seq: hub.last_seq(),
