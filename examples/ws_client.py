@@ -3,6 +3,7 @@
 
     python3 examples/ws_client.py --url ws://127.0.0.1:8082/v1/ws --key sg_... \
         --channels account quotes:BTC-USD [--resume-from SEQ] [--signal '{"symbol":"BTC-USD","action":"buy","qty":"0.01"}']
+        [--count N | --until TYPE]
 
 Behind nginx (TLS) the URL is wss://HOST/v1/ws; --cafile names the CA of a private certificate.
 
@@ -101,6 +102,7 @@ def main():
     p.add_argument("--resume-from", type=int)
     p.add_argument("--signal", help="a signal body to send once connected")
     p.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = never)")
+    p.add_argument("--until", metavar="TYPE", help="stop after the first message of this type (e.g. resumed)")
     args = p.parse_args()
     last_account_seq = args.resume_from
     seen = 0
@@ -136,7 +138,7 @@ def main():
                     elif msg["type"] in ("event", "position") and msg.get("event", {}).get("type") != "quote":
                         last_account_seq = msg["seq"]
                     seen += 1
-                    if args.count and seen >= args.count:
+                    if (args.count and seen >= args.count) or msg["type"] == args.until:
                         return 0
         sock.close()
         print("disconnected; resuming after seq %s" % last_account_seq, file=sys.stderr)
