@@ -328,7 +328,11 @@ async fn handle(
                 };
                 (route, before)
             };
-            answer_when_durable(node, &mut answer, before).await;
+            // Health, readiness and metrics describe the node itself and answer at once, even
+            // while the journal cannot write.
+            if !route.is_operational() {
+                answer_when_durable(node, &mut answer, before).await;
+            }
             if let Some(query) = answer.history.take() {
                 answer_from_history(node, &mut answer, query, &request).await;
             }
@@ -351,26 +355,36 @@ async fn handle(
     response
 }
 
-/// Write before answer: finishes a request that `Node::handle` served when the engine's last
-/// event was `before`. A request that changed state is answered once its events are durable; one
-/// that sent orders or cancels is rendered once the venue has seen them (the journal writer
-/// releases them) and answered once the venue's answers are durable too. If the journal stops
-/// first (shutdown with a failing disk), the answer says so: nothing was acknowledged or sent.
+/// Write before answer, and no answer ahead of the journal: finishes a request that
+/// `Node::handle` served when the engine's last event was `before`.
+///
+/// An answer shows the engine's state as it was when the answer was rendered, and that state may
+/// hold events of other requests still on their way to disk (a read, or an idempotent replay of
+/// a signal whose first answer is still waiting). So every answer waits until the journal has
+/// made durable every event up to the moment it was rendered, whether the request changed
+/// anything or not: a crash can then take back nothing an answer showed. A request that sent
+/// orders or cancels is rendered once the venue has seen them (the journal writer releases them)
+/// and waits again for the venue's answers. While the journal cannot write, a request that
+/// changed nothing is refused at once rather than held; if the journal stops (shutdown with a
+/// failing disk), the answer says so: nothing was acknowledged or sent.
 pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, before: u64) {
-    let last = node.borrow().engine.last_seq();
-    if last == before {
-        // Nothing to wait for (a read, an idempotent replay): answer now.
-        node.borrow_mut().complete(answer);
-        return;
+    let shown = node.borrow().engine.last_seq();
+    {
+        let node = node.borrow();
+        if shown == before && node.journal.durable() < shown && !node.journal.accepting() {
+            answer.reset();
+            answer.error(&crate::api::JOURNAL_UNAVAILABLE);
+            return;
+        }
     }
-    let mut durable = wait_durable(node, last).await;
+    let mut durable = wait_durable(node, shown).await;
     if durable && answer.pending.is_some() {
-        let last = {
+        let shown = {
             let mut node = node.borrow_mut();
             node.complete(answer);
             node.engine.last_seq()
         };
-        durable = wait_durable(node, last).await;
+        durable = wait_durable(node, shown).await;
     }
     if !durable {
         answer.reset();

@@ -76,6 +76,12 @@ const ROUTES: [Route; 20] = [
 ];
 
 impl Route {
+    /// `/health`, `/ready` and `/metrics`: they describe the node, not the trading state, and
+    /// are answered even when the node is overloaded or its journal cannot write.
+    pub fn is_operational(self) -> bool {
+        matches!(self, Route::Health | Route::Ready | Route::Metrics)
+    }
+
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {

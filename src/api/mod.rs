@@ -11,6 +11,7 @@ pub mod render;
 mod routes;
 
 pub use error::{ApiError, Detail};
+pub use routes::JOURNAL_UNAVAILABLE;
 
 use std::time::Instant;
 

@@ -32,8 +32,9 @@ const OVERLOADED: ApiError<'static> = ApiError::with(503, "node.overloaded", Det
 const HISTORY_OFF: ApiError<'static> =
     ApiError::new(501, "history.unavailable", "trade history needs PostgreSQL (postgres.url); this node keeps none");
 
-/// Commands that would change state while the journal cannot write.
-pub(crate) const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
+/// Commands that would change state while the journal cannot write, and answers that would show
+/// state it has not made durable.
+pub const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
     503,
     "journal.unavailable",
     Detail::Unavailable("the journal cannot write, so nothing was changed or sent", 1),
