@@ -226,6 +226,29 @@ fn a_torn_tail_is_cut_and_damage_stops_the_start_until_repaired() {
 }
 
 #[test]
+fn a_flipped_bit_in_the_last_record_is_damage_and_stops_the_start() {
+    let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    let (_, key) = node.account("pro", "1000", json!({}));
+    let r = node.req("POST", "/v1/account/halt", &[("Authorization", &bearer(&key))], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dir = node.stop();
+    let seg = segments(dir.path()).pop().expect("a segment");
+    let path = dir.path().to_str().unwrap().to_string();
+    // The last record is whole; one bit of its payload flips (the disk, not a crash).
+    let mut bytes = std::fs::read(&seg).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (code, out, _) = journal_tool(&["verify", &path]);
+    assert_eq!(code, 1, "damage, not a torn tail: {out}");
+    assert!(out.contains("checksum") && out.contains(&seg.display().to_string()), "{out}");
+    let (err, _dir) = match Node::try_start_in(dir, &[], &[]) {
+        Err(e) => e,
+        Ok(n) => panic!("a node started on a damaged last record, log: {:?}", n.log()),
+    };
+    assert!(err.contains("checksum") && err.contains("--repair-journal"), "{err}");
+}
+
+#[test]
 fn inspect_prints_events_as_text_and_json() {
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let (account, key) = node.account("pro", "1000", json!({}));

@@ -177,7 +177,7 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
                     off = rec.next;
                 }
                 Err(bad) => {
-                    if !last_segment || good_record_after(&buf, off, report.last_seq) {
+                    if !last_segment || !torn(&buf, off, bad) || good_record_after(&buf, off, report.last_seq) {
                         return Err(damage(off, bad.to_string(), report.last_seq));
                     }
                     report.torn =
@@ -193,6 +193,14 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
         }
     }
     Ok(report)
+}
+
+/// Whether the bad bytes at `off`, the end of the last segment, are what a crash leaves: a record
+/// cut short (the file ends inside it), or zeros never written. A record that is all there but
+/// whose checksum or length is wrong is damage, even at the very end: it may be an acknowledged
+/// order, and cutting it would lose it without a word.
+fn torn(buf: &[u8], off: usize, bad: format::Bad) -> bool {
+    bad == format::Bad::Short || buf[off..].iter().all(|&b| b == 0)
 }
 
 /// Whether a good record with a later sequence number starts anywhere after `off`: then the bad
@@ -298,6 +306,33 @@ mod tests {
         let torn = r.torn.unwrap();
         assert_eq!((torn.offset, torn.bytes), (offsets[2] as u64, (full.len() - 5 - offsets[2]) as u64));
         assert_eq!(r.end.unwrap().1, offsets[2] as u64);
+    }
+
+    #[test]
+    fn a_complete_last_record_that_fails_its_checksum_is_damage_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = segment(dir.path(), 1, 1..=3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        match seqs(dir.path(), 0) {
+            Err(ScanError::Damaged(d)) => {
+                assert_eq!((d.offset, d.last_good_seq), (offsets[2] as u64, 2));
+                assert!(d.what.contains("checksum"), "{d}");
+            }
+            other => panic!("a flipped bit in the last record must be damage: {other:?}"),
+        }
+        // Zeros after the last record were never written: that is a crash's tail, as is a record
+        // the file ends inside.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, offsets) = segment(dir.path(), 1, 1..=3);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (v, r) = seqs(dir.path(), 0).unwrap();
+        assert_eq!(v, vec![1, 2, 3]);
+        assert_eq!(r.torn.unwrap().offset, (bytes.len() - 100) as u64);
+        assert!(offsets[2] < bytes.len() - 100);
     }
 
     #[test]
