@@ -452,7 +452,8 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Option<Api
     let mut rest: Option<bytes::BytesMut> = None;
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else { continue };
-        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.as_ref().map_or(0, |r| r.len());
+        // Once a second frame arrived, `rest` holds the first one too.
+        let so_far = rest.as_ref().map_or_else(|| first.as_ref().map_or(0, Bytes::len), |r| r.len());
         if so_far + data.len() > limit {
             return Err(None);
         }

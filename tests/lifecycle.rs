@@ -124,6 +124,27 @@ fn bodies_over_the_limit_get_413() {
     c.write_raw(raw.as_bytes()).unwrap();
     let r = c.read_response().unwrap();
     assert_eq!((r.status, r.code().as_str()), (413, "request.too_large"));
+    // A body of exactly the limit is taken however it is cut: three chunks of 1024 bytes in all.
+    let signal = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#;
+    let padded = format!("{}{}{}", &signal[..20], " ".repeat(1024 - signal.len()), &signal[20..]);
+    let chunked = |body: &str| {
+        let (a, rest) = body.split_at(400);
+        let (b, c) = rest.split_at(400);
+        let mut raw = format!("POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for part in [a, b, c] {
+            raw.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
+        }
+        raw.push_str("0\r\n\r\n");
+        raw
+    };
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let mut c = node.conn();
+    c.write_raw(chunked(&padded).as_bytes()).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 201, "a body of exactly http.max_body_bytes: {}", r.body);
+    let mut c = node.conn();
+    c.write_raw(chunked(&format!("{padded} ")).as_bytes()).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 413, "one byte over");
     // The node keeps serving.
     assert_eq!(node.req("GET", "/health", &[], "").status, 200);
 }
