@@ -102,8 +102,14 @@ pub struct HttpConfig {
     pub addr: String,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Time allowed to send a request's headers.
+    /// Time allowed to send a request's headers (and for an idle keep-alive connection's next
+    /// request).
     pub header_read_timeout_ms: u64,
+    /// Time allowed to send a request's body once its headers are in (64 KiB in 5 s is at least
+    /// 13 KiB/s); a later body gets 408 and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// Time an answer may wait for the client to read it before the connection is closed.
+    pub write_timeout_ms: u64,
     /// Connections at once; more get 503 and are closed.
     pub max_connections: usize,
     /// Requests in progress at once; more get 503 with `Retry-After`.
@@ -375,6 +381,8 @@ impl Default for HttpConfig {
             addr: "127.0.0.1:8080".into(),
             max_body_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 5_000,
+            write_timeout_ms: 10_000,
             max_connections: 10_000,
             max_inflight: 4096,
             shutdown_grace_ms: 8_000,
@@ -684,8 +692,14 @@ impl Config {
         if self.http.max_inflight == 0 {
             err("http.max_inflight", "must be positive".into());
         }
-        if self.http.header_read_timeout_ms == 0 {
-            err("http.header_read_timeout_ms", "must be positive".into());
+        for (key, v) in [
+            ("http.header_read_timeout_ms", self.http.header_read_timeout_ms),
+            ("http.body_read_timeout_ms", self.http.body_read_timeout_ms),
+            ("http.write_timeout_ms", self.http.write_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&v) {
+                err(key, "must be between 1 and 600000".into());
+            }
         }
         if self.http.shutdown_grace_ms > 9_000 {
             err("http.shutdown_grace_ms", "must be at most 9000 so the node exits within 10 s of SIGTERM".into());

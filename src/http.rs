@@ -1,10 +1,16 @@
 //! hyper 1 (HTTP/1.1) on glommio: the socket adapter, a timer, the accept loop with its
-//! connection cap, body limits, and graceful shutdown.
+//! connection cap, body limits and deadlines, and graceful shutdown.
 //!
 //! Everything here is I/O; what a request *means* is decided in [`crate::api`]. A connection
 //! task borrows the node only for the synchronous call that answers one request.
+//!
+//! Hostile clients are bounded: headers, bodies and writes each have a deadline, a request counts
+//! as in flight only once its body is in, and at the connection cap a new connection evicts the
+//! oldest one that has not yet shown a valid key, so anonymous connections cannot keep out a
+//! trader who has.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -39,12 +45,34 @@ const READ_CHUNK: usize = 4096;
 pub struct Io<S> {
     stream: S,
     chunk: Box<[u8; READ_CHUNK]>,
+    /// How long a write may wait for the client to read (none: forever).
+    write_timeout: Option<Duration>,
+    /// Armed when a write first has to wait; cleared by any progress.
+    stalled: Option<glommio::timer::Timer>,
 }
 
 impl<S> Io<S> {
     /// Wraps a stream.
     pub fn new(stream: S) -> Self {
-        Io { stream, chunk: Box::new([0; READ_CHUNK]) }
+        Io { stream, chunk: Box::new([0; READ_CHUNK]), write_timeout: None, stalled: None }
+    }
+
+    /// Wraps a stream whose writes fail with `TimedOut` after waiting `limit` for the client to
+    /// read: a client that never reads its answers does not hold its connection forever.
+    pub fn with_write_timeout(stream: S, limit: Duration) -> Self {
+        Io { write_timeout: Some(limit), ..Io::new(stream) }
+    }
+
+    /// `Pending` from a write: arms the deadline, or reports that it passed.
+    fn write_waits(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(limit) = self.write_timeout else { return Poll::Pending };
+        let timer = self.stalled.get_or_insert_with(|| glommio::timer::Timer::new(limit));
+        match Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read its answer in time")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -68,8 +96,15 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for Io<S> {
 }
 
 impl<S: AsyncWrite + Unpin> hyper::rt::Write for Io<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => this.write_waits(cx),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -150,32 +185,77 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Time allowed for a request's headers.
     pub header_read_timeout: Duration,
+    /// Time allowed for a request's body, once its headers are in.
+    pub body_read_timeout: Duration,
+    /// Time a write may wait for the client to read.
+    pub write_timeout: Duration,
     /// Connections at once.
     pub max_connections: usize,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
 }
 
+/// A listener's open connections, oldest first.
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    open: BTreeMap<u64, Admitted>,
+}
+
+/// What a listener keeps of one of its connections.
+struct Admitted {
+    /// Set once a request on it showed a valid key (or, on the admin listener, the token).
+    trusted: Rc<Cell<bool>>,
+    /// Ends the connection at once.
+    evict: Shutdown,
+}
+
+impl Connections {
+    /// Makes room for one more connection under `cap`: when full, evicts the oldest connection
+    /// that never showed a valid key. `None`: every connection is a trusted one, so the new one
+    /// is refused; `Some(true)`: one was evicted.
+    fn make_room(&mut self, cap: usize) -> Option<bool> {
+        if self.open.len() < cap {
+            return Some(false);
+        }
+        let oldest_anonymous = self.open.iter().find(|(_, c)| !c.trusted.get()).map(|(id, _)| *id);
+        let evicted = oldest_anonymous.and_then(|id| self.open.remove(&id))?;
+        evicted.evict.trigger();
+        Some(true)
+    }
+
+    fn admit(&mut self) -> (u64, Rc<Cell<bool>>, Shutdown) {
+        self.next_id += 1;
+        let (trusted, evict) = (Rc::new(Cell::new(false)), Shutdown::new());
+        self.open.insert(self.next_id, Admitted { trusted: trusted.clone(), evict: evict.clone() });
+        (self.next_id, trusted, evict)
+    }
+}
+
 /// Accepts connections until `shutdown` fires, then stops accepting, lets in-flight requests
 /// finish (up to the grace period) and returns.
 pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
-    let live = Rc::new(Cell::new(0usize));
+    let conns = Rc::new(RefCell::new(Connections::default()));
     let what = format!("{api:?} listener");
     while let Some(stream) = accept(&listener, &shutdown, &what).await {
-        if live.get() >= opts.max_connections {
-            node.borrow_mut().metrics.connections_refused += 1;
-            glommio::spawn_local(refuse(stream)).detach();
-            continue;
+        match conns.borrow_mut().make_room(opts.max_connections) {
+            Some(false) => {}
+            Some(true) => node.borrow_mut().metrics.connections_evicted += 1,
+            None => {
+                node.borrow_mut().metrics.connections_refused += 1;
+                glommio::spawn_local(refuse(stream)).detach();
+                continue;
+            }
         }
         let _ = stream.set_nodelay(true);
-        live.set(live.get() + 1);
+        let (id, trusted, evict) = conns.borrow_mut().admit();
         if api == Api::Public {
             node.borrow_mut().connections += 1;
         }
-        let (node, live, shutdown) = (node.clone(), live.clone(), shutdown.clone());
+        let (node, conns, shutdown) = (node.clone(), conns.clone(), shutdown.clone());
         glommio::spawn_local(async move {
-            connection(stream, node.clone(), api, opts, shutdown).await;
-            live.set(live.get() - 1);
+            connection(stream, node.clone(), api, opts, (shutdown, evict), trusted).await;
+            conns.borrow_mut().open.remove(&id);
             if api == Api::Public {
                 node.borrow_mut().connections -= 1;
             }
@@ -184,11 +264,12 @@ pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opt
     }
     drop(listener);
     let deadline = Instant::now() + opts.shutdown_grace;
-    while live.get() > 0 && Instant::now() < deadline {
+    let open = || conns.borrow().open.len();
+    while open() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    if live.get() > 0 {
-        log::warn!("{api:?} listener: {} connection(s) still open after the grace period", live.get());
+    if open() > 0 {
+        log::warn!("{api:?} listener: {} connection(s) still open after the grace period", open());
     }
 }
 
@@ -237,30 +318,49 @@ async fn write_refusal(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-async fn connection(stream: TcpStream, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
+/// Serves one connection until it ends, the node shuts down (gracefully: in-flight requests
+/// finish), or the listener evicts it to make room (at once).
+async fn connection(
+    stream: TcpStream,
+    node: Rc<RefCell<Node>>,
+    api: Api,
+    opts: HttpOptions,
+    (shutdown, evict): (Shutdown, Shutdown),
+    trusted: Rc<Cell<bool>>,
+) {
     // One answer buffer per connection, reused by every request on it.
     let answer = Rc::new(RefCell::new(Response::with_capacity(4096)));
     let service = service_fn(move |req| {
-        let (node, answer) = (node.clone(), answer.clone());
-        async move { Ok::<_, Infallible>(handle(req, &node, &answer, api, &opts).await) }
+        let (node, answer, trusted) = (node.clone(), answer.clone(), trusted.clone());
+        async move { Ok::<_, Infallible>(handle(req, &node, &answer, api, &opts, &trusted).await) }
     });
     let conn = http1::Builder::new()
         .timer(GlommioTimer)
         .header_read_timeout(opts.header_read_timeout)
         .keep_alive(true)
-        .serve_connection(Io::new(stream), service);
+        .serve_connection(Io::with_write_timeout(stream, opts.write_timeout), service);
     let mut conn = std::pin::pin!(conn);
-    let finished = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
-        shutdown.wait().await;
-        None
+    let finished = futures_lite::future::or(async { Some(Some(conn.as_mut().await)) }, async {
+        futures_lite::future::or(
+            async {
+                shutdown.wait().await;
+                Some(None)
+            },
+            async {
+                evict.wait().await;
+                None
+            },
+        )
+        .await
     })
     .await;
     let result = match finished {
-        Some(r) => r,
-        None => {
+        Some(Some(r)) => r,
+        Some(None) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        None => return,
     };
     if let Err(e) = result {
         if !e.is_incomplete_message() {
@@ -269,14 +369,36 @@ async fn connection(stream: TcpStream, node: Rc<RefCell<Node>>, api: Api, opts: 
     }
 }
 
-/// Decrements the in-flight count when a request is done, however it ends.
-struct Inflight<'a>(&'a RefCell<Node>);
+/// A public request in progress, from its body's last byte to its answer: counted against
+/// `http.max_inflight` for as long as it lives, however it ends. Admin requests have their own
+/// listener and budget and are not counted.
+struct Inflight<'a>(Option<&'a RefCell<Node>>);
+
+impl<'a> Inflight<'a> {
+    fn enter(node: &'a RefCell<Node>, api: Api) -> Self {
+        if api != Api::Public {
+            return Inflight(None);
+        }
+        node.borrow_mut().inflight += 1;
+        Inflight(Some(node))
+    }
+}
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        self.0.borrow_mut().inflight -= 1;
+        if let Some(node) = self.0 {
+            node.borrow_mut().inflight -= 1;
+        }
     }
 }
+
+const TOO_LARGE: ApiError<'static> =
+    ApiError::new(413, "request.too_large", "the request body is larger than the limit (http.max_body_bytes)");
+const BODY_TOO_SLOW: ApiError<'static> = ApiError::new(
+    408,
+    "request.timeout",
+    "the request body did not arrive within http.body_read_timeout_ms of its headers",
+);
 
 async fn handle(
     req: hyper::Request<Incoming>,
@@ -284,23 +406,33 @@ async fn handle(
     answer: &RefCell<Response>,
     api: Api,
     opts: &HttpOptions,
+    trusted: &Cell<bool>,
 ) -> hyper::Response<Full<Bytes>> {
     let started = Instant::now();
-    node.borrow_mut().inflight += 1;
-    let _inflight = Inflight(node);
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_large =
-        ApiError::new(413, "request.too_large", "the request body is larger than the limit (http.max_body_bytes)");
+    // The body is read before the request counts as in flight: a client that sends it slowly (or
+    // never) holds its own connection until the deadline, not a slot that traders need.
     let body = if declared.is_some_and(|n| n > opts.max_body_bytes as u64) {
-        Err(too_large)
+        Err(TOO_LARGE)
     } else {
-        read_body(body, opts.max_body_bytes).await.map_err(|e| e.unwrap_or(too_large))
+        let read = read_body(body, opts.max_body_bytes);
+        let late = glommio::timer::sleep(opts.body_read_timeout);
+        match futures_lite::future::or(async { Some(read.await) }, async {
+            late.await;
+            None
+        })
+        .await
+        {
+            Some(read) => read.map_err(|e| e.unwrap_or(TOO_LARGE)),
+            None => Err(BODY_TOO_SLOW),
+        }
     };
+    let _inflight = Inflight::enter(node, api);
     // Taken out of the connection's slot (a move, no copy) while the request may wait for the
     // journal, and put back for the next request.
     let slot = answer;
@@ -337,10 +469,15 @@ async fn handle(
                 answer_from_history(node, &mut answer, query, &request).await;
             }
             node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
+            if answer.authenticated {
+                trusted.set(true);
+            }
         }
         Err(e) => {
             answer.reset();
             answer.error(e);
+            // What is left of an unread body would be taken for the next request.
+            answer.close = true;
             let route = match api {
                 Api::Public => crate::metrics::Route::Unmatched,
                 Api::Admin => crate::metrics::Route::Admin,
@@ -515,6 +652,9 @@ fn to_hyper(r: &Response) -> hyper::Response<Full<Bytes>> {
     }
     if let Some(allow) = r.allow {
         h.insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if r.close {
+        h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
     out
 }

@@ -193,6 +193,8 @@ pub struct Metrics {
     pub signal_to_order_ns: Histogram<u64>,
     /// Connections refused because of `http.max_connections`.
     pub connections_refused: u64,
+    /// Connections that never showed a valid key, closed to make room at the connection cap.
+    pub connections_evicted: u64,
     /// Requests refused with 503 because of `http.max_inflight`.
     pub overloaded: u64,
     /// Events produced by the engine.
@@ -219,6 +221,7 @@ impl Metrics {
             durations: [Durations::default(); ROUTES.len()],
             signal_to_order_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds"),
             connections_refused: 0,
+            connections_evicted: 0,
             overloaded: 0,
             events: 0,
             quotes: 0,
@@ -325,7 +328,7 @@ impl Metrics {
             if h.is_empty() { 0.0 } else { h.max() as f64 / 1e9 }
         )?;
         let j = &self.journal;
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
             ("journal_writes_total", "Journal batches written (one write each).", j.writes),
             ("journal_bytes_total", "Bytes written to the journal.", j.bytes),
             ("journal_fsyncs_total", "fdatasync calls completed on the journal.", j.fsyncs),
@@ -333,6 +336,11 @@ impl Metrics {
             ("journal_segments_total", "Journal segments started since start.", j.segments),
             ("journal_rejected_total", "Commands refused with 503 journal.unavailable.", self.journal_rejected),
             ("connections_refused_total", "Connections refused at the connection cap.", self.connections_refused),
+            (
+                "connections_evicted_total",
+                "Connections without a valid key closed to make room at the connection cap.",
+                self.connections_evicted,
+            ),
             ("overloaded_total", "Requests refused with 503 at the in-flight cap.", self.overloaded),
             ("events_total", "Engine events produced.", self.events),
             ("quotes_total", "Quotes applied.", self.quotes),

@@ -376,6 +376,8 @@ async fn hot_main(
     let opts = HttpOptions {
         max_body_bytes: cfg.http.max_body_bytes,
         header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(cfg.http.body_read_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.http.write_timeout_ms),
         max_connections: cfg.http.max_connections,
         shutdown_grace: Duration::from_millis(cfg.http.shutdown_grace_ms),
     };

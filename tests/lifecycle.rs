@@ -130,7 +130,9 @@ fn bodies_over_the_limit_get_413() {
     let chunked = |body: &str| {
         let (a, rest) = body.split_at(400);
         let (b, c) = rest.split_at(400);
-        let mut raw = format!("POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut raw = format!(
+            "POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
         for part in [a, b, c] {
             raw.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
         }
@@ -150,21 +152,28 @@ fn bodies_over_the_limit_get_413() {
 }
 
 #[test]
-fn the_connection_cap_answers_503() {
+fn at_the_connection_cap_an_anonymous_connection_makes_room_and_traders_keep_theirs() {
     let node = Node::start(&[("SIGNALGATE_HTTP_MAX_CONNECTIONS", "2")]);
-    let mut a = node.conn();
-    let mut b = node.conn();
-    assert_eq!(a.send("GET", "/health", &[], b"").status, 200);
-    assert_eq!(b.send("GET", "/health", &[], b"").status, 200);
-    let mut c = node.conn();
-    let r = c.read_response().unwrap();
+    let auth = bearer(&node.demo_key);
+    let mut trader = node.conn();
+    assert_eq!(trader.send("GET", "/v1/account", &[("Authorization", &auth)], b"").status, 200);
+    let mut anonymous = node.conn();
+    assert_eq!(anonymous.send("GET", "/health", &[], b"").status, 200);
+    // A third connection: the one that never showed a key goes, the trader's stays.
+    let mut newcomer = node.conn();
+    assert_eq!(newcomer.send("GET", "/v1/account", &[("Authorization", &auth)], b"").status, 200);
+    assert!(anonymous.closed_within(Duration::from_secs(2)), "the anonymous connection was evicted");
+    assert_eq!(trader.send("GET", "/v1/account", &[("Authorization", &auth)], b"").status, 200);
+    // Every connection is a trader's now: a fourth is refused.
+    let mut fourth = node.conn();
+    let r = fourth.read_response().unwrap();
     assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "node.too_many_connections", Some("1")));
-    drop(a);
+    drop(newcomer);
     std::thread::sleep(Duration::from_millis(100));
-    let mut d = node.conn();
-    assert_eq!(d.send("GET", "/health", &[], b"").status, 200);
-    let m = d.send("GET", "/metrics", &[], b"").body;
+    let mut fifth = node.conn();
+    let m = fifth.send("GET", "/metrics", &[], b"").body;
     assert!(m.contains("signalgate_connections_refused_total 1"), "{m}");
+    assert!(m.contains("signalgate_connections_evicted_total 1"), "{m}");
 }
 
 #[test]
@@ -227,23 +236,62 @@ fn sigint_also_stops_the_node() {
 
 #[test]
 fn an_overloaded_hot_core_answers_503_with_retry_after() {
-    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_INFLIGHT", "1")]);
-    let auth = bearer(&node.demo_key);
-    // One request stays in flight: its body never finishes.
-    let mut slow = node.conn();
-    let head =
-        format!("POST /v1/signals HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nContent-Length: 100\r\n\r\n{{");
-    slow.write_raw(head.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let r = node.req("GET", "/v1/account", &[("Authorization", &auth)], "");
-    assert_eq!((r.status, r.code().as_str(), r.header("retry-after")), (503, "node.overloaded", Some("1")));
+    // One request in progress at a time, and each waits for an fdatasync.
+    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_INFLIGHT", "1"), ("SIGNALGATE_JOURNAL_FSYNC", "always")]);
+    node.wait_for_quote(&node.demo_key, "BTC-USD");
+    let (_, key) = node.account("enterprise", "10000000", serde_json::json!({"max_orders_per_second": 100000}));
+    let (addr, auth) = (node.http, bearer(&key));
+    let statuses: Vec<(u16, String, Option<String>)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = support::Conn::open(addr);
+                    let body = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
+                    (0..5)
+                        .map(|_| {
+                            let r = c.send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], body.as_bytes());
+                            (r.status, r.code(), r.header("retry-after").map(str::to_string))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        racers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().any(|s| s.0 == 201), "{statuses:?}");
+    let refused: Vec<_> = statuses.iter().filter(|s| s.0 == 503).collect();
+    assert!(!refused.is_empty(), "80 signals at once over a budget of 1: {statuses:?}");
+    assert!(refused.iter().all(|s| s.1 == "node.overloaded" && s.2.as_deref() == Some("1")), "{refused:?}");
+    assert!(statuses.iter().all(|s| s.0 == 201 || s.0 == 503), "{statuses:?}");
     // Health and metrics stay available to operators.
     assert_eq!(node.req("GET", "/health", &[], "").status, 200);
-    drop(slow);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(node.req("GET", "/v1/account", &[("Authorization", &auth)], "").status, 200);
     let m = node.req("GET", "/metrics", &[], "").body;
-    assert!(m.contains("signalgate_overloaded_total 1"), "{m}");
+    assert!(m.contains(&format!("signalgate_overloaded_total {}", refused.len())), "{m}");
+}
+
+#[test]
+fn a_body_that_never_finishes_holds_no_request_slot_and_is_cut_off() {
+    let node = Node::start(&[("SIGNALGATE_HTTP_MAX_INFLIGHT", "1"), ("SIGNALGATE_HTTP_BODY_READ_TIMEOUT_MS", "700")]);
+    let auth = bearer(&node.demo_key);
+    // Far more stalled bodies than the budget of requests in progress, and with no key at all.
+    let mut stalled: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = node.conn();
+            c.write_raw(b"POST /v1/signals HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = node.req("GET", "/v1/account", &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 200, "stalled bodies must not use up the budget: {}", r.body);
+    // Each gets 408 once its deadline passes, and is closed.
+    let started = Instant::now();
+    for c in &mut stalled {
+        let r = c.read_response().unwrap();
+        assert_eq!((r.status, r.code().as_str()), (408, "request.timeout"), "{}", r.body);
+        assert!(c.closed_within(Duration::from_secs(1)));
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
 #[test]

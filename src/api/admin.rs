@@ -84,6 +84,7 @@ impl Node {
         resp.reset();
         resp.no_store = true;
         let result = self.check_admin_token(req).and_then(|()| {
+            resp.authenticated = true;
             let reads = matches!(req.method, Method::Get | Method::Head);
             if !reads && !self.journal.accepting() {
                 self.metrics.journal_rejected += 1;

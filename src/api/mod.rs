@@ -126,6 +126,10 @@ pub struct Response {
     pub cache_control: Option<&'static str>,
     /// `ETag`, quoted.
     pub etag: Option<String>,
+    /// The request showed a valid key (or the admin token): its connection is a trader's.
+    pub authenticated: bool,
+    /// Close the connection after this answer.
+    pub close: bool,
 }
 
 /// The answer of a request that sent orders or cancels to the venue. The venue sees them only
@@ -177,6 +181,8 @@ impl Response {
         self.history = None;
         self.cache_control = None;
         self.etag = None;
+        self.authenticated = false;
+        self.close = false;
     }
 
     /// Turns it into an error answer.

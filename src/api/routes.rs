@@ -163,6 +163,7 @@ impl Node {
         if record.revoked {
             return Err(REVOKED_KEY);
         }
+        resp.authenticated = true;
         let limit = self.engine.account(record.account).map_or(0, |a| a.limits.requests_per_minute);
         let Some(limiter) = self.limiters.get_mut(record.id.0 as usize - 1) else {
             return Err(INVALID_KEY);
