@@ -126,8 +126,12 @@ pub struct HttpConfig {
 pub struct WsConfig {
     /// Listen address of the WebSocket stream (`GET /v1/ws`), served by the fan-out cores.
     pub addr: String,
-    /// WebSocket connections at once, node-wide; more get 503.
+    /// Authenticated WebSocket connections at once, node-wide; more get 503 (4029 on the
+    /// `auth` message path).
     pub max_connections: usize,
+    /// Unauthenticated connections (in their handshake, or waiting for their `auth` message) at
+    /// once, node-wide; at the bound a new one closes the oldest (1013).
+    pub max_unauthenticated: usize,
     /// Bytes a connection may have waiting to be sent; beyond, it is closed (4008).
     pub queue_bytes: usize,
     /// Most messages in one frame.
@@ -396,6 +400,7 @@ impl Default for WsConfig {
         WsConfig {
             addr: "127.0.0.1:8082".into(),
             max_connections: 20_000,
+            max_unauthenticated: 1024,
             queue_bytes: 1 << 20,
             frame_messages: 64,
             frame_bytes: 16 * 1024,
@@ -737,6 +742,7 @@ impl Config {
         }
         for (key, v) in [
             ("ws.max_connections", self.ws.max_connections),
+            ("ws.max_unauthenticated", self.ws.max_unauthenticated),
             ("ws.frame_messages", self.ws.frame_messages),
             ("ws.resume_events", self.ws.resume_events),
         ] {

@@ -8,7 +8,7 @@
 //! when it next writes — so a client that lags gets conflated quotes, never a growing queue.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::engine::{Engine, EngineState};
 use crate::journal::format;
 use crate::journal::snapshot::{mirror_engine, NoVenue};
 use crate::journal::tail::Tail;
+use crate::shutdown::Shutdown;
 
 use super::feed::Consumer;
 use super::frame::{self, Kind};
@@ -34,8 +35,10 @@ use super::WsStats;
 pub struct Settings {
     /// Node name (for the welcome).
     pub node: String,
-    /// Connections at once.
+    /// Authenticated connections at once, node-wide.
     pub max_connections: usize,
+    /// Unauthenticated connections this executor keeps at once; a newer one closes the oldest.
+    pub max_anonymous: usize,
     /// Queue bound per connection.
     pub queue_bytes: usize,
     /// Messages per frame.
@@ -67,6 +70,7 @@ impl Settings {
         Settings {
             node: cfg.node.name.clone(),
             max_connections: w.max_connections,
+            max_anonymous: w.max_unauthenticated.div_ceil(cfg.topology.fanout.len().max(1)).max(1),
             queue_bytes: w.queue_bytes,
             frame_messages: w.frame_messages.min(usize::from(u16::MAX)),
             frame_bytes: w.frame_bytes,
@@ -101,6 +105,12 @@ const INVALID_KEY: AuthError =
     AuthError { status: 401, close: close::AUTH, code: "auth.invalid_key", message: "unknown API key" };
 const REVOKED_KEY: AuthError =
     AuthError { status: 401, close: close::AUTH, code: "auth.key_revoked", message: "this API key was revoked" };
+const NODE_FULL: AuthError = AuthError {
+    status: 503,
+    close: close::TOO_MANY,
+    code: "ws.node_full",
+    message: "the node has as many authenticated WebSocket connections as ws.max_connections",
+};
 const KEY_FULL: AuthError = AuthError {
     status: 429,
     close: close::TOO_MANY,
@@ -115,6 +125,8 @@ const MAX_CONTROL_BYTES: usize = 64 * 1024;
 pub struct Conn {
     /// Unique for the life of the node.
     pub id: u64,
+    /// Its entry on the executor's list of unauthenticated connections ([`Hub::admit_anonymous`]).
+    anonymous: u64,
     /// JSON text frames instead of binary ones.
     pub json: bool,
     /// The socket, for a forced shutdown.
@@ -158,11 +170,12 @@ pub struct ConnState {
 }
 
 impl Conn {
-    fn new(id: u64, json: bool, fd: std::os::fd::RawFd, symbols: usize) -> Conn {
+    fn new(id: u64, anonymous: u64, json: bool, fd: std::os::fd::RawFd, symbols: usize) -> Conn {
         let words = symbols.div_ceil(64);
         let now = Instant::now();
         Conn {
             id,
+            anonymous,
             json,
             fd,
             st: RefCell::new(ConnState {
@@ -253,6 +266,9 @@ pub struct Hub {
     mirror: Engine<NoVenue>,
     symbols: Vec<SymbolInfo>,
     conns: HashMap<u64, Rc<Conn>>,
+    /// Unauthenticated connections, oldest first, each with what closes it.
+    anonymous: BTreeMap<u64, Shutdown>,
+    next_anonymous: u64,
     by_symbol: Vec<Vec<u64>>,
     by_account: HashMap<AccountId, Vec<u64>>,
     /// The newest quote of each symbol, encoded (binary, JSON).
@@ -294,6 +310,8 @@ impl Hub {
             mirror,
             symbols,
             conns: HashMap::new(),
+            anonymous: BTreeMap::new(),
+            next_anonymous: 0,
             by_symbol: vec![Vec::new(); n],
             by_account: HashMap::new(),
             latest: vec![None; n],
@@ -336,15 +354,36 @@ impl Hub {
     }
 
     /// Registers a new connection (not yet authenticated).
-    pub fn open(&mut self, json: bool, fd: std::os::fd::RawFd) -> Rc<Conn> {
+    pub fn open(&mut self, json: bool, fd: std::os::fd::RawFd, anonymous: u64) -> Rc<Conn> {
         let id = self.stats.conn_id();
-        let conn = Rc::new(Conn::new(id, json, fd, self.symbols.len()));
+        let conn = Rc::new(Conn::new(id, anonymous, json, fd, self.symbols.len()));
         self.conns.insert(id, conn.clone());
         conn
     }
 
+    /// Puts a new connection on the list of unauthenticated ones; when the list is full, its
+    /// oldest is told to close (with 1013) to make room. Returns its entry and what closes it.
+    pub fn admit_anonymous(&mut self) -> (u64, Shutdown) {
+        if self.anonymous.len() >= self.settings.max_anonymous {
+            if let Some((_, oldest)) = self.anonymous.pop_first() {
+                oldest.trigger();
+                self.stats.evicted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.next_anonymous += 1;
+        let evict = Shutdown::new();
+        self.anonymous.insert(self.next_anonymous, evict.clone());
+        (self.next_anonymous, evict)
+    }
+
+    /// Takes a connection off the list of unauthenticated ones.
+    pub fn leave_anonymous(&mut self, id: u64) {
+        self.anonymous.remove(&id);
+    }
+
     /// Forgets a connection and its subscriptions.
     pub fn remove(&mut self, conn: &Conn) {
+        self.anonymous.remove(&conn.anonymous);
         if self.conns.remove(&conn.id).is_none() {
             return;
         }
@@ -361,6 +400,7 @@ impl Hub {
                 }
             }
             self.stats.give_key_place(k.id);
+            self.stats.give_stream();
         }
     }
 
@@ -378,6 +418,9 @@ impl Hub {
         if self.stats.key_connections(record.id) >= self.key_cap(&record) {
             return Err(KEY_FULL);
         }
+        if self.stats.authenticated.load(std::sync::atomic::Ordering::Acquire) >= self.settings.max_connections as u64 {
+            return Err(NODE_FULL);
+        }
         Ok(record)
     }
 
@@ -392,8 +435,15 @@ impl Hub {
         let record = self
             .check_key(key)
             .and_then(|r| {
-                // Checked again as the place is taken: another executor may have taken the last.
-                self.stats.take_key_place(r.id, self.key_cap(&r)).then_some(r).ok_or(KEY_FULL)
+                // Checked again as the places are taken: another executor may have taken the last.
+                if !self.stats.take_stream(self.settings.max_connections) {
+                    return Err(NODE_FULL);
+                }
+                if !self.stats.take_key_place(r.id, self.key_cap(&r)) {
+                    self.stats.give_stream();
+                    return Err(KEY_FULL);
+                }
+                Ok(r)
             })
             .inspect_err(|_| {
                 self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -403,6 +453,7 @@ impl Hub {
             st.key = Some(record);
             st.key_text = key.to_string();
         }
+        self.leave_anonymous(conn.anonymous);
         let welcome = self.msg(ServerBody::Welcome {
             version: VERSION,
             node: self.settings.node.clone(),

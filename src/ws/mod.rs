@@ -37,10 +37,19 @@ use protocol::{close, ClientMsg, ServerBody, ServerMsg};
 /// What the fan-out executors share: the stream's counters (read by `/metrics` on the hot core)
 /// and the node-wide connection places. The places are taken and given back only when a
 /// connection opens, authenticates or closes, never per message.
+///
+/// Only authenticated connections count against `ws.max_connections`: unauthenticated ones (in
+/// their handshake, or waiting for their `auth` message) are bounded by each executor on its
+/// own, which closes the oldest of them to make room for a new one (`Hub::admit_anonymous`), so
+/// they can never keep out a trader with a key.
 #[derive(Debug, Default)]
 pub struct WsStats {
     /// Connections open on the whole node (those still in their handshake included).
     pub connections: AtomicU64,
+    /// Authenticated connections on the whole node, against `ws.max_connections`.
+    pub authenticated: AtomicU64,
+    /// Unauthenticated connections closed to make room for new ones.
+    pub evicted: AtomicU64,
     /// Connections each fan-out executor serves, in `topology.fanout` order.
     pub per_executor: Vec<AtomicU64>,
     /// Authenticated connections of each key, against its tier's cap.
@@ -71,19 +80,28 @@ impl WsStats {
         WsStats { per_executor: (0..executors).map(|_| AtomicU64::new(0)).collect(), ..WsStats::default() }
     }
 
-    /// Takes a place for a new connection, with the executor that serves the fewest, unless the
-    /// node already holds `max`.
-    pub fn take_place(self: &Arc<Self>, max: usize) -> Option<Place> {
-        self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max as u64).then_some(n + 1))
-            .ok()?;
+    /// Places a new connection with the executor that serves the fewest.
+    pub fn place(self: &Arc<Self>) -> Place {
+        self.connections.fetch_add(1, Ordering::AcqRel);
         let executor = (0..self.per_executor.len())
             .min_by_key(|&i| self.per_executor[i].load(Ordering::Acquire))
             .unwrap_or_default();
         if let Some(n) = self.per_executor.get(executor) {
             n.fetch_add(1, Ordering::AcqRel);
         }
-        Some(Place { stats: self.clone(), executor })
+        Place { stats: self.clone(), executor }
+    }
+
+    /// Counts one more authenticated connection unless the node already holds `max`.
+    pub fn take_stream(&self, max: usize) -> bool {
+        self.authenticated
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max as u64).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a place taken with [`WsStats::take_stream`].
+    pub fn give_stream(&self) {
+        self.authenticated.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A new connection id.
@@ -122,8 +140,15 @@ impl WsStats {
     /// Appends the stream's series in Prometheus text format.
     pub fn render_metrics(&self, out: &mut Vec<u8>) {
         use std::io::Write;
-        let lines: [(&str, &str, &str, &AtomicU64); 9] = [
+        let lines: [(&str, &str, &str, &AtomicU64); 11] = [
             ("ws_connections", "gauge", "Open WebSocket connections.", &self.connections),
+            (
+                "ws_authenticated_connections",
+                "gauge",
+                "Authenticated WebSocket connections (against ws.max_connections).",
+                &self.authenticated,
+            ),
+            ("ws_evicted_total", "counter", "Unauthenticated connections closed to make room (1013).", &self.evicted),
             ("ws_messages_total", "counter", "Messages sent to WebSocket clients.", &self.messages),
             ("ws_frames_total", "counter", "WebSocket frames with messages sent.", &self.frames),
             ("ws_slow_consumers_total", "counter", "Connections closed for not reading (4008).", &self.slow_consumers),
@@ -375,7 +400,7 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
         }
     })
     .detach();
-    let serve_here = |stream: AcceptedTcpStream, place: Option<Place>| {
+    let serve_here = |stream: AcceptedTcpStream, place: Place| {
         // The hot core wakes this executor only while it serves connections: until this one, the
         // hub may be up to 100 ms behind.
         hub.borrow_mut().pump();
@@ -391,13 +416,10 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
                 others.push(t.connect().await);
             }
             while let Some(stream) = crate::http::shared_accept(&listener, &shutdown, "ws listener").await {
-                let place = {
-                    let hub = hub.borrow();
-                    hub.stats.take_place(hub.settings.max_connections)
-                };
+                let place = hub.borrow().stats.place();
                 match place {
                     // `others[i]` goes to executor i + 1 (this one is executor 0).
-                    Some(place) if place.executor > 0 => {
+                    place if place.executor > 0 => {
                         let sent = others[place.executor - 1].send(Handed { stream, place }).await;
                         if let Err(glommio::GlommioError::Closed(glommio::ResourceType::Channel(h))) = sent {
                             // That executor has stopped (the node is shutting down): close.
@@ -416,7 +438,7 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
                     None
                 });
                 let Some(Handed { stream, place }) = next.await else { break };
-                serve_here(stream, Some(place));
+                serve_here(stream, place);
             }
         }
     }
@@ -463,6 +485,27 @@ fn deliver_answer(hub: &RefCell<Hub>, a: WsAnswer) {
     hub.send(&conn, &msg);
 }
 
+/// A connection's entry on its executor's list of unauthenticated connections, left when it is
+/// dropped (if `Hub::authenticate` has not taken it off already).
+struct Anonymous {
+    hub: Rc<RefCell<Hub>>,
+    id: u64,
+    evict: Shutdown,
+}
+
+impl Anonymous {
+    fn admit(hub: &Rc<RefCell<Hub>>) -> Anonymous {
+        let (id, evict) = hub.borrow_mut().admit_anonymous();
+        Anonymous { hub: hub.clone(), id, evict }
+    }
+}
+
+impl Drop for Anonymous {
+    fn drop(&mut self) {
+        self.hub.borrow_mut().leave_anonymous(self.id);
+    }
+}
+
 /// A glommio stream shared by a connection's reader and writer (one polls it at a time).
 struct Shared(Rc<RefCell<TcpStream>>);
 
@@ -500,15 +543,17 @@ async fn refuse(mut stream: TcpStream, r: &HttpRefusal) {
     let _ = with_timeout(Duration::from_secs(1), stream.close()).await;
 }
 
-/// Serves one connection; `place` is its place in the node-wide count (`None`: the node is full,
-/// so the upgrade is refused).
+/// Serves one connection, which holds `_place` (its executor's count) while it lives. Until it
+/// authenticates it is one of its executor's anonymous connections, closed at once when a newer
+/// one needs the room.
 async fn connection(
     mut stream: TcpStream,
     hub: Rc<RefCell<Hub>>,
     signals: Rc<ConnectedSender<WsSignal>>,
-    place: Option<Place>,
+    _place: Place,
 ) {
     let _ = stream.set_nodelay(true);
+    let anonymous = Anonymous::admit(&hub);
     let auth_timeout = hub.borrow().settings.auth_timeout;
     let mut buf = Vec::new();
     let upgrade = with_timeout(auth_timeout, async {
@@ -526,6 +571,10 @@ async fn connection(
                 Err(r) => return Some(Err(r)),
             }
         }
+    });
+    let upgrade = futures_lite::future::or(upgrade, async {
+        anonymous.evict.wait().await;
+        Some(None)
     })
     .await;
     let (up, used) = match upgrade {
@@ -537,11 +586,6 @@ async fn connection(
             return refuse(stream, &r).await;
         }
     };
-    if place.is_none() {
-        let r =
-            HttpRefusal::new(503, "ws.node_full", "the node has as many WebSocket connections as ws.max_connections");
-        return refuse(stream, &r).await;
-    }
     if let Some(key) = &up.api_key {
         let checked = hub.borrow_mut().check_key(key);
         if let Err(e) = checked {
@@ -552,7 +596,7 @@ async fn connection(
     if stream.write_all(&frame::accept_response(&up)).await.is_err() {
         return;
     }
-    let conn = hub.borrow_mut().open(up.json, stream.as_raw_fd());
+    let conn = hub.borrow_mut().open(up.json, stream.as_raw_fd(), anonymous.id);
     conn.st.borrow_mut().resume_from = up.resume_from;
     if let Some(key) = &up.api_key {
         let authed = hub.borrow_mut().authenticate(&conn, key);
@@ -563,7 +607,15 @@ async fn connection(
     buf.drain(..used);
     let stream = Rc::new(RefCell::new(stream));
     let writer = glommio::spawn_local(write_loop(conn.clone(), Shared(stream.clone()), hub.clone())).detach();
-    read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf).await;
+    futures_lite::future::or(read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf), async {
+        // Only while it has not authenticated: `Hub::authenticate` takes it off the list.
+        anonymous.evict.wait().await;
+        conn.close(
+            close::TRY_AGAIN,
+            "ws.evicted: unauthenticated for too long while others waited; reconnect and authenticate",
+        );
+    })
+    .await;
     // The reader is done (the client closed or broke the protocol): let the writer send the
     // close frame; `Hub::tick` drops the socket if the client does not take it in time.
     conn.close(1000, "");

@@ -40,6 +40,9 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The node lost events it would have sent (the client should resume).
     pub const INTERNAL: u16 = 1011;
+    /// An unauthenticated connection closed to make room for new ones: reconnect and
+    /// authenticate at once.
+    pub const TRY_AGAIN: u16 = 1013;
 }
 
 pub use msgs::{ClientMsg, ServerBody};
