@@ -42,6 +42,9 @@ pub fn host_cores() -> Vec<usize> {
     core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_else(|| vec![0])
 }
 
+/// How long a start waits for its port to be let go by a node that just died.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 fn bind(addr: &str, backlog: i32, what: &str) -> Result<StdListener, String> {
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{what}: bad address {addr:?}: {e}"))?;
     let socket =
@@ -49,7 +52,25 @@ fn bind(addr: &str, backlog: i32, what: &str) -> Result<StdListener, String> {
     // SO_REUSEADDR lets a restarted node bind while old connections linger in TIME_WAIT; no
     // SO_REUSEPORT, so two nodes can never silently share a port.
     socket.set_reuse_address(true).map_err(|e| format!("{what}: {e}"))?;
-    socket.bind(&addr.into()).map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))?;
+    // A node killed a moment ago may still hold its listener: the kernel releases an io_uring
+    // instance, and the accept it had waiting on the socket, after the process is gone (in 5 of
+    // 20 immediate restarts after kill -9 here). Wait for that, within a bound; a node that is
+    // alive keeps the port and this start fails with the reason.
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    let mut told = false;
+    loop {
+        match socket.bind(&addr.into()) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                if !told {
+                    log::warn!("{what}: {addr} is in use; waiting up to {PORT_RELEASE_WAIT:?} for it to be released");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("{what}: cannot listen on {addr}: {e}")),
+        }
+    }
     socket.listen(backlog).map_err(|e| format!("{what}: listen on {addr}: {e}"))?;
     socket.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
     Ok(socket.into())

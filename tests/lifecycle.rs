@@ -96,6 +96,24 @@ fn the_embedded_default_prints_a_ready_to_paste_request() {
 }
 
 #[test]
+fn a_restart_right_after_kill_9_gets_its_ports_back() {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (http, admin, ws) = (free(), free(), free());
+    let env = [
+        ("SIGNALGATE_HTTP_ADDR", http.as_str()),
+        ("SIGNALGATE_ADMIN_ADDR", admin.as_str()),
+        ("SIGNALGATE_WS_ADDR", ws.as_str()),
+    ];
+    let mut node = Node::start(&env);
+    for round in 0..10 {
+        assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+        let dir = node.crash();
+        node = Node::try_start_in(dir, &[], &env).unwrap_or_else(|(e, _)| panic!("restart {round}: {e}"));
+        assert_eq!(node.http.to_string(), http);
+    }
+}
+
+#[test]
 fn two_nodes_cannot_share_a_data_directory() {
     let lock_dir = tempfile::tempdir().unwrap();
     let d = lock_dir.path().to_str().unwrap().to_string();
