@@ -164,6 +164,8 @@ pub struct AdminConfig {
     pub addr: String,
     /// Bearer token for the admin API; empty = a random one is made and printed at start.
     pub token: String,
+    /// Admin connections at once (its own budget, apart from the public API's).
+    pub max_connections: usize,
 }
 
 /// `[journal]`
@@ -417,7 +419,7 @@ impl Default for WsConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { addr: "127.0.0.1:8081".into(), token: String::new() }
+        AdminConfig { addr: "127.0.0.1:8081".into(), token: String::new(), max_connections: 256 }
     }
 }
 
@@ -741,6 +743,7 @@ impl Config {
             err("ws.addr", "must differ from http.addr and admin.addr".into());
         }
         for (key, v) in [
+            ("admin.max_connections", self.admin.max_connections),
             ("ws.max_connections", self.ws.max_connections),
             ("ws.max_unauthenticated", self.ws.max_unauthenticated),
             ("ws.frame_messages", self.ws.frame_messages),

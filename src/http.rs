@@ -15,8 +15,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::io::Write as _;
+use std::os::fd::{FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -234,10 +236,9 @@ impl Connections {
 
 /// Accepts connections until `shutdown` fires, then stops accepting, lets in-flight requests
 /// finish (up to the grace period) and returns.
-pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
+pub async fn serve(mut listener: Acceptor, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
     let conns = Rc::new(RefCell::new(Connections::default()));
-    let what = format!("{api:?} listener");
-    while let Some(stream) = accept(&listener, &shutdown, &what).await {
+    while let Some(stream) = listener.next(&shutdown).await.map(AcceptedTcpStream::bind_to_executor) {
         match conns.borrow_mut().make_room(opts.max_connections) {
             Some(false) => {}
             Some(true) => node.borrow_mut().metrics.connections_evicted += 1,
@@ -273,29 +274,105 @@ pub async fn serve(listener: TcpListener, node: Rc<RefCell<Node>>, api: Api, opt
     }
 }
 
-/// The next connection, or `None` once shutdown begins; a failed accept is logged and retried.
-pub(crate) async fn accept(listener: &TcpListener, shutdown: &Shutdown, what: &str) -> Option<TcpStream> {
-    shared_accept(listener, shutdown, what).await.map(AcceptedTcpStream::bind_to_executor)
+/// A listening socket and its accept loop.
+///
+/// When the process is out of descriptors (EMFILE, ENFILE), a connection cannot be accepted and
+/// would wait in the backlog until its client gives up. The acceptor keeps one descriptor in
+/// reserve for that moment: it lets it go, accepts the waiting connection, answers it
+/// `503 node.too_many_connections` and closes it, then takes the reserve back. Failures are
+/// logged at most once a second, with their count.
+pub struct Acceptor {
+    listener: TcpListener,
+    fd: RawFd,
+    what: String,
+    failures: u64,
+    reported: Option<Instant>,
 }
 
-/// [`accept`], but the connection is not yet bound to this executor: it may be handed to another.
-pub(crate) async fn shared_accept(
-    listener: &TcpListener,
-    shutdown: &Shutdown,
-    what: &str,
-) -> Option<AcceptedTcpStream> {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.shared_accept().await) }, async {
-            shutdown.wait().await;
-            None
-        });
-        match accepted.await? {
-            Ok(s) => return Some(s),
-            Err(e) => {
-                log::warn!("{what}: accept failed: {e}");
+/// The descriptor kept in reserve for refusing connections when the process has no other
+/// (`/dev/null`, opened once; −1 while an acceptor has let it go).
+static RESERVE: AtomicI32 = AtomicI32::new(-1);
+
+fn open_reserve() -> RawFd {
+    // SAFETY: a C string literal and plain flags.
+    unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+}
+
+impl Acceptor {
+    /// Takes over a bound, listening, non-blocking socket.
+    ///
+    /// # Safety
+    /// `fd` must be such a socket, owned by the caller and given up here (as by `into_raw_fd`).
+    pub unsafe fn from_raw_fd(fd: RawFd, what: &str) -> Acceptor {
+        if RESERVE.load(Ordering::Acquire) < 0 {
+            let fd = open_reserve();
+            if RESERVE.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire).is_err() && fd >= 0 {
+                // SAFETY: our own descriptor, opened just now and not shared.
+                libc::close(fd);
+            }
+        }
+        // SAFETY: the caller's promise, passed on.
+        Acceptor { listener: TcpListener::from_raw_fd(fd), fd, what: what.to_string(), failures: 0, reported: None }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr().map_err(io::Error::from)
+    }
+
+    /// The next connection, not yet bound to an executor (it may be handed to another), or
+    /// `None` once `shutdown` fires. A failed accept is counted, reported and retried.
+    pub async fn next(&mut self, shutdown: &Shutdown) -> Option<AcceptedTcpStream> {
+        loop {
+            let accepted = futures_lite::future::or(async { Some(self.listener.shared_accept().await) }, async {
+                shutdown.wait().await;
+                None
+            });
+            let e = match accepted.await? {
+                Ok(s) => return Some(s),
+                Err(e) => io::Error::from(e),
+            };
+            let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+            let refused = out_of_descriptors && self.refuse_with_reserve();
+            self.failures += 1;
+            if self.reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                let how = if refused { "; the waiting connection was refused" } else { "" };
+                log::warn!("{}: accept failed {} time(s) in the last second: {e}{how}", self.what, self.failures);
+                self.failures = 0;
+                self.reported = Some(Instant::now());
+            }
+            if !refused {
                 glommio::timer::sleep(Duration::from_millis(5)).await;
             }
         }
+    }
+
+    /// Refuses one waiting connection with the reserve descriptor; `false` when there was none
+    /// (another acceptor has it, or nothing was waiting).
+    fn refuse_with_reserve(&mut self) -> bool {
+        let reserve = RESERVE.swap(-1, Ordering::AcqRel);
+        if reserve < 0 {
+            return false;
+        }
+        const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 96\r\n\r\n{\"error\":{\"code\":\"node.too_many_connections\",\"message\":\"the node is out of descriptors; retry\"}}";
+        // SAFETY: `reserve` is ours to close; `self.fd` is the listening socket (non-blocking, so
+        // accept4 returns at once); the accepted descriptor is written once and closed here.
+        let accepted = unsafe {
+            libc::close(reserve);
+            let conn = libc::accept4(
+                self.fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            );
+            if conn >= 0 {
+                libc::send(conn, REFUSAL.as_ptr().cast(), REFUSAL.len(), libc::MSG_NOSIGNAL);
+                libc::close(conn);
+            }
+            conn >= 0
+        };
+        RESERVE.store(open_reserve(), Ordering::Release);
+        accepted
     }
 }
 

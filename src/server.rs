@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -19,7 +19,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
-use crate::http::{serve, Api, HttpOptions};
+use crate::http::{serve, Acceptor, Api, HttpOptions};
 use crate::journal;
 use crate::node::{symbol_table, Node};
 use crate::notify::Notifier;
@@ -76,6 +76,61 @@ fn bind(addr: &str, backlog: i32, what: &str) -> Result<StdListener, String> {
     Ok(socket.into())
 }
 
+/// Descriptors the node needs besides its connections: journal segments and snapshots, io_uring
+/// rings and eventfds, listeners, the PostgreSQL connections, the journal tails of the followers.
+/// (An idle node holds 25; this leaves room for snapshots, PostgreSQL and resumes from the files.)
+const DESCRIPTORS_BESIDES_CONNECTIONS: u64 = 128;
+
+/// Raises the open-file limit to its hard limit and, when even that cannot hold every connection
+/// the caps allow, lowers the caps to fit and says so: a node that runs out of descriptors can
+/// neither accept nor refuse, and leaves clients hanging.
+fn fit_connections_to_open_files(cfg: &mut Config) -> Result<(), String> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let caps =
+        [cfg.http.max_connections, cfg.admin.max_connections, cfg.ws.max_connections, cfg.ws.max_unauthenticated];
+    let wanted: u64 = caps.iter().map(|&c| c as u64).sum();
+    let limit = lim.rlim_cur;
+    if wanted + DESCRIPTORS_BESIDES_CONNECTIONS <= limit {
+        return Ok(());
+    }
+    let room = limit.saturating_sub(DESCRIPTORS_BESIDES_CONNECTIONS);
+    if room < 64 {
+        return Err(format!(
+            "the open-file limit is {limit}: too low to serve connections (at least {} needed; raise it, e.g. LimitNOFILE=)",
+            DESCRIPTORS_BESIDES_CONNECTIONS + 64
+        ));
+    }
+    let fit = |c: usize| ((c as u64 * room / wanted) as usize).max(c.min(4));
+    cfg.http.max_connections = fit(cfg.http.max_connections);
+    cfg.admin.max_connections = fit(cfg.admin.max_connections);
+    cfg.ws.max_connections = fit(cfg.ws.max_connections);
+    cfg.ws.max_unauthenticated = fit(cfg.ws.max_unauthenticated).max(cfg.topology.fanout.len());
+    log::warn!(
+        "the open-file limit ({limit}, hard limit {}) cannot hold the configured connections ({wanted} and {} more descriptors): \
+         lowered http.max_connections to {}, admin.max_connections to {}, ws.max_connections to {}, ws.max_unauthenticated to {}; \
+         raise the limit (LimitNOFILE= in the unit, ulimit -n) to serve them all",
+        lim.rlim_max,
+        DESCRIPTORS_BESIDES_CONNECTIONS,
+        cfg.http.max_connections,
+        cfg.admin.max_connections,
+        cfg.ws.max_connections,
+        cfg.ws.max_unauthenticated
+    );
+    Ok(())
+}
+
 /// Takes the data directory's lock file, so two nodes never share one directory.
 fn lock_data_dir(cfg: &Config) -> Result<File, String> {
     let dir = &cfg.journal.dir;
@@ -120,7 +175,7 @@ pub struct RunOptions {
 }
 
 /// Runs a node until SIGTERM or SIGINT; returns once it has drained.
-pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
+pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     let errors = cfg.validate(&host_cores());
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -134,6 +189,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             cfg.journal.dir.display()
         ));
     }
+    fit_connections_to_open_files(&mut cfg)?;
     let _lock = lock_data_dir(&cfg)?;
     if cfg.postgres.migrate {
         // PostgreSQL is never needed to trade: a failure is logged and the node starts anyway.
@@ -365,7 +421,7 @@ async fn hot_main(
     // SAFETY: both descriptors come from `into_raw_fd` on listeners this process bound; ownership
     // moves here exactly once.
     let (public, admin) = unsafe {
-        (glommio::net::TcpListener::from_raw_fd(public_fd), glommio::net::TcpListener::from_raw_fd(admin_fd))
+        (Acceptor::from_raw_fd(public_fd, "public listener"), Acceptor::from_raw_fd(admin_fd, "admin listener"))
     };
     let public_addr = public.local_addr().ok();
     let node = Rc::new(RefCell::new(node));
@@ -402,10 +458,11 @@ async fn hot_main(
         max_connections: cfg.http.max_connections,
         shutdown_grace: Duration::from_millis(cfg.http.shutdown_grace_ms),
     };
+    let admin_opts = HttpOptions { max_connections: cfg.admin.max_connections, ..opts };
     let public_task =
         glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
     let admin_task =
-        glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, opts, shutdown.clone()), background);
+        glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, admin_opts, shutdown.clone()), background);
     let (Ok(public_task), Ok(admin_task), Ok(writer), Ok(ws_sides)) = (public_task, admin_task, writer, ws_sides)
     else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));

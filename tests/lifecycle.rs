@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -111,6 +112,36 @@ fn a_restart_right_after_kill_9_gets_its_ports_back() {
         node = Node::try_start_in(dir, &[], &env).unwrap_or_else(|(e, _)| panic!("restart {round}: {e}"));
         assert_eq!(node.http.to_string(), http);
     }
+}
+
+#[test]
+fn a_low_open_file_limit_lowers_the_caps_and_connections_are_refused_not_left_hanging() {
+    let node = Node::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]);
+    let log = node.log_until(Duration::from_secs(5), |l| l.contains("open-file limit"));
+    assert!(log.iter().any(|l| l.contains("lowered http.max_connections to")), "{log:?}");
+    // Far more connections than descriptors: each is answered or closed, none hangs.
+    let mut conns: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(node.http).ok())
+        .inspect(|mut s| {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        })
+        .collect();
+    let started = Instant::now();
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut first = [0u8; 12];
+        match s.read(&mut first) {
+            Ok(0) => {}
+            Ok(_) => assert!(first.starts_with(b"HTTP/1.1 200") || first.starts_with(b"HTTP/1.1 503"), "{first:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "a connection was left hanging: {e}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(node.req("GET", "/health", &[], "").status, 200);
+    let warnings = node.log().iter().filter(|l| l.contains("accept failed")).count();
+    assert!(warnings <= 10, "accept failures are reported at most once a second: {warnings} lines");
 }
 
 #[test]

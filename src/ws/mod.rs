@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
-use glommio::net::{AcceptedTcpStream, TcpListener, TcpStream};
+use glommio::net::{AcceptedTcpStream, TcpStream};
 
 use crate::api::{Method, Request, Response};
 use crate::config::Config;
@@ -410,12 +410,12 @@ pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
         Intake::Accept { listener, to } => {
             // SAFETY: the descriptor comes from `into_raw_fd` on a listener this process bound;
             // its ownership moves here exactly once.
-            let listener = unsafe { TcpListener::from_raw_fd(listener) };
+            let mut listener = unsafe { crate::http::Acceptor::from_raw_fd(listener, "ws listener") };
             let mut others = Vec::with_capacity(to.len());
             for t in to {
                 others.push(t.connect().await);
             }
-            while let Some(stream) = crate::http::shared_accept(&listener, &shutdown, "ws listener").await {
+            while let Some(stream) = listener.next(&shutdown).await {
                 let place = hub.borrow().stats.place();
                 match place {
                     // `others[i]` goes to executor i + 1 (this one is executor 0).
