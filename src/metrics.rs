@@ -161,6 +161,12 @@ pub struct Gauges {
     pub venue_held: usize,
     /// Accounts.
     pub accounts: usize,
+    /// Whether the snapshot thread's last attempt failed (and none was written since).
+    pub snapshots_failing: bool,
+    /// Snapshot thread failures so far.
+    pub snapshot_failures: u64,
+    /// Sequence number of the newest snapshot written since start.
+    pub snapshot_last_seq: u64,
 }
 
 /// What the journal writer did.
@@ -364,7 +370,19 @@ impl Metrics {
                 ns as f64 / 1e9
             )?;
         }
-        let gauges: [(&str, &str, u64); 12] = [
+        writeln!(
+            out,
+            "# HELP signalgate_snapshot_failures_total Snapshot thread failures (each retried).\n\
+             # TYPE signalgate_snapshot_failures_total counter\nsignalgate_snapshot_failures_total {}",
+            g.snapshot_failures
+        )?;
+        let gauges: [(&str, &str, u64); 14] = [
+            (
+                "snapshots_healthy",
+                "1 while snapshots are written, 0 from a failure until the next one is.",
+                u64::from(!g.snapshots_failing),
+            ),
+            ("snapshot_last_seq", "Sequence number of the newest snapshot written since start.", g.snapshot_last_seq),
             ("journal_durable_seq", "Last event sequence number the journal made durable.", g.durable_seq),
             ("journal_pending_bytes", "Encoded events waiting for the journal writer.", g.journal_pending_bytes as u64),
             (

@@ -46,6 +46,8 @@ pub struct Node {
     pub history: Option<crate::history::History>,
     /// The WebSocket stream's counters.
     pub ws: Option<std::sync::Arc<crate::ws::WsStats>>,
+    /// How the snapshot thread is doing.
+    pub snapshots: std::sync::Arc<crate::journal::snapshot::Health>,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -111,6 +113,7 @@ impl Node {
             offload: None,
             history: None,
             ws: None,
+            snapshots: std::sync::Arc::default(),
         }
     }
 
@@ -210,6 +213,9 @@ impl Node {
             journal_pending_bytes: self.journal.pending_bytes(),
             journal_healthy: self.journal.accepting(),
             accounts: e.accounts().len(),
+            snapshots_failing: self.snapshots.failing(),
+            snapshot_failures: self.snapshots.failures(),
+            snapshot_last_seq: self.snapshots.last_seq(),
         }
     }
 }

@@ -244,6 +244,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     crate::alloc::map_large_blocks_on_this_thread();
     let (node, resume, demo, (state, feeds, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
+    let snapshot_health = node.snapshots.clone();
     let (hot_links, fanout_links): (Vec<_>, Vec<_>) =
         (0..cfg.topology.fanout.len()).map(|i| crate::ws::links(stats.clone(), i)).unzip();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -285,7 +286,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         Ok(Ok(())) => {
             // After the replay (which cut any torn tail): the followers read what the writer adds.
             let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
-            _snapshots = journal::snapshot::Follower::spawn(&cfg, core, offload.clone())
+            _snapshots = journal::snapshot::Follower::spawn(&cfg, core, offload.clone(), snapshot_health)
                 .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
             if let Some(shared) = offload {
                 _offloader = Some(

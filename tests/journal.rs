@@ -249,6 +249,58 @@ fn a_flipped_bit_in_the_last_record_is_damage_and_stops_the_start() {
 }
 
 #[test]
+fn a_failing_snapshot_thread_reports_it_and_tries_again_until_it_writes() {
+    let env = [("SIGNALGATE_MARKET_SIMULATOR", "false"), ("SIGNALGATE_JOURNAL_SNAPSHOT_EVERY_EVENTS", "20")];
+    let node = Node::start(&env);
+    // Every name a snapshot could take for a while is a directory: writing one fails.
+    let blockers: Vec<PathBuf> =
+        (1..=3000).map(|seq| node.data_dir().join(format!("snapshot-{seq:020}.snap.tmp"))).collect();
+    for b in &blockers {
+        std::fs::create_dir(b).unwrap();
+    }
+    let feed = bearer(&node.demo_key);
+    let tick = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000","ask":"65001"}]}"#;
+    assert_eq!(node.req("POST", "/v1/market/ticks", &[JSON, ("Authorization", &feed)], tick).status, 200);
+    let (_, key) = node.account("pro", "100000", unlimited());
+    for _ in 0..10 {
+        let r = node.req(
+            "POST",
+            "/v1/signals",
+            &[JSON, ("Authorization", &bearer(&key))],
+            r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#,
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let ready = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = node.req("GET", "/ready", &[], "");
+            assert_eq!(r.status, 200, "snapshots do not make the node unready: {}", r.body);
+            if r.json()["snapshots"] == want {
+                return r.json();
+            }
+            assert!(Instant::now() < deadline, "snapshots never became {want}: {}", r.body);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let failing = ready("failing");
+    assert!(failing["snapshot_error"].as_str().unwrap().contains("cannot write a snapshot"), "{failing}");
+    assert!(node.metric("signalgate_snapshot_failures_total") >= 1);
+    assert_eq!(node.metric("signalgate_snapshots_healthy"), 0);
+    for b in &blockers {
+        std::fs::remove_dir(b).unwrap();
+    }
+    ready("ok");
+    assert_eq!(node.metric("signalgate_snapshots_healthy"), 1);
+    assert!(node.metric("signalgate_snapshot_last_seq") >= 20);
+    let written = std::fs::read_dir(node.data_dir())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".snap"))
+        .count();
+    assert!(written >= 1, "a snapshot was written once it could be");
+}
+
+#[test]
 fn inspect_prints_events_as_text_and_json() {
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let (account, key) = node.account("pro", "1000", json!({}));

@@ -703,6 +703,15 @@ impl Node {
         w.key("fsync").str(self.journal.policy().as_str());
         w.key("last_seq").u64(self.engine.last_seq());
         w.key("durable_seq").u64(self.journal.durable());
+        // Snapshots only bound how much a restart replays: failing ones leave the node ready.
+        if !self.snapshots.running() {
+            w.key("snapshots").str("off");
+        } else if self.snapshots.failing() {
+            w.key("snapshots").str("failing");
+            w.key("snapshot_error").str(&self.snapshots.last_error());
+        } else {
+            w.key("snapshots").str("ok");
+        }
         // PostgreSQL only keeps history: the node stays ready while it is away.
         match &self.offload {
             None => {

@@ -12,9 +12,9 @@
 //! zero, then the rkyv-encoded [`EngineState`] (little-endian, unaligned).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::format;
 use super::scan::{list_segments, Segment};
@@ -135,6 +135,66 @@ impl Venue for NoVenue {
     }
 }
 
+/// First wait after the snapshot thread fails; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How the snapshot thread is doing, for `/ready` and `/metrics` (written by the thread, read by
+/// the hot core).
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Set once the thread runs (snapshots are on).
+    running: AtomicBool,
+    /// Set from a failure until the next snapshot is written.
+    failing: AtomicBool,
+    /// Failures so far (each followed by a retry).
+    failures: AtomicU64,
+    /// Sequence number of the newest snapshot written since start (0: none yet).
+    last_seq: AtomicU64,
+    /// What the last failure was.
+    last_error: Mutex<String>,
+}
+
+impl Health {
+    /// Whether the snapshot thread runs (`journal.snapshot_every_events` > 0).
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Whether the last attempt failed and no snapshot was written since.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Failures so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Sequence number of the newest snapshot written since start.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// What the last failure was.
+    pub fn last_error(&self) -> String {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    fn written(&self, seq: u64) {
+        self.last_seq.store(seq, Ordering::Relaxed);
+        self.failing.store(false, Ordering::Release);
+    }
+
+    fn failed(&self, e: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e.to_string();
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failing.store(true, Ordering::Release);
+    }
+}
+
 /// The snapshot thread; stops when dropped.
 pub struct Follower {
     stop: Arc<AtomicBool>,
@@ -145,22 +205,45 @@ impl Follower {
     /// Starts following the journal of `cfg` (after the node's own replay, so a torn tail is
     /// already cut). `None` when snapshots are off.
     /// With `offload`, segments are pruned only once PostgreSQL has their events.
+    /// A failure (a file that cannot be read or written, no descriptor left) is reported in
+    /// `health` and the thread starts over from the newest snapshot after a backoff, until it
+    /// succeeds.
     pub fn spawn(
         cfg: &Config,
         core: Option<usize>,
         offload: Option<Arc<crate::postgres::offload::Shared>>,
+        health: Arc<Health>,
     ) -> std::io::Result<Option<Follower>> {
         if cfg.journal.snapshot_every_events == 0 {
             return Ok(None);
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (cfg, flag) = (cfg.clone(), stop.clone());
+        health.running.store(true, Ordering::Release);
         let thread = std::thread::Builder::new().name("sg-snapshot".into()).spawn(move || {
             if let Some(core) = core {
                 crate::server::pin_current_thread(core);
             }
-            if let Err(e) = follow(&cfg, &flag, offload.as_deref()) {
-                log::error!("snapshots stopped: {e}; restarts will replay more of the journal");
+            let mut backoff = FIRST_BACKOFF;
+            let mut written_before = health.last_seq();
+            while let Err(e) = follow(&cfg, &flag, offload.as_deref(), &health) {
+                if health.last_seq() != written_before {
+                    // It had worked since the last failure: this is a new streak.
+                    backoff = FIRST_BACKOFF;
+                    written_before = health.last_seq();
+                }
+                if !health.failing() {
+                    log::error!("snapshots: {e}; trying again in {backoff:?}, then less often (a restart replays more of the journal until one is written)");
+                }
+                health.failed(&e);
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(POLL.min(backoff));
+                }
+                if flag.load(Ordering::Acquire) {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         })?;
         Ok(Some(Follower { stop, thread: Some(thread) }))
@@ -176,7 +259,12 @@ impl Drop for Follower {
     }
 }
 
-fn follow(cfg: &Config, stop: &AtomicBool, offload: Option<&crate::postgres::offload::Shared>) -> Result<(), String> {
+fn follow(
+    cfg: &Config,
+    stop: &AtomicBool,
+    offload: Option<&crate::postgres::offload::Shared>,
+    health: &Health,
+) -> Result<(), String> {
     let dir = &cfg.journal.dir;
     let mut engine = mirror_engine(cfg);
     let start = newest(dir).map_err(|e| e.to_string())?;
@@ -202,6 +290,10 @@ fn follow(cfg: &Config, stop: &AtomicBool, offload: Option<&crate::postgres::off
                 started.elapsed().as_secs_f64()
             );
             last_snapshot = state.last_seq;
+            if health.failing() {
+                log::info!("snapshots: writing again");
+            }
+            health.written(state.last_seq);
             let floor = offload.map_or(u64::MAX, |o| o.prune_floor());
             prune(dir, floor, cfg.journal.keep_covered_segments).map_err(|e| e.to_string())?;
         }
