@@ -876,8 +876,12 @@ impl Config {
             if !self.tiers.contains_key(&self.demo.tier) {
                 err("demo.tier", format!("{:?} is not a tier", self.demo.tier));
             }
-            if let Err(e) = self.demo.cash.parse(MONEY_DECIMALS) {
-                err("demo.cash", e);
+            match self.demo.cash.parse(MONEY_DECIMALS) {
+                Ok(c) if !(0..=crate::engine::types::MAX_START_CASH).contains(&c) => {
+                    err("demo.cash", "must be between 0 and 10000000000".into())
+                }
+                Ok(_) => {}
+                Err(e) => err("demo.cash", e),
             }
             if self.demo.name.is_empty() || self.demo.name.len() > 64 {
                 err("demo.name", "must be 1–64 bytes".into());

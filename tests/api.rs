@@ -77,6 +77,28 @@ fn every_signal_action_and_target_idempotence() {
 }
 
 #[test]
+fn targets_and_quotes_at_the_ends_of_the_number_range_are_refused_not_wrapped() {
+    let node = Node::start(&[]);
+    let key = node.demo_key.clone();
+    node.wait_for_quote(&key, "BTC-USD");
+    assert_eq!(signal(&node, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#).status, 201);
+    // i64::MIN in BTC-USD's units, while long: the difference does not fit an i64.
+    for target in ["-922337203685477.5808", "922337203685477.5807"] {
+        let r = signal(&node, &key, &format!(r#"{{"symbol":"BTC-USD","action":"target","target":"{target}"}}"#));
+        assert_eq!((r.status, r.code().as_str()), (422, "risk.max_order_qty"), "{target}: {}", r.body);
+        assert!(!r.body.contains("-922337203685477"), "no wrapped quantity in the message: {}", r.body);
+    }
+    let positions = node.req("GET", "/v1/positions", &[("Authorization", &bearer(&key))], "").json();
+    assert_eq!(positions["positions"][0]["qty"], "0.0100", "{positions}");
+    // A quote whose largest order would be worth more than any order may: refused.
+    let tick = r#"{"ticks":[{"symbol":"BTC-USD","bid":"92233720368547758.06","ask":"92233720368547758.07"}]}"#;
+    let r = node.req("POST", "/v1/market/ticks", &[JSON, ("Authorization", &bearer(&key))], tick);
+    assert_eq!((r.status, r.code().as_str()), (422, "market.invalid_quote"), "{}", r.body);
+    let r = node.req("GET", "/v1/account", &[("Authorization", &bearer(&key))], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
 fn the_same_signal_id_is_answered_once() {
     let node = Node::start(&[]);
     let key = node.demo_key.clone();

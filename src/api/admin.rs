@@ -9,7 +9,7 @@ use super::{render, Method, Request, Response};
 use crate::auth::{constant_time_eq, generate_key, hash_key, key_from_headers};
 use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
-use crate::engine::types::{AccountId, KeyId, Nanos};
+use crate::engine::types::{AccountId, KeyId, Nanos, MAX_START_CASH};
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::json::Writer;
 use crate::metrics::Route;
@@ -205,6 +205,9 @@ impl Node {
                 };
                 match parse_decimal(text.as_bytes(), MONEY_DECIMALS) {
                     Ok(c) if c >= 0 => c,
+                    Ok(c) if c > MAX_START_CASH => {
+                        return Err(AdminError::new(400, "request.invalid_number", "cash must be at most 10000000000"))
+                    }
                     Ok(_) => return Err(AdminError::new(400, "request.invalid_number", "cash must not be negative")),
                     Err(e) => {
                         return Err(AdminError::new(

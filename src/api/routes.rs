@@ -669,7 +669,15 @@ impl Node {
         if bid_size < 0 || ask_size < 0 {
             return Err(ApiError::new(422, "market.invalid_quote", "sizes must not be negative"));
         }
-        Ok(Quote { symbol: spec.id, bid, ask, bid_size, ask_size, ts })
+        let quote = Quote { symbol: spec.id, bid, ask, bid_size, ask_size, ts };
+        if !quote.is_valid(spec) {
+            return Err(ApiError::new(
+                422,
+                "market.invalid_quote",
+                "a price above the symbol's highest (its largest order would be worth over 1000000000)",
+            ));
+        }
+        Ok(quote)
     }
 
     // ----- operations -----

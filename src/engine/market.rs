@@ -24,4 +24,9 @@ impl Quote {
     pub fn mid(&self) -> i64 {
         self.bid + (self.ask - self.bid) / 2
     }
+
+    /// Whether it can be traded against: `0 < bid ≤ ask ≤ spec.max_price()`, sizes not negative.
+    pub fn is_valid(&self, spec: &super::symbol::SymbolSpec) -> bool {
+        0 < self.bid && self.bid <= self.ask && self.ask <= spec.max_price() && self.bid_size >= 0 && self.ask_size >= 0
+    }
 }

@@ -26,7 +26,10 @@ use order::{transition, Order, OrderEvent, OrderStatus};
 use position::Position;
 use risk::{Reject, RejectCode, Unit};
 use symbol::SymbolTable;
-use types::{day_of, AccountId, IdHash, KeyId, Nanos, OrderId, OrderType, Side, SignalKey, SymbolId, Tag, Tif};
+use types::{
+    day_of, saturate, AccountId, IdHash, KeyId, Nanos, OrderId, OrderType, Side, SignalKey, SymbolId, Tag, Tif,
+    MAX_BOOK_MONEY, MAX_ORDER_MONEY,
+};
 
 use crate::fixed::div_round;
 use crate::venue::{Execution, Venue};
@@ -331,7 +334,7 @@ impl<V: Venue> Engine<V> {
         let mut v = account.cash;
         for (s, p) in account.positions.iter().enumerate() {
             if p.qty != 0 {
-                v += self.position_value(s, p);
+                v = v.saturating_add(self.position_value(s, p));
             }
         }
         v
@@ -339,10 +342,10 @@ impl<V: Venue> Engine<V> {
 
     /// Unrealized P&L over all positions.
     pub fn unrealized(&self, account: &Account) -> i64 {
-        let mut v = 0;
+        let mut v: i64 = 0;
         for (s, p) in account.positions.iter().enumerate() {
             if p.qty != 0 {
-                v += self.position_value(s, p) - p.cost;
+                v = v.saturating_add(self.position_value(s, p).saturating_sub(p.cost));
             }
         }
         v
@@ -370,7 +373,7 @@ impl<V: Venue> Engine<V> {
 
     /// Equity minus the equity at the start of the UTC day.
     pub fn daily_pnl(&self, account: &Account) -> i64 {
-        self.equity(account) - account.day_start_equity
+        self.equity(account).saturating_sub(account.day_start_equity)
     }
 
     /// The order part of an answer.
@@ -562,13 +565,15 @@ impl<V: Venue> Engine<V> {
             Intent::Close => {
                 self.cancel_open_orders(idx, Some(s.symbol), now);
                 let q = self.accounts[idx].positions[sym].qty;
-                (if q > 0 { Side::Sell } else { Side::Buy }, q.abs())
+                (if q > 0 { Side::Sell } else { Side::Buy }, q.saturating_abs())
             }
             Intent::Target(target) => {
+                // In i128: a target near either end of i64 less a position must not wrap. A
+                // difference beyond i64 is an order no symbol allows, refused as such below.
                 let p = &self.accounts[idx].positions[sym];
-                let working = p.qty + p.open_buy - p.open_sell;
-                let delta = target - working;
-                (if delta > 0 { Side::Buy } else { Side::Sell }, delta.abs())
+                let working = i128::from(p.qty) + i128::from(p.open_buy) - i128::from(p.open_sell);
+                let delta = i128::from(target) - working;
+                (if delta > 0 { Side::Buy } else { Side::Sell }, saturate(delta.abs()))
             }
         };
         let order = match (qty, s.intent) {
@@ -648,13 +653,14 @@ impl<V: Venue> Engine<V> {
         let sym = usize::from(s.symbol.0);
         let pos = &a.positions[sym];
         let before = pos.with_open(side);
-        let after = before + side.sign() * qty;
-        let increases = after.abs() > before.abs();
+        let after = before.saturating_add(side.sign().saturating_mul(qty));
+        let increases = after.saturating_abs() > before.saturating_abs();
         match a.state {
             AccountState::Halted => return Err(Reject::plain(RejectCode::AccountHalted)),
             AccountState::Reducing => {
-                let shrinks =
-                    pos.qty != 0 && after.abs() <= pos.qty.abs() && (after == 0 || after.signum() == pos.qty.signum());
+                let shrinks = pos.qty != 0
+                    && after.saturating_abs() <= pos.qty.saturating_abs()
+                    && (after == 0 || after.signum() == pos.qty.signum());
                 if !shrinks {
                     return Err(Reject::plain(RejectCode::ReduceOnly));
                 }
@@ -678,6 +684,10 @@ impl<V: Venue> Engine<V> {
         }
         if s.order_type == OrderType::Limit && (s.limit_price <= 0 || s.limit_price % spec.tick != 0) {
             return Err(Reject::over(RejectCode::TickSize, s.limit_price, spec.tick, Unit::Price(spec.price_decimals)));
+        }
+        if s.order_type == OrderType::Limit && s.limit_price > spec.max_price() {
+            let (price, max) = (s.limit_price, spec.max_price());
+            return Err(Reject::over(RejectCode::PriceCollar, price, max, Unit::Price(spec.price_decimals)));
         }
         let max_open = a.limits.max_open_orders as usize;
         if a.open_orders.len() >= max_open {
@@ -710,7 +720,7 @@ impl<V: Venue> Engine<V> {
             }
             OrderType::Limit => {
                 let mid = q.mid().max(1);
-                let deviation = (i128::from(s.limit_price - mid).abs() * 10_000 / i128::from(mid)) as i64;
+                let deviation = saturate(i128::from(s.limit_price - mid).abs() * 10_000 / i128::from(mid));
                 if deviation > i64::from(self.cfg.price_collar_bps) {
                     return Err(Reject::over(
                         RejectCode::PriceCollar,
@@ -723,8 +733,16 @@ impl<V: Venue> Engine<V> {
             }
         };
         let notional = spec.notional(reference, qty).unwrap_or(i64::MAX);
-        if notional > a.limits.max_order_notional {
-            return Err(Reject::over(RejectCode::MaxOrderNotional, notional, a.limits.max_order_notional, Unit::Money));
+        // Past the node's own bound whatever the account's limits: no fill may overflow.
+        let max_notional = a.limits.max_order_notional.min(MAX_ORDER_MONEY);
+        if notional > max_notional {
+            return Err(Reject::over(RejectCode::MaxOrderNotional, notional, max_notional, Unit::Money));
+        }
+        // Room left for one more fill's cash and cost (at most three times its notional).
+        let room = MAX_BOOK_MONEY - 3 * MAX_ORDER_MONEY;
+        if a.cash.saturating_abs() > room || pos.cost.saturating_abs() > room || after.saturating_abs() > room {
+            let worst = a.cash.saturating_abs().max(pos.cost.saturating_abs());
+            return Err(Reject::over(RejectCode::MaxPositionNotional, worst, room, Unit::Money));
         }
         if increases {
             let position_notional = spec.notional(reference, after.abs()).unwrap_or(i64::MAX);
@@ -773,10 +791,13 @@ impl<V: Venue> Engine<V> {
         }
     }
 
-    /// A quote: stored, and resting orders may fill.
+    /// A quote: stored, and resting orders may fill. A quote that is not one (crossed, not
+    /// positive, above the symbol's highest price, negative sizes: the API refuses those) is
+    /// ignored.
     pub fn on_quote(&mut self, quote: Quote, now: Nanos) {
         self.begin();
-        if usize::from(quote.symbol.0) >= self.quotes.len() {
+        let Some(spec) = self.symbols.all().get(usize::from(quote.symbol.0)) else { return };
+        if !quote.is_valid(spec) {
             return;
         }
         self.emit(now, EventKind::Quote(quote));

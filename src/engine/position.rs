@@ -3,7 +3,7 @@
 
 use crate::fixed::div_round;
 
-use super::types::Side;
+use super::types::{saturate, Side};
 
 /// Net position of one account in one symbol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -76,30 +76,31 @@ impl Position {
         if self.qty == 0 {
             return 0;
         }
-        div_round(i128::from(self.cost), i128::from(self.qty) * money_per_unit) as i64
+        saturate(div_round(i128::from(self.cost), i128::from(self.qty) * money_per_unit))
     }
 
-    /// Market value at `mark` (money units, signed).
+    /// Market value at `mark` (money units, signed; saturated under a mark far above any order's
+    /// price).
     pub fn market_value(&self, mark: i64, money_per_unit: i128) -> i64 {
-        (i128::from(self.qty) * i128::from(mark) * money_per_unit) as i64
+        saturate(i128::from(self.qty) * i128::from(mark) * money_per_unit)
     }
 
     /// Unrealized P&L at `mark` (money units).
     pub fn unrealized(&self, mark: i64, money_per_unit: i128) -> i64 {
-        self.market_value(mark, money_per_unit) - self.cost
+        self.market_value(mark, money_per_unit).saturating_sub(self.cost)
     }
 
     /// Signed quantity after every open order of `side` fills.
     pub fn with_open(&self, side: Side) -> i64 {
         match side {
-            Side::Buy => self.qty + self.open_buy,
-            Side::Sell => self.qty - self.open_sell,
+            Side::Buy => self.qty.saturating_add(self.open_buy),
+            Side::Sell => self.qty.saturating_sub(self.open_sell),
         }
     }
 
     /// Largest absolute exposure the position may reach with its open orders.
     pub fn worst_case_qty(&self) -> i64 {
-        self.with_open(Side::Buy).abs().max(self.with_open(Side::Sell).abs())
+        self.with_open(Side::Buy).saturating_abs().max(self.with_open(Side::Sell).saturating_abs())
     }
 }
 

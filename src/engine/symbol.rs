@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::types::SymbolId;
+use super::types::{SymbolId, MAX_ORDER_MONEY};
 use crate::fixed::MONEY_DECIMALS;
 
 /// One tradable symbol.
@@ -31,6 +31,13 @@ impl SymbolSpec {
         let shift = MONEY_DECIMALS - self.price_decimals - self.qty_decimals;
         let v = i128::from(price) * i128::from(qty) * 10i128.pow(u32::from(shift));
         i64::try_from(v).ok()
+    }
+
+    /// The highest price a quote or a limit may have: its largest order is then worth at most
+    /// [`MAX_ORDER_MONEY`] (at least one tick).
+    pub fn max_price(&self) -> i64 {
+        let per_unit = i128::from(self.max_order_qty.max(1)) * self.money_per_unit();
+        i64::try_from(i128::from(MAX_ORDER_MONEY) / per_unit).unwrap_or(i64::MAX).max(self.tick)
     }
 
     /// Money per one price unit per one quantity unit, the factor [`SymbolSpec::notional`] uses.

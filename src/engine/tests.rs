@@ -623,3 +623,104 @@ fn the_same_commands_give_the_same_events() {
     assert!(first.iter().filter(|e| matches!(e.kind, EventKind::Fill { .. })).count() > 100);
     assert_eq!(first, second, "the paper venue and the engine are deterministic");
 }
+
+/// Values at and near the ends of `i64`, and a few ordinary ones.
+fn extreme() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MIN + 1),
+        Just(-1),
+        Just(0),
+        Just(1),
+        Just(2),
+        Just(i64::MAX / 2),
+        Just(i64::MAX - 1),
+        Just(i64::MAX),
+        Just(1_000_000_000_000_000_000),
+        any::<i64>(),
+        1i64..1_000_000,
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Extreme {
+    Signal(u8, i64, Option<i64>),
+    Quote(i64, i64, i64),
+}
+
+fn extreme_step() -> impl Strategy<Value = Extreme> {
+    prop_oneof![
+        3 => (0u8..5, extreme(), proptest::option::of(extreme())).prop_map(|(a, v, p)| Extreme::Signal(a, v, p)),
+        1 => (extreme(), extreme(), extreme()).prop_map(|(b, a, s)| Extreme::Quote(b, a, s)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Quantities, prices, targets and money at the ends of `i64`, against a symbol and an
+    /// account without practical limits: nothing overflows (a debug build would panic), every
+    /// answer is a rejection or a consistent fill, and the accounting invariants still hold.
+    #[test]
+    fn extreme_values_never_wrap(cash in extreme(), steps in proptest::collection::vec(extreme_step(), 1..30)) {
+        let wide = SymbolSpec { id: BTC, name: "W".into(), price_decimals: 4, qty_decimals: 4, tick: 1, lot: 1, max_order_qty: i64::MAX };
+        let cfg = EngineConfig { price_collar_bps: u32::MAX, max_quote_age: u64::MAX, idempotency_capacity: 100, idempotency_ttl: DAY, orders_per_account: 64 };
+        let venue = PaperVenue::new(PaperConfig { slippage_bps: 10_000, fee_bps: 10_000, latency: 0 }, std::slice::from_ref(&wide));
+        let unlimited = RiskLimits {
+            requests_per_minute: u32::MAX,
+            max_order_notional: i64::MAX,
+            max_position_notional: i64::MAX,
+            max_gross_exposure: i64::MAX,
+            max_orders_per_second: u32::MAX,
+            max_daily_loss: 0,
+            max_open_orders: 1000,
+            leverage: u32::MAX,
+        };
+        let mut e = Engine::new(cfg, SymbolTable::new(vec![wide]), vec![Tier { name: "t".into(), limits: unlimited }], venue);
+        let Ok(a) = e.create_account(AccountName::new("x").unwrap(), 0, cash, LimitOverrides::default(), T0) else {
+            return Ok(());
+        };
+        let (mut signed, mut fees) = (0i128, 0i128);
+        let mut t = T0;
+        for s in steps {
+            t += 1_000_000;
+            match s {
+                Extreme::Quote(bid, ask, size) => {
+                    let (bid, ask) = (bid.min(ask), bid.max(ask));
+                    if bid > 0 && size > 0 {
+                        quote(&mut e, BTC, bid, ask, size, t);
+                    }
+                }
+                Extreme::Signal(action, v, px) => {
+                    let intent = match action {
+                        0 => buy(v),
+                        1 => sell(v),
+                        2 => Intent::Buy(Size::Notional(v)),
+                        3 => Intent::Target(v),
+                        _ => Intent::Close,
+                    };
+                    let s = match px { Some(p) => limit(BTC, intent, p, Tif::Gtc), None => spec(BTC, intent) };
+                    if let Ok(out) = e.signal(a, &s, t) {
+                        if let Some(o) = out.answer.order {
+                            prop_assert!(o.qty > 0 && o.filled_qty <= o.qty, "{o:?}");
+                        }
+                    }
+                }
+            }
+            for ev in e.events() {
+                if let EventKind::Fill { side, qty, fee, .. } = ev.kind {
+                    prop_assert!(qty > 0 && fee >= 0);
+                    signed += i128::from(side.sign()) * i128::from(qty);
+                    fees += i128::from(fee);
+                }
+            }
+        }
+        let acct = e.account(a).unwrap();
+        prop_assert_eq!(i128::from(acct.positions[0].qty), signed);
+        prop_assert_eq!(i128::from(acct.fees), fees);
+        prop_assert_eq!(
+            i128::from(acct.cash) + i128::from(acct.positions[0].cost),
+            i128::from(acct.initial_cash) + i128::from(acct.realized) - i128::from(acct.fees)
+        );
+    }
+}

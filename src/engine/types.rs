@@ -10,6 +10,25 @@ pub const SECOND: Nanos = 1_000_000_000;
 /// Nanoseconds in one day.
 pub const DAY: Nanos = 86_400 * SECOND;
 
+/// The most one order may be worth, in money units (10^17: a billion of the account currency).
+/// A symbol's highest price keeps its largest order within it ([`super::symbol::SymbolSpec::max_price`]),
+/// so one fill, with its slippage (at most 100%) and fee (at most 100%), moves cash by less than
+/// three times this.
+pub const MAX_ORDER_MONEY: i64 = 100_000_000_000_000_000;
+
+/// How far an account's cash or a position's cost may reach, in money units (4·10^18, half of
+/// `i64`): an order that could carry either past it is refused, so no sum of fills overflows.
+pub const MAX_BOOK_MONEY: i64 = 4_000_000_000_000_000_000;
+
+/// The most cash an account may start with, in money units (10^18: ten billion).
+pub const MAX_START_CASH: i64 = MAX_BOOK_MONEY / 4;
+
+/// `v` as an `i64`, the nearest end of the range when it does not fit: for figures that only
+/// inform (equity, exposure, unrealized P&L) under quotes far from any order's price.
+pub fn saturate(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident($inner:ty)) => {
         $(#[$doc])*

@@ -10,7 +10,7 @@ use super::{Execution, Venue};
 use crate::engine::market::Quote;
 use crate::engine::order::Order;
 use crate::engine::symbol::SymbolSpec;
-use crate::engine::types::{Nanos, OrderId, OrderType, Side, Tif};
+use crate::engine::types::{saturate, Nanos, OrderId, OrderType, Side, Tif};
 use crate::fixed::div_ceil;
 
 /// Settings of the paper venue.
@@ -56,7 +56,7 @@ impl PaperVenue {
 
     fn fee(&self, spec: &SymbolSpec, price: i64, qty: i64) -> i64 {
         let notional = i128::from(price) * i128::from(qty) * spec.money_per_unit();
-        div_ceil(notional * i128::from(self.cfg.fee_bps), 10_000) as i64
+        saturate(div_ceil(notional * i128::from(self.cfg.fee_bps), 10_000))
     }
 
     fn fill(&self, spec: &SymbolSpec, order: OrderId, qty: i64, price: i64, out: &mut Vec<Execution>) {
@@ -66,11 +66,12 @@ impl PaperVenue {
 
     /// The market price with slippage, rounded to the tick against the taker.
     fn slipped(&self, spec: &SymbolSpec, side: Side, touch: i64) -> i64 {
-        let slip = div_ceil(i128::from(touch) * i128::from(self.cfg.slippage_bps), 10_000) as i64;
+        let slip = saturate(div_ceil(i128::from(touch) * i128::from(self.cfg.slippage_bps), 10_000));
         match side {
             Side::Buy => {
-                let p = touch + slip;
-                p + (spec.tick - p % spec.tick) % spec.tick
+                // Quotes are at most the symbol's highest price and slippage at most 100%: no wrap.
+                let p = touch.saturating_add(slip);
+                p.saturating_add((spec.tick - p % spec.tick) % spec.tick)
             }
             Side::Sell => {
                 let p = (touch - slip).max(spec.tick);
@@ -187,7 +188,7 @@ impl Venue for PaperVenue {
                 *size -= qty;
                 r.remaining -= qty;
                 let notional = i128::from(touch) * i128::from(qty) * spec.money_per_unit();
-                let fee = div_ceil(notional * i128::from(fee_bps), 10_000) as i64;
+                let fee = saturate(div_ceil(notional * i128::from(fee_bps), 10_000));
                 out.push(Execution::Fill { order: r.order, qty, price: touch, fee });
                 if r.remaining == 0 {
                     book.remove(i);
