@@ -168,12 +168,26 @@ impl Node {
     }
 
     /// Gives the demo account from `[demo]` the key whose hash is given, creating the account
-    /// unless the journal already had it. The flag says whether it was created.
+    /// unless the journal already had it. The node keeps only hashes, so it cannot show an
+    /// earlier key again: each start revokes the demo account's feed keys (the ones the node gave
+    /// it) and adds a new one, so that one demo key works at a time. The flag says whether the
+    /// account was created.
     pub fn create_demo(&mut self, cfg: &Config, key_hash: [u8; 32], now: Nanos) -> Option<(AccountId, bool)> {
         let name = AccountName::new(&cfg.demo.name)?;
         let existing = self.engine.accounts().iter().find(|a| a.name == name).map(|a| a.id);
         let id = match existing {
-            Some(id) => id,
+            Some(id) => {
+                let earlier: Vec<KeyId> = (1..=self.engine.keys_len() as u32)
+                    .filter_map(|k| self.engine.key(KeyId(k)))
+                    .filter(|k| k.account == id && k.roles.feed && !k.revoked)
+                    .map(|k| k.id)
+                    .collect();
+                for k in earlier {
+                    self.engine.revoke_key(k, now);
+                    self.after_command();
+                }
+                id
+            }
             None => {
                 let cash = cfg.demo.cash.parse(MONEY_DECIMALS).ok()?;
                 self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now)?

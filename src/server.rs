@@ -553,7 +553,7 @@ fn print_banner(cfg: &Config, s: &Started, admin_token: Option<&str>, demo: Demo
         if demo == Demo::Rekeyed(account) {
             let _ = writeln!(
                 out,
-                "demo account {account} rebuilt from the journal; it gets a new key (old keys still work)"
+                "demo account {account} rebuilt from the journal; its earlier key is revoked and it gets a new one"
             );
         }
         let _ = writeln!(out, "demo account {account} API key (shown once): {key}");

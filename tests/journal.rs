@@ -180,6 +180,27 @@ fn a_restart_rebuilds_accounts_keys_orders_positions_and_quotes() {
 }
 
 #[test]
+fn one_demo_key_works_at_a_time_however_often_the_node_restarts() {
+    let node = Node::start(&[]);
+    let mut earlier = vec![node.demo_key.clone()];
+    let mut dir = node.stop();
+    for _ in 0..3 {
+        let node = Node::start_in(dir, &[]);
+        assert!(node.banner.iter().any(|l| l.contains("its earlier key is revoked")), "{:?}", node.banner);
+        for old in &earlier {
+            let r = node.req("GET", "/v1/account", &[("Authorization", &bearer(old))], "");
+            assert_eq!((r.status, r.code().as_str()), (401, "auth.key_revoked"), "an earlier demo key still works");
+        }
+        assert_eq!(get(&node, &node.demo_key, "/v1/account")["name"], "demo");
+        let keys = node.admin("GET", "/admin/accounts/1", "").json()["keys"].clone();
+        let live: Vec<&Value> = keys.as_array().unwrap().iter().filter(|k| k["revoked"] == false).collect();
+        assert_eq!(live.len(), 1, "{keys}");
+        earlier.push(node.demo_key.clone());
+        dir = node.stop();
+    }
+}
+
+#[test]
 fn a_torn_tail_is_cut_and_damage_stops_the_start_until_repaired() {
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let (_, key) = node.account("pro", "1000", json!({}));
