@@ -166,6 +166,9 @@ pub struct AdminConfig {
     pub token: String,
     /// Admin connections at once (its own budget, apart from the public API's).
     pub max_connections: usize,
+    /// Accept an `addr` that is not a loopback address. The admin API is plain HTTP and every
+    /// request carries the token: off a loopback address, anyone on the path can read it.
+    pub allow_non_loopback: bool,
 }
 
 /// `[journal]`
@@ -419,7 +422,12 @@ impl Default for WsConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { addr: "127.0.0.1:8081".into(), token: String::new(), max_connections: 256 }
+        AdminConfig {
+            addr: "127.0.0.1:8081".into(),
+            token: String::new(),
+            max_connections: 256,
+            allow_non_loopback: false,
+        }
     }
 }
 
@@ -681,8 +689,17 @@ impl Config {
         if let Err(e) = self.http.addr.parse::<SocketAddr>() {
             err("http.addr", format!("{:?} is not an IP:port address ({e})", self.http.addr));
         }
-        if let Err(e) = self.admin.addr.parse::<SocketAddr>() {
-            err("admin.addr", format!("{:?} is not an IP:port address ({e})", self.admin.addr));
+        match self.admin.addr.parse::<SocketAddr>() {
+            Err(e) => err("admin.addr", format!("{:?} is not an IP:port address ({e})", self.admin.addr)),
+            Ok(a) if !a.ip().is_loopback() && !self.admin.allow_non_loopback => err(
+                "admin.addr",
+                format!(
+                    "{a} is not a loopback address, and the admin API is plain HTTP with the token in every request: \
+                     keep it on 127.0.0.1 and reach it through an SSH tunnel or a TLS proxy, or set \
+                     admin.allow_non_loopback = true to accept that risk"
+                ),
+            ),
+            Ok(_) => {}
         }
         if self.http.addr == self.admin.addr && !self.http.addr.ends_with(":0") {
             err("admin.addr", "must differ from http.addr".into());

@@ -206,6 +206,13 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         admin: admin.local_addr().map_err(|e| e.to_string())?,
         ws: ws_listener.local_addr().map_err(|e| e.to_string())?,
     };
+    if !started.admin.ip().is_loopback() {
+        log::warn!(
+            "admin.addr {}: the admin API listens off loopback over plain HTTP (admin.allow_non_loopback); \
+             its token crosses the network in clear unless a TLS proxy is in front",
+            started.admin
+        );
+    }
     let generated_token = cfg.admin.token.is_empty();
     let admin_token =
         if generated_token { generate_admin_token().map_err(|e| e.to_string())? } else { cfg.admin.token.clone() };

@@ -145,6 +145,18 @@ fn a_low_open_file_limit_lowers_the_caps_and_connections_are_refused_not_left_ha
 }
 
 #[test]
+fn an_admin_listener_off_loopback_needs_an_explicit_opt_in_and_is_warned_about() {
+    let err = match Node::try_start(&[("SIGNALGATE_ADMIN_ADDR", "0.0.0.0:0")]) {
+        Err(e) => e,
+        Ok(_) => panic!("the admin API started on 0.0.0.0 over plain HTTP without a word"),
+    };
+    assert!(err.contains("admin.addr") && err.contains("allow_non_loopback"), "{err}");
+    let node = Node::start(&[("SIGNALGATE_ADMIN_ADDR", "0.0.0.0:0"), ("SIGNALGATE_ADMIN_ALLOW_NON_LOOPBACK", "true")]);
+    let log = node.log_until(Duration::from_secs(5), |l| l.contains("admin API listens off loopback"));
+    assert!(log.iter().any(|l| l.contains("WARN") && l.contains("admin API listens off loopback")), "{log:?}");
+}
+
+#[test]
 fn two_nodes_cannot_share_a_data_directory() {
     let lock_dir = tempfile::tempdir().unwrap();
     let d = lock_dir.path().to_str().unwrap().to_string();
