@@ -71,7 +71,12 @@ pub fn write(dir: &Path, state: &EngineState) -> std::io::Result<PathBuf> {
 /// Reads and checks a snapshot.
 pub fn read(path: &Path) -> Result<EngineState, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let bad = |what: &str| format!("snapshot {} is unusable: {what}", path.display());
+    decode(&bytes).map_err(|what| format!("snapshot {} is unusable: {what}", path.display()))
+}
+
+/// Checks and decodes a snapshot's bytes; what is wrong otherwise.
+pub fn decode(bytes: &[u8]) -> Result<EngineState, String> {
+    let bad = |what: &str| what.to_string();
     let header = bytes.get(..HEADER).ok_or_else(|| bad("shorter than its header"))?;
     if &header[..8] != MAGIC {
         return Err(bad("bad magic"));

@@ -1,0 +1,129 @@
+//! Whole requests through the API, the way `http::handle` hands them to the node after hyper has
+//! parsed the request line and headers: any method, path, query, headers and body, on the public
+//! and the admin API, against a node with an account, a key and a quote. The journal's writes are
+//! stood in for by marking each command's events durable at once.
+//!
+//! Input: byte 0 picks the method, the API and which credentials go along; the path (with its
+//! query) runs to the first newline; the rest is the body.
+#![no_main]
+
+use std::cell::RefCell;
+
+use libfuzzer_sys::fuzz_target;
+use signalgate::api::{Method, Request, Response};
+use signalgate::config::Config;
+use signalgate::engine::market::Quote;
+use signalgate::engine::types::SymbolId;
+use signalgate::node::Node;
+
+const KEY: &str = "sg_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const ADMIN: &str = "fuzz-admin-token-0123456789";
+const START: u64 = 1_800_000_000_000_000_000;
+/// Requests before the node starts over, so that what admin requests create stays bounded.
+const RESET_EVERY: u32 = 20_000;
+
+struct Harness {
+    node: Node,
+    now: u64,
+    served: u32,
+    answer: Response,
+}
+
+fn fresh() -> Harness {
+    let mut cfg = Config::default();
+    cfg.engine.orders_per_account = 200;
+    cfg.engine.idempotency_capacity = 1000;
+    cfg.demo.tier = "enterprise".into();
+    let mut node = Node::new(&cfg, ADMIN.into(), START);
+    node.create_demo(&cfg, signalgate::auth::hash_key(KEY.as_bytes()), START).expect("the demo account");
+    for (symbol, bid) in [(0, 6_500_000), (1, 320_000)] {
+        node.apply_quote(
+            Quote { symbol: SymbolId(symbol), bid, ask: bid + 10, bid_size: 1_000_000, ask_size: 1_000_000, ts: START },
+            START,
+        );
+    }
+    settle(&mut node, START);
+    Harness { node, now: START, served: 0, answer: Response::default() }
+}
+
+/// Everything so far is durable: orders go to the venue, their answers become events too.
+fn settle(node: &mut Node, now: u64) {
+    for _ in 0..4 {
+        let last = node.engine.last_seq();
+        node.on_durable(last, now);
+        if let Some((buf, _)) = node.journal.take() {
+            node.journal.give_back(buf);
+        }
+        if node.engine.last_seq() == last {
+            break;
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    thread_local! { static HARNESS: RefCell<Option<Harness>> = const { RefCell::new(None) }; }
+    let Some((&control, rest)) = data.split_first() else { return };
+    let (path, body) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let Ok(path) = std::str::from_utf8(path) else { return };
+    let method = [Method::Get, Method::Post, Method::Delete, Method::Put, Method::Head, Method::Other]
+        [usize::from(control & 7) % 6];
+    let admin = control & 8 != 0;
+    let bearer_key = format!("Bearer {KEY}");
+    let bearer_admin = format!("Bearer {ADMIN}");
+    HARNESS.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.as_ref().is_none_or(|h| h.served >= RESET_EVERY) {
+            *h = Some(fresh());
+        }
+        let h = h.as_mut().expect("a harness");
+        h.served += 1;
+        // 100 ms a request: rate limits and quote ages move as they would.
+        h.now += 100_000_000;
+        let mut req = Request::new(method, path);
+        req.body = body;
+        match (admin, control >> 4 & 3) {
+            (true, 0) => req.authorization = Some(bearer_admin.as_bytes()),
+            (false, 0) => req.authorization = Some(bearer_key.as_bytes()),
+            (_, 1) => req.x_api_key = Some(KEY.as_bytes()),
+            (_, 2) => req.authorization = Some(b"Bearer sg_wrong"),
+            _ => {}
+        }
+        if control & 0x40 != 0 {
+            req.content_type = Some(b"application/json");
+        }
+        let answer = &mut h.answer;
+        if admin {
+            h.node.handle_admin(&req, answer, h.now);
+        } else {
+            h.node.handle(&req, answer, h.now);
+        }
+        settle(&mut h.node, h.now);
+        h.node.complete(answer);
+        settle(&mut h.node, h.now);
+        assert!((200..600).contains(&answer.status), "{}", answer.status);
+        assert!(
+            answer.status != 500,
+            "a 500 is a bug: {} {path} -> {}",
+            method_name(method),
+            String::from_utf8_lossy(&answer.body)
+        );
+        if answer.status >= 400 && method != Method::Head {
+            let v: serde_json::Value = serde_json::from_slice(&answer.body).expect("error answers are JSON");
+            assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{v}");
+        }
+    });
+});
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Other => "OTHER",
+    }
+}
