@@ -1,6 +1,8 @@
 //! A node in a box for in-process measurements: the real `Node::handle` path (JSON parse → auth →
-//! rate limit → risk → order → journal encoding → paper fill → answer encoding) without sockets
-//! or disk. Shared by the allocation test and the `signal_path` benchmark.
+//! rate limit → risk → order → journal append → paper fill → answer encoding) without sockets.
+//! Its journal is a real one, in a temporary directory, with `fsync = "never"` unless asked: an
+//! append is a copy into the segment's mapping, and nothing waits for a disk. Shared by the
+//! allocation and no-panic tests and the `signal_path` and `journal_path` benchmarks.
 
 use signalgate::api::{Method, Request, Response};
 use signalgate::auth::hash_key;
@@ -8,10 +10,13 @@ use signalgate::config::Config;
 use signalgate::engine::account::{AccountName, LimitOverrides, Roles};
 use signalgate::engine::market::Quote;
 use signalgate::engine::types::{SymbolId, SECOND};
+use signalgate::journal::FsyncPolicy;
 use signalgate::node::Node;
 
 pub struct Fixture {
     pub node: Node,
+    /// The journal's directory, when the fixture made it (removed when dropped).
+    pub dir: Option<tempfile::TempDir>,
     /// `Authorization` of each account, in order; signal `i` goes to account `i % len`.
     pub auth: Vec<String>,
     pub bodies: Vec<Vec<u8>>,
@@ -27,13 +32,30 @@ impl Fixture {
 
     /// `bodies` signals cycle through buys, sells and targets on two symbols; every fourth one
     /// carries a fresh `signal_id`, so idempotency records are written too. `accounts` accounts,
-    /// each remembering `orders_per_account` finished orders.
+    /// each remembering `orders_per_account` finished orders. The journal goes to a new temporary
+    /// directory, unsynced.
     pub fn with_accounts(bodies: usize, accounts: usize, orders_per_account: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the journal");
+        let mut f = Self::in_dir(bodies, accounts, orders_per_account, dir.path(), FsyncPolicy::Never);
+        f.dir = Some(dir);
+        f
+    }
+
+    /// As [`Fixture::with_accounts`], with the journal in `dir` (empty) under `fsync`.
+    pub fn in_dir(
+        bodies: usize,
+        accounts: usize,
+        orders_per_account: usize,
+        dir: &std::path::Path,
+        fsync: FsyncPolicy,
+    ) -> Self {
         let mut cfg = Config::default();
         cfg.engine.orders_per_account = orders_per_account;
         cfg.engine.idempotency_capacity = 1024;
+        cfg.journal.dir = dir.to_path_buf();
+        cfg.journal.fsync = fsync;
         let now = 1_800_000_000 * SECOND;
-        let mut node = Node::new(&cfg, "unused-admin-token".into(), now);
+        let (mut node, _) = Node::open(&cfg, "unused-admin-token".into(), now, false).expect("the fixture's node");
         let overrides = LimitOverrides {
             requests_per_minute: Some(u32::MAX),
             max_orders_per_second: Some(u32::MAX),
@@ -69,7 +91,7 @@ impl Fixture {
                 }
             })
             .collect();
-        let mut f = Fixture { node, auth, bodies, resp: Response::with_capacity(4096), now };
+        let mut f = Fixture { node, dir: None, auth, bodies, resp: Response::with_capacity(4096), now };
         f.quote();
         f
     }
@@ -87,7 +109,6 @@ impl Fixture {
             };
             self.node.apply_quote(q, self.now);
         }
-        self.journal_written();
     }
 
     /// Serves signal body number `i`; returns the status.
@@ -104,24 +125,11 @@ impl Fixture {
         status
     }
 
-    /// Serves one request as the HTTP layer does — handle, journal, complete, journal — and
-    /// returns the status.
+    /// Serves one request as the HTTP layer does under `fsync = "never"` or `"interval"` (where
+    /// events are durable once appended): handle, then complete; returns the status.
     pub fn serve(&mut self, req: &Request<'_>, now: u64) -> u16 {
         self.node.handle(req, &mut self.resp, now);
-        self.journal_written();
         self.node.complete(&mut self.resp);
-        self.journal_written();
         self.resp.status
-    }
-
-    /// Stands in for the journal writer, as if every pending event were written at once: takes
-    /// the encoded batch, and tells the node it is durable (which releases the held orders to
-    /// the venue). What is measured is everything but the disk.
-    pub fn journal_written(&mut self) {
-        if let Some((buf, last)) = self.node.journal.take() {
-            self.node.journal.give_back(buf);
-            self.node.journal.mark_written(last);
-            self.node.on_durable(last, self.now);
-        }
     }
 }

@@ -1,13 +1,13 @@
 //! `cargo bench --bench journal_path`: what the journal costs a signal, and how long a restart
 //! takes.
 //!
-//! 1. Signal-to-order with the journal on, per fsync policy and write path: the real
-//!    `Node::handle` and journal writer on a glommio executor, one signal at a time, each
-//!    answered only once its events are durable (as over HTTP, without the sockets). The
-//!    signal-to-order clock runs from the parsed request to the order handed to the venue, so
-//!    it includes the write (and the fsync under `always`).
-//! 2. Restart: a journal of 1,000,000 events is replayed into a fresh node, without and with a
-//!    snapshot at its end.
+//! 1. Signal-to-order with the journal on, per fsync policy: the real `Node::handle` and journal
+//!    on a glommio executor, one signal at a time, each answered only once its events are
+//!    durable (as over HTTP, without the sockets). The signal-to-order clock runs from the parsed
+//!    request to the order handed to the venue, so it includes the append (and, under `always`,
+//!    the wait for the sync thread's fdatasync).
+//! 2. Restart: a node is opened on a journal of 1,000,000 events (replay, and the journal opened
+//!    for appending), without and with a snapshot at its end.
 //!
 //! Run on a quiet core: `taskset -c 1 cargo bench --bench journal_path`.
 
@@ -21,9 +21,8 @@ use signalgate::config::Config;
 use signalgate::engine::market::Quote;
 use signalgate::engine::types::SymbolId;
 use signalgate::http::answer_when_durable;
-use signalgate::journal::{self, FsyncPolicy, Journal, WriteIo};
-use signalgate::node::Node;
-use signalgate::shutdown::Shutdown;
+use signalgate::journal::{self, FsyncPolicy};
+use signalgate::node::{follow_syncs, Node};
 
 #[path = "fixture.rs"]
 #[allow(dead_code)]
@@ -33,22 +32,16 @@ mod fixture;
 static GLOBAL: signalgate::alloc::Allocator = signalgate::alloc::Allocator;
 
 /// Signals from the fixture through the real journal into `dir`, until `count` signals or
-/// `events` events; returns the signal-to-order histogram (ns).
-fn drive(dir: &std::path::Path, policy: FsyncPolicy, io: WriteIo, count: usize, events: u64) -> Histogram<u64> {
+/// `events` events; returns the signal-to-order histogram (ns) and the mean append (ns).
+fn drive(dir: &std::path::Path, policy: FsyncPolicy, count: usize, events: u64) -> (Histogram<u64>, u64) {
     let dir = dir.to_path_buf();
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let fixture::Fixture { mut node, auth, bodies, mut resp, mut now } = fixture::Fixture::new(64 * 1024);
-            // The fixture's set-up events (its account, key and first quotes) go into a snapshot;
-            // the journal starts after them.
-            journal::snapshot::write(&dir, &node.engine.state()).unwrap();
-            node.journal = Journal::new(policy, node.engine.last_seq());
+            let f = fixture::Fixture::in_dir(64 * 1024, 1, 256, &dir, policy);
+            let fixture::Fixture { node, auth, bodies, mut resp, mut now, .. } = f;
             let node = Rc::new(RefCell::new(node));
-            let mut cfg = Config::default().journal;
-            (cfg.dir, cfg.fsync, cfg.io) = (dir, policy, io);
-            let finish = Shutdown::new();
-            let writer = glommio::spawn_local(journal::writer::run(node.clone(), cfg, None, finish.clone()));
+            let syncs = (policy == FsyncPolicy::Always).then(|| glommio::spawn_local(follow_syncs(node.clone())));
             let mut s2o = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
             let mut i = 0;
             while i < count && node.borrow().engine.last_seq() < events {
@@ -79,9 +72,17 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, io: WriteIo, count: usize, 
                 }
                 i += 1;
             }
-            finish.trigger();
-            writer.await;
-            s2o
+            let append_ns = {
+                let n = node.borrow();
+                let c = n.journal.counters();
+                let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                get(&c.append_ns) / get(&c.appends).max(1)
+            };
+            node.borrow_mut().journal.close();
+            if let Some(syncs) = syncs {
+                syncs.await;
+            }
+            (s2o, append_ns)
         })
         .unwrap()
         .join()
@@ -95,34 +96,29 @@ fn main() {
     let (n, n_always, replay_events) = if quick { (300, 100, 20_000) } else { (20_000, 3_000, 1_000_000) };
     println!("journal_path: signal-to-order with the journal on (ns), one signal at a time");
     println!(
-        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "policy / write", "signals", "p50", "p90", "p99", "p99.9", "max"
+        "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "fsync", "signals", "p50", "p90", "p99", "p99.9", "max", "append"
     );
-    for (policy, io) in [
-        (FsyncPolicy::Never, WriteIo::Uring),
-        (FsyncPolicy::Interval, WriteIo::Uring),
-        (FsyncPolicy::Always, WriteIo::Uring),
-        (FsyncPolicy::Interval, WriteIo::Pwrite),
-        (FsyncPolicy::Always, WriteIo::Pwrite),
-    ] {
+    for policy in [FsyncPolicy::Never, FsyncPolicy::Interval, FsyncPolicy::Always] {
         let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
         let count = if policy == FsyncPolicy::Always { n_always } else { n };
-        let h = drive(dir.path(), policy, io, count, u64::MAX);
+        let (h, append_ns) = drive(dir.path(), policy, count, u64::MAX);
         println!(
-            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            format!("{} / {}", policy.as_str(), io.as_str()),
+            "{:<10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            policy.as_str(),
             h.len(),
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.9),
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),
-            h.max()
+            h.max(),
+            append_ns
         );
     }
 
     // Restart: replay a journal of `replay_events` events.
     let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
-    drive(dir.path(), FsyncPolicy::Never, WriteIo::Uring, usize::MAX, replay_events);
+    drive(dir.path(), FsyncPolicy::Never, usize::MAX, replay_events);
     let mut cfg = Config::default();
     cfg.engine.orders_per_account = 256;
     cfg.engine.idempotency_capacity = 1024;
@@ -131,22 +127,21 @@ fn main() {
         let mut times = Vec::new();
         let mut last = 0;
         for _ in 0..3 {
-            let mut node = Node::new(&cfg, String::new(), 0);
             let t = Instant::now();
-            let r = journal::replay(&mut node, dir.path(), false).unwrap();
+            let (node, r) = Node::open(&cfg, String::new(), 0, false).unwrap();
             times.push(t.elapsed());
             last = r.last_seq;
-            std::hint::black_box(&node);
+            drop(std::hint::black_box(node));
         }
         times.sort();
         println!("restart: replay {what} up to seq {last}: median of 3 {:.3} s", times[1].as_secs_f64());
         times[1]
     };
     replay("of every event (after the fixture's set-up snapshot)");
-    let mut node = Node::new(&cfg, String::new(), 0);
-    journal::replay(&mut node, dir.path(), false).unwrap();
+    let (node, _) = Node::open(&cfg, String::new(), 0, false).unwrap();
     let t = Instant::now();
     journal::snapshot::write(dir.path(), &node.engine.state()).unwrap();
     println!("snapshot: written in {:.3} s", t.elapsed().as_secs_f64());
+    drop(node);
     replay("from a snapshot at the end");
 }

@@ -152,8 +152,6 @@ pub struct WsConfig {
     /// Events a resume may read back from the journal beyond that window (read on the fan-out
     /// core while its streams wait, so kept small).
     pub resume_journal_events: u64,
-    /// Bytes of the ring that carries events from the hot core to each fan-out core.
-    pub feed_bytes: usize,
 }
 
 /// `[admin]`
@@ -179,8 +177,6 @@ pub struct JournalConfig {
     pub dir: PathBuf,
     /// When to fdatasync: `always`, `interval` or `never` (see `docs/durability.md`).
     pub fsync: crate::journal::FsyncPolicy,
-    /// How batches are written: `pwrite` or `uring` (see `docs/durability.md`).
-    pub io: crate::journal::WriteIo,
     /// Time between background syncs under `fsync = "interval"`.
     pub fsync_interval_ms: u64,
     /// A new segment starts once the current one is this large.
@@ -415,7 +411,6 @@ impl Default for WsConfig {
             max_message_bytes: 64 * 1024,
             resume_events: 100_000,
             resume_journal_events: 200_000,
-            feed_bytes: 16 << 20,
         }
     }
 }
@@ -436,7 +431,6 @@ impl Default for JournalConfig {
         JournalConfig {
             dir: PathBuf::from("signalgate-data"),
             fsync: crate::journal::FsyncPolicy::Interval,
-            io: crate::journal::WriteIo::Uring,
             fsync_interval_ms: 10,
             segment_bytes: 64 * 1024 * 1024,
             snapshot_every_events: 1_000_000,
@@ -779,9 +773,6 @@ impl Config {
         if !(256..=1 << 24).contains(&self.ws.max_message_bytes) {
             err("ws.max_message_bytes", "must be between 256 and 16 MiB".into());
         }
-        if !(1 << 16..=1 << 30).contains(&self.ws.feed_bytes) || !self.ws.feed_bytes.is_power_of_two() {
-            err("ws.feed_bytes", "must be a power of two between 64 KiB and 1 GiB".into());
-        }
         for (key, v) in [
             ("ws.ping_secs", self.ws.ping_secs),
             ("ws.pong_timeout_secs", self.ws.pong_timeout_secs),
@@ -1088,10 +1079,10 @@ mod tests {
         let c = Config::from_toml("", env(&[("SIGNALGATE_WS_ADDR", "0.0.0.0:9100")])).unwrap();
         assert_eq!(c.ws.addr, "0.0.0.0:9100");
         assert!(c.validate(&[0, 1]).is_empty());
-        let text = "[ws]\naddr = \"127.0.0.1:8080\"\nfeed_bytes = 100000\nqueue_bytes = 10\nping_secs = 0\n";
+        let text = "[ws]\naddr = \"127.0.0.1:8080\"\nqueue_bytes = 10\nping_secs = 0\n";
         let c = Config::from_toml(text, env(&[])).unwrap();
         let keys: Vec<String> = c.validate(&[0, 1]).into_iter().map(|e| e.key).collect();
-        for k in ["ws.addr", "ws.feed_bytes", "ws.queue_bytes", "ws.ping_secs"] {
+        for k in ["ws.addr", "ws.queue_bytes", "ws.ping_secs"] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
         }
         let e = Config::from_toml("[ws]\nbogus = 1\n", env(&[])).unwrap_err();

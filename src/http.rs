@@ -32,7 +32,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
 use crate::api::{ApiError, Detail, Method, Request, Response};
-use crate::journal::wait_durable;
+use crate::node::wait_durable;
 use crate::node::Node;
 use crate::shutdown::Shutdown;
 
@@ -585,9 +585,9 @@ pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, be
     let shown = node.borrow().engine.last_seq();
     {
         let node = node.borrow();
-        if shown == before && node.journal.durable() < shown && !node.journal.accepting() {
+        if let Some(refusal) = node.journal.refusal().filter(|_| shown == before && node.journal.durable() < shown) {
             answer.reset();
-            answer.error(&crate::api::JOURNAL_UNAVAILABLE);
+            answer.error(&crate::api::journal_refused(refusal));
             return;
         }
     }

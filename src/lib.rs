@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod cores;
 pub mod engine;
 pub mod fixed;
 pub mod history;

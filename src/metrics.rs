@@ -153,10 +153,14 @@ pub struct Gauges {
     pub last_seq: u64,
     /// Last sequence number the journal made durable.
     pub durable_seq: u64,
-    /// Encoded events waiting for the journal writer, in bytes.
+    /// Last sequence number on stable storage (synced).
+    pub stable_seq: u64,
+    /// Encoded events waiting for room in the journal, in bytes.
     pub journal_pending_bytes: usize,
-    /// Whether the journal's last write succeeded.
+    /// Whether the journal takes new commands.
     pub journal_healthy: bool,
+    /// The journal's counters.
+    pub journal: JournalCounters,
     /// Venue calls held until their events are durable.
     pub venue_held: usize,
     /// Accounts.
@@ -169,22 +173,22 @@ pub struct Gauges {
     pub snapshot_last_seq: u64,
 }
 
-/// What the journal writer did.
+/// What the journal did, as read from its counters for one rendering.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JournalCounters {
-    /// Batches written.
-    pub writes: u64,
-    /// Bytes written.
+    /// Batches appended (copied into the mapping).
+    pub appends: u64,
+    /// Bytes appended.
     pub bytes: u64,
-    /// Time spent in writes, summed.
-    pub write_ns: u64,
-    /// Longest write.
-    pub write_max_ns: u64,
+    /// Time spent appending, summed.
+    pub append_ns: u64,
+    /// Longest append.
+    pub append_max_ns: u64,
     /// `fdatasync` calls completed.
     pub fsyncs: u64,
     /// Time spent in `fdatasync`, summed.
     pub fsync_ns: u64,
-    /// Failed writes or syncs.
+    /// Failed syncs and segment preparations.
     pub errors: u64,
     /// Segments started.
     pub segments: u64,
@@ -207,8 +211,6 @@ pub struct Metrics {
     pub events: u64,
     /// Quotes applied.
     pub quotes: u64,
-    /// Journal writer counters.
-    pub journal: JournalCounters,
     /// Commands refused because the journal could not write.
     pub journal_rejected: u64,
 }
@@ -231,7 +233,6 @@ impl Metrics {
             overloaded: 0,
             events: 0,
             quotes: 0,
-            journal: JournalCounters::default(),
             journal_rejected: 0,
         }
     }
@@ -333,14 +334,18 @@ impl Metrics {
             "signalgate_signal_to_order_max_seconds {:.9}",
             if h.is_empty() { 0.0 } else { h.max() as f64 / 1e9 }
         )?;
-        let j = &self.journal;
+        let j = &g.journal;
         let counters: [(&str, &str, u64); 12] = [
-            ("journal_writes_total", "Journal batches written (one write each).", j.writes),
-            ("journal_bytes_total", "Bytes written to the journal.", j.bytes),
+            ("journal_appends_total", "Batches of events appended to the journal.", j.appends),
+            ("journal_bytes_total", "Bytes appended to the journal.", j.bytes),
             ("journal_fsyncs_total", "fdatasync calls completed on the journal.", j.fsyncs),
-            ("journal_errors_total", "Failed journal writes or syncs.", j.errors),
+            ("journal_errors_total", "Failed journal syncs and segment preparations.", j.errors),
             ("journal_segments_total", "Journal segments started since start.", j.segments),
-            ("journal_rejected_total", "Commands refused with 503 journal.unavailable.", self.journal_rejected),
+            (
+                "journal_rejected_total",
+                "Commands refused with 503 journal.full or journal.unavailable.",
+                self.journal_rejected,
+            ),
             ("connections_refused_total", "Connections refused at the connection cap.", self.connections_refused),
             (
                 "connections_evicted_total",
@@ -360,8 +365,8 @@ impl Metrics {
             writeln!(out, "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} counter\nsignalgate_{name} {v}")?;
         }
         for (name, kind, help, ns) in [
-            ("journal_write_seconds_total", "counter", "Time spent writing journal batches.", j.write_ns),
-            ("journal_write_max_seconds", "gauge", "Longest journal batch write since start.", j.write_max_ns),
+            ("journal_append_seconds_total", "counter", "Time spent appending batches to the journal.", j.append_ns),
+            ("journal_append_max_seconds", "gauge", "Longest journal append since start.", j.append_max_ns),
             ("journal_fsync_seconds_total", "counter", "Time spent in fdatasync on the journal.", j.fsync_ns),
         ] {
             writeln!(
@@ -376,7 +381,7 @@ impl Metrics {
              # TYPE signalgate_snapshot_failures_total counter\nsignalgate_snapshot_failures_total {}",
             g.snapshot_failures
         )?;
-        let gauges: [(&str, &str, u64); 14] = [
+        let gauges: [(&str, &str, u64); 15] = [
             (
                 "snapshots_healthy",
                 "1 while snapshots are written, 0 from a failure until the next one is.",
@@ -384,10 +389,15 @@ impl Metrics {
             ),
             ("snapshot_last_seq", "Sequence number of the newest snapshot written since start.", g.snapshot_last_seq),
             ("journal_durable_seq", "Last event sequence number the journal made durable.", g.durable_seq),
-            ("journal_pending_bytes", "Encoded events waiting for the journal writer.", g.journal_pending_bytes as u64),
+            ("journal_stable_seq", "Last event sequence number on stable storage (synced).", g.stable_seq),
+            (
+                "journal_pending_bytes",
+                "Encoded events waiting for room in the journal.",
+                g.journal_pending_bytes as u64,
+            ),
             (
                 "journal_healthy",
-                "1 while journal writes succeed, 0 while orders are refused.",
+                "1 while the journal takes new commands, 0 while they are refused.",
                 u64::from(g.journal_healthy),
             ),
             ("venue_held_calls", "Orders and cancels held until their events are durable.", g.venue_held as u64),

@@ -1,6 +1,12 @@
-//! The hot core's state: the engine with its (gated) venue, the journal's buffer, per-key rate
-//! limiters, metrics and the admin token. Owned by one executor; requests and the journal writer
-//! borrow it for the length of one synchronous call, never across an `.await`.
+//! The hot core's state: the engine with its (gated) venue, the journal, per-key rate limiters,
+//! metrics and the admin token. Owned by one executor; requests borrow it for the length of one
+//! synchronous call, never across an `.await`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use crate::config::Config;
 use crate::engine::account::{AccountName, LimitOverrides, Roles, Tier};
@@ -9,10 +15,10 @@ use crate::engine::symbol::{SymbolSpec, SymbolTable};
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
 use crate::engine::{Engine, EngineConfig};
 use crate::fixed::MONEY_DECIMALS;
-use crate::journal::Journal;
+use crate::journal::{self, Journal, Replayed};
 use crate::metrics::{Gauges, Metrics};
 use crate::rate_limit::SlidingWindow;
-use crate::venue::{Gated, PaperConfig, PaperVenue, Venue};
+use crate::venue::{Gated, NoVenue, PaperConfig, PaperVenue, Venue};
 
 /// The engine type the node runs.
 pub type NodeEngine = Engine<Gated<PaperVenue>>;
@@ -85,9 +91,34 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
     }
 }
 
+/// An engine of a follower (snapshots, offload, history, the stream) for a validated
+/// configuration: it applies the hot core's events and never calls a venue.
+pub fn follower_engine(cfg: &Config) -> Engine<NoVenue> {
+    Engine::new(engine_config(cfg), symbol_table(cfg), tiers(cfg), NoVenue)
+}
+
+/// The journal's settings in a validated configuration; its threads run on the first fan-out
+/// core when the topology pins.
+pub fn journal_options(cfg: &Config) -> journal::Options {
+    let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
+    let on_thread_start: Option<std::sync::Arc<dyn Fn() + Send + Sync>> = core.map(|c| {
+        std::sync::Arc::new(move || {
+            crate::cores::pin_current_thread(c);
+        }) as std::sync::Arc<dyn Fn() + Send + Sync>
+    });
+    journal::Options {
+        dir: cfg.journal.dir.clone(),
+        fsync: cfg.journal.fsync,
+        fsync_interval: std::time::Duration::from_millis(cfg.journal.fsync_interval_ms),
+        segment_bytes: cfg.journal.segment_bytes,
+        on_thread_start,
+    }
+}
+
 impl Node {
-    /// The node's state for a validated configuration.
-    pub fn new(cfg: &Config, admin_token: String, now: Nanos) -> Node {
+    /// The node of a validated configuration, its state rebuilt from its data directory (a
+    /// torn tail cut; damage refused unless `repair`) and its journal open for appending.
+    pub fn open(cfg: &Config, admin_token: String, now: Nanos, repair: bool) -> Result<(Node, Replayed), String> {
         let symbols = symbol_table(cfg);
         let venue = PaperVenue::new(
             PaperConfig {
@@ -98,9 +129,13 @@ impl Node {
             symbols.all(),
         );
         let gated = Gated::new(venue, symbols.clone());
-        Node {
-            engine: Engine::new(engine_config(cfg), symbols, tiers(cfg), gated),
-            journal: Journal::new(cfg.journal.fsync, 0),
+        let mut engine = Engine::new(engine_config(cfg), symbols, tiers(cfg), gated);
+        let replayed = journal::replay(&mut engine, &cfg.journal.dir, repair)?;
+        let journal = Journal::open(journal_options(cfg), &replayed.resume, replayed.last_seq)
+            .map_err(|e| format!("journal: cannot open {} for appending: {e}", cfg.journal.dir.display()))?;
+        let mut node = Node {
+            engine,
+            journal,
             metrics: Metrics::new(),
             limiters: Vec::new(),
             admin_token,
@@ -114,24 +149,34 @@ impl Node {
             history: None,
             ws: None,
             snapshots: std::sync::Arc::default(),
-        }
+        };
+        node.keys_changed();
+        Ok((node, replayed))
     }
 
-    /// Journals the events of the last engine command; venue calls it made wait for them.
+    /// Journals the events of the last engine command; venue calls it made wait for them. Under
+    /// `interval` and `never` they are durable at once, and the venue has them when this returns.
     pub(crate) fn after_command(&mut self) {
         let last = self.engine.last_seq();
         self.engine.venue_mut().stamp(last);
         let events = self.engine.events();
         self.metrics.events += events.len() as u64;
         self.journal.append(events);
+        self.release_to_venue();
     }
 
-    /// The journal made everything up to `seq` durable: requests waiting for it are woken, and
-    /// the orders and cancels it covers go to the venue (whose answers are new events).
-    pub fn on_durable(&mut self, seq: u64, now: Nanos) {
+    /// The journal made everything up to `seq` durable (a sync completed under `always`):
+    /// requests waiting for it are woken, and the orders and cancels it covers go to the venue.
+    pub fn on_durable(&mut self, seq: u64) {
         self.journal.mark_durable(seq);
-        if self.engine.venue_mut().release(seq) {
-            self.engine.poll_venue(now);
+        self.release_to_venue();
+    }
+
+    /// Hands the venue the orders and cancels whose events are durable; its answers are new
+    /// events, journaled in turn.
+    fn release_to_venue(&mut self) {
+        if self.engine.venue_mut().release(self.journal.durable()) {
+            self.engine.poll_venue(crate::clock::now());
             self.after_command();
         }
     }
@@ -204,10 +249,15 @@ impl Node {
         self.after_command();
     }
 
-    /// Periodic engine work.
+    /// Periodic work: the engine's, and records that waited for room in the journal.
     pub fn housekeeping(&mut self, now: Nanos) {
-        self.engine.housekeeping(now);
-        self.after_command();
+        if self.journal.pending_bytes() > 0 && self.journal.drain_overflow() {
+            self.release_to_venue();
+        }
+        if self.journal.accepting() {
+            self.engine.housekeeping(now);
+            self.after_command();
+        }
     }
 
     /// Gauges for `/metrics`.
@@ -224,12 +274,68 @@ impl Node {
             idempotency_evicted: e.idempotency().evicted,
             last_seq: e.last_seq(),
             durable_seq: self.journal.durable(),
+            stable_seq: self.journal.stable(),
             journal_pending_bytes: self.journal.pending_bytes(),
             journal_healthy: self.journal.accepting(),
+            journal: self.journal_counters(),
             accounts: e.accounts().len(),
             snapshots_failing: self.snapshots.failing(),
             snapshot_failures: self.snapshots.failures(),
             snapshot_last_seq: self.snapshots.last_seq(),
+        }
+    }
+}
+
+impl Node {
+    /// The journal's counters as they are now.
+    fn journal_counters(&self) -> crate::metrics::JournalCounters {
+        let c = self.journal.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::JournalCounters {
+            appends: get(&c.appends),
+            bytes: get(&c.bytes),
+            append_ns: get(&c.append_ns),
+            append_max_ns: get(&c.append_max_ns),
+            fsyncs: get(&c.fsyncs),
+            fsync_ns: get(&c.fsync_ns),
+            errors: get(&c.errors),
+            segments: get(&c.segments),
+        }
+    }
+}
+
+/// Waits until the journal has made `seq` durable. `false`: it never will (the journal closed).
+pub fn wait_durable(node: &RefCell<Node>, seq: u64) -> impl Future<Output = bool> + '_ {
+    DurableWait { node, seq }
+}
+
+struct DurableWait<'a> {
+    node: &'a RefCell<Node>,
+    seq: u64,
+}
+
+impl Future for DurableWait<'_> {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        match self.node.borrow().journal.poll_durable(self.seq, cx.waker()) {
+            Some(done) => Poll::Ready(done),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Under `fsync = "always"`, a task on the hot core: marks durable what each of the journal's
+/// syncs covers (waking the answers that wait for it and releasing their orders to the venue),
+/// until the journal closes.
+pub async fn follow_syncs(node: Rc<RefCell<Node>>) {
+    loop {
+        let synced = {
+            let n = node.borrow();
+            n.journal.synced_after(n.journal.durable())
+        };
+        match synced.await {
+            Some(seq) => node.borrow_mut().on_durable(seq),
+            None => break,
         }
     }
 }

@@ -20,7 +20,7 @@ use socket2::{Domain, Socket, Type};
 use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
 use crate::http::{serve, Acceptor, Api, HttpOptions};
-use crate::journal;
+use crate::journal::{self, FsyncPolicy};
 use crate::node::{symbol_table, Node};
 use crate::notify::Notifier;
 use crate::quote_sim::QuoteSimulator;
@@ -37,10 +37,7 @@ pub struct Started {
     pub ws: SocketAddr,
 }
 
-/// Core ids of this host.
-pub fn host_cores() -> Vec<usize> {
-    core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_else(|| vec![0])
-}
+pub use crate::cores::host_cores;
 
 /// How long a start waits for its port to be let go by a node that just died.
 const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
@@ -249,9 +246,10 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     // This thread builds the hot core's state and feeds, the hot executor runs them: their large
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
-    let (node, resume, demo, (state, feeds, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let (node, demo, (state, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
     let offload = node.offload.clone();
     let snapshot_health = node.snapshots.clone();
+    let marks = node.journal.watermarks();
     let (hot_links, fanout_links): (Vec<_>, Vec<_>) =
         (0..cfg.topology.fanout.len()).map(|i| crate::ws::links(stats.clone(), i)).unzip();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -264,17 +262,17 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
                 crate::alloc::map_large_blocks_on_this_thread();
-                hot_main(cfg, (node, resume), listeners, hot_links, stop, notifier, ready_tx).await;
+                hot_main(cfg, node, listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
-    // Every fan-out executor serves the stream and follows its own feed; the first accepts the
-    // connections and hands each to the executor serving the fewest.
+    // Every fan-out executor serves the stream and reads the journal behind the hot core; the
+    // first accepts the connections and hands each to the executor serving the fewest.
     let intakes = crate::ws::intakes(ws_listener.into_raw_fd(), cfg.topology.fanout.len());
     let mut fanouts = Vec::new();
-    let each = cfg.topology.fanout.iter().zip(intakes).zip(feeds).zip(fanout_links);
-    for (((&core, intake), feed), links) in each {
-        let ws = crate::ws::Serve { intake, state: state.clone(), feed, links, stats: stats.clone() };
+    let each = cfg.topology.fanout.iter().zip(intakes).zip(fanout_links);
+    for ((&core, intake), links) in each {
+        let ws = crate::ws::Serve { intake, state: state.clone(), marks: marks.clone(), links, stats: stats.clone() };
         let (cfg2, stop) = (cfg.clone(), stop.clone());
         let handle = executor(&cfg, "sg-fanout")
             .spawn(move || async move {
@@ -292,8 +290,8 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     match ready_rx.recv() {
         Ok(Ok(())) => {
             // After the replay (which cut any torn tail): the followers read what the writer adds.
-            let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
-            _snapshots = journal::snapshot::Follower::spawn(&cfg, core, offload.clone(), snapshot_health)
+            let core = follower_core(&cfg);
+            _snapshots = spawn_snapshots(&cfg, marks.clone(), offload.clone(), snapshot_health)
                 .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
             if let Some(shared) = offload {
                 _offloader = Some(
@@ -328,6 +326,30 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
 }
 
+/// Starts the snapshot thread (unless snapshots are off): it prunes only what PostgreSQL has,
+/// when there is one.
+fn spawn_snapshots(
+    cfg: &Config,
+    marks: Arc<journal::Watermarks>,
+    offload: Option<Arc<crate::postgres::offload::Shared>>,
+    health: Arc<journal::snapshot::Health>,
+) -> std::io::Result<Option<journal::snapshot::Follower>> {
+    let settings = journal::snapshot::Settings {
+        dir: cfg.journal.dir.clone(),
+        every_events: cfg.journal.snapshot_every_events,
+        keep_covered_segments: cfg.journal.keep_covered_segments,
+        on_start: follower_core(cfg).map(|core| {
+            Arc::new(move || {
+                crate::cores::pin_current_thread(core);
+            }) as Arc<dyn Fn() + Send + Sync>
+        }),
+    };
+    let engine_cfg = cfg.clone();
+    let engine = move || crate::node::follower_engine(&engine_cfg);
+    let prune_floor = move || offload.as_ref().map_or(u64::MAX, |o| o.prune_floor());
+    journal::snapshot::Follower::spawn(settings, engine, marks, prune_floor, health)
+}
+
 fn executor(cfg: &Config, name: &str) -> LocalExecutorBuilder {
     let mut b = LocalExecutorBuilder::new(Placement::Unbound).name(name).io_memory(cfg.topology.io_memory_kib * 1024);
     if cfg.topology.spin_before_park_us > 0 {
@@ -336,42 +358,34 @@ fn executor(cfg: &Config, name: &str) -> LocalExecutorBuilder {
     b
 }
 
-/// Pins the calling thread to `core`; `false` when that core does not exist or pinning failed.
-pub(crate) fn pin_current_thread(core: usize) -> bool {
-    core_affinity::get_core_ids()
-        .and_then(|ids| ids.into_iter().find(|c| c.id == core))
-        .is_some_and(core_affinity::set_for_current)
-}
-
 fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     if !cfg.topology.pin {
         log::info!("{role} executor running unpinned");
         return;
     }
-    if pin_current_thread(core) {
+    if crate::cores::pin_current_thread(core) {
         log::info!("{role} executor pinned to core {core}");
     } else {
         log::warn!("{role} executor could not be pinned to core {core}; running unpinned");
     }
 }
 
-/// What the fan-out core's stream starts from: the engine state after start-up, the feed that
-/// carries what follows, and the stream's counters.
-type StreamStart = (crate::engine::EngineState, Vec<crate::ws::feed::Consumer>, Arc<crate::ws::WsStats>);
+/// What the fan-out executors start from: the engine state after start-up (their hubs read the
+/// journal from there) and the stream's counters.
+type StreamStart = (crate::engine::EngineState, Arc<crate::ws::WsStats>);
 
 /// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
-/// done here on the main thread so that no executor ever waits on it), gives the demo account
-/// its key, and hands the paper venue back the open orders. Returns where the writer continues.
+/// done here on the main thread so that no executor ever waits on it) and opens it for
+/// appending, gives the demo account its key, and hands the paper venue back the open orders.
 fn build_node(
     cfg: &Config,
     opts: RunOptions,
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
-) -> Result<(Node, journal::writer::Resume, Demo, StreamStart), String> {
+) -> Result<(Node, Demo, StreamStart), String> {
     let now = crate::clock::now();
-    let mut node = Node::new(cfg, admin_token, now);
     let replay_started = std::time::Instant::now();
-    let replayed = journal::replay(&mut node, &cfg.journal.dir, opts.repair_journal)?;
+    let (mut node, replayed) = Node::open(cfg, admin_token, now, opts.repair_journal)?;
     log::info!(
         "journal: rebuilt state up to seq {} ({} events replayed) in {:.3} s; {} accounts, {} open orders",
         replayed.last_seq,
@@ -391,35 +405,29 @@ fn build_node(
     // The paper venue keeps its book in memory: give it back the open orders the journal holds.
     node.engine.resend_open_orders(now);
     node.after_command();
-    node.on_durable(replayed.last_seq, now);
+    let marks = node.journal.watermarks();
     if !cfg.postgres.url.is_empty() {
-        let offload = Arc::new(crate::postgres::offload::Shared::new(replayed.last_seq));
-        node.journal.publish_to(offload.clone());
-        node.offload = Some(offload);
+        node.offload = Some(Arc::new(crate::postgres::offload::Shared::new(marks.clone())));
     }
     // History from PostgreSQL when there is one, from the journal's recent events otherwise.
-    let core = cfg.topology.pin.then(|| cfg.topology.fanout[0]);
-    let history = crate::history::History::spawn(cfg, node.offload.clone(), core)
+    let history = crate::history::History::spawn(cfg, node.offload.clone(), marks, follower_core(cfg))
         .map_err(|e| format!("cannot start the history thread: {e}"))?;
     node.history = Some(history);
-    // The stream continues from this state; a feed per fan-out executor carries every event
-    // appended after it.
-    let consumers = (0..cfg.topology.fanout.len())
-        .map(|_| {
-            let (producer, consumer) = crate::ws::feed::feed(cfg.ws.feed_bytes, node.journal.durable());
-            node.journal.add_feed(producer);
-            consumer
-        })
-        .collect();
     let stats = Arc::new(crate::ws::WsStats::new(cfg.topology.fanout.len()));
     node.ws = Some(stats.clone());
     let state = node.engine.state();
-    Ok((node, replayed.resume, demo, (state, consumers, stats)))
+    Ok((node, demo, (state, stats)))
+}
+
+/// The core the follower threads (snapshots, offload, history, the journal's own) run on when
+/// the topology pins: the first fan-out core.
+fn follower_core(cfg: &Config) -> Option<usize> {
+    cfg.topology.pin.then(|| cfg.topology.fanout[0])
 }
 
 async fn hot_main(
     cfg: Config,
-    (node, resume): (Node, journal::writer::Resume),
+    node: Node,
     (public_fd, admin_fd): (RawFd, RawFd),
     ws_links: Vec<crate::ws::HotLinks>,
     stop: Arc<AtomicBool>,
@@ -452,12 +460,12 @@ async fn hot_main(
         .into_iter()
         .map(|links| glommio::spawn_local_into(crate::ws::hot_side(node.clone(), links, shutdown.clone()), http_queue))
         .collect();
-    // The writer outlives the HTTP tasks: it stops once they are done and everything is written.
-    let journal_finish = Shutdown::new();
-    let writer = glommio::spawn_local_into(
-        journal::writer::run(node.clone(), cfg.journal.clone(), resume, journal_finish.clone()),
-        http_queue,
-    );
+    // Under `always`, answers and venue calls wait for the journal's syncs.
+    let syncs = if cfg.journal.fsync == FsyncPolicy::Always {
+        glommio::spawn_local_into(crate::node::follow_syncs(node.clone()), http_queue).map(Some)
+    } else {
+        Ok(None)
+    };
     let opts = HttpOptions {
         max_body_bytes: cfg.http.max_body_bytes,
         header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
@@ -471,8 +479,7 @@ async fn hot_main(
         glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
     let admin_task =
         glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, admin_opts, shutdown.clone()), background);
-    let (Ok(public_task), Ok(admin_task), Ok(writer), Ok(ws_sides)) = (public_task, admin_task, writer, ws_sides)
-    else {
+    let (Ok(public_task), Ok(admin_task), Ok(syncs), Ok(ws_sides)) = (public_task, admin_task, syncs, ws_sides) else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;
     };
@@ -498,8 +505,12 @@ async fn hot_main(
     for side in ws_sides {
         side.await;
     }
-    journal_finish.trigger();
-    writer.await;
+    // The requests are answered: the journal syncs what it holds, cuts its segment back, and
+    // stops its threads (which ends the task following its syncs).
+    node.borrow_mut().journal.close();
+    if let Some(syncs) = syncs {
+        syncs.await;
+    }
 }
 
 async fn simulate_quotes(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdown) {

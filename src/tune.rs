@@ -65,7 +65,7 @@ impl Host {
     pub fn current() -> Host {
         Host {
             root: PathBuf::from("/"),
-            cores: crate::server::host_cores(),
+            cores: crate::cores::host_cores(),
             memlock: rlimit(libc::RLIMIT_MEMLOCK),
             nofile: rlimit(libc::RLIMIT_NOFILE),
             // SAFETY: geteuid has no preconditions.

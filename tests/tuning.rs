@@ -102,9 +102,9 @@ fn thread_cpu_shows_each_node_thread_per_window() {
 }
 
 #[test]
-fn io_sleeps_shows_where_the_journal_workers_sleep() {
-    // The default journal (`interval`, `uring`): an fdatasync through io_uring every 10 ms, each
-    // sleeping in an io_uring worker while the disk flushes, as long as signals keep coming.
+fn io_sleeps_shows_where_the_journal_threads_sleep() {
+    // The default journal (`interval`): an fdatasync on the journal's sync thread every 10 ms,
+    // each sleeping while the disk flushes, as long as signals keep coming.
     let node = support::Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/io-sleeps");

@@ -11,6 +11,7 @@ use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
 use crate::engine::types::{AccountId, KeyId, Nanos, MAX_START_CASH};
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
+use crate::journal::Refusal;
 use crate::json::Writer;
 use crate::metrics::Route;
 use crate::node::Node;
@@ -86,14 +87,21 @@ impl Node {
         let result = self.check_admin_token(req).and_then(|()| {
             resp.authenticated = true;
             let reads = matches!(req.method, Method::Get | Method::Head);
-            if !reads && !self.journal.accepting() {
+            if let Some(refusal) = self.journal.refusal().filter(|_| !reads) {
                 self.metrics.journal_rejected += 1;
                 resp.retry_after = Some(1);
-                return Err(AdminError::new(
-                    503,
-                    "journal.unavailable",
-                    "the journal cannot write, so nothing was changed; retry after 1 s",
-                ));
+                return Err(match refusal {
+                    Refusal::Full => AdminError::new(
+                        503,
+                        "journal.full",
+                        "the disk holding the journal is full, so nothing was changed; retry after 1 s",
+                    ),
+                    Refusal::Failing | Refusal::Closed => AdminError::new(
+                        503,
+                        "journal.unavailable",
+                        "the journal cannot write, so nothing was changed; retry after 1 s",
+                    ),
+                });
             }
             self.admin_route(req, resp, now)
         });

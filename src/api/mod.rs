@@ -11,7 +11,7 @@ pub mod render;
 mod routes;
 
 pub use error::{ApiError, Detail};
-pub use routes::JOURNAL_UNAVAILABLE;
+pub use routes::{journal_refused, JOURNAL_UNAVAILABLE};
 
 use std::time::Instant;
 

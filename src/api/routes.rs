@@ -12,6 +12,7 @@ use crate::engine::market::Quote;
 use crate::engine::order::OrderEvent;
 use crate::engine::types::{AccountId, Nanos, OrderId, Tif};
 use crate::engine::{Intent, SignalSpec};
+use crate::journal::Refusal;
 use crate::json::{JsonStr, Reader, Value, Writer};
 use crate::metrics::Route;
 use crate::node::Node;
@@ -39,6 +40,21 @@ pub const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
     "journal.unavailable",
     Detail::Unavailable("the journal cannot write, so nothing was changed or sent", 1),
 );
+
+/// The same while the disk holding the journal is full.
+pub const JOURNAL_FULL: ApiError<'static> = ApiError::with(
+    503,
+    "journal.full",
+    Detail::Unavailable("the disk holding the journal is full, so nothing was changed or sent", 1),
+);
+
+/// The answer to a command the journal refuses.
+pub fn journal_refused(r: Refusal) -> ApiError<'static> {
+    match r {
+        Refusal::Full => JOURNAL_FULL,
+        Refusal::Failing | Refusal::Closed => JOURNAL_UNAVAILABLE,
+    }
+}
 
 /// Largest `limit` of `GET /v1/orders`.
 const MAX_LIST: usize = 1000;
@@ -88,7 +104,7 @@ impl Node {
             _ if self.inflight > self.max_inflight => (Route::Unmatched, Err(OVERLOADED)),
             _ if !get && !self.journal.accepting() => {
                 self.metrics.journal_rejected += 1;
-                (Route::Unmatched, Err(JOURNAL_UNAVAILABLE))
+                (Route::Unmatched, Err(journal_refused(self.journal.refusal().unwrap_or(Refusal::Failing))))
             }
             "/v1/signals" if m == Method::Post => (Route::Signals, self.post_signal(req, resp, now)),
             "/v1/signals" => (Route::Signals, Err(ApiError::method_not_allowed("POST"))),
@@ -698,13 +714,14 @@ impl Node {
         resp.no_store = true;
         let mut w = Writer::new(&mut resp.body);
         w.begin_object();
-        let journal_ok = self.journal.accepting();
+        let refusal = self.journal.refusal();
+        let journal_ok = refusal.is_none();
         w.key("ready").bool(!self.draining && journal_ok);
         if self.draining {
             w.key("reason").str("draining");
             resp.status = 503;
-        } else if !journal_ok {
-            w.key("reason").str("journal.unavailable");
+        } else if let Some(r) = refusal {
+            w.key("reason").str(journal_refused(r).code);
             resp.status = 503;
         }
         w.key("journal").str(if journal_ok { "ok" } else { "unavailable" });

@@ -104,17 +104,23 @@ pub struct History {
 impl History {
     /// Starts the history thread: on PostgreSQL when `postgres.url` is set (`offload` is then
     /// its offload), on the journal's recent events otherwise.
-    pub fn spawn(cfg: &Config, offload: Option<Arc<Shared>>, core: Option<usize>) -> std::io::Result<History> {
+    /// `marks` says how far the journal may be read.
+    pub fn spawn(
+        cfg: &Config,
+        offload: Option<Arc<Shared>>,
+        marks: Arc<crate::journal::Watermarks>,
+        core: Option<usize>,
+    ) -> std::io::Result<History> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let cfg = cfg.clone();
         std::thread::Builder::new().name("sg-history".into()).spawn(move || {
             if let Some(core) = core {
-                crate::server::pin_current_thread(core);
+                crate::cores::pin_current_thread(core);
             }
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => match offload {
                     Some(o) => rt.block_on(postgres::serve(&cfg.postgres.url, &o, rx)),
-                    None => rt.block_on(recent::serve(&cfg, rx)),
+                    None => rt.block_on(recent::serve(&cfg, marks, rx)),
                 },
                 Err(e) => log::error!("history: cannot start the runtime: {e}"),
             }

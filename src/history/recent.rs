@@ -13,11 +13,9 @@ use super::{error, finish, Candles, Job, Performance, Query, Reply, Stats, Trade
 use crate::config::Config;
 use crate::engine::event::EventKind;
 use crate::engine::types::{Nanos, Side, SymbolId, DAY, SECOND};
-use crate::engine::Engine;
 use crate::fixed::{write_decimal, MONEY_DECIMALS};
-use crate::journal::scan::list_segments;
-use crate::journal::snapshot::{self, NoVenue};
-use crate::journal::tail::Tail;
+use crate::journal::follow::{Follower, Limit, Start};
+use crate::journal::Watermarks;
 
 /// Fills kept per account.
 pub const FILLS_PER_ACCOUNT: usize = 10_000;
@@ -54,14 +52,14 @@ struct Candle {
 }
 
 struct Recent {
-    engine: Engine<NoVenue>,
-    tail: Tail,
+    symbols: crate::engine::symbol::SymbolTable,
+    follower: Option<Follower>,
     fills: HashMap<u32, VecDeque<Fill>>,
     candles: Vec<VecDeque<Candle>>,
 }
 
-pub(super) async fn serve(cfg: &Config, mut jobs: mpsc::Receiver<Job>) {
-    let mut recent = Recent::open(cfg);
+pub(super) async fn serve(cfg: &Config, marks: std::sync::Arc<Watermarks>, mut jobs: mpsc::Receiver<Job>) {
+    let mut recent = Recent::open(cfg, marks);
     let mut failed = false;
     while let Some((q, reply)) = jobs.recv().await {
         // Read what the journal gained since the last question: between questions this thread
@@ -74,7 +72,7 @@ pub(super) async fn serve(cfg: &Config, mut jobs: mpsc::Receiver<Job>) {
                     if !failed {
                         log::error!(
                             "history: cannot read the journal ({e}); answers stop at seq {}",
-                            recent.engine.last_seq()
+                            recent.follower.as_ref().map_or(0, |f| f.next_seq() - 1)
                         );
                         failed = true;
                     }
@@ -87,33 +85,27 @@ pub(super) async fn serve(cfg: &Config, mut jobs: mpsc::Receiver<Job>) {
 }
 
 impl Recent {
-    fn open(cfg: &Config) -> Recent {
-        let dir = &cfg.journal.dir;
-        let mut engine = snapshot::mirror_engine(cfg);
-        let from_start = list_segments(dir).map(|s| s.first().is_none_or(|f| f.first_seq == 1)).unwrap_or(true);
-        let mut next = 1;
-        if !from_start {
-            // Older segments were pruned: history starts at the newest snapshot.
-            match snapshot::newest(dir) {
-                Ok(Some(state)) => {
-                    next = state.last_seq + 1;
-                    if let Err(e) = engine.restore(state) {
-                        log::error!("history: {e}");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => log::error!("history: cannot read the snapshots in {}: {e}", dir.display()),
+    /// As early as the journal goes: its first event, or the newest snapshot once older segments
+    /// were pruned.
+    fn open(cfg: &Config, marks: std::sync::Arc<Watermarks>) -> Recent {
+        let engine = crate::node::follower_engine(cfg);
+        let symbols = engine.symbols().clone();
+        let follower = match Follower::start(&cfg.journal.dir, engine, Start::Earliest, Limit::Durable(marks)) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("history: cannot read the journal in {}: {e}", cfg.journal.dir.display());
+                None
             }
-        }
-        let symbols = engine.symbols().all().len();
-        Recent { engine, tail: Tail::new(dir, next), fills: HashMap::new(), candles: vec![VecDeque::new(); symbols] }
+        };
+        let candles = vec![VecDeque::new(); symbols.all().len()];
+        Recent { symbols, follower, fills: HashMap::new(), candles }
     }
 
     /// Reads what the journal gained; `true` once nothing more is there.
     fn catch_up(&mut self) -> Result<bool, String> {
-        let Recent { engine, tail, fills, candles } = self;
-        let read = tail.read(u64::MAX, READ_BATCH, |e| {
-            let realized = snapshot::apply_event_realizing(engine, &e);
+        let Recent { follower, fills, candles, .. } = self;
+        let Some(follower) = follower.as_mut() else { return Ok(true) };
+        let read = follower.advance(u64::MAX, READ_BATCH, |_, e, realized| {
             match e.kind {
                 EventKind::Fill { order, account, symbol, side, qty, price, notional, fee } => {
                     let f = Fill {
@@ -135,7 +127,7 @@ impl Recent {
                     list.push_back(f);
                 }
                 EventKind::Quote(q) => {
-                    let Some(list) = candles.get_mut(usize::from(q.symbol.0)) else { return Ok(()) };
+                    let Some(list) = candles.get_mut(usize::from(q.symbol.0)) else { return };
                     let two_mid = q.bid + q.ask;
                     let start = q.ts - q.ts % MINUTE;
                     match list.back_mut() {
@@ -159,7 +151,6 @@ impl Recent {
                 }
                 _ => {}
             }
-            Ok(())
         })?;
         Ok(read < READ_BATCH)
     }
@@ -194,7 +185,7 @@ impl Recent {
     }
 
     fn trades(&self, q: &Trades, from: Option<Nanos>, to: Option<Nanos>) -> Vec<u8> {
-        let symbol = q.symbol.as_deref().and_then(|s| self.engine.symbols().find(s)).map(|s| s.id);
+        let symbol = q.symbol.as_deref().and_then(|s| self.symbols.find(s)).map(|s| s.id);
         let rows: Vec<&Fill> = self
             .fills
             .get(&q.account)
@@ -205,7 +196,7 @@ impl Recent {
             .filter(|f| q.cursor.is_none_or(|(us, seq)| ((f.ts / 1_000) as i64, f.seq as i64) < (us, seq)))
             .take(q.limit as usize)
             .collect();
-        let symbols = self.engine.symbols();
+        let symbols = &self.symbols;
         let trades: Vec<serde_json::Value> = rows
             .iter()
             .map(|f| {
@@ -245,7 +236,7 @@ impl Recent {
             _ => DAY,
         };
         let from = from.unwrap_or(to.saturating_sub(500 * step));
-        let spec = self.engine.symbols().find(&q.symbol);
+        let spec = self.symbols.find(&q.symbol);
         let minutes = spec.and_then(|s| self.candles.get(usize::from(s.id.0)));
         let mut out: Vec<Candle> = Vec::new();
         for c in minutes.into_iter().flatten().filter(|c| c.start >= from - from % MINUTE && c.start < to) {

@@ -1,43 +1,57 @@
-//! The journal: the node's source of truth.
+//! The journal: the node's source of truth, a layer of its own.
 //!
-//! Every engine event is encoded once ([`format::encode`]) into [`Journal`]'s pending buffer on
-//! the hot core, right after the command that made it. The writer task ([`writer::run`]) hands
-//! whole batches to io_uring, so one write (and, with `fsync = "always"`, one fsync) covers every
-//! event produced since the last one: group commit. Nothing leaves the node before its events
-//! are durable under the configured policy: requests wait for [`Journal::durable`] to reach their
-//! last event before they are answered, and the venue gate (`crate::venue::Gated`) holds orders
-//! back until then.
+//! It knows events, segments and durability, and nothing of the node, the stream, PostgreSQL or
+//! start-up: it depends on the engine's types and leaf modules only.
 //!
-//! At start, [`replay`] restores the newest snapshot and applies the segments after it; a
-//! follower thread ([`snapshot::Follower`]) writes new snapshots off the hot core.
+//! - [`Journal`], on the hot core, encodes each event once ([`format::encode`]) and copies the
+//!   record into a memory-mapped, preallocated segment ([`segment`]). A store into a `MAP_SHARED`
+//!   file mapping is in the kernel's page cache at once and survives the death of the process, so
+//!   under `fsync = "interval"` and `"never"` an event is durable for what those policies promise
+//!   as soon as it is copied: nothing waits. Under `"always"` a sync thread makes each batch
+//!   stable with one `fdatasync` (group commit) and the answers wait for the sync that covers
+//!   them. A prefault thread prepares the next segment (`fallocate`: a full disk is refused here,
+//!   never a SIGBUS later) and maps the pages ahead of the writer, so the hot core takes no page
+//!   fault. See `docs/durability.md`.
+//! - [`Watermarks`] say, to any thread, how far the journal is durable and stable.
+//! - [`follow`] reads the mapping behind the writer for every follower (snapshots, the
+//!   offloader, recent history, the WebSocket hub); [`replay`] rebuilds an engine at start;
+//!   [`snapshot`] writes and reads snapshots; [`scan`] and [`tools`] read a directory for
+//!   `journal verify` and `inspect`.
 
+pub mod follow;
 pub mod format;
 mod replay;
 pub mod scan;
+pub mod segment;
 pub mod snapshot;
-pub mod tail;
 pub mod tools;
-pub mod writer;
 
-pub use replay::{replay, Replayed};
+pub use replay::{replay, Replayed, Resume};
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
+use std::fs::File;
 use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::event::Event;
+use format::{segment_header, segment_name, SEGMENT_HEADER};
+use segment::Mapping;
 
 /// When the journal calls `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
-    /// After every write, before anything it holds is acknowledged (group commit).
+    /// After every batch, before anything it holds is acknowledged (group commit).
     Always,
     /// Every `fsync_interval_ms`, in the background.
     Interval,
@@ -56,151 +70,423 @@ impl FsyncPolicy {
     }
 }
 
-/// How the writer hands batches to the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteIo {
-    /// An io_uring write through glommio (the default): the hot core never waits in the kernel.
-    /// ext4 runs buffered io_uring writes on kernel worker threads, and glommio reaps file
-    /// completions once per scheduler pass, so each write costs a pass or more of latency.
-    Uring,
-    /// `pwrite(2)` from the hot core: a copy into the page cache, done when the call returns
-    /// (about 20 µs for a batch here), so requests are answered in the same scheduler pass — but
-    /// the hot core stalls whenever the kernel makes the write wait (ms during a concurrent
-    /// fsync). See `docs/durability.md` for the measurements.
-    Pwrite,
+/// What the journal needs to know.
+#[derive(Clone)]
+pub struct Options {
+    /// The data directory (absolute).
+    pub dir: PathBuf,
+    /// When to sync.
+    pub fsync: FsyncPolicy,
+    /// Time between syncs under `interval`.
+    pub fsync_interval: Duration,
+    /// Size of a segment file.
+    pub segment_bytes: u64,
+    /// Runs on the journal's threads when they start (to pin them to a core).
+    pub on_thread_start: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
-impl WriteIo {
-    /// The name used in config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WriteIo::Pwrite => "pwrite",
-            WriteIo::Uring => "uring",
-        }
+/// Bytes mapped for writing ahead of the writer by the prefault thread.
+const PREFAULT_AHEAD: usize = 16 << 20;
+/// How often the prefault thread looks at the writer's position.
+const PREFAULT_EVERY: Duration = Duration::from_millis(2);
+/// File the next segment is prepared under, until the writer names it after its first record.
+const NEXT_SEGMENT: &str = "next.seg.tmp";
+
+/// How far the journal is, for any thread: a follower reads events up to [`Watermarks::durable`];
+/// what survives a power loss under the policy is up to [`Watermarks::stable`].
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    durable: AtomicU64,
+    stable: AtomicU64,
+}
+
+impl Watermarks {
+    /// Events up to this one may be acknowledged, sent and read by followers.
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Events up to this one survive a power loss under the policy (synced; under `never`,
+    /// written).
+    pub fn stable(&self) -> u64 {
+        self.stable.load(Ordering::Acquire)
     }
 }
 
-/// The hot core's side of the journal: encoded events waiting for the writer, and how far the
-/// writer got. Owned by the node; the writer task and waiting requests reach it through the node.
-pub struct Journal {
-    policy: FsyncPolicy,
-    /// Encoded records not yet taken by the writer.
-    pending: Vec<u8>,
-    /// An empty buffer with capacity, swapped in when the writer takes `pending`.
-    spare: Vec<u8>,
-    /// Last sequence number encoded.
-    appended: u64,
-    /// Last sequence number whose write completed.
-    written: u64,
-    /// Last sequence number known to be on stable storage (after an fdatasync).
+/// Counters for `/metrics`, kept by the hot core and the journal's threads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Batches appended.
+    pub appends: AtomicU64,
+    /// Bytes appended.
+    pub bytes: AtomicU64,
+    /// Time spent copying batches in, summed.
+    pub append_ns: AtomicU64,
+    /// Longest batch copy.
+    pub append_max_ns: AtomicU64,
+    /// `fdatasync` calls completed.
+    pub fsyncs: AtomicU64,
+    /// Time spent in them.
+    pub fsync_ns: AtomicU64,
+    /// Failed syncs and failed segment preparations.
+    pub errors: AtomicU64,
+    /// Segments started.
+    pub segments: AtomicU64,
+}
+
+/// Why the journal refuses new commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The disk has no room for the next segment (`fallocate` failed with `ENOSPC`).
+    Full,
+    /// Syncs fail, or the next segment cannot be prepared for another reason.
+    Failing,
+    /// The journal is closed (the node is stopping).
+    Closed,
+}
+
+fn is_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
+}
+
+/// A segment prepared by the prefault thread: preallocated and mapped, not yet named.
+struct Prepared {
+    file: File,
+    map: Arc<Mapping>,
+}
+
+/// What the hot core and the journal's threads share.
+struct Shared {
+    opts: Options,
+    marks: Arc<Watermarks>,
+    counters: Arc<Counters>,
+    /// The writer's offset in the current segment, and that segment's mapping.
+    position: AtomicUsize,
+    current: Mutex<Option<Arc<Mapping>>>,
+    /// The next segment, once prepared.
+    next: Mutex<Option<Prepared>>,
+    next_ready: AtomicBool,
+    /// Why the last preparation failed (until one succeeds), and whether the disk was full.
+    prepare_error: Mutex<Option<(bool, String)>>,
+    /// Everything up to this sequence number is to be synced (what the mapping holds).
+    wanted: AtomicU64,
+    sync: Mutex<SyncState>,
+    sync_wanted: Condvar,
+    stop: AtomicBool,
+}
+
+/// What the sync thread is asked to do and has done.
+#[derive(Default)]
+struct SyncState {
+    /// Synced so far.
     synced: u64,
-    /// Last sequence number that may be acknowledged and sent (written, and synced under `always`).
+    /// Segments the writer left, to sync whole; and the current one.
+    left: Vec<File>,
+    current: Option<File>,
+    /// A segment was named since the last sync: sync the directory too.
+    named: bool,
+    /// Woken when `synced` moves (under `always`).
+    waker: Option<Waker>,
+    /// The last sync failed.
+    failing: bool,
+}
+
+/// The segment being appended to.
+struct Current {
+    file: File,
+    map: Arc<Mapping>,
+    first_seq: u64,
+    /// Where the next record goes.
+    pos: usize,
+}
+
+/// The hot core's side of the journal. Owned by one thread; [`Watermarks`] and [`Counters`]
+/// are what other threads see of it.
+pub struct Journal {
+    shared: Arc<Shared>,
+    current: Option<Current>,
+    /// One record at a time, encoded here, then copied into the mapping.
+    scratch: Vec<u8>,
+    /// Records with no room yet (no next segment prepared in time): not durable until copied.
+    overflow: Vec<u8>,
+    appended: u64,
     durable: u64,
-    /// Whether the last write succeeded.
-    healthy: bool,
-    /// Set once the writer has stopped: nothing more becomes durable.
     closed: bool,
-    writer: Option<Waker>,
-    /// Requests waiting for their events, the one waiting for the lowest sequence number first:
-    /// an advance wakes only those it covers, not the ones whose events a later write carries.
+    /// Requests waiting for their events under `always`, lowest sequence number first.
     waiters: RefCell<BinaryHeap<Reverse<Waiter>>>,
-    /// Told how far the journal is stable, when the node offloads to PostgreSQL.
-    offload: Option<Arc<crate::postgres::offload::Shared>>,
-    /// Carry every record to the WebSocket fan-out executors, one feed each.
-    feeds: Vec<crate::ws::feed::Producer>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The segment bytes left free before new commands are refused when no next segment is
+    /// ready: room for any one command's events.
+    headroom: usize,
 }
 
 impl Journal {
-    /// An empty journal whose events so far (replayed) are all durable up to `last_seq`.
-    pub fn new(policy: FsyncPolicy, last_seq: u64) -> Journal {
-        Journal {
-            policy,
-            pending: Vec::with_capacity(256 * 1024),
-            spare: Vec::with_capacity(256 * 1024),
+    /// Opens the journal in `opts.dir` for appending after `resume` (from [`replay`]), where
+    /// every event up to `last_seq` is already durable, and starts its threads.
+    pub fn open(opts: Options, resume: &Resume, last_seq: u64) -> io::Result<Journal> {
+        let _ = std::fs::remove_file(opts.dir.join(NEXT_SEGMENT));
+        let headroom = (opts.segment_bytes as usize / 4).min(4 << 20);
+        let marks = Arc::new(Watermarks { durable: AtomicU64::new(last_seq), stable: AtomicU64::new(last_seq) });
+        let shared = Arc::new(Shared {
+            opts,
+            marks,
+            counters: Arc::default(),
+            position: AtomicUsize::new(0),
+            current: Mutex::new(None),
+            next: Mutex::new(None),
+            next_ready: AtomicBool::new(false),
+            prepare_error: Mutex::new(None),
+            wanted: AtomicU64::new(last_seq),
+            sync: Mutex::new(SyncState { synced: last_seq, ..SyncState::default() }),
+            sync_wanted: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let current = match resume {
+            Some(end) if end.len as usize <= SEGMENT_HEADER => {
+                // A segment without a record (or without its header: a crash came first): the
+                // new segment takes its place and its name.
+                if end.segment.first_seq != last_seq + 1 {
+                    return Err(io::Error::other(format!(
+                        "{} is empty but should start at seq {}",
+                        end.segment.path.display(),
+                        last_seq + 1
+                    )));
+                }
+                std::fs::remove_file(&end.segment.path)?;
+                None
+            }
+            Some(end) if end.version == format::Version::V2 => {
+                Some(reopen(&shared, &end.segment.path, end.segment.first_seq, end.len)?)
+            }
+            // A version 1 segment is never appended to: the next event starts a new segment.
+            _ => None,
+        };
+        let mut journal = Journal {
+            shared: shared.clone(),
+            current: None,
+            scratch: Vec::with_capacity(64 * 1024),
+            overflow: Vec::new(),
             appended: last_seq,
-            written: last_seq,
-            synced: last_seq,
             durable: last_seq,
-            healthy: true,
             closed: false,
-            writer: None,
             waiters: RefCell::new(BinaryHeap::with_capacity(1024)),
-            offload: None,
-            feeds: Vec::new(),
+            threads: Vec::new(),
+            headroom,
+        };
+        let current = match current {
+            Some(c) => c,
+            None => {
+                let prepared = prepare(&shared)?;
+                journal.start_segment(prepared, last_seq + 1)?
+            }
+        };
+        journal.install(current);
+        journal.spawn_threads()?;
+        Ok(journal)
+    }
+
+    fn spawn_threads(&mut self) -> io::Result<()> {
+        let prefault = self.shared.clone();
+        self.threads.push(std::thread::Builder::new().name("sg-prefault".into()).spawn(move || {
+            run_on_start(&prefault);
+            prefault_loop(&prefault);
+        })?);
+        if self.shared.opts.fsync != FsyncPolicy::Never {
+            let sync = self.shared.clone();
+            self.threads.push(std::thread::Builder::new().name("sg-sync".into()).spawn(move || {
+                run_on_start(&sync);
+                sync_loop(&sync);
+            })?);
         }
+        Ok(())
     }
 
-    /// Copies every record appended from now on to `feed` too.
-    pub fn add_feed(&mut self, feed: crate::ws::feed::Producer) {
-        feed.publish_durable(self.durable);
-        self.feeds.push(feed);
+    /// How far the journal is, for other threads.
+    pub fn watermarks(&self) -> Arc<Watermarks> {
+        self.shared.marks.clone()
     }
 
-    /// Tells `offload` how far the journal is stable from now on.
-    pub fn publish_to(&mut self, offload: Arc<crate::postgres::offload::Shared>) {
-        offload.publish_stable(self.stable());
-        self.offload = Some(offload);
-    }
-
-    /// Last sequence number that survives what the policy promises to survive: written, and
-    /// synced unless `fsync = "never"`. Only these events leave the node for PostgreSQL.
-    pub fn stable(&self) -> u64 {
-        if self.policy == FsyncPolicy::Never {
-            self.written
-        } else {
-            self.synced
-        }
-    }
-
-    fn publish_stable(&self) {
-        if let Some(o) = &self.offload {
-            o.publish_stable(self.stable());
-        }
+    /// Its counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
     /// The fsync policy.
     pub fn policy(&self) -> FsyncPolicy {
-        self.policy
+        self.shared.opts.fsync
     }
 
-    /// Encodes events; the writer picks them up.
+    /// Appends `events` (consecutive, after every earlier one). Under `interval` and `never`
+    /// they are durable when this returns, unless no segment had room ([`Journal::accepting`]
+    /// refuses new commands before that can happen); under `always` once the sync thread says so.
     pub fn append(&mut self, events: &[Event]) {
-        if events.is_empty() {
+        let Some(last) = events.last() else { return };
+        let started = Instant::now();
+        let mut bytes = 0;
+        for e in events {
+            self.scratch.clear();
+            format::encode(&mut self.scratch, e);
+            bytes += self.scratch.len();
+            self.put_scratch(e.seq);
+        }
+        self.appended = last.seq;
+        let c = &self.shared.counters;
+        let ns = started.elapsed().as_nanos() as u64;
+        c.appends.fetch_add(1, Ordering::Relaxed);
+        c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        c.append_ns.fetch_add(ns, Ordering::Relaxed);
+        c.append_max_ns.fetch_max(ns, Ordering::Relaxed);
+        self.after_append();
+    }
+
+    fn after_append(&mut self) {
+        if let Some(cur) = &self.current {
+            self.shared.position.store(cur.pos, Ordering::Relaxed);
+        }
+        let in_mapping = if self.overflow.is_empty() { self.appended } else { self.first_overflowing() - 1 };
+        match self.shared.opts.fsync {
+            FsyncPolicy::Always => {
+                if self.shared.wanted.fetch_max(in_mapping, Ordering::AcqRel) < in_mapping {
+                    // Under the lock, so that the sync thread cannot miss it between its check and
+                    // its wait.
+                    drop(lock(&self.shared.sync));
+                    self.shared.sync_wanted.notify_one();
+                }
+            }
+            FsyncPolicy::Interval => {
+                self.shared.wanted.fetch_max(in_mapping, Ordering::AcqRel);
+                self.mark_durable(in_mapping);
+            }
+            FsyncPolicy::Never => {
+                self.shared.marks.stable.fetch_max(in_mapping, Ordering::Release);
+                self.mark_durable(in_mapping);
+            }
+        }
+    }
+
+    /// The sequence number of the first record waiting in `overflow`.
+    fn first_overflowing(&self) -> u64 {
+        self.overflow.get(8..16).map_or(self.appended + 1, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+
+    /// Copies the record in `scratch` (sequence number `seq`) into the current segment, or into
+    /// a new one, or keeps it in `overflow` when neither has room.
+    fn put_scratch(&mut self, seq: u64) {
+        if !self.overflow.is_empty() {
+            self.overflow.extend_from_slice(&self.scratch);
             return;
         }
-        let start = self.pending.len();
-        for e in events {
-            format::encode(&mut self.pending, e);
+        let fits = self.current.as_ref().is_some_and(|c| c.pos + self.scratch.len() <= c.map.len());
+        if !fits && !self.roll(seq) {
+            self.overflow.extend_from_slice(&self.scratch);
+            return;
         }
-        for feed in &self.feeds {
-            feed.push(&self.pending[start..]);
-        }
-        self.appended = events[events.len() - 1].seq;
-        if let Some(w) = self.writer.take() {
-            w.wake();
+        let Some(cur) = self.current.as_mut() else { return };
+        copy_record(&cur.map, cur.pos, &self.scratch);
+        cur.pos += self.scratch.len();
+    }
+
+    /// Moves to the prepared segment, naming it after `first_seq`; `false` when none is ready.
+    fn roll(&mut self, first_seq: u64) -> bool {
+        let Some(prepared) = lock(&self.shared.next).take() else { return false };
+        self.shared.next_ready.store(false, Ordering::Release);
+        match self.start_segment(prepared, first_seq) {
+            Ok(next) => {
+                if let Some(old) = self.current.take() {
+                    let mut s = lock(&self.shared.sync);
+                    s.left.push(old.file);
+                }
+                self.install(next);
+                true
+            }
+            Err(e) => {
+                self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.shared.prepare_error) = Some((is_full(&e), format!("cannot name a new segment: {e}")));
+                log::error!("journal: cannot name a new segment in {}: {e}", self.shared.opts.dir.display());
+                false
+            }
         }
     }
 
-    /// Whether new commands may be taken: the last write succeeded and the writer runs.
+    /// Names a prepared segment after its first record and writes its header.
+    fn start_segment(&self, prepared: Prepared, first_seq: u64) -> io::Result<Current> {
+        let dir = &self.shared.opts.dir;
+        let path = dir.join(segment_name(first_seq));
+        // Once a segment: a rename, which the sync thread makes durable with the directory.
+        std::fs::rename(dir.join(NEXT_SEGMENT), &path)?;
+        // SAFETY: a segment nobody reads yet (its name is new); the header is not a record.
+        unsafe { prepared.map.write(0, &segment_header(first_seq)) };
+        self.shared.counters.segments.fetch_add(1, Ordering::Relaxed);
+        log::info!("journal: started segment {}", path.display());
+        Ok(Current { file: prepared.file, map: prepared.map, first_seq, pos: SEGMENT_HEADER })
+    }
+
+    fn install(&mut self, cur: Current) {
+        *lock(&self.shared.current) = Some(cur.map.clone());
+        self.shared.position.store(cur.pos, Ordering::Relaxed);
+        {
+            let mut s = lock(&self.shared.sync);
+            s.current = cur.file.try_clone().ok();
+            s.named = true;
+        }
+        self.current = Some(cur);
+    }
+
+    /// Copies what waits in `overflow` into a segment once one is prepared; `true` when nothing
+    /// waits any more. Called by the node's housekeeping.
+    pub fn drain_overflow(&mut self) -> bool {
+        if self.overflow.is_empty() {
+            return true;
+        }
+        let pending = std::mem::take(&mut self.overflow);
+        let mut off = 0;
+        while off < pending.len() {
+            let Ok(rec) = format::read_at(&pending, off, format::Version::V2) else { break };
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&pending[off..rec.next]);
+            self.put_scratch(rec.seq);
+            off = rec.next;
+        }
+        if !self.overflow.is_empty() {
+            return false;
+        }
+        log::warn!("journal: writing again in {}; taking commands", self.shared.opts.dir.display());
+        self.after_append();
+        true
+    }
+
+    /// Whether new commands may be taken: the journal is open, nothing waits for room, the
+    /// current segment has room for any command or the next one is prepared, and syncs succeed
+    /// (a failing sync is retried; meanwhile what it would make stable piles up in memory only).
     pub fn accepting(&self) -> bool {
-        self.healthy && !self.closed
+        if self.closed || !self.overflow.is_empty() {
+            return false;
+        }
+        let room = self.current.as_ref().is_some_and(|c| c.map.len() - c.pos >= self.headroom)
+            || self.shared.next_ready.load(Ordering::Acquire);
+        room && !lock(&self.shared.sync).failing
     }
 
-    /// Last sequence number written.
-    pub fn written(&self) -> u64 {
-        self.written
+    /// Why new commands are refused (`None` while they are not).
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.accepting() {
+            return None;
+        }
+        if self.closed {
+            return Some(Refusal::Closed);
+        }
+        if lock(&self.shared.sync).failing {
+            return Some(Refusal::Failing);
+        }
+        match &*lock(&self.shared.prepare_error) {
+            Some((true, _)) => Some(Refusal::Full),
+            _ => Some(Refusal::Failing),
+        }
     }
 
-    /// Last sequence number on stable storage.
-    pub fn synced(&self) -> u64 {
-        self.synced
-    }
-
-    /// An fdatasync covering everything up to `seq` completed.
-    pub fn mark_synced(&mut self, seq: u64) {
-        self.synced = self.synced.max(seq);
-        self.publish_stable();
+    /// Last sequence number appended.
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Last sequence number that may be acknowledged.
@@ -208,71 +494,30 @@ impl Journal {
         self.durable
     }
 
-    /// Bytes waiting for the writer.
+    /// Last sequence number on stable storage.
+    pub fn stable(&self) -> u64 {
+        self.shared.marks.stable()
+    }
+
+    /// Bytes waiting for room.
     pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+        self.overflow.len()
     }
 
-    /// Takes the pending records, leaving an empty buffer; `None` when there are none.
-    /// Returns the bytes and the last sequence number they hold.
-    pub fn take(&mut self) -> Option<(Vec<u8>, u64)> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let spare = std::mem::take(&mut self.spare);
-        Some((std::mem::replace(&mut self.pending, spare), self.appended))
-    }
-
-    /// Gives back a buffer from [`Journal::take`] once written, to be reused.
-    pub fn give_back(&mut self, mut buf: Vec<u8>) {
-        buf.clear();
-        if buf.capacity() > self.spare.capacity() {
-            self.spare = buf;
-        }
-    }
-
-    /// The writer finished writing up to `seq`.
-    pub fn mark_written(&mut self, seq: u64) {
-        self.written = seq;
-        self.healthy = true;
-        self.publish_stable();
-    }
-
-    /// Everything up to `seq` may now be acknowledged; wakes the requests waiting for it.
+    /// Everything up to `seq` may now be acknowledged: wakes the requests waiting for it.
     pub fn mark_durable(&mut self, seq: u64) {
         if seq > self.durable {
             self.durable = seq;
+            self.shared.marks.durable.store(seq, Ordering::Release);
             let mut waiters = self.waiters.borrow_mut();
             while let Some(w) = waiters.peek_mut().filter(|w| w.0.seq <= seq) {
                 PeekMut::pop(w).0.waker.wake();
             }
-            drop(waiters);
-            for feed in &self.feeds {
-                feed.publish_durable(seq);
-            }
         }
-    }
-
-    /// A write or sync failed: new commands are refused until one succeeds.
-    pub fn mark_failed(&mut self) {
-        self.healthy = false;
-    }
-
-    /// The writer stopped for good: waiting requests give up.
-    pub fn close(&mut self) {
-        self.closed = true;
-        for w in self.waiters.borrow_mut().drain() {
-            w.0.waker.wake();
-        }
-    }
-
-    /// Registers the writer task to be woken by the next append.
-    pub fn park_writer(&mut self, waker: &Waker) {
-        self.writer = Some(waker.clone());
     }
 
     /// Whether a request waiting for `seq` is done: `Some(true)` when durable, `Some(false)` when
-    /// it never will be (the writer stopped), `None` (registering `waker`) when it must wait.
+    /// it never will be (the journal closed), `None` (registering `waker`) when it must wait.
     pub fn poll_durable(&self, seq: u64, waker: &Waker) -> Option<bool> {
         if self.durable >= seq {
             return Some(true);
@@ -283,9 +528,80 @@ impl Journal {
         self.waiters.borrow_mut().push(Reverse(Waiter { seq, waker: waker.clone() }));
         None
     }
+
+    /// Resolves with the sequence number the sync thread has made stable once it passes
+    /// `after` (under `always`, what may then be acknowledged); `None` once the journal closes.
+    pub fn synced_after(&self, after: u64) -> SyncedAfter {
+        SyncedAfter { shared: self.shared.clone(), after }
+    }
+
+    /// Stops the journal: its threads end, the last batch is synced (unless `never`), and the
+    /// current segment is cut back to what it holds. Requests still waiting give up.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.sync_wanted.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(cur) = self.current.take() {
+            if self.shared.opts.fsync != FsyncPolicy::Never {
+                if let Err(e) = cur.file.sync_data() {
+                    log::error!("journal: final sync of segment {} failed: {e}", cur.first_seq);
+                }
+            }
+            *lock(&self.shared.current) = None;
+            drop(cur.map);
+            if let Err(e) = cur.file.set_len(cur.pos as u64) {
+                log::warn!("journal: cannot cut segment {} back to {} bytes: {e}", cur.first_seq, cur.pos);
+            }
+            if self.overflow.is_empty() {
+                let stable = self.appended.max(self.shared.marks.stable());
+                if self.shared.opts.fsync != FsyncPolicy::Never {
+                    self.shared.marks.stable.store(stable, Ordering::Release);
+                }
+                self.mark_durable(self.appended);
+            } else {
+                log::error!(
+                    "journal: events {}..={} found no room before the node stopped; they were not acknowledged and their orders not sent",
+                    self.first_overflowing(),
+                    self.appended
+                );
+            }
+        }
+        let _ = std::fs::remove_file(self.shared.opts.dir.join(NEXT_SEGMENT));
+        for w in self.waiters.borrow_mut().drain() {
+            w.0.waker.wake();
+        }
+        // What waits for a sync learns that none will come.
+        if let Some(w) = lock(&self.shared.sync).waker.take() {
+            w.wake();
+        }
+    }
 }
 
-/// A request's task waiting for `seq` to become durable; ordered by `seq` alone.
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Copies a whole encoded record (`rec`, its length in its first four bytes) to `off`, the length
+/// last.
+fn copy_record(map: &Mapping, off: usize, rec: &[u8]) {
+    let len = u32::from_le_bytes(rec[..4].try_into().unwrap_or_default());
+    // SAFETY: the hot core is the mapping's only writer; `off` is past every published record and
+    // the record fits (checked by the caller); records start at multiples of 8.
+    unsafe {
+        map.write(off + 4, &rec[4..]);
+        map.publish(off, len);
+    }
+}
+
+/// A request waiting for `seq` to become durable; ordered by `seq` alone.
 struct Waiter {
     seq: u64,
     waker: Waker,
@@ -311,78 +627,336 @@ impl Ord for Waiter {
     }
 }
 
-/// Waits until the journal holding `node`'s events has made `seq` durable. `false`: it never
-/// will (the writer stopped at shutdown).
-pub fn wait_durable<'a>(node: &'a RefCell<crate::node::Node>, seq: u64) -> impl Future<Output = bool> + 'a {
-    DurableWait { node, seq }
+/// See [`Journal::synced_after`].
+pub struct SyncedAfter {
+    shared: Arc<Shared>,
+    after: u64,
 }
 
-struct DurableWait<'a> {
-    node: &'a RefCell<crate::node::Node>,
-    seq: u64,
+impl Future for SyncedAfter {
+    type Output = Option<u64>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<u64>> {
+        let mut s = lock(&self.shared.sync);
+        if s.synced > self.after {
+            return Poll::Ready(Some(s.synced));
+        }
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
-impl Future for DurableWait<'_> {
-    type Output = bool;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
-        match self.node.borrow().journal.poll_durable(self.seq, cx.waker()) {
-            Some(done) => Poll::Ready(done),
-            None => Poll::Pending,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn run_on_start(shared: &Shared) {
+    if let Some(f) = &shared.opts.on_thread_start {
+        f();
+    }
+}
+
+/// Creates, preallocates and maps the next segment under its temporary name.
+fn prepare(shared: &Shared) -> io::Result<Prepared> {
+    let path = shared.opts.dir.join(NEXT_SEGMENT);
+    let file = File::options().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let result = (|| {
+        segment::preallocate(&file, shared.opts.segment_bytes)?;
+        let map = Mapping::new(&file, shared.opts.segment_bytes as usize, true)?;
+        map.populate(0, PREFAULT_AHEAD)?;
+        Ok(map)
+    })();
+    match result {
+        Ok(map) => Ok(Prepared { file, map: Arc::new(map) }),
+        Err(e) => {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Maps the last segment again to go on appending at `end`.
+fn reopen(shared: &Shared, path: &Path, first_seq: u64, end: u64) -> io::Result<Current> {
+    let file = File::options().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len().max(shared.opts.segment_bytes);
+    segment::preallocate(&file, len)?;
+    let map = Arc::new(Mapping::new(&file, len as usize, true)?);
+    let pos = usize::try_from(end).unwrap_or(usize::MAX).max(SEGMENT_HEADER);
+    map.populate(pos, pos + PREFAULT_AHEAD)?;
+    // Whatever follows the last good record (a crash's partial record, or records a power loss
+    // left after a hole) is cleared before anything goes there: a record is published by its
+    // length, and every length past the writer must read zero.
+    segment::clear_from(&file, &map, pos)?;
+    if shared.opts.fsync != FsyncPolicy::Never {
+        file.sync_data()?;
+    }
+    Ok(Current { file, map, first_seq, pos })
+}
+
+/// Keeps the next segment prepared and the current one's pages mapped ahead of the writer.
+fn prefault_loop(shared: &Shared) {
+    let mut mapped_to = 0usize;
+    let mut mapped_of: Option<Arc<Mapping>> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at = Instant::now();
+    while !shared.stop.load(Ordering::Acquire) {
+        let current = lock(&shared.current).clone();
+        if let Some(map) = current {
+            if mapped_of.as_ref().is_none_or(|m| !Arc::ptr_eq(m, &map)) {
+                mapped_to = PREFAULT_AHEAD;
+                mapped_of = Some(map.clone());
+            }
+            let want = shared.position.load(Ordering::Relaxed) + PREFAULT_AHEAD;
+            if want > mapped_to + (PREFAULT_AHEAD / 4) && mapped_to < map.len() {
+                if let Err(e) = map.populate(mapped_to, want) {
+                    log::warn!("journal: cannot map the pages ahead of the writer: {e}");
+                }
+                mapped_to = want;
+            }
+        }
+        // The next segment is prepared once the current one is half full (or there is none).
+        let half =
+            lock(&shared.current).as_ref().is_none_or(|m| shared.position.load(Ordering::Relaxed) >= m.len() / 2);
+        if half && !shared.next_ready.load(Ordering::Acquire) && Instant::now() >= retry_at {
+            match prepare(shared) {
+                Ok(p) => {
+                    *lock(&shared.next) = Some(p);
+                    shared.next_ready.store(true, Ordering::Release);
+                    if lock(&shared.prepare_error).take().is_some() {
+                        log::warn!("journal: a new segment could be prepared again in {}", shared.opts.dir.display());
+                    }
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    let mut last = lock(&shared.prepare_error);
+                    if last.is_none() {
+                        log::error!(
+                            "journal: cannot prepare a segment of {} bytes in {} ({e}); new commands are refused \
+                             with 503 {} once the current one is nearly full",
+                            shared.opts.segment_bytes,
+                            shared.opts.dir.display(),
+                            if is_full(&e) { "journal.full" } else { "journal.unavailable" }
+                        );
+                    }
+                    *last = Some((is_full(&e), format!("cannot prepare a new segment: {e}")));
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        std::thread::sleep(PREFAULT_EVERY);
+    }
+}
+
+/// Syncs what the writer asks: under `always` as soon as there is something (group commit: one
+/// sync covers every batch appended meanwhile), under `interval` every interval.
+fn sync_loop(shared: &Shared) {
+    let always = shared.opts.fsync == FsyncPolicy::Always;
+    let interval = shared.opts.fsync_interval;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let (target, left, current, named) = {
+            let mut s = lock(&shared.sync);
+            loop {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let wanted = shared.wanted.load(Ordering::Acquire);
+                if wanted > s.synced && (always || s.failing) {
+                    break;
+                }
+                let (next, _) = shared
+                    .sync_wanted
+                    .wait_timeout(s, if always { Duration::from_millis(100) } else { interval })
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s = next;
+                if !always && shared.wanted.load(Ordering::Acquire) > s.synced {
+                    break;
+                }
+            }
+            let current = s.current.as_ref().and_then(|f| f.try_clone().ok());
+            (shared.wanted.load(Ordering::Acquire), std::mem::take(&mut s.left), current, std::mem::take(&mut s.named))
+        };
+        let started = Instant::now();
+        let result = (|| {
+            for f in &left {
+                f.sync_data()?;
+            }
+            if let Some(f) = &current {
+                f.sync_data()?;
+            }
+            if named {
+                segment::sync_dir(&shared.opts.dir)?;
+            }
+            Ok::<(), io::Error>(())
+        })();
+        let c = &shared.counters;
+        c.fsyncs.fetch_add(1, Ordering::Relaxed);
+        c.fsync_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let mut s = lock(&shared.sync);
+        match result {
+            Ok(()) => {
+                s.synced = s.synced.max(target);
+                shared.marks.stable.fetch_max(s.synced, Ordering::Release);
+                if s.failing {
+                    log::warn!("journal: syncing again in {}", shared.opts.dir.display());
+                }
+                s.failing = false;
+                failing_since = None;
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
+            Err(e) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                // What was not synced is synced again next time.
+                s.left.extend(left);
+                s.named |= named;
+                if !s.failing {
+                    log::error!(
+                        "journal: fdatasync failed in {} ({e}); {}",
+                        shared.opts.dir.display(),
+                        "refusing commands with 503 journal.unavailable until one succeeds"
+                    );
+                }
+                s.failing = true;
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                drop(s);
+                let wait = (since.elapsed() / 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                std::thread::sleep(wait);
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::{Wake, Waker};
+    use super::follow::{Limit, Reader};
+    use super::*;
+    use crate::engine::event::EventKind;
+    use crate::engine::market::Quote;
+    use crate::engine::types::SymbolId;
 
-    use super::{FsyncPolicy, Journal};
+    fn quote(seq: u64) -> Event {
+        let q = Quote { symbol: SymbolId(0), bid: 10, ask: 11, bid_size: 1, ask_size: 1, ts: seq };
+        Event { seq, ts: seq, kind: EventKind::Quote(q) }
+    }
 
-    /// A waker that counts how often it was woken.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
+    fn options(dir: &Path, fsync: FsyncPolicy) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            fsync,
+            fsync_interval: Duration::from_millis(5),
+            segment_bytes: 1 << 20,
+            on_thread_start: None,
         }
     }
 
-    fn counting() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
+    /// Opens the journal of `dir` the way a node does: replay first, then open after it.
+    fn open(dir: &Path, fsync: FsyncPolicy) -> Journal {
+        let config = crate::engine::EngineConfig {
+            price_collar_bps: 100,
+            max_quote_age: 1,
+            idempotency_capacity: 16,
+            idempotency_ttl: 1,
+            orders_per_account: 16,
+        };
+        let symbols = crate::engine::symbol::SymbolTable::new(vec![]);
+        let mut engine = crate::engine::Engine::new(config, symbols, vec![], crate::venue::NoVenue);
+        let r = replay(&mut engine, dir, false).unwrap();
+        Journal::open(options(dir, fsync), &r.resume, r.last_seq).unwrap()
     }
 
-    fn woken(c: &Count) -> usize {
-        c.0.load(Ordering::Relaxed)
+    fn read_all(dir: &Path, limit: Limit) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let mut reader = Reader::new(dir, 1, limit);
+        while reader
+            .read(u64::MAX, 10_000, |e| {
+                seqs.push(e.seq);
+                Ok(())
+            })
+            .unwrap()
+            > 0
+        {}
+        seqs
+    }
+
+    /// Appends `from..=to` one event at a time, waiting for a prepared segment when the current
+    /// one is nearly full (as the node's refusals make its commands do).
+    fn append(j: &mut Journal, from: u64, to: u64) {
+        for seq in from..=to {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !j.accepting() {
+                assert!(Instant::now() < deadline, "no segment was prepared");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            j.append(&[quote(seq)]);
+        }
     }
 
     #[test]
-    fn an_advance_wakes_only_the_requests_whose_events_it_covers() {
-        let j = &mut Journal::new(FsyncPolicy::Interval, 0);
-        let (late, late_waker) = counting();
-        let (early, early_waker) = counting();
-        let (middle, middle_waker) = counting();
-        // Registered out of order: the wake order follows sequence numbers, not arrival.
-        assert_eq!(j.poll_durable(9, &late_waker), None);
-        assert_eq!(j.poll_durable(3, &early_waker), None);
-        assert_eq!(j.poll_durable(5, &middle_waker), None);
-
-        j.mark_durable(4);
-        assert_eq!((woken(&early), woken(&middle), woken(&late)), (1, 0, 0));
-        assert_eq!(j.poll_durable(3, &early_waker), Some(true));
-        assert_eq!(j.poll_durable(5, &middle_waker), None, "still waiting, registered again");
-
-        j.mark_durable(8);
-        // Both of the middle request's registrations wake it.
-        assert_eq!((woken(&early), woken(&middle), woken(&late)), (1, 2, 0));
-        j.mark_durable(8);
-        assert_eq!(woken(&late), 0, "no advance, no wake");
-
+    fn appended_events_are_durable_at_once_and_read_back_across_segments_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), FsyncPolicy::Interval);
+        let marks = j.watermarks();
+        // About 20,000 records of 88 bytes: two 1 MiB segments and a part of a third.
+        append(&mut j, 1, 20_000);
+        assert_eq!((j.durable(), marks.durable()), (20_000, 20_000), "interval: durable once copied");
+        assert_eq!(read_all(dir.path(), Limit::Durable(marks.clone())), (1..=20_000).collect::<Vec<_>>());
+        assert!(super::scan::list_segments(dir.path()).unwrap().len() >= 2);
+        // The sync thread catches up within a few intervals.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while marks.stable() < 20_000 {
+            assert!(Instant::now() < deadline, "stable stuck at {}", marks.stable());
+            std::thread::sleep(Duration::from_millis(5));
+        }
         j.close();
-        assert_eq!(woken(&late), 1, "closing wakes whoever is left");
-        assert_eq!(j.poll_durable(9, &late_waker), Some(false));
-        assert_eq!(j.poll_durable(8, &late_waker), Some(true));
+        let segments = super::scan::list_segments(dir.path()).unwrap();
+        let last = std::fs::metadata(&segments.last().unwrap().path).unwrap().len();
+        assert!(last < 1 << 20, "a stopped journal's last segment is cut back to what it holds ({last})");
+        assert!(!dir.path().join(NEXT_SEGMENT).exists());
+        // A restart appends after the last record, in the same segment.
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        assert_eq!(j.appended(), 20_000);
+        append(&mut j, 20_001, 20_100);
+        assert_eq!(super::scan::list_segments(dir.path()).unwrap().len(), segments.len());
+        drop(j);
+        assert_eq!(read_all(dir.path(), Limit::Files), (1..=20_100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn after_a_kill_the_mapping_holds_every_copied_record_and_nothing_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        append(&mut j, 1, 500);
+        // What a kill -9 leaves: the threads gone, the segment never cut back, the file as the
+        // page cache has it. Leaked on purpose, so that no close runs.
+        std::mem::forget(j);
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        assert_eq!(j.appended(), 500);
+        append(&mut j, 501, 600);
+        j.close();
+        assert_eq!(read_all(dir.path(), Limit::Files), (1..=600).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn under_always_events_are_durable_only_once_a_sync_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), FsyncPolicy::Always);
+        let marks = j.watermarks();
+        j.append(&[quote(1), quote(2), quote(3)]);
+        assert_eq!(j.durable(), 0, "not before the sync");
+        assert!(read_all(dir.path(), Limit::Durable(marks.clone())).is_empty(), "followers wait for it too");
+        let synced = futures_lite::future::block_on(j.synced_after(0));
+        assert_eq!(synced, Some(3));
+        assert!(marks.stable() >= 3);
+        j.mark_durable(3);
+        assert_eq!(read_all(dir.path(), Limit::Durable(marks)), vec![1, 2, 3]);
+        j.close();
+        assert_eq!(futures_lite::future::block_on(j.synced_after(3)), None, "a closed journal syncs no more");
     }
 }

@@ -1,10 +1,14 @@
-//! Rebuilding a node from its data directory at start.
+//! Rebuilding an engine from a data directory at start.
 
 use std::path::Path;
 
-use super::scan::{self, ScanError};
-use super::writer::Resume;
-use crate::node::Node;
+use super::scan::{self, End, ScanError};
+use crate::engine::Engine;
+use crate::venue::Venue;
+
+/// Where appending continues: the last segment and the end of its good records (none for an
+/// empty journal).
+pub type Resume = Option<End>;
 
 /// What a replay rebuilt.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,23 +17,23 @@ pub struct Replayed {
     pub events: u64,
     /// Last sequence number of the rebuilt state.
     pub last_seq: u64,
-    /// Where the writer continues.
+    /// Where the journal continues.
     pub resume: Resume,
 }
 
-/// Replays the journal in `dir` into `node` (whose engine must be empty). A torn tail is cut off
-/// with a warning. Damage stops the start, naming file and offset, unless `repair` is set: then
-/// the journal is cut back to the last good record and what was dropped is logged.
-pub fn replay(node: &mut Node, dir: &Path, repair: bool) -> Result<Replayed, String> {
+/// Replays the journal in `dir` into `engine` (which must be empty). A torn tail is cut off with
+/// a warning. Damage stops the start, naming file and offset, unless `repair` is set: then the
+/// journal is cut back to the last good record and what was dropped is logged.
+pub fn replay<V: Venue>(engine: &mut Engine<V>, dir: &Path, repair: bool) -> Result<Replayed, String> {
     let snapshot = super::snapshot::newest(dir).map_err(|e| format!("journal: cannot list snapshots: {e}"))?;
     let after = snapshot.as_ref().map_or(0, |s| s.last_seq);
     if let Some(state) = snapshot {
-        node.engine.restore(state).map_err(|e| format!("journal: the snapshot at seq {after} does not fit: {e}"))?;
+        engine.restore(state).map_err(|e| format!("journal: the snapshot at seq {after} does not fit: {e}"))?;
         log::info!("journal: restored the snapshot at seq {after}");
     }
     let mut events = 0u64;
     let result = scan::scan(dir, after, |e| {
-        node.engine.apply_event(&e);
+        engine.apply_event(&e);
         events += 1;
         Ok(())
     });
@@ -87,7 +91,5 @@ pub fn replay(node: &mut Node, dir: &Path, repair: bool) -> Result<Replayed, Str
         }
         Err(e) => return Err(format!("journal: {e}")),
     };
-    node.journal = super::Journal::new(node.journal.policy(), last_seq);
-    node.keys_changed();
     Ok(Replayed { events, last_seq, resume })
 }

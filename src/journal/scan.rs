@@ -6,7 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, SEGMENT_HEADER};
+use super::format::{self, Bad, Version, RECORD_HEADER, SEGMENT_HEADER};
 use crate::engine::event::Event;
 
 /// A segment file.
@@ -97,13 +97,26 @@ pub struct Report {
     pub last_seq: u64,
     /// A torn tail, if the last segment ends with one.
     pub torn: Option<TornTail>,
-    /// The last segment and the length of its good part: where appending continues.
-    pub end: Option<(Segment, u64)>,
+    /// Where appending continues: the last segment and the end of its good records.
+    pub end: Option<End>,
+}
+
+/// The last segment of a journal and where its good records end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    /// The segment.
+    pub segment: Segment,
+    /// Its format.
+    pub version: Version,
+    /// The offset just past its last good record.
+    pub len: u64,
 }
 
 /// Reads every record in order, checking lengths, checksums, the segment headers and that
 /// sequence numbers run without gaps; calls `f` with each event whose seq is above `after`.
-/// A bad record is a torn tail only when it is in the last segment and no good record follows it.
+/// A version 2 segment's records end at a length of zero. A bad record is a torn tail only when
+/// it is in the last segment, no good record follows it, and it is what a crash leaves (see
+/// [`torn`]).
 pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), String>) -> Result<Report, ScanError> {
     let segments = list_segments(dir).map_err(|e| ScanError::Io(dir.to_path_buf(), e))?;
     let mut report = Report { segments: segments.len(), ..Report::default() };
@@ -127,23 +140,23 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
                 last_good_seq,
             })
         };
-        match format::read_header(&buf) {
-            Some(first) if first == seg.first_seq => {}
-            Some(first) => {
+        let version = match format::read_header(&buf) {
+            Some((first, v)) if first == seg.first_seq => v,
+            Some((first, _)) => {
                 return Err(damage(
                     0,
                     format!("header says first seq {first}, name says {}", seg.first_seq),
                     report.last_seq,
                 ))
             }
-            None if last_segment && buf.len() < SEGMENT_HEADER => {
+            None if last_segment && (buf.len() < SEGMENT_HEADER || buf.iter().all(|&b| b == 0)) => {
                 // Created, but the crash came before its header was written.
                 report.torn = Some(TornTail { path: seg.path.clone(), offset: 0, bytes: buf.len() as u64 });
-                report.end = Some((seg.clone(), 0));
+                report.end = Some(End { segment: seg.clone(), version: Version::V2, len: 0 });
                 return Ok(report);
             }
             None => return Err(damage(0, "not a journal segment (bad header)".into(), report.last_seq)),
-        }
+        };
         if let Some(want) = expected {
             if seg.first_seq != want {
                 return Err(damage(
@@ -158,7 +171,7 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
         let mut off = SEGMENT_HEADER;
         let mut next_seq = seg.first_seq;
         while off < buf.len() {
-            match format::read_at(&buf, off) {
+            match format::read_at(&buf, off, version) {
                 Ok(rec) => {
                     if rec.seq != next_seq {
                         return Err(damage(
@@ -176,8 +189,13 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
                     next_seq += 1;
                     off = rec.next;
                 }
+                // A version 2 segment's records end here; the rest is its preallocated space.
+                Err(Bad::End) => break,
                 Err(bad) => {
-                    if !last_segment || !torn(&buf, off, bad) || good_record_after(&buf, off, report.last_seq) {
+                    if !last_segment
+                        || !torn(&buf, off, bad, version)
+                        || good_record_after(&buf, off, report.last_seq, version)
+                    {
                         return Err(damage(off, bad.to_string(), report.last_seq));
                     }
                     report.torn =
@@ -188,25 +206,42 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
         }
         expected = Some(next_seq);
         if last_segment {
-            let good = report.torn.as_ref().map_or(buf.len() as u64, |t| t.offset);
-            report.end = Some((seg.clone(), good));
+            let good = report.torn.as_ref().map_or(off.min(buf.len()) as u64, |t| t.offset);
+            report.end = Some(End { segment: seg.clone(), version, len: good });
         }
     }
     Ok(report)
 }
 
-/// Whether the bad bytes at `off`, the end of the last segment, are what a crash leaves: a record
-/// cut short (the file ends inside it), or zeros never written. A record that is all there but
-/// whose checksum or length is wrong is damage, even at the very end: it may be an acknowledged
-/// order, and cutting it would lose it without a word.
-fn torn(buf: &[u8], off: usize, bad: format::Bad) -> bool {
-    bad == format::Bad::Short || buf[off..].iter().all(|&b| b == 0)
+/// Whether the bad bytes at `off`, the end of the last segment, are what a crash leaves:
+/// - a record cut short (the file ends inside it), or zeros never written;
+/// - in a version 2 segment, after a power loss, a record whose first page reached the disk and
+///   whose later page did not: its bytes from a page boundary on are zeros, and so is everything
+///   after it.
+///
+/// A record that is all there but whose checksum or length is wrong is damage, even at the very
+/// end: it may be an acknowledged order, and cutting it would lose it without a word.
+fn torn(buf: &[u8], off: usize, bad: Bad, version: Version) -> bool {
+    const PAGE: usize = 4096;
+    if bad == Bad::Short || buf[off..].iter().all(|&b| b == 0) {
+        return true;
+    }
+    if version != Version::V2 || bad != Bad::Checksum {
+        return false;
+    }
+    let len = u32::from_le_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+    let end = off + RECORD_HEADER + len;
+    let boundary = (off + 1).next_multiple_of(PAGE);
+    boundary < end && buf[boundary..].iter().all(|&b| b == 0)
 }
 
 /// Whether a good record with a later sequence number starts anywhere after `off`: then the bad
 /// bytes at `off` are damage in the middle, not a write cut short by a crash.
-fn good_record_after(buf: &[u8], off: usize, last_seq: u64) -> bool {
-    (off + 1..buf.len()).any(|o| matches!(format::read_at(buf, o), Ok(r) if r.seq > last_seq))
+fn good_record_after(buf: &[u8], off: usize, last_seq: u64, version: Version) -> bool {
+    let step = if version == Version::V2 { format::RECORD_ALIGN } else { 1 };
+    (off + 1..buf.len())
+        .filter(|o| o % step == 0)
+        .any(|o| matches!(format::read_at(buf, o, version), Ok(r) if r.seq > last_seq))
 }
 
 /// What `repair` set aside.
@@ -216,8 +251,8 @@ pub struct Repair {
     pub cut_bytes: u64,
     /// Later segments renamed to `*.damaged`.
     pub set_aside: Vec<PathBuf>,
-    /// The damaged segment and its new length: where appending continues.
-    pub end: (Segment, u64),
+    /// Where appending continues.
+    pub end: End,
 }
 
 /// Cuts the journal back to its last good record before `damage`: the damaged segment is
@@ -243,8 +278,15 @@ pub fn repair(dir: &Path, damage: &Damage) -> std::io::Result<Repair> {
         }
     }
     std::fs::File::open(dir)?.sync_all()?;
-    let end = (Segment { path: damage.path.clone(), first_seq: damage.first_seq }, keep);
-    Ok(Repair { cut_bytes: len.saturating_sub(keep), set_aside, end })
+    let mut header = [0; SEGMENT_HEADER];
+    std::os::unix::fs::FileExt::read_exact_at(&file_for_read(&damage.path)?, &mut header, 0)?;
+    let version = format::read_header(&header).map_or(Version::V2, |(_, v)| v);
+    let segment = Segment { path: damage.path.clone(), first_seq: damage.first_seq };
+    Ok(Repair { cut_bytes: len.saturating_sub(keep), set_aside, end: End { segment, version, len: keep } })
+}
+
+fn file_for_read(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 #[cfg(test)]
@@ -291,7 +333,7 @@ mod tests {
         assert_eq!((r.segments, r.records, r.first_seq, r.last_seq, r.torn), (2, 6, 1, 6, None));
         let (v, r) = seqs(dir.path(), 4).unwrap();
         assert_eq!((v, r.last_seq), (vec![5, 6], 6));
-        assert_eq!(r.end.unwrap().0.first_seq, 4);
+        assert_eq!(r.end.unwrap().segment.first_seq, 4);
         assert_eq!(seqs(tempfile::tempdir().unwrap().path(), 0).unwrap().0, Vec::<u64>::new());
     }
 
@@ -305,7 +347,7 @@ mod tests {
         assert_eq!(v, vec![1, 2]);
         let torn = r.torn.unwrap();
         assert_eq!((torn.offset, torn.bytes), (offsets[2] as u64, (full.len() - 5 - offsets[2]) as u64));
-        assert_eq!(r.end.unwrap().1, offsets[2] as u64);
+        assert_eq!(r.end.unwrap().len, offsets[2] as u64);
     }
 
     #[test]
@@ -322,17 +364,18 @@ mod tests {
             }
             other => panic!("a flipped bit in the last record must be damage: {other:?}"),
         }
-        // Zeros after the last record were never written: that is a crash's tail, as is a record
-        // the file ends inside.
+        // Zeros after the last record are the segment's unused, preallocated space: where its
+        // records end, not a tail to cut.
         let dir = tempfile::tempdir().unwrap();
-        let (path, offsets) = segment(dir.path(), 1, 1..=3);
+        segment(dir.path(), 1, 1..=3);
+        let path = dir.path().join(format::segment_name(1));
         let mut bytes = std::fs::read(&path).unwrap();
+        let end = bytes.len();
         bytes.extend_from_slice(&[0; 100]);
         std::fs::write(&path, &bytes).unwrap();
         let (v, r) = seqs(dir.path(), 0).unwrap();
         assert_eq!(v, vec![1, 2, 3]);
-        assert_eq!(r.torn.unwrap().offset, (bytes.len() - 100) as u64);
-        assert!(offsets[2] < bytes.len() - 100);
+        assert_eq!((r.torn, r.end.unwrap().len), (None, end as u64));
     }
 
     #[test]

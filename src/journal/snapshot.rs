@@ -16,16 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::follow::{Follower as Reading, Limit, Start};
 use super::format;
 use super::scan::{list_segments, Segment};
-use super::tail::Tail;
-use crate::config::Config;
-use crate::engine::market::Quote;
-use crate::engine::order::Order;
-use crate::engine::symbol::SymbolSpec;
-use crate::engine::types::Nanos;
+use super::Watermarks;
 use crate::engine::{Engine, EngineState};
-use crate::venue::{Execution, Venue};
+use crate::venue::NoVenue;
 
 const MAGIC: &[u8; 8] = b"SGSNAP01";
 const HEADER: usize = 32;
@@ -106,40 +102,6 @@ pub fn newest(dir: &Path) -> std::io::Result<Option<EngineState>> {
     Ok(None)
 }
 
-/// A venue for an engine that only applies events: it is never called.
-pub struct NoVenue;
-
-/// An engine that follows the journal off the hot core (snapshots, offload): it applies events
-/// and never calls a venue.
-pub fn mirror_engine(cfg: &Config) -> Engine<NoVenue> {
-    Engine::new(crate::node::engine_config(cfg), crate::node::symbol_table(cfg), crate::node::tiers(cfg), NoVenue)
-}
-
-/// Applies `e` to a mirror engine; for a fill, returns the P&L it realized (the change it made
-/// to its position's realized P&L), otherwise 0.
-pub fn apply_event_realizing(engine: &mut Engine<NoVenue>, e: &crate::engine::event::Event) -> i64 {
-    let realized = |engine: &Engine<NoVenue>| match e.kind {
-        crate::engine::event::EventKind::Fill { account, symbol, .. } => {
-            engine.account(account).map_or(0, |a| a.positions[usize::from(symbol.0)].realized)
-        }
-        _ => 0,
-    };
-    let before = realized(engine);
-    engine.apply_event(e);
-    realized(engine) - before
-}
-
-impl Venue for NoVenue {
-    fn submit(&mut self, _: &Order, _: &SymbolSpec, _: Option<&Quote>, _: Nanos, _: &mut Vec<Execution>) {}
-    fn cancel(&mut self, _: &Order, _: Nanos, _: &mut Vec<Execution>) {}
-    fn on_quote(&mut self, _: &Quote, _: &SymbolSpec, _: Nanos, _: &mut Vec<Execution>) {}
-    fn forget(&mut self, _: &Order) {}
-    fn poll(&mut self, _: Nanos, _: &mut Vec<Execution>) {}
-    fn working_orders(&self) -> usize {
-        0
-    }
-}
-
 /// First wait after the snapshot thread fails; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -200,6 +162,18 @@ impl Health {
     }
 }
 
+/// What the snapshot thread needs.
+pub struct Settings {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// A snapshot after this many events.
+    pub every_events: u64,
+    /// Covered segments kept (-1: all).
+    pub keep_covered_segments: i64,
+    /// Runs on the thread when it starts (to pin it to a core).
+    pub on_start: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
 /// The snapshot thread; stops when dropped.
 pub struct Follower {
     stop: Arc<AtomicBool>,
@@ -207,31 +181,33 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts following the journal of `cfg` (after the node's own replay, so a torn tail is
-    /// already cut). `None` when snapshots are off.
-    /// With `offload`, segments are pruned only once PostgreSQL has their events.
-    /// A failure (a file that cannot be read or written, no descriptor left) is reported in
-    /// `health` and the thread starts over from the newest snapshot after a backoff, until it
-    /// succeeds.
+    /// Starts following the journal (after the node's own replay, so a torn tail is already
+    /// cut), with engines made by `engine`, reading what `marks` says is stable. `None` when
+    /// snapshots are off. Segments are pruned only below `prune_floor()` (where PostgreSQL's copy
+    /// ends, when there is one). A failure (a file that cannot be read or written, no descriptor
+    /// left) is reported in `health` and the thread starts over from the newest snapshot after a
+    /// backoff, until it succeeds.
     pub fn spawn(
-        cfg: &Config,
-        core: Option<usize>,
-        offload: Option<Arc<crate::postgres::offload::Shared>>,
+        settings: Settings,
+        engine: impl Fn() -> Engine<NoVenue> + Send + 'static,
+        marks: Arc<Watermarks>,
+        prune_floor: impl Fn() -> u64 + Send + 'static,
         health: Arc<Health>,
     ) -> std::io::Result<Option<Follower>> {
-        if cfg.journal.snapshot_every_events == 0 {
+        if settings.every_events == 0 {
             return Ok(None);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (cfg, flag) = (cfg.clone(), stop.clone());
+        let flag = stop.clone();
         health.running.store(true, Ordering::Release);
         let thread = std::thread::Builder::new().name("sg-snapshot".into()).spawn(move || {
-            if let Some(core) = core {
-                crate::server::pin_current_thread(core);
+            if let Some(f) = &settings.on_start {
+                f();
             }
             let mut backoff = FIRST_BACKOFF;
             let mut written_before = health.last_seq();
-            while let Err(e) = follow(&cfg, &flag, offload.as_deref(), &health) {
+            let run = || follow(&settings, engine(), &marks, &prune_floor, &flag, &health);
+            while let Err(e) = run() {
                 if health.last_seq() != written_before {
                     // It had worked since the last failure: this is a new streak.
                     backoff = FIRST_BACKOFF;
@@ -265,28 +241,21 @@ impl Drop for Follower {
 }
 
 fn follow(
-    cfg: &Config,
+    settings: &Settings,
+    engine: Engine<NoVenue>,
+    marks: &Arc<Watermarks>,
+    prune_floor: &dyn Fn() -> u64,
     stop: &AtomicBool,
-    offload: Option<&crate::postgres::offload::Shared>,
     health: &Health,
 ) -> Result<(), String> {
-    let dir = &cfg.journal.dir;
-    let mut engine = mirror_engine(cfg);
-    let start = newest(dir).map_err(|e| e.to_string())?;
-    let after = start.as_ref().map_or(0, |s| s.last_seq);
-    if let Some(state) = start {
-        engine.restore(state)?;
-    }
-    let mut tail = Tail::new(dir, after + 1);
-    let mut last_snapshot = after;
+    let dir = &settings.dir;
+    let mut reading = Reading::start(dir, engine, Start::Newest, Limit::Stable(marks.clone()))?;
+    let mut last_snapshot = reading.engine().last_seq();
     loop {
-        let read = tail.read(u64::MAX, READ_BATCH, |e| {
-            engine.apply_event(&e);
-            Ok(())
-        })?;
-        if engine.last_seq() >= last_snapshot + cfg.journal.snapshot_every_events {
+        let read = reading.advance(u64::MAX, READ_BATCH, |_, _, _| {})?;
+        if reading.engine().last_seq() >= last_snapshot + settings.every_events {
             let started = std::time::Instant::now();
-            let state = engine.state();
+            let state = reading.engine().state();
             let path = write(dir, &state).map_err(|e| format!("cannot write a snapshot in {}: {e}", dir.display()))?;
             log::info!(
                 "journal: snapshot at seq {} written to {} in {:.3} s",
@@ -299,8 +268,7 @@ fn follow(
                 log::info!("snapshots: writing again");
             }
             health.written(state.last_seq);
-            let floor = offload.map_or(u64::MAX, |o| o.prune_floor());
-            prune(dir, floor, cfg.journal.keep_covered_segments).map_err(|e| e.to_string())?;
+            prune(dir, prune_floor(), settings.keep_covered_segments).map_err(|e| e.to_string())?;
         }
         if stop.load(Ordering::Acquire) {
             return Ok(());

@@ -1,10 +1,9 @@
 //! The offloader: copies the journal into PostgreSQL, exactly once, off the hot core.
 //!
-//! The hot core's only part is one atomic store per journal write: [`Shared::publish_stable`]
-//! says how far the journal is stable (written, and synced unless `fsync = "never"`). A reader
-//! thread reads those events back from the journal files (still in the page cache) with a
-//! [`Tail`], applies them to a mirror engine of its own (so that each row carries the state after
-//! its event: an order's status, a fill's realized P&L, the position it leaves) and builds
+//! The hot core has no part in it. A reader thread follows the journal's mapping
+//! ([`crate::journal::follow`]) up to what the journal says is stable (synced, unless
+//! `fsync = "never"`), with a follower engine of its own (so that each row carries the state after
+//! its event: an order's status, a fill's realized P&L, the position it leaves), and builds
 //! batches bounded by events and by time. A writer thread (tokio current-thread runtime,
 //! tokio-postgres) writes each batch with binary `COPY` while the reader builds the next. The offload cursor moves in the same transaction as the rows,
 //! so a batch is in the database whole or not at all, and a restart — of the node or of
@@ -32,8 +31,9 @@ use crate::engine::position::Position;
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId};
 use crate::engine::Engine;
 use crate::fixed::MONEY_DECIMALS;
-use crate::journal::snapshot::{self, NoVenue};
-use crate::journal::tail::Tail;
+use crate::journal::follow::{self, Follower, Limit};
+use crate::journal::Watermarks;
+use crate::venue::NoVenue;
 
 /// Wait between looks at the journal when there is nothing to offload.
 const POLL: Duration = Duration::from_millis(10);
@@ -45,8 +45,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Where the offload stands; read by `/ready` and `/metrics` on the hot core.
 pub struct Shared {
-    /// Last sequence number the journal holds stably: what may be offloaded.
-    stable: AtomicU64,
+    /// How far the journal is: what is stable may be offloaded.
+    marks: Arc<Watermarks>,
     /// Last sequence number committed to PostgreSQL (the cursor), once read.
     offloaded: AtomicU64,
     /// Whether `offloaded` has been read from the database.
@@ -115,10 +115,10 @@ pub struct Status {
 }
 
 impl Shared {
-    /// The offload of a node whose journal ends at `last_seq` (stable: replay cut anything else).
-    pub fn new(last_seq: u64) -> Shared {
+    /// The offload of the journal whose watermarks are `marks`.
+    pub fn new(marks: Arc<Watermarks>) -> Shared {
         Shared {
-            stable: AtomicU64::new(last_seq),
+            marks,
             offloaded: AtomicU64::new(0),
             cursor_known: AtomicBool::new(false),
             waiting_since: AtomicU64::new(0),
@@ -131,11 +131,6 @@ impl Shared {
             copy_ns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
-    }
-
-    /// The journal holds everything up to `seq` stably (hot core: one store).
-    pub fn publish_stable(&self, seq: u64) {
-        self.stable.store(seq, Ordering::Release);
     }
 
     /// Events up to here may be dropped from the journal (the database has them); 0 until the
@@ -163,7 +158,7 @@ impl Shared {
         };
         let known = self.cursor_known.load(Ordering::Acquire);
         let offloaded = self.offloaded.load(Ordering::Acquire);
-        let stable = self.stable.load(Ordering::Acquire);
+        let stable = self.marks.stable();
         let lag_events = stable.saturating_sub(offloaded);
         let since = self.waiting_since.load(Ordering::Acquire);
         let lag_seconds = if lag_events > 0 && since > 0 { now.saturating_sub(since) as f64 / 1e9 } else { 0.0 };
@@ -237,7 +232,7 @@ impl Shared {
     /// `batch` was committed. When it held every event that was stable as it was sealed, any
     /// event still waiting arrived after that; a full batch says nothing about the ones after it.
     fn note_committed(&self, batch: &Sealed) {
-        if self.stable.load(Ordering::Acquire) <= batch.last {
+        if self.marks.stable() <= batch.last {
             self.waiting_since.store(0, Ordering::Release);
         } else if batch.reached_stable || self.waiting_since.load(Ordering::Acquire) == 0 {
             self.waiting_since.store(batch.sealed_at, Ordering::Release);
@@ -246,7 +241,7 @@ impl Shared {
 
     /// No progress right now: if events wait and no earlier time is known, they wait since `now`.
     fn note_stalled(&self, now: Nanos) {
-        let waiting = self.stable.load(Ordering::Acquire) > self.offloaded.load(Ordering::Acquire);
+        let waiting = self.marks.stable() > self.offloaded.load(Ordering::Acquire);
         if !waiting {
             self.waiting_since.store(0, Ordering::Release);
         } else if self.waiting_since.load(Ordering::Acquire) == 0 {
@@ -271,7 +266,7 @@ impl Offloader {
         let (starts, starts_rx) = std::sync::mpsc::channel();
         let pin = move || {
             if let Some(core) = core {
-                crate::server::pin_current_thread(core);
+                crate::cores::pin_current_thread(core);
             }
         };
         let reader = {
@@ -432,7 +427,7 @@ async fn session(
         )
         .await?;
     let mut cursor = read_cursor(client, node).await?;
-    let stable = shared.stable.load(Ordering::Acquire);
+    let stable = shared.marks.stable();
     if cursor > stable {
         return Err(Failure::journal(format!(
             "the database's cursor for node {node:?} is at seq {cursor}, past the end of this journal (seq {stable}): is this the node's data directory?"
@@ -519,7 +514,7 @@ fn read_batches(
     loop {
         while let Ok(start) = starts.try_recv() {
             let started = Instant::now();
-            match Mirror::at(cfg, start.cursor) {
+            match Mirror::at(cfg, start.cursor, &shared.marks) {
                 Ok(m) => {
                     log::info!(
                         "postgres: offload reads the journal after seq {} (positioned in {:.3} s)",
@@ -547,7 +542,7 @@ fn read_batches(
             std::thread::sleep(POLL);
             continue;
         };
-        let stable = shared.stable.load(Ordering::Acquire);
+        let stable = shared.marks.stable();
         if let Err(e) = m.read(stable, cfg.postgres.batch_events - m.open.events) {
             let generation = *generation;
             mirror = None;
@@ -668,11 +663,10 @@ async fn commit(client: &Client, node: &str, cursor: u64, batch: &Sealed) -> Res
     result
 }
 
-/// The journal as the offloader has read it: a mirror engine at the tail's position, and the
-/// rows of the batch being built.
+/// The journal as the offloader has read it: a follower (its engine at the state after the last
+/// event read), and the rows of the batch being built.
 struct Mirror {
-    engine: Engine<NoVenue>,
-    tail: Tail,
+    follower: Follower,
     open: Batch,
 }
 
@@ -726,56 +720,28 @@ struct KeyRow {
 
 impl Mirror {
     /// The engine's state after event `cursor`: the newest snapshot at or before it, then the
-    /// journal up to it.
-    fn at(cfg: &Config, cursor: u64) -> Result<Mirror, String> {
-        let dir = &cfg.journal.dir;
-        let mut engine = snapshot::mirror_engine(cfg);
-        let mut after = 0;
-        let snapshots = snapshot::list(dir).map_err(|e| format!("cannot list snapshots in {}: {e}", dir.display()))?;
-        for (seq, path) in snapshots.iter().rev().filter(|(seq, _)| *seq <= cursor) {
-            match snapshot::read(path) {
-                Ok(state) => {
-                    engine.restore(state)?;
-                    after = *seq;
-                    break;
-                }
-                Err(e) => log::warn!("{e}; trying an older one"),
-            }
-        }
-        let mut tail = Tail::new(dir, after + 1);
-        while tail.next_seq() <= cursor {
-            let read = tail.read(cursor, 65_536, |e| {
-                engine.apply_event(&e);
-                Ok(())
-            })?;
-            if read == 0 {
-                return Err(format!(
-                    "the journal in {} ends at seq {} but the database has events up to {cursor}",
-                    dir.display(),
-                    tail.next_seq() - 1
-                ));
-            }
-        }
-        Ok(Mirror { engine, tail, open: Batch::default() })
+    /// journal up to it; reading on, no further than what is stable.
+    fn at(cfg: &Config, cursor: u64, marks: &Arc<Watermarks>) -> Result<Mirror, String> {
+        let engine = crate::node::follower_engine(cfg);
+        let follower =
+            Follower::start(&cfg.journal.dir, engine, follow::Start::After(cursor), Limit::Stable(marks.clone()))?;
+        Ok(Mirror { follower, open: Batch::default() })
     }
 
     /// Reads up to `max` stable events (up to `stable`) into the open batch.
     fn read(&mut self, stable: u64, max: usize) -> Result<(), String> {
-        let Mirror { engine, tail, open, .. } = self;
+        let Mirror { follower, open } = self;
         if open.events == 0 {
-            open.first = tail.next_seq();
+            open.first = follower.next_seq();
         }
-        tail.read(stable, max, |e| {
-            add_event(engine, open, &e);
-            Ok(())
-        })?;
+        follower.advance(stable, max, |engine, e, realized| add_event(engine, open, e, realized))?;
         Ok(())
     }
 
     /// Closes the open batch (which has events); `stable` as of its last read.
     fn seal(&mut self, stable: u64) -> Sealed {
         let mut b = std::mem::take(&mut self.open);
-        let symbols = self.engine.symbols();
+        let symbols = self.follower.engine().symbols();
         let mut accounts = CopyBuf::new();
         for (id, a) in &b.accounts {
             accounts
@@ -860,7 +826,7 @@ impl Mirror {
                 copies.push((target, buf.finish()));
             }
         }
-        let last = self.tail.next_seq() - 1;
+        let last = self.follower.next_seq() - 1;
         let (sealed_at, reached_stable) = (crate::clock::now(), last >= stable);
         Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at, reached_stable }
     }
@@ -874,9 +840,9 @@ fn update_order(engine: &Engine<NoVenue>, b: &mut Batch, id: crate::engine::type
     }
 }
 
-/// Applies `e` to the mirror and adds the rows it makes to the batch.
-fn add_event(engine: &mut Engine<NoVenue>, b: &mut Batch, e: &Event) {
-    let realized = snapshot::apply_event_realizing(engine, e);
+/// Adds the rows `e` makes to the batch, from the engine's state after it (`realized`: what a
+/// fill realized).
+fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event, realized: i64) {
     b.events += 1;
     match e.kind {
         EventKind::AccountCreated { account, .. } | EventKind::AccountStateChanged { account, .. } => {

@@ -61,3 +61,18 @@ pub trait Venue {
     /// Orders the venue holds (resting or in flight).
     fn working_orders(&self) -> usize;
 }
+
+/// A venue that is never called: the engine of a follower, which only applies the events the
+/// hot core's engine made (snapshots, the offloader, history, the WebSocket hub).
+pub struct NoVenue;
+
+impl Venue for NoVenue {
+    fn submit(&mut self, _: &Order, _: &SymbolSpec, _: Option<&Quote>, _: Nanos, _: &mut Vec<Execution>) {}
+    fn cancel(&mut self, _: &Order, _: Nanos, _: &mut Vec<Execution>) {}
+    fn on_quote(&mut self, _: &Quote, _: &SymbolSpec, _: Nanos, _: &mut Vec<Execution>) {}
+    fn forget(&mut self, _: &Order) {}
+    fn poll(&mut self, _: Nanos, _: &mut Vec<Execution>) {}
+    fn working_orders(&self) -> usize {
+        0
+    }
+}

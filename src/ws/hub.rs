@@ -20,12 +20,11 @@ use crate::engine::account::KeyRecord;
 use crate::engine::event::{Event, EventKind};
 use crate::engine::types::AccountId;
 use crate::engine::{Engine, EngineState};
-use crate::journal::format;
-use crate::journal::snapshot::{mirror_engine, NoVenue};
-use crate::journal::tail::Tail;
+use crate::journal::follow::{Limit, Reader};
+use crate::journal::Watermarks;
 use crate::shutdown::Shutdown;
+use crate::venue::NoVenue;
 
-use super::feed::Consumer;
 use super::frame::{self, Kind};
 use super::protocol::{close, encode_entry, encode_json, ServerBody, ServerMsg, SymbolInfo, FRAME_HEADER, VERSION};
 use super::WsStats;
@@ -120,6 +119,8 @@ const KEY_FULL: AuthError = AuthError {
 
 /// Control frames (pongs) a connection may have waiting.
 const MAX_CONTROL_BYTES: usize = 64 * 1024;
+/// Events taken in between looks at the connections.
+const PUMP_BATCH: usize = 4096;
 
 /// What a connection is, as the hub and its tasks share it.
 pub struct Conn {
@@ -273,23 +274,25 @@ pub struct Hub {
     by_account: HashMap<AccountId, Vec<u64>>,
     /// The newest quote of each symbol, encoded (binary, JSON).
     latest: Vec<Option<(Vec<u8>, Vec<u8>)>>,
-    /// The next sequence number to take from the feed.
+    /// The next sequence number to take from the journal.
     next_seq: u64,
     /// Account events after `window_from - 1`, oldest first.
     window: VecDeque<Kept>,
     window_from: u64,
-    feed: Consumer,
-    /// Records read from the feed, not yet durable.
-    scratch: Vec<u8>,
+    /// Where the hub reads the journal's mapping, up to what is durable (`None` while a read
+    /// is in progress).
+    reader: Option<Reader>,
+    marks: Arc<Watermarks>,
     /// A frame being built.
     frame: Vec<u8>,
     entry: Vec<u8>,
 }
 
 impl Hub {
-    /// A hub that continues from the engine state `state` (the hot core's after start-up).
-    pub fn new(cfg: &Config, state: EngineState, feed: Consumer, stats: Arc<WsStats>) -> Result<Hub, String> {
-        let mut mirror = mirror_engine(cfg);
+    /// A hub that continues from the engine state `state` (the hot core's after start-up),
+    /// reading the journal as far as `marks` says is durable.
+    pub fn new(cfg: &Config, state: EngineState, marks: Arc<Watermarks>, stats: Arc<WsStats>) -> Result<Hub, String> {
+        let mut mirror = crate::node::follower_engine(cfg);
         let last = state.last_seq;
         mirror.restore(state)?;
         let symbols: Vec<SymbolInfo> = mirror
@@ -318,8 +321,8 @@ impl Hub {
             next_seq: last + 1,
             window: VecDeque::new(),
             window_from: last + 1,
-            feed,
-            scratch: Vec::with_capacity(1 << 20),
+            reader: Some(Reader::new(&cfg.journal.dir, last + 1, Limit::Durable(marks.clone()))),
+            marks,
             frame: Vec::with_capacity(64 * 1024),
             entry: Vec::with_capacity(1024),
         })
@@ -609,12 +612,12 @@ impl Hub {
                     format!("{gap} events are older than the resume window and beyond ws.resume_journal_events"),
                 );
             }
-            let mut tail = Tail::new(&self.settings.dir, from + 1);
+            let mut journal = Reader::new(&self.settings.dir, from + 1, Limit::Files);
             let upto = self.window_from - 1;
             let json = conn.json;
             let orders = &self.mirror;
-            let read = tail.read(upto, usize::MAX, |e| {
-                if account_of(&e, |o| orders.order(o).map(|o| o.account)) == Some(account) {
+            let read = journal.read(upto, usize::MAX, |e| {
+                if account_of(e, |o| orders.order(o).map(|o| o.account)) == Some(account) {
                     let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
                     encode_queued(&mut out, &msg, json);
                     count += 1;
@@ -650,68 +653,35 @@ impl Hub {
         self.send(conn, &msg);
     }
 
-    /// Takes in what the feed holds: every durable event, in order, and from the journal files
-    /// what the hot core left out of the ring.
+    /// Takes in every event the journal has made durable since the last call, in order.
     pub fn pump(&mut self) {
-        // Read `durable` first: every record up to it was put in the ring (or left out) before.
-        let durable = self.feed.durable();
-        self.feed.drain_into(&mut self.scratch);
-        let mut off = 0;
-        let scratch = std::mem::take(&mut self.scratch);
-        while let Ok(rec) = format::read_at(&scratch, off) {
-            if rec.seq > durable {
-                break;
-            }
-            off = rec.next;
-            if rec.seq < self.next_seq {
-                continue;
-            }
-            if rec.seq > self.next_seq {
-                self.catch_up(rec.seq - 1);
-            }
-            match format::decode(rec.payload) {
-                Ok(e) => self.on_event(&e),
+        let Some(mut reader) = self.reader.take() else { return };
+        loop {
+            match reader.read(u64::MAX, PUMP_BATCH, |e| {
+                self.on_event(e);
+                Ok(())
+            }) {
+                Ok(n) if n == PUMP_BATCH => continue,
+                Ok(_) => break,
                 Err(e) => {
-                    log::error!("ws: undecodable event {} in the feed: {e}", rec.seq);
-                    self.next_seq = rec.seq + 1;
+                    // Account streams would have a hole: close them so their clients resume (and
+                    // learn that the window starts after the hole).
+                    let upto = reader.limit();
+                    log::error!("ws: cannot read events {}..={upto} from the journal: {e}", self.next_seq);
+                    self.next_seq = upto + 1;
+                    self.window.clear();
+                    self.window_from = upto + 1;
+                    for c in self.conns.values() {
+                        if c.st.borrow().account {
+                            c.close(close::INTERNAL, "events lost on the way to the stream; resume");
+                        }
+                    }
+                    reader = Reader::new(&self.settings.dir, upto + 1, Limit::Durable(self.marks.clone()));
+                    break;
                 }
             }
         }
-        self.scratch = scratch;
-        self.scratch.drain(..off);
-        if self.next_seq <= durable && self.scratch.is_empty() {
-            self.catch_up(durable);
-        }
-    }
-
-    /// Reads the events up to `upto` that the ring did not carry from the journal.
-    fn catch_up(&mut self, upto: u64) {
-        let from = self.next_seq;
-        self.stats.catch_ups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut tail = Tail::new(&self.settings.dir, from);
-        let mut events = Vec::new();
-        let read = tail.read(upto, usize::MAX, |e| {
-            events.push(e);
-            Ok(())
-        });
-        for e in &events {
-            self.on_event(e);
-        }
-        if let Err(e) = read.map_err(|e| e.to_string()).and_then(|n| {
-            (n as u64 == upto + 1 - from).then_some(()).ok_or(format!("found {n} of {} events", upto + 1 - from))
-        }) {
-            // Account streams would have a hole: close them so their clients resume (and learn
-            // that the window starts after the hole).
-            log::error!("ws: cannot read events {from}..={upto} back from the journal: {e}");
-            self.next_seq = upto + 1;
-            self.window.clear();
-            self.window_from = upto + 1;
-            for c in self.conns.values() {
-                if c.st.borrow().account {
-                    c.close(close::INTERNAL, "events lost on the way to the stream; resume");
-                }
-            }
-        }
+        self.reader = Some(reader);
     }
 
     /// Takes in one event.

@@ -3,7 +3,6 @@
 //! the hot core and their answers back. See `docs/ws.md` for the protocol.
 
 pub mod client;
-pub mod feed;
 pub mod frame;
 pub mod hub;
 pub mod protocol;
@@ -68,8 +67,6 @@ pub struct WsStats {
     pub resumes: AtomicU64,
     /// Resumes refused (`resume_failed`).
     pub resume_failed: AtomicU64,
-    /// Times events were read back from the journal because the feed had no room for them.
-    pub catch_ups: AtomicU64,
     /// Signals received over WebSocket.
     pub signals: AtomicU64,
 }
@@ -140,7 +137,7 @@ impl WsStats {
     /// Appends the stream's series in Prometheus text format.
     pub fn render_metrics(&self, out: &mut Vec<u8>) {
         use std::io::Write;
-        let lines: [(&str, &str, &str, &AtomicU64); 11] = [
+        let lines: [(&str, &str, &str, &AtomicU64); 10] = [
             ("ws_connections", "gauge", "Open WebSocket connections.", &self.connections),
             (
                 "ws_authenticated_connections",
@@ -155,12 +152,6 @@ impl WsStats {
             ("ws_auth_failures_total", "counter", "Refused WebSocket authentications.", &self.auth_failures),
             ("ws_resumes_total", "counter", "Resumes served.", &self.resumes),
             ("ws_resume_failures_total", "counter", "Resumes refused with resume_failed.", &self.resume_failed),
-            (
-                "ws_feed_catch_ups_total",
-                "counter",
-                "Times the fan-out read events back from the journal.",
-                &self.catch_ups,
-            ),
             ("ws_signals_total", "counter", "Signals received over WebSocket.", &self.signals),
         ];
         for (name, kind, help, v) in lines {
@@ -299,7 +290,7 @@ pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdo
         async move {
             loop {
                 let next = node.borrow().journal.durable() + 1;
-                if !crate::journal::wait_durable(&node, next).await {
+                if !crate::node::wait_durable(&node, next).await {
                     break;
                 }
                 if stats.per_executor[executor].load(Ordering::Acquire) == 0 {
@@ -353,8 +344,8 @@ pub struct Serve {
     pub intake: Intake,
     /// The engine state the hub continues from.
     pub state: EngineState,
-    /// The feed's consumer end.
-    pub feed: feed::Consumer,
+    /// How far the journal is: the hub reads its events up to what is durable.
+    pub marks: Arc<crate::journal::Watermarks>,
     /// The links.
     pub links: FanoutLinks,
     /// Counters.
@@ -363,7 +354,7 @@ pub struct Serve {
 
 /// Serves the stream until `stop` is set, then closes every connection (1001).
 pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
-    let hub = match Hub::new(&cfg, s.state, s.feed, s.stats) {
+    let hub = match Hub::new(&cfg, s.state, s.marks, s.stats) {
         Ok(h) => Rc::new(RefCell::new(h)),
         Err(e) => {
             log::error!("ws: cannot start the stream: {e}");
