@@ -1,10 +1,13 @@
-//! A node in a box for in-process measurements: the real `Node::handle` path (JSON parse → auth →
-//! rate limit → risk → order → journal append → paper fill → answer encoding) without sockets.
+//! A node in a box for in-process measurements: the real request life cycle (`node::serve` with
+//! the public API's routes: JSON parse → auth → rate limit → risk → order → journal append →
+//! paper fill → answer encoding) without sockets.
 //! Its journal is a real one, in a temporary directory, with `fsync = "never"` unless asked: an
 //! append is a copy into the segment's mapping, and nothing waits for a disk. Shared by the
 //! allocation and no-panic tests and the `signal_path` and `journal_path` benchmarks.
 
-use signalgate::api::{Method, Request, Response};
+use std::cell::RefCell;
+
+use signalgate::api::{Method, Public, Request, Response};
 use signalgate::auth::hash_key;
 use signalgate::config::Config;
 use signalgate::engine::account::{AccountName, LimitOverrides, Roles};
@@ -14,7 +17,8 @@ use signalgate::journal::FsyncPolicy;
 use signalgate::node::Node;
 
 pub struct Fixture {
-    pub node: Node,
+    pub node: RefCell<Node>,
+    pub routes: Public,
     /// The journal's directory, when the fixture made it (removed when dropped).
     pub dir: Option<tempfile::TempDir>,
     /// `Authorization` of each account, in order; signal `i` goes to account `i % len`.
@@ -91,7 +95,16 @@ impl Fixture {
                 }
             })
             .collect();
-        let mut f = Fixture { node, dir: None, auth, bodies, resp: Response::with_capacity(4096), now };
+        let node = RefCell::new(node);
+        let mut f = Fixture {
+            node,
+            routes: Public::default(),
+            dir: None,
+            auth,
+            bodies,
+            resp: Response::with_capacity(4096),
+            now,
+        };
         f.quote();
         f
     }
@@ -107,7 +120,7 @@ impl Fixture {
                 ask_size: 1_000_000,
                 ts: self.now,
             };
-            self.node.apply_quote(q, self.now);
+            self.node.borrow_mut().apply_quote(q, self.now);
         }
     }
 
@@ -125,11 +138,11 @@ impl Fixture {
         status
     }
 
-    /// Serves one request as the HTTP layer does under `fsync = "never"` or `"interval"` (where
-    /// events are durable once appended): handle, then complete; returns the status.
+    /// Serves one request through the request life cycle, as HTTP does, under `fsync = "never"`
+    /// or `"interval"` (where events are durable once appended, so nothing waits); returns the
+    /// status.
     pub fn serve(&mut self, req: &Request<'_>, now: u64) -> u16 {
-        self.node.handle(req, &mut self.resp, now);
-        self.node.complete(&mut self.resp);
+        futures_lite::future::block_on(signalgate::node::serve(&self.node, &self.routes, Ok(req), &mut self.resp, now));
         self.resp.status
     }
 }

@@ -11,7 +11,6 @@
 //!
 //! Run on a quiet core: `taskset -c 1 cargo bench --bench journal_path`.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use signalgate::api::{Method, Request};
 use signalgate::config::Config;
 use signalgate::engine::market::Quote;
 use signalgate::engine::types::SymbolId;
-use signalgate::http::answer_when_durable;
 use signalgate::journal::{self, FsyncPolicy};
 use signalgate::node::{follow_syncs, Node};
 
@@ -39,8 +37,8 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, count: usize, events: u64) 
         .io_memory(1 << 20)
         .spawn(move || async move {
             let f = fixture::Fixture::in_dir(64 * 1024, 1, 256, &dir, policy);
-            let fixture::Fixture { node, auth, bodies, mut resp, mut now, .. } = f;
-            let node = Rc::new(RefCell::new(node));
+            let fixture::Fixture { node, routes, auth, bodies, mut resp, mut now, .. } = f;
+            let node = Rc::new(node);
             let syncs = (policy == FsyncPolicy::Always).then(|| glommio::spawn_local(follow_syncs(node.clone())));
             let mut s2o = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
             let mut i = 0;
@@ -63,9 +61,7 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, count: usize, events: u64) 
                 req.authorization = Some(auth[0].as_bytes());
                 req.content_type = Some(b"application/json");
                 req.body = &bodies[i % bodies.len()];
-                let before = node.borrow().engine.last_seq();
-                node.borrow_mut().handle(&req, &mut resp, now);
-                answer_when_durable(&node, &mut resp, before).await;
+                signalgate::node::serve(&node, &routes, Ok(&req), &mut resp, now).await;
                 assert!(resp.status < 300, "{}", String::from_utf8_lossy(&resp.body));
                 if let Some(ns) = resp.signal_to_order_ns {
                     s2o.saturating_record(ns);

@@ -32,7 +32,7 @@ fn main() {
             f.quote();
         }
     }
-    f.node.metrics.signal_to_order_ns.reset();
+    f.node.borrow_mut().metrics.signal_to_order_ns.reset();
     let mut per_call = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let (mut created, mut errors) = (0u64, 0u64);
     let started = Instant::now();
@@ -49,7 +49,8 @@ fn main() {
         }
     }
     let total = started.elapsed();
-    let s2o = &f.node.metrics.signal_to_order_ns;
+    let node = f.node.borrow();
+    let s2o = &node.metrics.signal_to_order_ns;
     println!(
         "signal_path: {measured} signals, {created} orders, {errors} errors, {:.0} ns/signal wall (timing included)",
         total.as_nanos() as f64 / measured as f64
@@ -90,13 +91,13 @@ fn history_growth(quick: bool) {
         per_call.saturating_record(ns);
         over_1ms += u64::from(ns > 1_000_000);
         if ns > slowest {
-            (slowest, remembered_then) = (ns, f.node.engine.orders_len());
+            (slowest, remembered_then) = (ns, f.node.borrow().engine.orders_len());
         }
     }
     println!(
         "history growth: {accounts} accounts × {history} remembered orders, {signals} signals in {:.1} s, {} orders remembered at the end",
         started.elapsed().as_secs_f64(),
-        f.node.engine.orders_len()
+        f.node.borrow().engine.orders_len()
     );
     println!(
         "{:<32} {:>8} {:>8} {:>8} {:>8} {:>10}  calls over 1 ms: {over_1ms}; the slowest with {remembered_then} orders remembered",

@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::engine::types::Nanos;
+use crate::time::Nanos;
 
 /// Nanoseconds since the Unix epoch.
 pub fn now() -> Nanos {

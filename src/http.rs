@@ -1,8 +1,9 @@
 //! hyper 1 (HTTP/1.1) on glommio: the socket adapter, a timer, the accept loop with its
 //! connection cap, body limits and deadlines, and graceful shutdown.
 //!
-//! Everything here is I/O; what a request *means* is decided in [`crate::api`]. A connection
-//! task borrows the node only for the synchronous call that answers one request.
+//! Everything here is I/O: a request's life cycle is [`crate::node::serve`], and what it *means*
+//! is decided by the routes it is handed (the API's). A connection task borrows the node only for
+//! the synchronous calls of that life cycle.
 //!
 //! Hostile clients are bounded: headers, bodies and writes each have a deadline, a request counts
 //! as in flight only once its body is in, and at the connection cap a new connection evicts the
@@ -31,9 +32,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
-use crate::api::{ApiError, Detail, Method, Request, Response};
-use crate::node::wait_durable;
-use crate::node::Node;
+use crate::error::ApiError;
+use crate::node::request::{Method, Request, Response};
+use crate::node::{Node, Routes};
 use crate::shutdown::Shutdown;
 
 /// Bytes read from the socket per call: a request's headers and a signal body fit easily.
@@ -171,15 +172,6 @@ impl hyper::rt::Timer for GlommioTimer {
     }
 }
 
-/// Which API a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// The public trading API.
-    Public,
-    /// The admin API.
-    Admin,
-}
-
 /// HTTP settings.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpOptions {
@@ -236,8 +228,16 @@ impl Connections {
 
 /// Accepts connections until `shutdown` fires, then stops accepting, lets in-flight requests
 /// finish (up to the grace period) and returns.
-pub async fn serve(mut listener: Acceptor, node: Rc<RefCell<Node>>, api: Api, opts: HttpOptions, shutdown: Shutdown) {
+pub async fn serve<R: Routes + 'static>(
+    mut listener: Acceptor,
+    node: Rc<RefCell<Node>>,
+    routes: Rc<R>,
+    opts: HttpOptions,
+    shutdown: Shutdown,
+) {
     let conns = Rc::new(RefCell::new(Connections::default()));
+    // Connections of the public API count in `/metrics`; the admin API's do not.
+    let counted = routes.counted();
     while let Some(stream) = listener.next(&shutdown).await.map(AcceptedTcpStream::bind_to_executor) {
         match conns.borrow_mut().make_room(opts.max_connections) {
             Some(false) => {}
@@ -250,19 +250,20 @@ pub async fn serve(mut listener: Acceptor, node: Rc<RefCell<Node>>, api: Api, op
         }
         let _ = stream.set_nodelay(true);
         let (id, trusted, evict) = conns.borrow_mut().admit();
-        if api == Api::Public {
+        if counted {
             node.borrow_mut().connections += 1;
         }
-        let (node, conns, shutdown) = (node.clone(), conns.clone(), shutdown.clone());
+        let (node, routes, conns, shutdown) = (node.clone(), routes.clone(), conns.clone(), shutdown.clone());
         glommio::spawn_local(async move {
-            connection(stream, node.clone(), api, opts, (shutdown, evict), trusted).await;
+            connection(stream, node.clone(), routes, opts, (shutdown, evict), trusted).await;
             conns.borrow_mut().open.remove(&id);
-            if api == Api::Public {
+            if counted {
                 node.borrow_mut().connections -= 1;
             }
         })
         .detach();
     }
+    let what = listener.what.clone();
     drop(listener);
     let deadline = Instant::now() + opts.shutdown_grace;
     let open = || conns.borrow().open.len();
@@ -270,7 +271,7 @@ pub async fn serve(mut listener: Acceptor, node: Rc<RefCell<Node>>, api: Api, op
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if open() > 0 {
-        log::warn!("{api:?} listener: {} connection(s) still open after the grace period", open());
+        log::warn!("{what}: {} connection(s) still open after the grace period", open());
     }
 }
 
@@ -397,10 +398,10 @@ async fn write_refusal(mut stream: TcpStream) {
 
 /// Serves one connection until it ends, the node shuts down (gracefully: in-flight requests
 /// finish), or the listener evicts it to make room (at once).
-async fn connection(
+async fn connection<R: Routes + 'static>(
     stream: TcpStream,
     node: Rc<RefCell<Node>>,
-    api: Api,
+    routes: Rc<R>,
     opts: HttpOptions,
     (shutdown, evict): (Shutdown, Shutdown),
     trusted: Rc<Cell<bool>>,
@@ -408,8 +409,8 @@ async fn connection(
     // One answer buffer per connection, reused by every request on it.
     let answer = Rc::new(RefCell::new(Response::with_capacity(4096)));
     let service = service_fn(move |req| {
-        let (node, answer, trusted) = (node.clone(), answer.clone(), trusted.clone());
-        async move { Ok::<_, Infallible>(handle(req, &node, &answer, api, &opts, &trusted).await) }
+        let (node, routes, answer, trusted) = (node.clone(), routes.clone(), answer.clone(), trusted.clone());
+        async move { Ok::<_, Infallible>(handle(req, &node, &answer, &*routes, &opts, &trusted).await) }
     });
     let conn = http1::Builder::new()
         .timer(GlommioTimer)
@@ -446,29 +447,6 @@ async fn connection(
     }
 }
 
-/// A public request in progress, from its body's last byte to its answer: counted against
-/// `http.max_inflight` for as long as it lives, however it ends. Admin requests have their own
-/// listener and budget and are not counted.
-struct Inflight<'a>(Option<&'a RefCell<Node>>);
-
-impl<'a> Inflight<'a> {
-    fn enter(node: &'a RefCell<Node>, api: Api) -> Self {
-        if api != Api::Public {
-            return Inflight(None);
-        }
-        node.borrow_mut().inflight += 1;
-        Inflight(Some(node))
-    }
-}
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        if let Some(node) = self.0 {
-            node.borrow_mut().inflight -= 1;
-        }
-    }
-}
-
 const TOO_LARGE: ApiError<'static> =
     ApiError::new(413, "request.too_large", "the request body is larger than the limit (http.max_body_bytes)");
 const BODY_TOO_SLOW: ApiError<'static> = ApiError::new(
@@ -477,15 +455,16 @@ const BODY_TOO_SLOW: ApiError<'static> = ApiError::new(
     "the request body did not arrive within http.body_read_timeout_ms of its headers",
 );
 
-async fn handle(
+/// Turns a hyper request into the node's view of it, reads its body within the limits, serves it
+/// through the request life cycle ([`crate::node::serve`]), and turns the answer back.
+async fn handle<R: Routes>(
     req: hyper::Request<Incoming>,
     node: &RefCell<Node>,
     answer: &RefCell<Response>,
-    api: Api,
+    routes: &R,
     opts: &HttpOptions,
     trusted: &Cell<bool>,
 ) -> hyper::Response<Full<Bytes>> {
-    let started = Instant::now();
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -509,7 +488,6 @@ async fn handle(
             None => Err(BODY_TOO_SLOW),
         }
     };
-    let _inflight = Inflight::enter(node, api);
     // Taken out of the connection's slot (a move, no copy) while the request may wait for the
     // journal, and put back for the next request.
     let slot = answer;
@@ -521,142 +499,21 @@ async fn handle(
     request.x_api_key = header("x-api-key");
     request.content_type = header("content-type");
     request.if_none_match = header("if-none-match");
-    match &body {
+    let request = match &body {
         Ok(bytes) => {
             request.body = bytes;
-            let now = crate::clock::now();
-            let (route, before) = {
-                let mut node = node.borrow_mut();
-                let before = node.engine.last_seq();
-                let route = match api {
-                    Api::Public => node.handle(&request, &mut answer, now),
-                    Api::Admin => {
-                        node.handle_admin(&request, &mut answer, now);
-                        crate::metrics::Route::Admin
-                    }
-                };
-                (route, before)
-            };
-            // Health, readiness and metrics describe the node itself and answer at once, even
-            // while the journal cannot write.
-            if !route.is_operational() {
-                answer_when_durable(node, &mut answer, before).await;
-            }
-            if let Some(query) = answer.history.take() {
-                answer_from_history(node, &mut answer, query, &request).await;
-            }
-            node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
-            if answer.authenticated {
-                trusted.set(true);
-            }
+            Ok(&request)
         }
-        Err(e) => {
-            answer.reset();
-            answer.error(e);
-            // What is left of an unread body would be taken for the next request.
-            answer.close = true;
-            let route = match api {
-                Api::Public => crate::metrics::Route::Unmatched,
-                Api::Admin => crate::metrics::Route::Admin,
-            };
-            let mut node = node.borrow_mut();
-            node.metrics.count(route, e.status);
-            node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
-        }
+        Err(e) => Err(*e),
+    };
+    crate::node::serve(node, routes, request, &mut answer, crate::clock::now()).await;
+    if answer.authenticated {
+        trusted.set(true);
     }
     let response = to_hyper(&answer);
     *slot.borrow_mut() = answer;
     response
 }
-
-/// Write before answer, and no answer ahead of the journal: finishes a request that
-/// `Node::handle` served when the engine's last event was `before`.
-///
-/// An answer shows the engine's state as it was when the answer was rendered, and that state may
-/// hold events of other requests still on their way to disk (a read, or an idempotent replay of
-/// a signal whose first answer is still waiting). So every answer waits until the journal has
-/// made durable every event up to the moment it was rendered, whether the request changed
-/// anything or not: a crash can then take back nothing an answer showed. A request that sent
-/// orders or cancels is rendered once the venue has seen them (the journal writer releases them)
-/// and waits again for the venue's answers. While the journal cannot write, a request that
-/// changed nothing is refused at once rather than held; if the journal stops (shutdown with a
-/// failing disk), the answer says so: nothing was acknowledged or sent.
-pub async fn answer_when_durable(node: &RefCell<Node>, answer: &mut Response, before: u64) {
-    let shown = node.borrow().engine.last_seq();
-    {
-        let node = node.borrow();
-        if let Some(refusal) = node.journal.refusal().filter(|_| shown == before && node.journal.durable() < shown) {
-            answer.reset();
-            answer.error(&crate::api::journal_refused(refusal));
-            return;
-        }
-    }
-    let mut durable = wait_durable(node, shown).await;
-    if durable && answer.pending.is_some() {
-        let shown = {
-            let mut node = node.borrow_mut();
-            node.complete(answer);
-            node.engine.last_seq()
-        };
-        durable = wait_durable(node, shown).await;
-    }
-    if !durable {
-        answer.reset();
-        answer.error(&JOURNAL_STOPPED);
-    }
-}
-
-/// Hands a history query to the history thread and waits (without blocking the core) for its
-/// answer; an `If-None-Match` that matches the answer's `ETag` gets 304 without a body.
-async fn answer_from_history(
-    node: &RefCell<Node>,
-    answer: &mut Response,
-    query: crate::history::Query,
-    request: &Request<'_>,
-) {
-    use crate::history::Query;
-    let route = match &query {
-        Query::Trades(_) => crate::metrics::Route::Trades,
-        Query::Candles(_) => crate::metrics::Route::Candles,
-        Query::Performance(_) => crate::metrics::Route::Performance,
-    };
-    let waiting = node.borrow().history.as_ref().and_then(|h| h.ask(query));
-    let reply = match waiting {
-        Some(rx) => rx.await.ok(),
-        None => None,
-    };
-    let Some(reply) = reply else {
-        answer.reset();
-        answer.error(&HISTORY_BUSY);
-        node.borrow_mut().metrics.count(route, answer.status);
-        return;
-    };
-    let status = if reply.status == 200 && reply.etag.as_deref().map(str::as_bytes) == request.if_none_match {
-        304
-    } else {
-        reply.status
-    };
-    let mut n = node.borrow_mut();
-    n.metrics.count(route, status);
-    answer.status = status;
-    // Into the connection's own buffer, which later requests reuse.
-    answer.body.clear();
-    if status != 304 && request.method != crate::api::Method::Head {
-        answer.body.extend_from_slice(&reply.body);
-    }
-    answer.cache_control = reply.cache_control;
-    answer.etag = reply.etag;
-    answer.no_store = reply.cache_control.is_none();
-}
-
-const HISTORY_BUSY: ApiError<'static> =
-    ApiError::with(503, "history.unavailable", Detail::Unavailable("too many history queries are waiting", 1));
-
-const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
-    503,
-    "journal.unavailable",
-    Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
-);
 
 /// Reads a body of at most `limit` bytes. A body that arrives in one frame (the usual case) is
 /// used as it is, without the copy and buffer list of a general collect. `Err(None)`: too large.

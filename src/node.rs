@@ -1,6 +1,13 @@
-//! The hot core's state: the engine with its (gated) venue, the journal, per-key rate limiters,
-//! metrics and the admin token. Owned by one executor; requests borrow it for the length of one
-//! synchronous call, never across an `.await`.
+//! The hot core's state — the engine with its (gated) venue, the journal, per-key rate limiters,
+//! metrics and the admin token — and the life cycle of one request ([`serve`]): in flight,
+//! routed (authenticated, rate-limited, its command run and journaled), held until what it shows
+//! is durable, completed once the venue saw its orders, answered. HTTP and the WebSocket stream
+//! both call [`serve`]; the API's routes ([`Routes`]) are the one part it is handed.
+//!
+//! The node is owned by one executor; requests borrow it for the length of one synchronous call,
+//! never across an `.await`.
+
+pub mod request;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -8,17 +15,23 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use std::time::Instant;
+
+use crate::auth::{hash_key, key_from_headers};
 use crate::config::Config;
-use crate::engine::account::{AccountName, LimitOverrides, Roles, Tier};
+use crate::engine::account::{AccountName, KeyRecord, LimitOverrides, Roles, Tier};
 use crate::engine::market::Quote;
 use crate::engine::symbol::{SymbolSpec, SymbolTable};
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
 use crate::engine::{Engine, EngineConfig};
+use crate::error::{ApiError, Detail, INVALID_KEY, JOURNAL_STOPPED, MISSING_KEY, REVOKED_KEY};
 use crate::fixed::MONEY_DECIMALS;
 use crate::journal::{self, Journal, Replayed};
-use crate::metrics::{Gauges, Metrics};
+use crate::json::JsonStr;
+use crate::metrics::{Gauges, Metrics, Route};
 use crate::rate_limit::SlidingWindow;
 use crate::venue::{Gated, NoVenue, PaperConfig, PaperVenue, Venue};
+pub use request::{Request, Response};
 
 /// The engine type the node runs.
 pub type NodeEngine = Engine<Gated<PaperVenue>>;
@@ -46,12 +59,6 @@ pub struct Node {
     /// Set when shutdown begins: `/ready` turns 503.
     pub draining: bool,
     pub(crate) started_at: Nanos,
-    /// Where the offload to PostgreSQL stands (when `postgres.url` is set).
-    pub offload: Option<std::sync::Arc<crate::postgres::offload::Shared>>,
-    /// The history thread (when `postgres.url` is set).
-    pub history: Option<crate::history::History>,
-    /// The WebSocket stream's counters.
-    pub ws: Option<std::sync::Arc<crate::ws::WsStats>>,
     /// How the snapshot thread is doing.
     pub snapshots: std::sync::Arc<crate::journal::snapshot::Health>,
 }
@@ -145,9 +152,6 @@ impl Node {
             connections: 0,
             draining: false,
             started_at: now,
-            offload: None,
-            history: None,
-            ws: None,
             snapshots: std::sync::Arc::default(),
         };
         node.keys_changed();
@@ -179,6 +183,36 @@ impl Node {
             self.engine.poll_venue(crate::clock::now());
             self.after_command();
         }
+    }
+
+    /// Finds the request's key (headers first, then a body `passphrase`) and counts the request
+    /// against the key's per-minute limit (its `X-RateLimit-*` values go into `resp`).
+    pub fn authenticate<'a>(
+        &mut self,
+        req: &Request<'a>,
+        passphrase: Option<JsonStr<'a>>,
+        resp: &mut Response,
+        now: Nanos,
+    ) -> Result<KeyRecord, ApiError<'a>> {
+        let key = key_from_headers(req.authorization, req.x_api_key)
+            .or(passphrase.map(|p| p.raw()))
+            .filter(|k| !k.is_empty())
+            .ok_or(MISSING_KEY)?;
+        let record = *self.engine.key_by_hash(&hash_key(key)).ok_or(INVALID_KEY)?;
+        if record.revoked {
+            return Err(REVOKED_KEY);
+        }
+        resp.authenticated = true;
+        let limit = self.engine.account(record.account).map_or(0, |a| a.limits.requests_per_minute);
+        let Some(limiter) = self.limiters.get_mut(record.id.0 as usize - 1) else {
+            return Err(INVALID_KEY);
+        };
+        let admission = limiter.admit(now, limit);
+        resp.rate = Some(admission);
+        if !admission.allowed {
+            return Err(ApiError::with(429, "rate.limited", Detail::RetryAfter(admission.retry_after_secs)));
+        }
+        Ok(record)
     }
 
     /// Sizes what depends on the number of keys (after a replay).
@@ -302,6 +336,151 @@ impl Node {
             segments: get(&c.segments),
         }
     }
+}
+
+/// The routes a node serves, handed to [`serve`] by the layer that owns them (the API).
+pub trait Routes {
+    /// Routes `req` and runs it against `node`: authenticates and rate-limits it, runs its
+    /// command (whose events the node journals), and renders the answer into `resp`, or leaves
+    /// it for later (`resp.pending`: once the venue saw the request's orders; `resp.later`: from
+    /// another thread). Returns the route, for the metrics.
+    fn route(&self, node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Route;
+
+    /// Renders the answer left in `resp.pending`, now that the venue has seen what the request
+    /// sent it.
+    fn complete(&self, node: &mut Node, resp: &mut Response);
+
+    /// Whether its requests count against `http.max_inflight` (the public API's do; the admin
+    /// API has its own listener and budget).
+    fn counted(&self) -> bool;
+
+    /// The route a request is counted under when it never reached one (its body was refused).
+    fn unrouted(&self) -> Route;
+}
+
+/// Serves one request, from its body's last byte to its answer in `resp`: the one life cycle of
+/// every request, over HTTP or the WebSocket. `req` is `Err` when its body was already refused
+/// (too large, too slow, unreadable).
+///
+/// Write before answer, and no answer ahead of the journal: an answer shows the engine's state as
+/// it was when the answer was rendered, and that state may hold events of other requests still on
+/// their way to disk (under `fsync = "always"`), so every answer but health, readiness and
+/// metrics waits until the journal has made durable every event up to the moment it was
+/// rendered, whether the request changed anything or not: a crash can then take back nothing an
+/// answer showed. A request that sent orders or cancels is rendered once the venue has seen them
+/// (the journal releases them) and waits again for the venue's answers. While the journal refuses
+/// commands, a request that changed nothing is refused at once rather than held; if the journal
+/// stops (shutdown with a failing disk), the answer says so: nothing was acknowledged or sent.
+pub async fn serve<R: Routes + ?Sized>(
+    node: &RefCell<Node>,
+    routes: &R,
+    req: Result<&Request<'_>, ApiError<'static>>,
+    resp: &mut Response,
+    now: Nanos,
+) {
+    let started = Instant::now();
+    let _inflight = Inflight::enter(node, routes.counted());
+    let req = match req {
+        Ok(req) => req,
+        Err(e) => {
+            resp.reset();
+            resp.error(&e);
+            // What is left of an unread body would be taken for the next request.
+            resp.close = true;
+            let route = routes.unrouted();
+            let mut node = node.borrow_mut();
+            node.metrics.count(route, e.status);
+            node.metrics.observe_request(route, started.elapsed().as_nanos() as u64);
+            return;
+        }
+    };
+    let (route, before) = {
+        let mut n = node.borrow_mut();
+        let before = n.engine.last_seq();
+        (routes.route(&mut n, req, resp, now), before)
+    };
+    if !route.is_operational() {
+        answer_when_durable(node, routes, resp, before).await;
+    }
+    if let Some(later) = resp.later.take() {
+        answer_later(node, resp, later, req).await;
+    }
+    node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
+}
+
+/// A request in progress, counted against `http.max_inflight` for as long as it lives, however
+/// it ends.
+struct Inflight<'a>(Option<&'a RefCell<Node>>);
+
+impl<'a> Inflight<'a> {
+    fn enter(node: &'a RefCell<Node>, counted: bool) -> Self {
+        if !counted {
+            return Inflight(None);
+        }
+        node.borrow_mut().inflight += 1;
+        Inflight(Some(node))
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0 {
+            node.borrow_mut().inflight -= 1;
+        }
+    }
+}
+
+/// Holds the answer of a request that `Routes::route` served when the engine's last event was
+/// `before` until what it shows is durable (see [`serve`]).
+async fn answer_when_durable<R: Routes + ?Sized>(node: &RefCell<Node>, routes: &R, resp: &mut Response, before: u64) {
+    let shown = node.borrow().engine.last_seq();
+    {
+        let node = node.borrow();
+        if let Some(refusal) = node.journal.refusal().filter(|_| shown == before && node.journal.durable() < shown) {
+            resp.reset();
+            resp.error(&crate::error::journal_refused(refusal));
+            return;
+        }
+    }
+    let mut durable = wait_durable(node, shown).await;
+    if durable && resp.pending.is_some() {
+        let shown = {
+            let mut node = node.borrow_mut();
+            routes.complete(&mut node, resp);
+            node.engine.last_seq()
+        };
+        durable = wait_durable(node, shown).await;
+    }
+    if !durable {
+        resp.reset();
+        resp.error(&JOURNAL_STOPPED);
+    }
+}
+
+/// Waits (without blocking the core) for an answer another thread gives; an `If-None-Match`
+/// that matches the answer's `ETag` gets 304 without a body.
+async fn answer_later(node: &RefCell<Node>, resp: &mut Response, later: request::Later, req: &Request<'_>) {
+    let Some(answer) = later.answer.await else {
+        resp.reset();
+        resp.error(&crate::error::HISTORY_BUSY);
+        node.borrow_mut().metrics.count(later.route, resp.status);
+        return;
+    };
+    let status = if answer.status == 200 && answer.etag.as_deref().map(str::as_bytes) == req.if_none_match {
+        304
+    } else {
+        answer.status
+    };
+    node.borrow_mut().metrics.count(later.route, status);
+    resp.status = status;
+    // Into the connection's own buffer, which later requests reuse.
+    resp.body.clear();
+    if status != 304 && req.method != request::Method::Head {
+        resp.body.extend_from_slice(&answer.body);
+    }
+    resp.cache_control = answer.cache_control;
+    resp.etag = answer.etag;
+    resp.no_store = answer.cache_control.is_none();
 }
 
 /// Waits until the journal has made `seq` durable. `false`: it never will (the journal closed).

@@ -4,7 +4,7 @@
 //! share of the previous one proportional to how much of it still overlaps the sliding window.
 //! Pure arithmetic on timestamps handed in by the caller; no clock, no allocation.
 
-use crate::engine::types::{Nanos, SECOND};
+use crate::time::{Nanos, SECOND};
 
 const MILLI: Nanos = 1_000_000;
 

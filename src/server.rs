@@ -17,9 +17,10 @@ use std::time::Duration;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 use socket2::{Domain, Socket, Type};
 
+use crate::api;
 use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
-use crate::http::{serve, Acceptor, Api, HttpOptions};
+use crate::http::{serve, Acceptor, HttpOptions};
 use crate::journal::{self, FsyncPolicy};
 use crate::node::{symbol_table, Node};
 use crate::notify::Notifier;
@@ -246,8 +247,8 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     // This thread builds the hot core's state and feeds, the hot executor runs them: their large
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
-    let (node, demo, (state, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
-    let offload = node.offload.clone();
+    let (node, public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
     let marks = node.journal.watermarks();
     let (hot_links, fanout_links): (Vec<_>, Vec<_>) =
@@ -262,7 +263,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
                 crate::alloc::map_large_blocks_on_this_thread();
-                hot_main(cfg, node, listeners, hot_links, stop, notifier, ready_tx).await;
+                hot_main(cfg, (node, public_api), listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -272,7 +273,13 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     let mut fanouts = Vec::new();
     let each = cfg.topology.fanout.iter().zip(intakes).zip(fanout_links);
     for ((&core, intake), links) in each {
-        let ws = crate::ws::Serve { intake, state: state.clone(), marks: marks.clone(), links, stats: stats.clone() };
+        let ws = crate::ws::Serve {
+            intake,
+            directory: directory.clone(),
+            marks: marks.clone(),
+            links,
+            stats: stats.clone(),
+        };
         let (cfg2, stop) = (cfg.clone(), stop.clone());
         let handle = executor(&cfg, "sg-fanout")
             .spawn(move || async move {
@@ -370,9 +377,9 @@ fn pin_if_asked(cfg: &Config, core: usize, role: &str) {
     }
 }
 
-/// What the fan-out executors start from: the engine state after start-up (their hubs read the
+/// What the fan-out executors start from: the keys and tiers after start-up (their hubs read the
 /// journal from there) and the stream's counters.
-type StreamStart = (crate::engine::EngineState, Arc<crate::ws::WsStats>);
+type StreamStart = (crate::ws::hub::Directory, Arc<crate::ws::WsStats>);
 
 /// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
 /// done here on the main thread so that no executor ever waits on it) and opens it for
@@ -382,7 +389,7 @@ fn build_node(
     opts: RunOptions,
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
-) -> Result<(Node, Demo, StreamStart), String> {
+) -> Result<(Node, api::Public, Demo, StreamStart), String> {
     let now = crate::clock::now();
     let replay_started = std::time::Instant::now();
     let (mut node, replayed) = Node::open(cfg, admin_token, now, opts.repair_journal)?;
@@ -406,17 +413,15 @@ fn build_node(
     node.engine.resend_open_orders(now);
     node.after_command();
     let marks = node.journal.watermarks();
-    if !cfg.postgres.url.is_empty() {
-        node.offload = Some(Arc::new(crate::postgres::offload::Shared::new(marks.clone())));
-    }
+    let offload =
+        (!cfg.postgres.url.is_empty()).then(|| Arc::new(crate::postgres::offload::Shared::new(marks.clone())));
     // History from PostgreSQL when there is one, from the journal's recent events otherwise.
-    let history = crate::history::History::spawn(cfg, node.offload.clone(), marks, follower_core(cfg))
+    let history = crate::history::History::spawn(cfg, offload.clone(), marks, follower_core(cfg))
         .map_err(|e| format!("cannot start the history thread: {e}"))?;
-    node.history = Some(history);
     let stats = Arc::new(crate::ws::WsStats::new(cfg.topology.fanout.len()));
-    node.ws = Some(stats.clone());
-    let state = node.engine.state();
-    Ok((node, demo, (state, stats)))
+    let public = api::Public { history: Some(history), offload, ws: Some(stats.clone()) };
+    let directory = crate::ws::hub::Directory::of(&node.engine);
+    Ok((node, public, demo, (directory, stats)))
 }
 
 /// The core the follower threads (snapshots, offload, history, the journal's own) run on when
@@ -427,7 +432,7 @@ fn follower_core(cfg: &Config) -> Option<usize> {
 
 async fn hot_main(
     cfg: Config,
-    node: Node,
+    (node, public_api): (Node, api::Public),
     (public_fd, admin_fd): (RawFd, RawFd),
     ws_links: Vec<crate::ws::HotLinks>,
     stop: Arc<AtomicBool>,
@@ -441,6 +446,7 @@ async fn hot_main(
     };
     let public_addr = public.local_addr().ok();
     let node = Rc::new(RefCell::new(node));
+    let public_api = Rc::new(public_api);
     let shutdown = Shutdown::new();
     let ex = glommio::executor();
     let http_queue = ex.create_task_queue(Shares::Static(1000), Latency::Matters(Duration::from_millis(1)), "http");
@@ -458,7 +464,10 @@ async fn hot_main(
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
     let ws_sides: Result<Vec<_>, _> = ws_links
         .into_iter()
-        .map(|links| glommio::spawn_local_into(crate::ws::hot_side(node.clone(), links, shutdown.clone()), http_queue))
+        .map(|links| {
+            let side = crate::ws::hot_side(node.clone(), public_api.clone(), links, shutdown.clone());
+            glommio::spawn_local_into(side, http_queue)
+        })
         .collect();
     // Under `always`, answers and venue calls wait for the journal's syncs.
     let syncs = if cfg.journal.fsync == FsyncPolicy::Always {
@@ -476,9 +485,11 @@ async fn hot_main(
     };
     let admin_opts = HttpOptions { max_connections: cfg.admin.max_connections, ..opts };
     let public_task =
-        glommio::spawn_local_into(serve(public, node.clone(), Api::Public, opts, shutdown.clone()), http_queue);
-    let admin_task =
-        glommio::spawn_local_into(serve(admin, node.clone(), Api::Admin, admin_opts, shutdown.clone()), background);
+        glommio::spawn_local_into(serve(public, node.clone(), public_api, opts, shutdown.clone()), http_queue);
+    let admin_task = glommio::spawn_local_into(
+        serve(admin, node.clone(), Rc::new(api::Admin), admin_opts, shutdown.clone()),
+        background,
+    );
     let (Ok(public_task), Ok(admin_task), Ok(syncs), Ok(ws_sides)) = (public_task, admin_task, syncs, ws_sides) else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;

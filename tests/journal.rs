@@ -568,6 +568,19 @@ fn a_journal_written_in_the_first_format_is_replayed_and_continued_in_the_second
     assert_eq!((eth["qty"].as_str(), eth["realized_pnl"].as_str()), (Some("0.000"), Some("0.285")));
     let r = node.req("GET", "/v1/orders/5", &[("Authorization", &auth)], "");
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("filled")), "{}", r.body);
+    // Recent history reads those segments too, and works out what their fills realized (format 1
+    // did not carry it).
+    let r = node.req("GET", "/v1/trades?symbol=BTC-USD", &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let realized: Vec<String> = r.json()["trades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["realized_pnl"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(realized.len(), 3, "{}", r.body);
+    let total: f64 = realized.iter().map(|v| v.parse::<f64>().unwrap()).sum();
+    assert!((total - 0.8112).abs() < 1e-9, "{realized:?}");
     // The next order goes into a new segment in the current format.
     let body = r#"{"symbol":"BTC-USD","action":"close"}"#;
     let r = node.req("POST", "/v1/signals", &[("Authorization", &auth), JSON], body);

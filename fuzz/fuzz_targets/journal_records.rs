@@ -13,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
     let mut off = if data.len() >= format::SEGMENT_HEADER { format::SEGMENT_HEADER } else { 0 };
     while let Ok(rec) = format::read_at(data, off, version) {
         assert!(rec.next > off && rec.next <= data.len());
-        if let Ok(event) = format::decode(rec.payload) {
+        if let Ok(event) = format::decode(rec.payload, version) {
             // An event that decodes encodes back to a record that reads as the same event.
             let mut again = Vec::new();
             format::encode(&mut again, &event);
             let found = format::read_at(&again, 0, Version::V2).expect("an encoded record reads back");
-            assert_eq!(format::decode(found.payload).ok(), Some(event));
+            assert_eq!(format::decode(found.payload, Version::V2).ok(), Some(event));
         }
         off = rec.next;
     }

@@ -4,17 +4,17 @@
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
-use super::error::ApiError;
 use super::{render, Method, Request, Response};
 use crate::auth::{constant_time_eq, generate_key, hash_key, key_from_headers};
 use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
 use crate::engine::types::{AccountId, KeyId, Nanos, MAX_START_CASH};
+use crate::error::ApiError;
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::journal::Refusal;
 use crate::json::Writer;
 use crate::metrics::Route;
-use crate::node::Node;
+use crate::node::{Node, Routes};
 
 /// An admin error whose message is built at run time (the admin API may allocate).
 struct AdminError {
@@ -79,219 +79,229 @@ struct NewKey {
     roles: Vec<String>,
 }
 
-impl Node {
-    /// Serves one admin API request into `resp`.
-    pub fn handle_admin(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) {
-        resp.reset();
-        resp.no_store = true;
-        let result = self.check_admin_token(req).and_then(|()| {
-            resp.authenticated = true;
-            let reads = matches!(req.method, Method::Get | Method::Head);
-            if let Some(refusal) = self.journal.refusal().filter(|_| !reads) {
-                self.metrics.journal_rejected += 1;
-                resp.retry_after = Some(1);
-                return Err(match refusal {
-                    Refusal::Full => AdminError::new(
-                        503,
-                        "journal.full",
-                        "the disk holding the journal is full, so nothing was changed; retry after 1 s",
-                    ),
-                    Refusal::Failing | Refusal::Closed => AdminError::new(
-                        503,
-                        "journal.unavailable",
-                        "the journal cannot write, so nothing was changed; retry after 1 s",
-                    ),
-                });
-            }
-            self.admin_route(req, resp, now)
-        });
-        match result {
-            Ok(value) => {
-                if resp.status == 200 && value.is_null() {
-                    resp.status = 404;
-                }
-                let _ = serde_json::to_writer(&mut resp.body, &value);
-            }
-            Err(e) => {
-                resp.status = e.status;
-                resp.body.clear();
-                let _ =
-                    serde_json::to_writer(&mut resp.body, &json!({"error": {"code": e.code, "message": e.message}}));
-            }
-        }
-        self.metrics.count(Route::Admin, resp.status);
+/// The admin API's routes.
+pub struct Admin;
+
+impl Routes for Admin {
+    fn route(&self, node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Route {
+        handle(node, req, resp, now);
+        Route::Admin
     }
 
-    fn check_admin_token(&self, req: &Request<'_>) -> Result<(), AdminError> {
-        let presented = key_from_headers(req.authorization, None);
-        match presented {
-            Some(t) if constant_time_eq(t, self.admin_token.as_bytes()) => Ok(()),
-            Some(_) => Err(AdminError::new(401, "admin.unauthorized", "wrong admin token")),
-            None => Err(AdminError::new(
-                401,
-                "admin.unauthorized",
-                "send the admin token as 'Authorization: Bearer <token>'",
-            )),
-        }
+    fn complete(&self, _: &mut Node, _: &mut Response) {}
+
+    fn counted(&self) -> bool {
+        false
     }
 
-    fn admin_route(&mut self, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Result<Json, AdminError> {
-        let parts: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
-        match (req.method, parts.as_slice()) {
-            (Method::Post, ["admin", "accounts"]) => {
-                let v = self.admin_create_account(req.body, now)?;
-                resp.status = 201;
-                Ok(v)
+    fn unrouted(&self) -> Route {
+        Route::Admin
+    }
+}
+
+/// Serves one admin API request into `resp`.
+fn handle(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
+    resp.reset();
+    resp.no_store = true;
+    let result = check_admin_token(node, req).and_then(|()| {
+        resp.authenticated = true;
+        let reads = matches!(req.method, Method::Get | Method::Head);
+        if let Some(refusal) = node.journal.refusal().filter(|_| !reads) {
+            node.metrics.journal_rejected += 1;
+            resp.retry_after = Some(1);
+            return Err(match refusal {
+                Refusal::Full => AdminError::new(
+                    503,
+                    "journal.full",
+                    "the disk holding the journal is full, so nothing was changed; retry after 1 s",
+                ),
+                Refusal::Failing | Refusal::Closed => AdminError::new(
+                    503,
+                    "journal.unavailable",
+                    "the journal cannot write, so nothing was changed; retry after 1 s",
+                ),
+            });
+        }
+        admin_route(node, req, resp, now)
+    });
+    match result {
+        Ok(value) => {
+            if resp.status == 200 && value.is_null() {
+                resp.status = 404;
             }
-            (Method::Get, ["admin", "accounts"]) => Ok(self.admin_list_accounts()),
-            (_, ["admin", "accounts"]) => not_allowed(resp, "GET, POST"),
-            (Method::Get, ["admin", "accounts", id]) => {
-                let id = self.admin_account_id(id)?;
-                Ok(self.admin_account_json(id))
-            }
-            (Method::Post, ["admin", "accounts", id, "keys"]) => {
-                let id = self.admin_account_id(id)?;
-                let v = self.admin_create_key(id, req.body, now)?;
-                resp.status = 201;
-                Ok(v)
-            }
-            (_, ["admin", "accounts", _, "keys"]) => not_allowed(resp, "POST"),
-            (Method::Put, ["admin", "accounts", id, "limits"]) => {
-                let id = self.admin_account_id(id)?;
-                self.admin_set_limits(id, req.body, now)
-            }
-            (_, ["admin", "accounts", _, "limits"]) => not_allowed(resp, "PUT"),
-            (Method::Delete, ["admin", "keys", id]) => {
-                let key =
-                    id.parse::<u32>().map(KeyId).map_err(|_| AdminError::new(404, "key.not_found", "no such key"))?;
-                let found = self.engine.revoke_key(key, now);
-                self.after_command();
-                if !found {
-                    return Err(AdminError::new(404, "key.not_found", "no such key"));
-                }
-                Ok(json!({"key_id": key.0, "revoked": true}))
-            }
-            (_, ["admin", "keys", _]) => not_allowed(resp, "DELETE"),
-            _ => Err(AdminError::new(404, "route.not_found", "no such route")),
+            let _ = serde_json::to_writer(&mut resp.body, &value);
+        }
+        Err(e) => {
+            resp.status = e.status;
+            resp.body.clear();
+            let _ = serde_json::to_writer(&mut resp.body, &json!({"error": {"code": e.code, "message": e.message}}));
         }
     }
+    node.metrics.count(Route::Admin, resp.status);
+}
 
-    fn admin_account_id(&self, id: &str) -> Result<AccountId, AdminError> {
-        id.parse::<u32>()
-            .ok()
-            .map(AccountId)
-            .filter(|id| self.engine.account(*id).is_some())
-            .ok_or_else(|| AdminError::new(404, "account.not_found", format!("no account {id:?}")))
-    }
-
-    fn admin_create_account(&mut self, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
-        let req: NewAccount = parse_body(body)?;
-        let name = AccountName::new(&req.name)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| AdminError::new(400, "request.invalid_field", "name must be 1–64 bytes"))?;
-        if self.engine.tier_by_name(&req.tier).is_none() {
-            let known: Vec<&str> = self.engine.tiers().iter().map(|t| t.name.as_str()).collect();
-            return Err(AdminError::new(
-                400,
-                "request.invalid_field",
-                format!("tier {:?} is not one of {known:?}", req.tier),
-            ));
+fn check_admin_token(node: &Node, req: &Request<'_>) -> Result<(), AdminError> {
+    let presented = key_from_headers(req.authorization, None);
+    match presented {
+        Some(t) if constant_time_eq(t, node.admin_token.as_bytes()) => Ok(()),
+        Some(_) => Err(AdminError::new(401, "admin.unauthorized", "wrong admin token")),
+        None => {
+            Err(AdminError::new(401, "admin.unauthorized", "send the admin token as 'Authorization: Bearer <token>'"))
         }
-        let cash = match &req.cash {
-            None => 0,
-            Some(v) => {
-                let text = match v {
-                    Json::String(s) => s.clone(),
-                    Json::Number(n) => n.to_string(),
-                    _ => {
-                        return Err(AdminError::new(
-                            400,
-                            "request.invalid_field",
-                            "cash must be a decimal string or number",
-                        ))
-                    }
-                };
-                match parse_decimal(text.as_bytes(), MONEY_DECIMALS) {
-                    Ok(c) if c >= 0 => c,
-                    Ok(c) if c > MAX_START_CASH => {
-                        return Err(AdminError::new(400, "request.invalid_number", "cash must be at most 10000000000"))
-                    }
-                    Ok(_) => return Err(AdminError::new(400, "request.invalid_number", "cash must not be negative")),
-                    Err(e) => {
-                        return Err(AdminError::new(
-                            400,
-                            "request.invalid_number",
-                            format!("cash {text} {}", e.describe()),
-                        ))
-                    }
-                }
-            }
-        };
-        let overrides = match &req.limits {
-            None | Some(Json::Null) => LimitOverrides::default(),
-            Some(v) => parse_limit_overrides(v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?,
-        };
-        let id = self
-            .open_account(name, &req.tier, cash, overrides, now)
-            .ok_or_else(|| AdminError::new(500, "internal", "the account could not be created"))?;
-        Ok(self.admin_account_json(id))
     }
+}
 
-    fn admin_create_key(&mut self, account: AccountId, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
-        let req: NewKey = parse_body(body)?;
-        let mut roles = Roles::default();
-        for r in &req.roles {
-            match r.as_str() {
-                "feed" => roles.feed = true,
-                "trade" => {}
-                other => {
+fn admin_route(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Result<Json, AdminError> {
+    let parts: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
+    match (req.method, parts.as_slice()) {
+        (Method::Post, ["admin", "accounts"]) => {
+            let v = admin_create_account(node, req.body, now)?;
+            resp.status = 201;
+            Ok(v)
+        }
+        (Method::Get, ["admin", "accounts"]) => Ok(admin_list_accounts(node)),
+        (_, ["admin", "accounts"]) => not_allowed(resp, "GET, POST"),
+        (Method::Get, ["admin", "accounts", id]) => {
+            let id = admin_account_id(node, id)?;
+            Ok(admin_account_json(node, id))
+        }
+        (Method::Post, ["admin", "accounts", id, "keys"]) => {
+            let id = admin_account_id(node, id)?;
+            let v = admin_create_key(node, id, req.body, now)?;
+            resp.status = 201;
+            Ok(v)
+        }
+        (_, ["admin", "accounts", _, "keys"]) => not_allowed(resp, "POST"),
+        (Method::Put, ["admin", "accounts", id, "limits"]) => {
+            let id = admin_account_id(node, id)?;
+            admin_set_limits(node, id, req.body, now)
+        }
+        (_, ["admin", "accounts", _, "limits"]) => not_allowed(resp, "PUT"),
+        (Method::Delete, ["admin", "keys", id]) => {
+            let key = id.parse::<u32>().map(KeyId).map_err(|_| AdminError::new(404, "key.not_found", "no such key"))?;
+            let found = node.engine.revoke_key(key, now);
+            node.after_command();
+            if !found {
+                return Err(AdminError::new(404, "key.not_found", "no such key"));
+            }
+            Ok(json!({"key_id": key.0, "revoked": true}))
+        }
+        (_, ["admin", "keys", _]) => not_allowed(resp, "DELETE"),
+        _ => Err(AdminError::new(404, "route.not_found", "no such route")),
+    }
+}
+
+fn admin_account_id(node: &Node, id: &str) -> Result<AccountId, AdminError> {
+    id.parse::<u32>()
+        .ok()
+        .map(AccountId)
+        .filter(|id| node.engine.account(*id).is_some())
+        .ok_or_else(|| AdminError::new(404, "account.not_found", format!("no account {id:?}")))
+}
+
+fn admin_create_account(node: &mut Node, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
+    let req: NewAccount = parse_body(body)?;
+    let name = AccountName::new(&req.name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| AdminError::new(400, "request.invalid_field", "name must be 1–64 bytes"))?;
+    if node.engine.tier_by_name(&req.tier).is_none() {
+        let known: Vec<&str> = node.engine.tiers().iter().map(|t| t.name.as_str()).collect();
+        return Err(AdminError::new(
+            400,
+            "request.invalid_field",
+            format!("tier {:?} is not one of {known:?}", req.tier),
+        ));
+    }
+    let cash = match &req.cash {
+        None => 0,
+        Some(v) => {
+            let text = match v {
+                Json::String(s) => s.clone(),
+                Json::Number(n) => n.to_string(),
+                _ => {
                     return Err(AdminError::new(
                         400,
                         "request.invalid_field",
-                        format!("role {other:?} is not one of [\"trade\", \"feed\"]"),
+                        "cash must be a decimal string or number",
                     ))
+                }
+            };
+            match parse_decimal(text.as_bytes(), MONEY_DECIMALS) {
+                Ok(c) if c >= 0 => c,
+                Ok(c) if c > MAX_START_CASH => {
+                    return Err(AdminError::new(400, "request.invalid_number", "cash must be at most 10000000000"))
+                }
+                Ok(_) => return Err(AdminError::new(400, "request.invalid_number", "cash must not be negative")),
+                Err(e) => {
+                    return Err(AdminError::new(400, "request.invalid_number", format!("cash {text} {}", e.describe())))
                 }
             }
         }
-        let key = generate_key().map_err(|e| AdminError::new(500, "internal", format!("no randomness: {e}")))?;
-        let id = self
-            .add_key(account, hash_key(key.as_bytes()), roles, now)
-            .ok_or_else(|| AdminError::new(404, "account.not_found", "no such account"))?;
-        Ok(json!({"key_id": id.0, "key": key, "account_id": account.0, "roles": roles_json(roles)}))
-    }
+    };
+    let overrides = match &req.limits {
+        None | Some(Json::Null) => LimitOverrides::default(),
+        Some(v) => parse_limit_overrides(v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?,
+    };
+    let id = node
+        .open_account(name, &req.tier, cash, overrides, now)
+        .ok_or_else(|| AdminError::new(500, "internal", "the account could not be created"))?;
+    Ok(admin_account_json(node, id))
+}
 
-    fn admin_set_limits(&mut self, account: AccountId, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
-        let v: Json = parse_body(body)?;
-        let v = match v.as_object() {
-            Some(o) if o.len() == 1 && o.contains_key("limits") => o["limits"].clone(),
-            _ => v,
-        };
-        let overrides = parse_limit_overrides(&v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?;
-        let r = self.engine.set_limits(account, overrides, now);
-        self.after_command();
-        r.map_err(|r| AdminError::from(ApiError::reject(r)))?;
-        Ok(self.admin_account_json(account))
+fn admin_create_key(node: &mut Node, account: AccountId, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
+    let req: NewKey = parse_body(body)?;
+    let mut roles = Roles::default();
+    for r in &req.roles {
+        match r.as_str() {
+            "feed" => roles.feed = true,
+            "trade" => {}
+            other => {
+                return Err(AdminError::new(
+                    400,
+                    "request.invalid_field",
+                    format!("role {other:?} is not one of [\"trade\", \"feed\"]"),
+                ))
+            }
+        }
     }
+    let key = generate_key().map_err(|e| AdminError::new(500, "internal", format!("no randomness: {e}")))?;
+    let id = node
+        .add_key(account, hash_key(key.as_bytes()), roles, now)
+        .ok_or_else(|| AdminError::new(404, "account.not_found", "no such account"))?;
+    Ok(json!({"key_id": id.0, "key": key, "account_id": account.0, "roles": roles_json(roles)}))
+}
 
-    fn admin_account_json(&self, id: AccountId) -> Json {
-        let Some(a) = self.engine.account(id) else { return Json::Null };
-        let mut out = Vec::new();
-        render::account(&mut Writer::new(&mut out), &self.engine, a);
-        let mut v: Json = serde_json::from_slice(&out).unwrap_or_default();
-        let keys: Vec<Json> = a
-            .keys
-            .iter()
-            .filter_map(|k| self.engine.key(*k))
-            .map(|k| json!({"key_id": k.id.0, "roles": roles_json(k.roles), "revoked": k.revoked, "created_at": k.created_at}))
-            .collect();
-        v["keys"] = Json::Array(keys);
-        v
-    }
+fn admin_set_limits(node: &mut Node, account: AccountId, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
+    let v: Json = parse_body(body)?;
+    let v = match v.as_object() {
+        Some(o) if o.len() == 1 && o.contains_key("limits") => o["limits"].clone(),
+        _ => v,
+    };
+    let overrides = parse_limit_overrides(&v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?;
+    let r = node.engine.set_limits(account, overrides, now);
+    node.after_command();
+    r.map_err(|r| AdminError::from(ApiError::reject(r)))?;
+    Ok(admin_account_json(node, account))
+}
 
-    fn admin_list_accounts(&self) -> Json {
-        let accounts: Vec<Json> = self.engine.accounts().iter().map(|a| self.admin_account_json(a.id)).collect();
-        json!({ "accounts": accounts })
-    }
+fn admin_account_json(node: &Node, id: AccountId) -> Json {
+    let Some(a) = node.engine.account(id) else { return Json::Null };
+    let mut out = Vec::new();
+    render::account(&mut Writer::new(&mut out), &node.engine, a);
+    let mut v: Json = serde_json::from_slice(&out).unwrap_or_default();
+    let keys: Vec<Json> = a
+        .keys
+        .iter()
+        .filter_map(|k| node.engine.key(*k))
+        .map(|k| json!({"key_id": k.id.0, "roles": roles_json(k.roles), "revoked": k.revoked, "created_at": k.created_at}))
+        .collect();
+    v["keys"] = Json::Array(keys);
+    v
+}
+
+fn admin_list_accounts(node: &Node) -> Json {
+    let accounts: Vec<Json> = node.engine.accounts().iter().map(|a| admin_account_json(node, a.id)).collect();
+    json!({ "accounts": accounts })
 }
 
 fn not_allowed(resp: &mut Response, allow: &'static str) -> Result<Json, AdminError> {

@@ -4,10 +4,10 @@
 //! JSON and the field names (and finds a TradingView `passphrase`); [`OrderFields::resolve`]
 //! turns the values into a [`SignalSpec`] in the symbol's units.
 
-use super::error::{ApiError, Detail};
 use crate::engine::symbol::SymbolTable;
 use crate::engine::types::{OrderType, SignalKey, Tag, Tif};
 use crate::engine::{Intent, SignalSpec, Size};
+use crate::error::{ApiError, Detail};
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::json::{JsonStr, Reader, Value};
 

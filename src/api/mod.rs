@@ -6,199 +6,13 @@
 
 pub mod admin;
 pub mod body;
-mod error;
 pub mod render;
 mod routes;
 
-pub use error::{ApiError, Detail};
-pub use routes::{journal_refused, JOURNAL_UNAVAILABLE};
-
-use std::time::Instant;
-
-use crate::engine::event::SignalAnswer;
-use crate::engine::types::{AccountId, OrderId, SignalKey};
-use crate::rate_limit::Admission;
-
-/// HTTP methods the API knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// GET
-    Get,
-    /// HEAD (answered like GET, without a body)
-    Head,
-    /// POST
-    Post,
-    /// PUT
-    Put,
-    /// DELETE
-    Delete,
-    /// Anything else.
-    Other,
-}
-
-impl Method {
-    /// From the method's text.
-    pub fn parse(m: &str) -> Method {
-        match m {
-            "GET" => Method::Get,
-            "HEAD" => Method::Head,
-            "POST" => Method::Post,
-            "PUT" => Method::Put,
-            "DELETE" => Method::Delete,
-            _ => Method::Other,
-        }
-    }
-}
-
-/// A request as the API sees it; everything borrowed.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    /// Method.
-    pub method: Method,
-    /// Path, without the query.
-    pub path: &'a str,
-    /// Query string, without `?` (empty when none).
-    pub query: &'a str,
-    /// `Authorization` header.
-    pub authorization: Option<&'a [u8]>,
-    /// `X-API-Key` header.
-    pub x_api_key: Option<&'a [u8]>,
-    /// `Content-Type` header.
-    pub content_type: Option<&'a [u8]>,
-    /// `If-None-Match` header.
-    pub if_none_match: Option<&'a [u8]>,
-    /// The body.
-    pub body: &'a [u8],
-}
-
-impl<'a> Request<'a> {
-    /// A request with no headers and no body.
-    pub fn new(method: Method, path: &'a str) -> Self {
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        Request {
-            method,
-            path,
-            query,
-            authorization: None,
-            x_api_key: None,
-            content_type: None,
-            if_none_match: None,
-            body: b"",
-        }
-    }
-
-    /// The value of query parameter `name` (first occurrence; no percent-decoding needed for
-    /// the parameters the API defines).
-    pub fn query_param(&self, name: &str) -> Option<&'a str> {
-        self.query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then_some(v)
-        })
-    }
-}
-
-/// An answer being built; reused from request to request.
-#[derive(Debug, Default)]
-pub struct Response {
-    /// Status code.
-    pub status: u16,
-    /// JSON body (or Prometheus text for `/metrics`).
-    pub body: Vec<u8>,
-    /// `Content-Type` of the body.
-    pub content_type: &'static str,
-    /// `Retry-After` seconds.
-    pub retry_after: Option<u32>,
-    /// Rate-limit headers.
-    pub rate: Option<Admission>,
-    /// Signal-to-order time for `Server-Timing`.
-    pub signal_to_order_ns: Option<u64>,
-    /// Adds `Idempotent-Replay: true`.
-    pub idempotent_replay: bool,
-    /// `Cache-Control: no-store`.
-    pub no_store: bool,
-    /// `Allow` header for 405 answers.
-    pub allow: Option<&'static str>,
-    /// An answer to render once the request's events are durable and the venue has seen them.
-    pub pending: Option<Pending>,
-    /// A history query for the history thread; its answer replaces this response.
-    pub history: Option<crate::history::Query>,
-    /// `Cache-Control` other than `no-store`.
-    pub cache_control: Option<&'static str>,
-    /// `ETag`, quoted.
-    pub etag: Option<String>,
-    /// The request showed a valid key (or the admin token): its connection is a trader's.
-    pub authenticated: bool,
-    /// Close the connection after this answer.
-    pub close: bool,
-}
-
-/// The answer of a request that sent orders or cancels to the venue. The venue sees them only
-/// after the journal has them, so the answer is rendered then ([`crate::node::Node::complete`]),
-/// showing what the venue did.
-#[derive(Debug, Clone, Copy)]
-pub enum Pending {
-    /// A signal's answer.
-    Signal {
-        /// The account.
-        account: AccountId,
-        /// The answer as the engine gave it.
-        answer: SignalAnswer,
-        /// The client's signal id, echoed back.
-        signal_id: Option<SignalKey>,
-        /// When the request was parsed, for the signal-to-order time.
-        parsed_at: Instant,
-    },
-    /// One order, as `GET /v1/orders/{id}` shows it.
-    Order {
-        /// The order.
-        id: OrderId,
-        /// When the request was parsed, for a new order's signal-to-order time.
-        parsed_at: Option<Instant>,
-    },
-}
-
-/// `Content-Type` of JSON answers.
-pub const JSON: &str = "application/json";
-
-impl Response {
-    /// A response with a body buffer of `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> Self {
-        Response { body: Vec::with_capacity(capacity), content_type: JSON, ..Response::default() }
-    }
-
-    /// Clears it for the next request, keeping the buffer.
-    pub fn reset(&mut self) {
-        self.status = 200;
-        self.body.clear();
-        self.content_type = JSON;
-        self.retry_after = None;
-        self.rate = None;
-        self.signal_to_order_ns = None;
-        self.idempotent_replay = false;
-        self.no_store = false;
-        self.allow = None;
-        self.pending = None;
-        self.history = None;
-        self.cache_control = None;
-        self.etag = None;
-        self.authenticated = false;
-        self.close = false;
-    }
-
-    /// Turns it into an error answer.
-    pub fn error(&mut self, e: &ApiError<'_>) {
-        self.status = e.status;
-        self.body.clear();
-        self.content_type = JSON;
-        e.write(&mut self.body);
-        if e.status == 405 {
-            self.allow = e.allow;
-        }
-        if let Detail::RetryAfter(secs) | Detail::Unavailable(_, secs) = e.detail {
-            self.retry_after = Some(secs);
-        }
-    }
-}
+pub use crate::error::{ApiError, Detail};
+pub use crate::node::request::{Answer, Later, Method, Pending, Request, Response, JSON};
+pub use admin::Admin;
+pub use routes::Public;
 
 #[cfg(test)]
 mod tests {
@@ -210,7 +24,7 @@ mod tests {
             include_str!("routes.rs"),
             include_str!("admin.rs"),
             include_str!("body.rs"),
-            include_str!("error.rs"),
+            include_str!("../error.rs"),
             include_str!("../http.rs"),
             include_str!("../history/mod.rs"),
             include_str!("../history/postgres.rs"),

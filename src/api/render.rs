@@ -6,10 +6,10 @@ use crate::engine::market::Quote;
 use crate::engine::order::Order;
 use crate::engine::symbol::SymbolTable;
 use crate::engine::types::SignalKey;
+use crate::engine::venue::Venue;
 use crate::engine::Engine;
 use crate::fixed::MONEY_DECIMALS;
 use crate::json::Writer;
-use crate::venue::Venue;
 
 /// Money is shown with at least two decimals.
 const MONEY_MIN: u8 = 2;

@@ -6,6 +6,7 @@
 use super::account::{AccountName, AccountState, LimitOverrides, Roles, StateReason, TierId};
 use super::market::Quote;
 use super::order::{Order, OrderEvent, OrderStatus};
+use super::position::Holding;
 use super::risk::RejectCode;
 use super::types::{AccountId, KeyId, Nanos, OrderId, Side, SignalKey, SymbolId};
 
@@ -98,6 +99,8 @@ mod kinds {
         OrderUpdated {
             /// The order.
             order: OrderId,
+            /// Its account.
+            account: AccountId,
             /// What happened.
             event: OrderEvent,
         },
@@ -119,6 +122,10 @@ mod kinds {
             notional: i64,
             /// Fee (money units).
             fee: i64,
+            /// The P&L this fill realized (money units), fees not included.
+            realized: i64,
+            /// The position after the fill.
+            position: Holding,
         },
         /// A quote arrived.
         Quote(Quote),

@@ -15,6 +15,7 @@ pub mod position;
 pub mod risk;
 pub mod symbol;
 pub mod types;
+pub mod venue;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -23,7 +24,7 @@ use event::{Event, EventKind, OrderView, PositionView, SignalAnswer};
 use idempotency::IdempotencyStore;
 use market::Quote;
 use order::{transition, Order, OrderEvent, OrderStatus};
-use position::Position;
+use position::{Holding, Position};
 use risk::{Reject, RejectCode, Unit};
 use symbol::SymbolTable;
 use types::{
@@ -32,7 +33,7 @@ use types::{
 };
 
 use crate::fixed::div_round;
-use crate::venue::{Execution, Venue};
+use venue::{Execution, Venue};
 
 /// Engine settings that are not per account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -525,7 +526,7 @@ impl<V: Venue> Engine<V> {
             // Already pending cancel: the venue will confirm.
             return;
         }
-        self.emit(now, EventKind::OrderUpdated { order: id, event: OrderEvent::CancelRequest });
+        self.emit(now, EventKind::OrderUpdated { order: id, account: o.account, event: OrderEvent::CancelRequest });
         self.venue.cancel(&o, now, &mut self.executions);
         self.apply_executions(now);
     }
@@ -865,7 +866,10 @@ impl<V: Venue> Engine<V> {
                 if o.tif == Tif::Day && day_of(o.created_at) < day && transition(o.status, OrderEvent::Expire).is_some()
                 {
                     self.venue.forget(&o);
-                    self.emit(now, EventKind::OrderUpdated { order: id, event: OrderEvent::Expire });
+                    self.emit(
+                        now,
+                        EventKind::OrderUpdated { order: id, account: o.account, event: OrderEvent::Expire },
+                    );
                     continue; // the order left the open list
                 }
                 i += 1;
@@ -888,6 +892,10 @@ impl<V: Venue> Engine<V> {
                         continue;
                     }
                     let notional = self.symbols.get(o.symbol).notional(price, qty).unwrap_or(i64::MAX);
+                    // What applying the fill will do to the position, worked out on a copy.
+                    let mut position =
+                        self.account(o.account).map(|a| a.positions[usize::from(o.symbol.0)]).unwrap_or_default();
+                    let realized = position.apply_fill(o.side, qty, notional, fee).realized;
                     self.emit(
                         now,
                         EventKind::Fill {
@@ -899,6 +907,8 @@ impl<V: Venue> Engine<V> {
                             price,
                             notional,
                             fee,
+                            realized,
+                            position: Holding::from(&position),
                         },
                     );
                 }
@@ -924,9 +934,9 @@ impl<V: Venue> Engine<V> {
     }
 
     fn order_event(&mut self, order: OrderId, event: OrderEvent, now: Nanos) {
-        if let Some(o) = self.orders.get(&order) {
+        if let Some(&o) = self.orders.get(&order) {
             if transition(o.status, event).is_some() {
-                self.emit(now, EventKind::OrderUpdated { order, event });
+                self.emit(now, EventKind::OrderUpdated { order, account: o.account, event });
             }
         }
     }
@@ -997,7 +1007,7 @@ impl<V: Venue> Engine<V> {
                 }
             }
             EventKind::OrderAccepted { order } => self.apply_accepted(order, e.ts),
-            EventKind::OrderUpdated { order, event } => {
+            EventKind::OrderUpdated { order, event, .. } => {
                 let Some(o) = self.orders.get_mut(&order) else { return };
                 let Some(next) = transition(o.status, event) else { return };
                 let remaining = o.remaining();

@@ -22,6 +22,28 @@ pub struct Position {
     pub open_sell: i64,
 }
 
+/// A position's figures after a fill, carried in the fill's event so that those who follow the
+/// journal (the stream, history, PostgreSQL) need not work them out again.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+)]
+pub struct Holding {
+    /// Signed quantity (quantity units).
+    pub qty: i64,
+    /// Signed cost of the open quantity (money units).
+    pub cost: i64,
+    /// Realized P&L so far (money units), fees not included.
+    pub realized: i64,
+    /// Fees paid in this symbol so far (money units).
+    pub fees: i64,
+}
+
+impl From<&Position> for Holding {
+    fn from(p: &Position) -> Holding {
+        Holding { qty: p.qty, cost: p.cost, realized: p.realized, fees: p.fees }
+    }
+}
+
 /// What a fill did to a position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FillEffect {

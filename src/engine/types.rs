@@ -2,13 +2,7 @@
 
 use std::fmt;
 
-/// Nanoseconds since the Unix epoch, as handed to the engine by its caller.
-pub type Nanos = u64;
-
-/// Nanoseconds in one second.
-pub const SECOND: Nanos = 1_000_000_000;
-/// Nanoseconds in one day.
-pub const DAY: Nanos = 86_400 * SECOND;
+pub use crate::time::{Nanos, DAY, SECOND};
 
 /// The most one order may be worth, in money units (10^17: a billion of the account currency).
 /// A symbol's highest price keeps its largest order within it ([`super::symbol::SymbolSpec::max_price`]),

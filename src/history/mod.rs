@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::node::request::Answer;
 use crate::postgres::offload::Shared;
 
 /// Queries waiting for the history thread beyond which the API answers 503.
@@ -80,21 +81,8 @@ pub enum Query {
 /// Most candles in one answer.
 pub const MAX_CANDLES: i64 = 5000;
 
-/// A finished answer.
-#[derive(Debug, Clone, Default)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Vec<u8>,
-    /// `Cache-Control` (successful answers).
-    pub cache_control: Option<&'static str>,
-    /// `ETag` (successful answers), quoted.
-    pub etag: Option<String>,
-}
-
 /// What the history thread receives.
-type Job = (Query, oneshot::Sender<Reply>);
+type Job = (Query, oneshot::Sender<Answer>);
 
 /// The hot core's handle on the history thread.
 pub struct History {
@@ -129,26 +117,26 @@ impl History {
     }
 
     /// Queues a query; `None` when the queue is full (the caller answers 503).
-    pub fn ask(&self, q: Query) -> Option<oneshot::Receiver<Reply>> {
+    pub fn ask(&self, q: Query) -> Option<oneshot::Receiver<Answer>> {
         let (tx, rx) = oneshot::channel();
         self.jobs.try_send((q, tx)).ok().map(|()| rx)
     }
 }
 
 /// An error answer.
-fn error(status: u16, code: &str, message: &str) -> Reply {
+fn error(status: u16, code: &str, message: &str) -> Answer {
     let body = serde_json::json!({"error": {"code": code, "message": message}});
-    Reply { status, body: body.to_string().into_bytes(), cache_control: None, etag: None }
+    Answer { status, body: body.to_string().into_bytes(), cache_control: None, etag: None }
 }
 
 /// A successful answer: cached for a day when its window has `settled` (ended more than 15
 /// minutes ago, before anything still on its way), for 5 s otherwise; tagged with a digest of
 /// the body.
-fn finish(body: Vec<u8>, settled: bool) -> Reply {
+fn finish(body: Vec<u8>, settled: bool) -> Answer {
     let cache_control = Some(if settled { "public, max-age=86400" } else { "public, max-age=5" });
     let digest = Sha256::digest(&body);
     let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-    Reply { status: 200, body, cache_control, etag: Some(etag) }
+    Answer { status: 200, body, cache_control, etag: Some(etag) }
 }
 
 /// Drawdown and Sharpe ratio of a daily P&L series.

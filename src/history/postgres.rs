@@ -7,7 +7,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::{
-    error, finish, Candles, Job, Performance, Query, Reply, Stats, Trades, MAX_CANDLES, QUERY_TIMEOUT, TRADE_FIELDS,
+    error, finish, Answer, Candles, Job, Performance, Query, Stats, Trades, MAX_CANDLES, QUERY_TIMEOUT, TRADE_FIELDS,
 };
 use crate::postgres::migrate::describe;
 use crate::postgres::offload::Shared;
@@ -52,7 +52,7 @@ async fn connect(url: &str) -> Result<Client, String> {
     Ok(client)
 }
 
-async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Reply, tokio_postgres::Error> {
+async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Answer, tokio_postgres::Error> {
     let (body, to) = match q {
         Query::Trades(t) => (trades(c, t).await?, &t.to),
         Query::Candles(k) => (candles(c, k).await?, &k.to),

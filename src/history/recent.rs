@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 
 use tokio::sync::mpsc;
 
-use super::{error, finish, Candles, Job, Performance, Query, Reply, Stats, Trades, MAX_CANDLES, TRADE_FIELDS};
+use super::{error, finish, Answer, Candles, Job, Performance, Query, Stats, Trades, MAX_CANDLES, TRADE_FIELDS};
 use crate::config::Config;
 use crate::engine::event::EventKind;
 use crate::engine::types::{Nanos, Side, SymbolId, DAY, SECOND};
@@ -105,9 +105,9 @@ impl Recent {
     fn catch_up(&mut self) -> Result<bool, String> {
         let Recent { follower, fills, candles, .. } = self;
         let Some(follower) = follower.as_mut() else { return Ok(true) };
-        let read = follower.advance(u64::MAX, READ_BATCH, |_, e, realized| {
+        let read = follower.advance(u64::MAX, READ_BATCH, |_, e| {
             match e.kind {
-                EventKind::Fill { order, account, symbol, side, qty, price, notional, fee } => {
+                EventKind::Fill { order, account, symbol, side, qty, price, notional, fee, realized, .. } => {
                     let f = Fill {
                         ts: e.ts,
                         seq: e.seq,
@@ -155,9 +155,9 @@ impl Recent {
         Ok(read < READ_BATCH)
     }
 
-    fn answer(&self, q: &Query) -> Reply {
+    fn answer(&self, q: &Query) -> Answer {
         let now = crate::clock::now();
-        let window = |from: &Option<String>, to: &Option<String>| -> Result<(Option<Nanos>, Option<Nanos>), Reply> {
+        let window = |from: &Option<String>, to: &Option<String>| -> Result<(Option<Nanos>, Option<Nanos>), Answer> {
             let parse = |v: &Option<String>, name: &str| match v {
                 None => Ok(None),
                 Some(t) => parse_time(t).map(Some).ok_or_else(|| {

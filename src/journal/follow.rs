@@ -9,7 +9,9 @@
 //!
 //! A [`Follower`] is a reader with an engine of its own: it starts from the newest snapshot that
 //! suits it (or from a state it is given), then applies every event it reads, and lets its
-//! owner see each event with the engine's state after it.
+//! owner see each event with the engine's state after it. Events carry what their followers
+//! need of the hot core's work (a fill, what it realized and the position it left), so a
+//! follower that needs no more reads with a plain [`Reader`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -19,9 +21,11 @@ use super::format::{self, Bad, Version, RECORD_HEADER, SEGMENT_HEADER};
 use super::scan::{list_segments, Segment};
 use super::segment::Mapping;
 use super::{snapshot, Watermarks};
-use crate::engine::event::Event;
+use crate::engine::event::{Event, EventKind};
+use crate::engine::position::Holding;
+use crate::engine::types::AccountId;
+use crate::engine::venue::NoVenue;
 use crate::engine::Engine;
-use crate::venue::NoVenue;
 
 /// How far a reader may read.
 #[derive(Clone)]
@@ -78,12 +82,14 @@ impl Reader {
     }
 
     /// Hands the events from `next_seq` up to `upto` and the limit (at most `max` of them) to
-    /// `f`, in order. Returns how many it handed out; fewer when there are no more yet.
+    /// `f`, in order, each with the format of its segment (an event of version 1 lacks some
+    /// fields: see `journal::v1`). Returns how many it handed out; fewer when there are no more
+    /// yet.
     pub fn read(
         &mut self,
         upto: u64,
         max: usize,
-        mut f: impl FnMut(&Event) -> Result<(), String>,
+        mut f: impl FnMut(&Event, Version) -> Result<(), String>,
     ) -> Result<usize, String> {
         let bound = upto.min(self.limit.now());
         let mut n = 0;
@@ -92,8 +98,8 @@ impl Reader {
                 break;
             }
             match self.next_event()? {
-                Some(e) => {
-                    f(&e)?;
+                Some((e, version)) => {
+                    f(&e, version)?;
                     n += 1;
                 }
                 None if self.limit_is_files() || self.next_seq <= bound => {
@@ -115,7 +121,7 @@ impl Reader {
 
     /// The next event of the open segment, skipping those before `next_seq`; `None` when the
     /// segment has no more (yet).
-    fn next_event(&mut self) -> Result<Option<Event>, String> {
+    fn next_event(&mut self) -> Result<Option<(Event, Version)>, String> {
         let Some(open) = self.open.as_mut() else { return Ok(None) };
         loop {
             let len = match open.version {
@@ -153,9 +159,9 @@ impl Reader {
                     self.next_seq
                 ));
             }
-            let event = format::decode(rec.payload)?;
+            let event = format::decode(rec.payload, open.version)?;
             self.next_seq += 1;
-            return Ok(Some(event));
+            return Ok(Some((event, open.version)));
         }
     }
 
@@ -258,7 +264,7 @@ impl Follower {
         let mut f = Follower { engine, reader: Reader::new(dir, after + 1, limit) };
         if let Start::After(cursor) = start {
             while f.reader.next_seq() <= cursor {
-                if f.advance(cursor, 65_536, |_, _, _| {})? == 0 {
+                if f.advance(cursor, 65_536, |_, _| {})? == 0 {
                     return Err(format!(
                         "the journal in {} ends at seq {}, before seq {cursor}",
                         dir.display(),
@@ -292,33 +298,41 @@ impl Follower {
     }
 
     /// Applies the events after the last one read, up to `upto` and the limit (at most `max`),
-    /// and hands each to `f` with the engine's state after it and, for a fill, the P&L it
-    /// realized. Returns how many it applied.
+    /// and hands each to `f` with the engine's state after it. Returns how many it applied.
     pub fn advance(
         &mut self,
         upto: u64,
         max: usize,
-        mut f: impl FnMut(&Engine<NoVenue>, &Event, i64),
+        mut f: impl FnMut(&Engine<NoVenue>, &Event),
     ) -> Result<usize, String> {
         let Follower { engine, reader } = self;
-        reader.read(upto, max, |e| {
-            let realized = apply_realizing(engine, e);
-            f(engine, e, realized);
+        reader.read(upto, max, |e, version| {
+            let e = match version {
+                Version::V2 => *e,
+                Version::V1 => complete(engine, e),
+            };
+            engine.apply_event(&e);
+            f(engine, &e);
             Ok(())
         })
     }
 }
 
-/// Applies `e`; for a fill, returns the P&L it realized (the change it made to its position's
-/// realized P&L), otherwise 0.
-fn apply_realizing(engine: &mut Engine<NoVenue>, e: &Event) -> i64 {
-    let realized = |engine: &Engine<NoVenue>| match e.kind {
-        crate::engine::event::EventKind::Fill { account, symbol, .. } => {
-            engine.account(account).map_or(0, |a| a.positions[usize::from(symbol.0)].realized)
+/// An event read from a segment of version 1 with what it lacks there filled in from `engine`,
+/// the state before it: an order update's account, a fill's realized P&L and the position it
+/// leaves.
+fn complete(engine: &Engine<NoVenue>, e: &Event) -> Event {
+    let mut e = *e;
+    match &mut e.kind {
+        EventKind::OrderUpdated { order, account, .. } => {
+            *account = engine.order(*order).map_or(AccountId(0), |o| o.account);
         }
-        _ => 0,
-    };
-    let before = realized(engine);
-    engine.apply_event(e);
-    realized(engine) - before
+        EventKind::Fill { account, symbol, side, qty, notional, fee, realized, position, .. } => {
+            let mut p = engine.account(*account).map(|a| a.positions[usize::from(symbol.0)]).unwrap_or_default();
+            *realized = p.apply_fill(*side, *qty, *notional, *fee).realized;
+            *position = Holding::from(&p);
+        }
+        _ => {}
+    }
+    e
 }

@@ -191,9 +191,15 @@ pub fn read_at(buf: &[u8], off: usize, v: Version) -> Result<Found<'_>, Bad> {
     Ok(Found { seq, payload, next })
 }
 
-/// Decodes a payload, validating it first.
-pub fn decode(payload: &[u8]) -> Result<Event, String> {
-    rkyv::from_bytes::<Event, rkyv::rancor::Error>(payload).map_err(|e| format!("undecodable event: {e}"))
+/// Decodes a payload of a segment of version `v`, validating it first. An event of version 1 has
+/// zeros where it lacks today's fields (see `journal::v1`).
+pub fn decode(payload: &[u8], v: Version) -> Result<Event, String> {
+    match v {
+        Version::V2 => {
+            rkyv::from_bytes::<Event, rkyv::rancor::Error>(payload).map_err(|e| format!("undecodable event: {e}"))
+        }
+        Version::V1 => super::v1::decode(payload),
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +234,7 @@ mod tests {
         for seq in 1..=3 {
             let f = read_at(&buf, off, Version::V2).expect("record");
             assert_eq!(f.seq, seq);
-            assert_eq!(decode(f.payload).expect("decodes"), quote(seq));
+            assert_eq!(decode(f.payload, Version::V2).expect("decodes"), quote(seq));
             off = f.next;
         }
         assert_eq!(read_at(&buf, off, Version::V2), Err(Bad::End));

@@ -25,6 +25,7 @@ pub mod scan;
 pub mod segment;
 pub mod snapshot;
 pub mod tools;
+mod v1;
 
 pub use replay::{replay, Replayed, Resume};
 
@@ -866,7 +867,7 @@ mod tests {
             orders_per_account: 16,
         };
         let symbols = crate::engine::symbol::SymbolTable::new(vec![]);
-        let mut engine = crate::engine::Engine::new(config, symbols, vec![], crate::venue::NoVenue);
+        let mut engine = crate::engine::Engine::new(config, symbols, vec![], crate::engine::venue::NoVenue);
         let r = replay(&mut engine, dir, false).unwrap();
         Journal::open(options(dir, fsync), &r.resume, r.last_seq).unwrap()
     }
@@ -875,7 +876,7 @@ mod tests {
         let mut seqs = Vec::new();
         let mut reader = Reader::new(dir, 1, limit);
         while reader
-            .read(u64::MAX, 10_000, |e| {
+            .read(u64::MAX, 10_000, |e, _| {
                 seqs.push(e.seq);
                 Ok(())
             })

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::scan::{self, End, ScanError};
+use crate::engine::venue::Venue;
 use crate::engine::Engine;
-use crate::venue::Venue;
 
 /// Where appending continues: the last segment and the end of its good records (none for an
 /// empty journal).

@@ -181,7 +181,8 @@ pub fn scan(dir: &Path, after: u64, mut f: impl FnMut(Event) -> Result<(), Strin
                         ));
                     }
                     if rec.seq > after {
-                        let event = format::decode(rec.payload).map_err(|e| damage(off, e, report.last_seq))?;
+                        let event =
+                            format::decode(rec.payload, version).map_err(|e| damage(off, e, report.last_seq))?;
                         f(event).map_err(ScanError::Stopped)?;
                     }
                     report.records += 1;

@@ -20,8 +20,8 @@ use super::follow::{Follower as Reading, Limit, Start};
 use super::format;
 use super::scan::{list_segments, Segment};
 use super::Watermarks;
+use crate::engine::venue::NoVenue;
 use crate::engine::{Engine, EngineState};
-use crate::venue::NoVenue;
 
 const MAGIC: &[u8; 8] = b"SGSNAP01";
 const HEADER: usize = 32;
@@ -252,7 +252,7 @@ fn follow(
     let mut reading = Reading::start(dir, engine, Start::Newest, Limit::Stable(marks.clone()))?;
     let mut last_snapshot = reading.engine().last_seq();
     loop {
-        let read = reading.advance(u64::MAX, READ_BATCH, |_, _, _| {})?;
+        let read = reading.advance(u64::MAX, READ_BATCH, |_, _| {})?;
         if reading.engine().last_seq() >= last_snapshot + settings.every_events {
             let started = std::time::Instant::now();
             let state = reading.engine().state();

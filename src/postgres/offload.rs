@@ -3,7 +3,8 @@
 //! The hot core has no part in it. A reader thread follows the journal's mapping
 //! ([`crate::journal::follow`]) up to what the journal says is stable (synced, unless
 //! `fsync = "never"`), with a follower engine of its own (so that each row carries the state after
-//! its event: an order's status, a fill's realized P&L, the position it leaves), and builds
+//! its event: an order's status, an account's; a fill brings its realized P&L and the position it
+//! leaves), and builds
 //! batches bounded by events and by time. A writer thread (tokio current-thread runtime,
 //! tokio-postgres) writes each batch with binary `COPY` while the reader builds the next. The offload cursor moves in the same transaction as the rows,
 //! so a batch is in the database whole or not at all, and a restart — of the node or of
@@ -27,13 +28,13 @@ use super::migrate::describe;
 use crate::config::Config;
 use crate::engine::event::{Event, EventKind};
 use crate::engine::order::Order;
-use crate::engine::position::Position;
+use crate::engine::position::Holding;
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId};
+use crate::engine::venue::NoVenue;
 use crate::engine::Engine;
 use crate::fixed::MONEY_DECIMALS;
 use crate::journal::follow::{self, Follower, Limit};
 use crate::journal::Watermarks;
-use crate::venue::NoVenue;
 
 /// Wait between looks at the journal when there is nothing to offload.
 const POLL: Duration = Duration::from_millis(10);
@@ -681,7 +682,7 @@ struct Batch {
     orders: HashMap<u64, (Order, u64, bool)>,
     fills: CopyBuf,
     /// The last state of each position the batch changed, with its fill's seq and time.
-    positions: HashMap<(AccountId, SymbolId), (Position, u64, Nanos)>,
+    positions: HashMap<(AccountId, SymbolId), (Holding, u64, Nanos)>,
     signals: CopyBuf,
     market_data: CopyBuf,
 }
@@ -734,7 +735,7 @@ impl Mirror {
         if open.events == 0 {
             open.first = follower.next_seq();
         }
-        follower.advance(stable, max, |engine, e, realized| add_event(engine, open, e, realized))?;
+        follower.advance(stable, max, |engine, e| add_event(engine, open, e))?;
         Ok(())
     }
 
@@ -842,7 +843,7 @@ fn update_order(engine: &Engine<NoVenue>, b: &mut Batch, id: crate::engine::type
 
 /// Adds the rows `e` makes to the batch, from the engine's state after it (`realized`: what a
 /// fill realized).
-fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event, realized: i64) {
+fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event) {
     b.events += 1;
     match e.kind {
         EventKind::AccountCreated { account, .. } | EventKind::AccountStateChanged { account, .. } => {
@@ -883,10 +884,9 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event, realized: i64) 
             }
         }
         EventKind::OrderUpdated { order, .. } => update_order(engine, b, order, e.seq),
-        EventKind::Fill { order, account, symbol, side, qty, price, notional, fee } => {
+        EventKind::Fill { order, account, symbol, side, qty, price, notional, fee, realized, position } => {
             update_order(engine, b, order, e.seq);
             let spec = engine.symbols().get(symbol);
-            let pos = engine.account(account).map(|a| a.positions[usize::from(symbol.0)]).unwrap_or_default();
             b.fills
                 .row(11)
                 .timestamptz(e.ts)
@@ -900,7 +900,7 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event, realized: i64) 
                 .numeric(notional, MONEY_DECIMALS)
                 .numeric(fee, MONEY_DECIMALS)
                 .numeric(realized, MONEY_DECIMALS);
-            b.positions.insert((account, symbol), (pos, e.seq, e.ts));
+            b.positions.insert((account, symbol), (position, e.seq, e.ts));
         }
         EventKind::Quote(q) => {
             let spec = engine.symbols().get(q.symbol);

@@ -1,6 +1,9 @@
 //! The fan-out core's state: every connection, what it subscribed to and what waits to be sent
-//! to it, the resume window, and a mirror of the engine that follows the feed (keys for
-//! authentication, orders for routing their updates, positions after fills).
+//! to it, the resume window, and the keys and tiers it authenticates streams with.
+//!
+//! The hub reads the journal's records behind the hot core and runs no engine: the events carry
+//! what it needs (every account event names its account; a fill brings the position it leaves),
+//! and it keeps only a [`Directory`] of keys and tiers up to date from them.
 //!
 //! Each event is encoded once; subscribers get a copy of the same bytes in their queue. Account
 //! events are queued in full and never dropped; a quote only marks its symbol as changed for
@@ -16,14 +19,14 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::engine::account::KeyRecord;
+use crate::engine::account::{KeyRecord, TierId};
 use crate::engine::event::{Event, EventKind};
-use crate::engine::types::AccountId;
-use crate::engine::{Engine, EngineState};
+use crate::engine::types::{AccountId, KeyId};
+use crate::engine::Engine;
 use crate::journal::follow::{Limit, Reader};
+use crate::journal::format::Version;
 use crate::journal::Watermarks;
 use crate::shutdown::Shutdown;
-use crate::venue::NoVenue;
 
 use super::frame::{self, Kind};
 use super::protocol::{close, encode_entry, encode_json, ServerBody, ServerMsg, SymbolInfo, FRAME_HEADER, VERSION};
@@ -82,6 +85,52 @@ impl Settings {
             dir: cfg.journal.dir.clone(),
             // In the order `node::tiers` gives the engine its tiers.
             tier_caps: cfg.tiers.values().map(|t| t.ws_connections).collect(),
+        }
+    }
+}
+
+/// What the hub knows of the engine's state: every key (to authenticate streams) and each
+/// account's tier (for its streams' cap). Taken from the hot core's engine at start, then kept up
+/// to date from the events.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    /// Keys, indexed by id − 1.
+    keys: Vec<KeyRecord>,
+    by_hash: HashMap<[u8; 32], KeyId>,
+    tiers: HashMap<AccountId, TierId>,
+    /// The engine's last sequence number when it was taken.
+    last_seq: u64,
+}
+
+impl Directory {
+    /// The keys and tiers of `engine` as it stands.
+    pub fn of<V: crate::engine::venue::Venue>(engine: &Engine<V>) -> Directory {
+        let keys: Vec<KeyRecord> =
+            (1..=engine.keys_len() as u32).filter_map(|k| engine.key(KeyId(k)).copied()).collect();
+        let by_hash = keys.iter().map(|k| (k.hash, k.id)).collect();
+        let tiers = engine.accounts().iter().map(|a| (a.id, a.tier)).collect();
+        Directory { keys, by_hash, tiers, last_seq: engine.last_seq() }
+    }
+
+    fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&KeyRecord> {
+        self.by_hash.get(hash).and_then(|id| self.keys.get(id.0 as usize - 1))
+    }
+
+    fn apply(&mut self, e: &Event) {
+        match e.kind {
+            EventKind::AccountCreated { account, tier, .. } => {
+                self.tiers.insert(account, tier);
+            }
+            EventKind::KeyAdded { key, account, hash, roles } => {
+                self.by_hash.insert(hash, key);
+                self.keys.push(KeyRecord { id: key, account, hash, roles, revoked: false, created_at: e.ts });
+            }
+            EventKind::KeyRevoked { key } => {
+                if let Some(k) = (key.0 as usize).checked_sub(1).and_then(|i| self.keys.get_mut(i)) {
+                    k.revoked = true;
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -264,7 +313,7 @@ pub struct Hub {
     pub settings: Settings,
     /// Shared counters for `/metrics`.
     pub stats: Arc<WsStats>,
-    mirror: Engine<NoVenue>,
+    directory: Directory,
     symbols: Vec<SymbolInfo>,
     conns: HashMap<u64, Rc<Conn>>,
     /// Unauthenticated connections, oldest first, each with what closes it.
@@ -289,14 +338,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub that continues from the engine state `state` (the hot core's after start-up),
-    /// reading the journal as far as `marks` says is durable.
-    pub fn new(cfg: &Config, state: EngineState, marks: Arc<Watermarks>, stats: Arc<WsStats>) -> Result<Hub, String> {
-        let mut mirror = crate::node::follower_engine(cfg);
-        let last = state.last_seq;
-        mirror.restore(state)?;
-        let symbols: Vec<SymbolInfo> = mirror
-            .symbols()
+    /// A hub that continues from the hot core's engine as `directory` took it at start, reading
+    /// the journal as far as `marks` says is durable.
+    pub fn new(cfg: &Config, directory: Directory, marks: Arc<Watermarks>, stats: Arc<WsStats>) -> Hub {
+        let last = directory.last_seq;
+        let symbols: Vec<SymbolInfo> = crate::node::symbol_table(cfg)
             .all()
             .iter()
             .map(|s| SymbolInfo {
@@ -307,10 +353,10 @@ impl Hub {
             })
             .collect();
         let n = symbols.len();
-        Ok(Hub {
+        Hub {
             settings: Settings::new(cfg),
             stats,
-            mirror,
+            directory,
             symbols,
             conns: HashMap::new(),
             anonymous: BTreeMap::new(),
@@ -325,7 +371,7 @@ impl Hub {
             marks,
             frame: Vec::with_capacity(64 * 1024),
             entry: Vec::with_capacity(1024),
-        })
+        }
     }
 
     /// Whether no connection is open.
@@ -410,11 +456,11 @@ impl Hub {
     /// Checks `key` for a new stream (without taking a place for it).
     pub fn check_key(&mut self, key: &str) -> Result<KeyRecord, AuthError> {
         let hash = crate::auth::hash_key(key.as_bytes());
-        if self.mirror.key_by_hash(&hash).is_none() {
+        if self.directory.key_by_hash(&hash).is_none() {
             // A key created an instant ago may still be on its way from the hot core.
             self.pump();
         }
-        let record = *self.mirror.key_by_hash(&hash).ok_or(INVALID_KEY)?;
+        let record = *self.directory.key_by_hash(&hash).ok_or(INVALID_KEY)?;
         if record.revoked {
             return Err(REVOKED_KEY);
         }
@@ -429,14 +475,23 @@ impl Hub {
 
     /// How many streams the key's tier allows it.
     fn key_cap(&self, record: &KeyRecord) -> u32 {
-        let tier = self.mirror.account(record.account).map(|a| usize::from(a.tier));
+        let tier = self.directory.tiers.get(&record.account).map(|&t| usize::from(t));
         tier.and_then(|t| self.settings.tier_caps.get(t).copied()).unwrap_or(0)
     }
 
-    /// Authenticates `conn` with `key` and sends the welcome.
+    /// Authenticates `conn` with `key` (an `auth` message) and sends the welcome.
     pub fn authenticate(&mut self, conn: &Conn, key: &str) -> Result<(), AuthError> {
-        let record = self
-            .check_key(key)
+        let record = self.claim(key)?;
+        self.admit(conn, record, key);
+        Ok(())
+    }
+
+    /// Checks `key` for a new stream and takes its places in the node-wide and per-key counts
+    /// (given back when the connection it is [`Hub::admit`]ted to is removed, or by
+    /// [`Hub::release`]). Taken before an upgrade is answered, so that a refusal is an HTTP
+    /// answer whenever it can be.
+    pub fn claim(&mut self, key: &str) -> Result<KeyRecord, AuthError> {
+        self.check_key(key)
             .and_then(|r| {
                 // Checked again as the places are taken: another executor may have taken the last.
                 if !self.stats.take_stream(self.settings.max_connections) {
@@ -450,7 +505,17 @@ impl Hub {
             })
             .inspect_err(|_| {
                 self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            })?;
+            })
+    }
+
+    /// Gives back the places of a claim that no connection took.
+    pub fn release(&self, record: &KeyRecord) {
+        self.stats.give_key_place(record.id);
+        self.stats.give_stream();
+    }
+
+    /// Makes `conn` the stream of a claimed key and sends the welcome.
+    pub fn admit(&mut self, conn: &Conn, record: KeyRecord, key: &str) {
         {
             let mut st = conn.st.borrow_mut();
             st.key = Some(record);
@@ -465,7 +530,6 @@ impl Hub {
             symbols: self.symbols.clone(),
         });
         self.send(conn, &welcome);
-        Ok(())
     }
 
     /// Queues a message for one connection; past the queue bound (a client that sends requests
@@ -615,9 +679,12 @@ impl Hub {
             let mut journal = Reader::new(&self.settings.dir, from + 1, Limit::Files);
             let upto = self.window_from - 1;
             let json = conn.json;
-            let orders = &self.mirror;
-            let read = journal.read(upto, usize::MAX, |e| {
-                if account_of(e, |o| orders.order(o).map(|o| o.account)) == Some(account) {
+            let read = journal.read(upto, usize::MAX, |e, version| {
+                if version == Version::V1 {
+                    // Its order updates do not name their account.
+                    return Err("the events to resume were journaled before the current format".into());
+                }
+                if account_of(e) == Some(account) {
                     let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
                     encode_queued(&mut out, &msg, json);
                     count += 1;
@@ -657,7 +724,7 @@ impl Hub {
     pub fn pump(&mut self) {
         let Some(mut reader) = self.reader.take() else { return };
         loop {
-            match reader.read(u64::MAX, PUMP_BATCH, |e| {
+            match reader.read(u64::MAX, PUMP_BATCH, |e, _| {
                 self.on_event(e);
                 Ok(())
             }) {
@@ -686,9 +753,8 @@ impl Hub {
 
     /// Takes in one event.
     fn on_event(&mut self, e: &Event) {
-        // Looked up before the event is applied: applying may retire the order.
-        let account = account_of(e, |o| self.mirror.order(o).map(|o| o.account));
-        self.mirror.apply_event(e);
+        let account = account_of(e);
+        self.directory.apply(e);
         self.next_seq = e.seq + 1;
         match e.kind {
             EventKind::Quote(q) => self.on_quote(e, usize::from(q.symbol.0)),
@@ -703,18 +769,16 @@ impl Hub {
                 let Some(account) = account else { return };
                 let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
                 self.publish(account, msg);
-                if let EventKind::Fill { account, symbol, .. } = e.kind {
-                    if let Some(p) = self.mirror.account(account).map(|a| a.positions[usize::from(symbol.0)]) {
-                        let body = ServerBody::Position {
-                            account: account.0,
-                            symbol: symbol.0,
-                            qty: p.qty,
-                            cost: p.cost,
-                            realized: p.realized,
-                            fees: p.fees,
-                        };
-                        self.publish(account, ServerMsg { seq: e.seq, ts: e.ts, body });
-                    }
+                if let EventKind::Fill { account, symbol, position: p, .. } = e.kind {
+                    let body = ServerBody::Position {
+                        account: account.0,
+                        symbol: symbol.0,
+                        qty: p.qty,
+                        cost: p.cost,
+                        realized: p.realized,
+                        fees: p.fees,
+                    };
+                    self.publish(account, ServerMsg { seq: e.seq, ts: e.ts, body });
                 }
             }
         }
@@ -903,20 +967,18 @@ impl Hub {
 
 /// The account an event belongs to (orders looked up with `order_account`); `None` for events
 /// no account stream carries (quotes, keys).
-fn account_of(
-    e: &Event,
-    order_account: impl Fn(crate::engine::types::OrderId) -> Option<AccountId>,
-) -> Option<AccountId> {
+/// The account an event belongs to (`None`: quotes and keys, which go to no account stream).
+fn account_of(e: &Event) -> Option<AccountId> {
     match e.kind {
         EventKind::AccountCreated { account, .. }
         | EventKind::LimitsSet { account, .. }
         | EventKind::AccountStateChanged { account, .. }
         | EventKind::DayStarted { account, .. }
+        | EventKind::OrderUpdated { account, .. }
         | EventKind::Fill { account, .. }
         | EventKind::SignalAnswered { account, .. }
         | EventKind::Rejected { account, .. } => Some(account),
         EventKind::OrderAccepted { order } => Some(order.account),
-        EventKind::OrderUpdated { order, .. } => order_account(order),
         EventKind::Quote(_) | EventKind::KeyAdded { .. } | EventKind::KeyRevoked { .. } => None,
     }
 }

@@ -23,11 +23,10 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::{AcceptedTcpStream, TcpStream};
 
-use crate::api::{Method, Request, Response};
 use crate::config::Config;
 use crate::engine::types::KeyId;
-use crate::engine::EngineState;
-use crate::node::Node;
+use crate::node::request::{Method, Request, Response};
+use crate::node::{Node, Routes};
 use crate::shutdown::Shutdown;
 use frame::{HttpRefusal, Kind};
 use hub::{Conn, Hub};
@@ -277,12 +276,17 @@ pub fn links(stats: Arc<WsStats>, executor: usize) -> (HotLinks, FanoutLinks) {
 }
 
 /// The hot core's part: wakes the fan-out executor whenever more events are durable while it
-/// serves connections, and serves `signal` messages with the same code as `POST /v1/signals`.
+/// serves connections, and serves `signal` messages through `routes` like `POST /v1/signals`.
 ///
 /// An executor without connections is not woken: it takes the feed in on its own every 100 ms
 /// (`pump`) and before it serves a new connection. Each wake-up is a system call on the hot core
 /// and, when both executors share a core, a switch to the fan-out thread and back.
-pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdown) {
+pub async fn hot_side<R: Routes + 'static>(
+    node: Rc<RefCell<Node>>,
+    routes: Rc<R>,
+    links: HotLinks,
+    shutdown: Shutdown,
+) {
     let wake = links.wake.connect().await;
     let (stats, executor) = (links.stats, links.executor);
     let waker = glommio::spawn_local({
@@ -310,9 +314,9 @@ pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdo
             None
         });
         let Some(sig) = next.await else { break };
-        let (node, answers) = (node.clone(), answers.clone());
+        let (node, routes, answers) = (node.clone(), routes.clone(), answers.clone());
         glommio::spawn_local(async move {
-            let (status, body) = answer_signal(&node, &sig).await;
+            let (status, body) = answer_signal(&node, &*routes, &sig).await;
             let _ = answers.send(WsAnswer { conn: sig.conn, request_id: sig.request_id, status, body }).await;
         })
         .detach();
@@ -320,21 +324,15 @@ pub async fn hot_side(node: Rc<RefCell<Node>>, links: HotLinks, shutdown: Shutdo
     drop(waker);
 }
 
-async fn answer_signal(node: &RefCell<Node>, sig: &WsSignal) -> (u16, Vec<u8>) {
+/// Serves a `signal` message as `POST /v1/signals` with the connection's key: the same request
+/// life cycle as over HTTP.
+async fn answer_signal<R: Routes>(node: &RefCell<Node>, routes: &R, sig: &WsSignal) -> (u16, Vec<u8>) {
     let mut req = Request::new(Method::Post, "/v1/signals");
     req.x_api_key = Some(sig.key.as_bytes());
     req.content_type = Some(b"application/json");
     req.body = &sig.body;
     let mut resp = Response::default();
-    let before = {
-        let mut node = node.borrow_mut();
-        let before = node.engine.last_seq();
-        node.inflight += 1;
-        node.handle(&req, &mut resp, crate::clock::now());
-        before
-    };
-    crate::http::answer_when_durable(node, &mut resp, before).await;
-    node.borrow_mut().inflight -= 1;
+    crate::node::serve(node, routes, Ok(&req), &mut resp, crate::clock::now()).await;
     (resp.status, resp.body)
 }
 
@@ -342,8 +340,8 @@ async fn answer_signal(node: &RefCell<Node>, sig: &WsSignal) -> (u16, Vec<u8>) {
 pub struct Serve {
     /// Where its connections come from.
     pub intake: Intake,
-    /// The engine state the hub continues from.
-    pub state: EngineState,
+    /// The keys and tiers the hub continues from.
+    pub directory: hub::Directory,
     /// How far the journal is: the hub reads its events up to what is durable.
     pub marks: Arc<crate::journal::Watermarks>,
     /// The links.
@@ -354,13 +352,7 @@ pub struct Serve {
 
 /// Serves the stream until `stop` is set, then closes every connection (1001).
 pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
-    let hub = match Hub::new(&cfg, s.state, s.marks, s.stats) {
-        Ok(h) => Rc::new(RefCell::new(h)),
-        Err(e) => {
-            log::error!("ws: cannot start the stream: {e}");
-            return;
-        }
-    };
+    let hub = Rc::new(RefCell::new(Hub::new(&cfg, s.directory, s.marks, s.stats)));
     let shutdown = Shutdown::new();
     glommio::spawn_local({
         let shutdown = shutdown.clone();
@@ -577,23 +569,24 @@ async fn connection(
             return refuse(stream, &r).await;
         }
     };
-    if let Some(key) = &up.api_key {
-        let checked = hub.borrow_mut().check_key(key);
-        if let Err(e) = checked {
-            hub.borrow().stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-            return refuse(stream, &HttpRefusal::new(e.status, e.code, e.message)).await;
-        }
-    }
+    // A key in the upgrade takes its places before the upgrade is answered: at a cap, the answer
+    // is an HTTP refusal.
+    let claim = up.api_key.as_ref().map(|key| (hub.borrow_mut().claim(key), key));
+    let claimed = match claim {
+        Some((Ok(record), key)) => Some((record, key)),
+        Some((Err(e), _)) => return refuse(stream, &HttpRefusal::new(e.status, e.code, e.message)).await,
+        None => None,
+    };
     if stream.write_all(&frame::accept_response(&up)).await.is_err() {
+        if let Some((record, _)) = claimed {
+            hub.borrow().release(&record);
+        }
         return;
     }
     let conn = hub.borrow_mut().open(up.json, stream.as_raw_fd(), anonymous.id);
     conn.st.borrow_mut().resume_from = up.resume_from;
-    if let Some(key) = &up.api_key {
-        let authed = hub.borrow_mut().authenticate(&conn, key);
-        if let Err(e) = authed {
-            conn.close(e.close, &format!("{}: {}", e.code, e.message));
-        }
+    if let Some((record, key)) = claimed {
+        hub.borrow_mut().admit(&conn, record, key);
     }
     buf.drain(..used);
     let stream = Rc::new(RefCell::new(stream));

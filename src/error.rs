@@ -3,6 +3,7 @@
 
 use crate::engine::risk::Reject;
 use crate::fixed::DecimalError;
+use crate::journal::Refusal;
 use crate::json::{SyntaxError, Writer};
 
 /// An error answer.
@@ -127,6 +128,51 @@ impl<'a> ApiError<'a> {
             }
         }
         w.end_object().end_object();
+    }
+}
+
+/// A request without a key.
+pub const MISSING_KEY: ApiError<'static> = ApiError::new(
+    401,
+    "auth.missing_key",
+    "missing API key: send 'Authorization: Bearer <key>', 'X-API-Key: <key>' or a \"passphrase\" field",
+);
+/// A key the node does not know.
+pub const INVALID_KEY: ApiError<'static> = ApiError::new(401, "auth.invalid_key", "unknown API key");
+/// A revoked key.
+pub const REVOKED_KEY: ApiError<'static> = ApiError::new(401, "auth.key_revoked", "this API key was revoked");
+
+/// Commands that would change state while the journal cannot write, and answers that would show
+/// state it has not made durable.
+pub const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
+    503,
+    "journal.unavailable",
+    Detail::Unavailable("the journal cannot write, so nothing was changed or sent", 1),
+);
+
+/// The same while the disk holding the journal is full.
+pub const JOURNAL_FULL: ApiError<'static> = ApiError::with(
+    503,
+    "journal.full",
+    Detail::Unavailable("the disk holding the journal is full, so nothing was changed or sent", 1),
+);
+
+/// A request whose events the journal never made durable: the node stopped first.
+pub const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
+    503,
+    "journal.unavailable",
+    Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
+);
+
+/// A history query the history thread could not take.
+pub const HISTORY_BUSY: ApiError<'static> =
+    ApiError::with(503, "history.unavailable", Detail::Unavailable("too many history queries are waiting", 1));
+
+/// The answer to a command the journal refuses.
+pub fn journal_refused(r: Refusal) -> ApiError<'static> {
+    match r {
+        Refusal::Full => JOURNAL_FULL,
+        Refusal::Failing | Refusal::Closed => JOURNAL_UNAVAILABLE,
     }
 }
 
