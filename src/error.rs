@@ -1,18 +1,154 @@
-//! Error answers: `{"error":{"code":"…","message":"…"}}` with a stable code, written without
-//! allocating (the message is rendered straight into the answer buffer).
+//! Every error the node answers with, in one place: [`Code`] lists each stable code with its
+//! HTTP status and usual message (HTTP, the admin API, history, the WebSocket stream), and
+//! [`ApiError`] is an error answer, `{"error":{"code":"…","message":"…"}}`, written without
+//! allocating (the message is rendered straight into the answer buffer). `docs/api.md` and
+//! `docs/ws.md` list every code (a test checks both ways, and that no code is spelled anywhere
+//! else).
 
-use crate::engine::risk::Reject;
+use crate::engine::risk::{Reject, RejectCode};
 use crate::fixed::DecimalError;
 use crate::journal::Refusal;
 use crate::json::{SyntaxError, Writer};
 
+/// Declares [`Code`]: variant, code, HTTP status, usual message.
+macro_rules! codes {
+    ($($(#[doc = $doc:literal])* $name:ident => $text:literal, $status:literal, $message:literal;)*) => {
+        /// A stable error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[doc = $doc])* $name,)*
+            /// A refusal of the engine (the risk table, an order's or an account's state), under
+            /// the engine's own code.
+            Engine(RejectCode),
+        }
+
+        impl Code {
+            /// Every code but the engine's (those are [`RejectCode::ALL`]).
+            pub const OWN: &'static [Code] = &[$(Code::$name),*];
+
+            /// The code as clients see it.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$name => $text,)*
+                    Code::Engine(r) => r.as_str(),
+                }
+            }
+
+            /// The HTTP status it is answered with (a few places answer another, documented).
+            pub const fn status(self) -> u16 {
+                match self {
+                    $(Code::$name => $status,)*
+                    Code::Engine(r) => r.status(),
+                }
+            }
+
+            /// The usual message.
+            pub const fn message(self) -> &'static str {
+                match self {
+                    $(Code::$name => $message,)*
+                    Code::Engine(_) => "refused: see the risk table",
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The body is not valid JSON.
+    JsonMalformed => "json.malformed", 400, "malformed JSON";
+    /// Not an HTTP request at all (the WebSocket listener).
+    RequestMalformed => "request.malformed", 400, "not an HTTP request";
+    /// A field the route does not know.
+    RequestUnknownField => "request.unknown_field", 400, "unknown field";
+    /// A required field is absent.
+    RequestMissingField => "request.missing_field", 400, "a required field is missing";
+    /// A field appears twice.
+    RequestDuplicateField => "request.duplicate_field", 400, "a field appears twice";
+    /// A field or query parameter of the wrong type or value.
+    RequestInvalidField => "request.invalid_field", 400, "a field or parameter has the wrong type or value";
+    /// Not a decimal the symbol allows.
+    RequestInvalidNumber => "request.invalid_number", 400, "not a decimal the symbol allows";
+    /// The connection failed while the body was read.
+    RequestBodyUnreadable => "request.body_unreadable", 400, "the request body could not be read";
+    /// The body (or a WebSocket upgrade) did not arrive in time.
+    RequestTimeout => "request.timeout", 408, "the request did not arrive in time";
+    /// A body over `http.max_body_bytes` (431: a WebSocket upgrade over its bounds).
+    RequestTooLarge => "request.too_large", 413, "the request body is larger than the limit (http.max_body_bytes)";
+    /// A `Content-Type` other than JSON or plain text.
+    RequestUnsupportedMediaType => "request.unsupported_media_type", 415, "send the body as application/json (or text/plain, as TradingView does)";
+    /// No key in the headers or body.
+    AuthMissingKey => "auth.missing_key", 401, "missing API key: send 'Authorization: Bearer <key>', 'X-API-Key: <key>' or a \"passphrase\" field";
+    /// An unknown key.
+    AuthInvalidKey => "auth.invalid_key", 401, "unknown API key";
+    /// A revoked key.
+    AuthKeyRevoked => "auth.key_revoked", 401, "this API key was revoked";
+    /// The key lacks the role.
+    AuthForbidden => "auth.forbidden", 403, "this key lacks the feed role needed to send market data";
+    /// A WebSocket message before the `auth` message.
+    AuthRequired => "auth.required", 401, "send an auth message first";
+    /// No WebSocket `auth` message in time.
+    AuthTimeout => "auth.timeout", 401, "no auth message in time";
+    /// A missing or wrong admin token.
+    AdminUnauthorized => "admin.unauthorized", 401, "send the admin token as 'Authorization: Bearer <token>'";
+    /// Over the key's requests per minute.
+    RateLimited => "rate.limited", 429, "too many requests";
+    /// No such path.
+    RouteNotFound => "route.not_found", 404, "no such route";
+    /// The path exists for other methods.
+    RouteMethodNotAllowed => "route.method_not_allowed", 405, "method not allowed here";
+    /// No such key (admin).
+    KeyNotFound => "key.not_found", 404, "no such key";
+    /// No quote yet for the symbol.
+    MarketNoQuote => "market.no_quote", 404, "no quote yet for this symbol";
+    /// A tick that is not a quote.
+    MarketInvalidQuote => "market.invalid_quote", 422, "a quote needs 0 < bid <= ask";
+    /// More than `http.max_inflight` requests in progress.
+    NodeOverloaded => "node.overloaded", 503, "too many requests in progress";
+    /// More than `http.max_connections` connections, or no descriptor left.
+    NodeTooManyConnections => "node.too_many_connections", 503, "the node is at its connection limit; retry later";
+    /// History cannot be answered now (501: this node keeps none).
+    HistoryUnavailable => "history.unavailable", 503, "history cannot be answered now; try again later";
+    /// The disk holding the journal is full.
+    JournalFull => "journal.full", 503, "the disk holding the journal is full, so nothing was changed or sent";
+    /// The journal cannot write.
+    JournalUnavailable => "journal.unavailable", 503, "the journal cannot write, so nothing was changed or sent";
+    /// A plain HTTP request on the WebSocket listener.
+    WsUpgradeRequired => "ws.upgrade_required", 426, "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket";
+    /// No valid `Sec-WebSocket-Key`.
+    WsBadHandshake => "ws.bad_handshake", 400, "Sec-WebSocket-Key is missing or not 16 bytes in base64";
+    /// The key has its tier's WebSocket connections open already.
+    WsTooManyConnections => "ws.too_many_connections", 429, "this key has as many WebSocket connections as its tier allows";
+    /// `ws.max_connections` authenticated streams are open.
+    WsNodeFull => "ws.node_full", 503, "the node has as many authenticated WebSocket connections as ws.max_connections";
+    /// A second `auth` message.
+    WsAlreadyAuthenticated => "ws.already_authenticated", 400, "this connection is already authenticated";
+    /// A channel that does not exist.
+    WsUnknownChannel => "ws.unknown_channel", 400, "unknown channel";
+    /// An unauthenticated connection closed to make room.
+    WsEvicted => "ws.evicted", 503, "unauthenticated for too long while others waited; reconnect and authenticate";
+    /// A bug.
+    Internal => "internal", 500, "an internal error: please report it with the request";
+}
+
+impl Code {
+    /// A WebSocket close reason: the code, then its message.
+    pub fn reason(self) -> String {
+        format!("{}: {}", self.as_str(), self.message())
+    }
+
+    /// Every code, the engine's too.
+    pub fn all() -> impl Iterator<Item = Code> {
+        Code::OWN.iter().copied().chain(RejectCode::ALL.into_iter().map(Code::Engine))
+    }
+}
+
 /// An error answer.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiError<'a> {
-    /// HTTP status.
+    /// HTTP status: the code's, but for the few places `docs/api.md` names.
     pub status: u16,
-    /// Stable code, listed in `docs/api.md`.
-    pub code: &'static str,
+    /// Stable code.
+    pub code: Code,
     /// What to say.
     pub detail: Detail<'a>,
     /// For 405: the methods the route allows.
@@ -41,54 +177,62 @@ pub enum Detail<'a> {
 }
 
 impl<'a> ApiError<'a> {
-    /// An error with a fixed message.
-    pub const fn new(status: u16, code: &'static str, message: &'static str) -> Self {
-        ApiError { status, code, detail: Detail::Text(message), allow: None }
+    /// An error with its code's usual message.
+    pub const fn of(code: Code) -> Self {
+        ApiError { status: code.status(), code, detail: Detail::Text(code.message()), allow: None }
+    }
+
+    /// An error with a message of its own.
+    pub const fn new(code: Code, message: &'static str) -> Self {
+        ApiError { status: code.status(), code, detail: Detail::Text(message), allow: None }
     }
 
     /// An error with a detail.
-    pub const fn with(status: u16, code: &'static str, detail: Detail<'a>) -> Self {
-        ApiError { status, code, detail, allow: None }
+    pub const fn with(code: Code, detail: Detail<'a>) -> Self {
+        ApiError { status: code.status(), code, detail, allow: None }
+    }
+
+    /// The same error answered with another status than its code's (where `docs/api.md` says so).
+    pub const fn at(mut self, status: u16) -> Self {
+        self.status = status;
+        self
     }
 
     /// An engine rejection.
-    pub fn reject(r: Reject) -> Self {
-        ApiError { status: r.code.status(), code: r.code.as_str(), detail: Detail::Reject(r), allow: None }
+    pub const fn reject(r: Reject) -> Self {
+        ApiError::with(Code::Engine(r.code), Detail::Reject(r))
     }
 
     /// A missing required field.
     pub const fn missing(field: &'static str) -> Self {
-        ApiError::with(400, "request.missing_field", Detail::Field(field, "is required"))
+        ApiError::with(Code::RequestMissingField, Detail::Field(field, "is required"))
     }
 
     /// A field of the wrong type or value.
     pub const fn invalid(field: &'a str, problem: &'static str) -> Self {
-        ApiError::with(400, "request.invalid_field", Detail::Field(field, problem))
+        ApiError::with(Code::RequestInvalidField, Detail::Field(field, problem))
     }
 
     /// A bad number.
     pub const fn number(field: &'static str, raw: &'a [u8], e: DecimalError) -> Self {
-        ApiError::with(400, "request.invalid_number", Detail::Number(field, raw, e))
+        ApiError::with(Code::RequestInvalidNumber, Detail::Number(field, raw, e))
     }
 
     /// No route.
-    pub const NOT_FOUND: ApiError<'static> = ApiError::new(404, "route.not_found", "no such route");
+    pub const NOT_FOUND: ApiError<'static> = ApiError::of(Code::RouteNotFound);
 
     /// A route that exists for other methods.
     pub const fn method_not_allowed(allow: &'static str) -> Self {
-        ApiError {
-            status: 405,
-            code: "route.method_not_allowed",
-            detail: Detail::Text("method not allowed here"),
-            allow: Some(allow),
-        }
+        let mut e = ApiError::of(Code::RouteMethodNotAllowed);
+        e.allow = Some(allow);
+        e
     }
 
     /// Writes the JSON body.
     pub fn write(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
         w.begin_object().key("error").begin_object();
-        w.key("code").str(self.code);
+        w.key("code").str(self.code.as_str());
         w.key("message");
         match self.detail {
             Detail::Text(t) => {
@@ -132,41 +276,30 @@ impl<'a> ApiError<'a> {
 }
 
 /// A request without a key.
-pub const MISSING_KEY: ApiError<'static> = ApiError::new(
-    401,
-    "auth.missing_key",
-    "missing API key: send 'Authorization: Bearer <key>', 'X-API-Key: <key>' or a \"passphrase\" field",
-);
+pub const MISSING_KEY: ApiError<'static> = ApiError::of(Code::AuthMissingKey);
 /// A key the node does not know.
-pub const INVALID_KEY: ApiError<'static> = ApiError::new(401, "auth.invalid_key", "unknown API key");
+pub const INVALID_KEY: ApiError<'static> = ApiError::of(Code::AuthInvalidKey);
 /// A revoked key.
-pub const REVOKED_KEY: ApiError<'static> = ApiError::new(401, "auth.key_revoked", "this API key was revoked");
+pub const REVOKED_KEY: ApiError<'static> = ApiError::of(Code::AuthKeyRevoked);
 
 /// Commands that would change state while the journal cannot write, and answers that would show
 /// state it has not made durable.
-pub const JOURNAL_UNAVAILABLE: ApiError<'static> = ApiError::with(
-    503,
-    "journal.unavailable",
-    Detail::Unavailable("the journal cannot write, so nothing was changed or sent", 1),
-);
+pub const JOURNAL_UNAVAILABLE: ApiError<'static> =
+    ApiError::with(Code::JournalUnavailable, Detail::Unavailable(Code::JournalUnavailable.message(), 1));
 
 /// The same while the disk holding the journal is full.
-pub const JOURNAL_FULL: ApiError<'static> = ApiError::with(
-    503,
-    "journal.full",
-    Detail::Unavailable("the disk holding the journal is full, so nothing was changed or sent", 1),
-);
+pub const JOURNAL_FULL: ApiError<'static> =
+    ApiError::with(Code::JournalFull, Detail::Unavailable(Code::JournalFull.message(), 1));
 
 /// A request whose events the journal never made durable: the node stopped first.
 pub const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
-    503,
-    "journal.unavailable",
+    Code::JournalUnavailable,
     Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
 );
 
 /// A history query the history thread could not take.
 pub const HISTORY_BUSY: ApiError<'static> =
-    ApiError::with(503, "history.unavailable", Detail::Unavailable("too many history queries are waiting", 1));
+    ApiError::with(Code::HistoryUnavailable, Detail::Unavailable("too many history queries are waiting", 1));
 
 /// The answer to a command the journal refuses.
 pub fn journal_refused(r: Refusal) -> ApiError<'static> {
@@ -190,16 +323,91 @@ mod tests {
     fn every_detail_renders_valid_json() {
         let doc = b"{\n\"a\" 1}";
         let v =
-            render(ApiError::with(400, "json.malformed", Detail::Syntax(SyntaxError { at: 6, expected: "':'" }, doc)));
+            render(ApiError::with(Code::JsonMalformed, Detail::Syntax(SyntaxError { at: 6, expected: "':'" }, doc)));
         assert_eq!(v["error"]["code"], "json.malformed");
         assert_eq!(v["error"]["message"], "malformed JSON at line 2, column 5 (byte 6): expected ':'");
         let v = render(ApiError::number("qty", b"1.\"23", DecimalError::TooManyDecimals));
         assert_eq!(v["error"]["message"], "qty 1.\"23 has more decimals than allowed");
         let v = render(ApiError::missing("symbol"));
         assert_eq!(v["error"]["message"], "symbol is required");
-        let v = render(ApiError::with(429, "rate.limited", Detail::RetryAfter(7)));
+        let v = render(ApiError::with(Code::RateLimited, Detail::RetryAfter(7)));
         assert_eq!(v["error"]["message"], "retry after 7 s");
-        let v = render(ApiError::with(503, "journal.unavailable", Detail::Unavailable("cannot write", 1)));
+        let v = render(ApiError::with(Code::JournalUnavailable, Detail::Unavailable("cannot write", 1)));
         assert_eq!(v["error"]["message"], "cannot write; retry after 1 s");
+    }
+
+    /// The codes the error tables of the docs list: `docs/api.md`'s first column, `docs/ws.md`'s
+    /// refused upgrades (second column) and the codes its close reasons start with.
+    fn documented() -> std::collections::BTreeSet<String> {
+        let cell_codes = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'))
+                .filter(|c| c.contains('.') || *c == "internal")
+                .map(str::to_string)
+                .collect()
+        };
+        let mut out = std::collections::BTreeSet::new();
+        let api = include_str!("../docs/api.md");
+        let table = &api[api.find("## Error codes").expect("docs/api.md has its error codes")..];
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            out.extend(cell_codes(row.split('|').nth(1).unwrap_or("")));
+        }
+        let ws = include_str!("../docs/ws.md");
+        for row in ws.lines().filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = row.split('|').collect();
+            // Refused upgrades: | status | `code` | when |; close codes: | code | reason |.
+            let first = cells.get(1).map_or("", |c| c.trim());
+            if first.starts_with('`') {
+                // Errors on an open stream: | `code` | when |.
+                out.extend(cell_codes(first));
+            } else if first.len() == 3 && cells.len() == 5 {
+                out.extend(cell_codes(cells[2]));
+            } else if first.len() == 4 && first.starts_with('4') || first == "1013" {
+                out.extend(cell_codes(cells.get(2).copied().unwrap_or("")).into_iter().filter(|c| c.contains('.')));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_code_is_documented_and_every_documented_code_exists() {
+        let documented = documented();
+        let known: std::collections::BTreeSet<String> = Code::all().map(|c| c.as_str().to_string()).collect();
+        let undocumented: Vec<&String> = known.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "codes missing from docs/api.md and docs/ws.md: {undocumented:?}");
+        let unknown: Vec<&String> = documented.difference(&known).collect();
+        assert!(unknown.is_empty(), "documented codes the node never answers with: {unknown:?}");
+        assert!(known.len() > 50, "{known:?}");
+    }
+
+    #[test]
+    fn no_code_is_spelled_outside_its_one_place() {
+        let known: Vec<&str> = Code::all().map(Code::as_str).collect();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![src.clone()];
+        let mut spelled = Vec::new();
+        while let Some(p) = files.pop() {
+            if p.is_dir() {
+                files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            // The codes live here and in the engine's refusals.
+            if p.ends_with("error.rs") || p.ends_with("engine/risk.rs") || p.extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            // Tests spell codes as clients see them.
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+            for (n, line) in code.lines().enumerate() {
+                for c in &known {
+                    if line.contains(&format!("\"{c}\"")) {
+                        spelled.push(format!("{}:{}: {c}", p.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(spelled.is_empty(), "codes spelled outside src/error.rs (use Code): {spelled:?}");
     }
 }

@@ -33,6 +33,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::node::request::{Method, Request, Response};
 use crate::node::{Node, Routes};
 use crate::shutdown::Shutdown;
@@ -385,8 +386,7 @@ async fn refuse(stream: TcpStream) {
 
 async fn write_refusal(mut stream: TcpStream) {
     let mut body = Vec::new();
-    ApiError::new(503, "node.too_many_connections", "the node is at its connection limit; retry later")
-        .write(&mut body);
+    ApiError::new(Code::NodeTooManyConnections, "the node is at its connection limit; retry later").write(&mut body);
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -448,10 +448,9 @@ async fn connection<R: Routes + 'static>(
 }
 
 const TOO_LARGE: ApiError<'static> =
-    ApiError::new(413, "request.too_large", "the request body is larger than the limit (http.max_body_bytes)");
+    ApiError::new(Code::RequestTooLarge, "the request body is larger than the limit (http.max_body_bytes)");
 const BODY_TOO_SLOW: ApiError<'static> = ApiError::new(
-    408,
-    "request.timeout",
+    Code::RequestTimeout,
     "the request body did not arrive within http.body_read_timeout_ms of its headers",
 );
 
@@ -518,7 +517,7 @@ async fn handle<R: Routes>(
 /// Reads a body of at most `limit` bytes. A body that arrives in one frame (the usual case) is
 /// used as it is, without the copy and buffer list of a general collect. `Err(None)`: too large.
 async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, Option<ApiError<'static>>> {
-    let unreadable = || Some(ApiError::new(400, "request.body_unreadable", "the request body could not be read"));
+    let unreadable = || Some(ApiError::new(Code::RequestBodyUnreadable, "the request body could not be read"));
     let mut first: Option<Bytes> = None;
     let mut rest: Option<bytes::BytesMut> = None;
     while let Some(frame) = body.frame().await {

@@ -24,6 +24,7 @@ use crate::engine::market::Quote;
 use crate::engine::symbol::{SymbolSpec, SymbolTable};
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
 use crate::engine::{Engine, EngineConfig};
+use crate::error::Code;
 use crate::error::{ApiError, Detail, INVALID_KEY, JOURNAL_STOPPED, MISSING_KEY, REVOKED_KEY};
 use crate::fixed::MONEY_DECIMALS;
 use crate::journal::{self, Journal, Replayed};
@@ -210,7 +211,7 @@ impl Node {
         let admission = limiter.admit(now, limit);
         resp.rate = Some(admission);
         if !admission.allowed {
-            return Err(ApiError::with(429, "rate.limited", Detail::RetryAfter(admission.retry_after_secs)));
+            return Err(ApiError::with(Code::RateLimited, Detail::RetryAfter(admission.retry_after_secs)));
         }
         Ok(record)
     }

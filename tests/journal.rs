@@ -457,7 +457,7 @@ fn a_full_disk_refuses_orders_with_503_and_recovers_by_itself() {
     assert_eq!((r.status, r.code().as_str()), (503, "journal.full"), "{}", r.body);
     let metrics = node.req("GET", "/metrics", &[], "").body;
     assert!(metrics.contains("signalgate_journal_healthy 0"), "{metrics}");
-    assert!(node.log().iter().any(|l| l.contains("journal.full")), "the failure is logged");
+    assert!(node.log().iter().any(|l| l.contains("cannot prepare a segment")), "the failure is logged");
 
     // Space comes back: the node takes orders again by itself.
     std::fs::remove_file(&ballast).unwrap();

@@ -140,9 +140,11 @@ fn ready(node: &Node) -> (u16, Value) {
 /// Waits until PostgreSQL has every stable event.
 fn wait_caught_up(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    // Every event so far, once stable (synced), then offloaded.
+    let last = ready(node).1["last_seq"].as_u64().unwrap();
     loop {
         let (_, r) = ready(node);
-        if r["postgres"] == "ok" && r["offload_lag_events"] == 0 {
+        if r["postgres"] == "ok" && r["offload_lag_events"] == 0 && r["stable_seq"].as_u64().unwrap() >= last {
             return;
         }
         assert!(Instant::now() < deadline, "offload did not catch up: {r}; log: {:?}", node.log());

@@ -8,8 +8,10 @@ use super::{render, Method, Request, Response};
 use crate::auth::{constant_time_eq, generate_key, hash_key, key_from_headers};
 use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
+use crate::engine::risk::RejectCode;
 use crate::engine::types::{AccountId, KeyId, Nanos, MAX_START_CASH};
 use crate::error::ApiError;
+use crate::error::Code;
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::journal::Refusal;
 use crate::json::Writer;
@@ -18,14 +20,13 @@ use crate::node::{Node, Routes};
 
 /// An admin error whose message is built at run time (the admin API may allocate).
 struct AdminError {
-    status: u16,
-    code: &'static str,
+    code: Code,
     message: String,
 }
 
 impl AdminError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        AdminError { status, code, message: message.into() }
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        AdminError { code, message: message.into() }
     }
 }
 
@@ -34,7 +35,7 @@ impl From<ApiError<'_>> for AdminError {
         let mut out = Vec::new();
         e.write(&mut out);
         let v: Json = serde_json::from_slice(&out).unwrap_or_default();
-        AdminError::new(e.status, e.code, v["error"]["message"].as_str().unwrap_or_default())
+        AdminError::new(e.code, v["error"]["message"].as_str().unwrap_or_default())
     }
 }
 
@@ -43,11 +44,11 @@ fn json_error(e: serde_json::Error) -> AdminError {
     let msg = e.to_string();
     match e.classify() {
         Category::Syntax | Category::Eof | Category::Io => {
-            AdminError::new(400, "json.malformed", format!("malformed JSON: {msg}"))
+            AdminError::new(Code::JsonMalformed, format!("malformed JSON: {msg}"))
         }
-        Category::Data if msg.starts_with("unknown field") => AdminError::new(400, "request.unknown_field", msg),
-        Category::Data if msg.starts_with("missing field") => AdminError::new(400, "request.missing_field", msg),
-        Category::Data => AdminError::new(400, "request.invalid_field", msg),
+        Category::Data if msg.starts_with("unknown field") => AdminError::new(Code::RequestUnknownField, msg),
+        Category::Data if msg.starts_with("missing field") => AdminError::new(Code::RequestMissingField, msg),
+        Category::Data => AdminError::new(Code::RequestInvalidField, msg),
     }
 }
 
@@ -111,13 +112,11 @@ fn handle(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
             resp.retry_after = Some(1);
             return Err(match refusal {
                 Refusal::Full => AdminError::new(
-                    503,
-                    "journal.full",
+                    Code::JournalFull,
                     "the disk holding the journal is full, so nothing was changed; retry after 1 s",
                 ),
                 Refusal::Failing | Refusal::Closed => AdminError::new(
-                    503,
-                    "journal.unavailable",
+                    Code::JournalUnavailable,
                     "the journal cannot write, so nothing was changed; retry after 1 s",
                 ),
             });
@@ -132,9 +131,12 @@ fn handle(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
             let _ = serde_json::to_writer(&mut resp.body, &value);
         }
         Err(e) => {
-            resp.status = e.status;
+            resp.status = e.code.status();
             resp.body.clear();
-            let _ = serde_json::to_writer(&mut resp.body, &json!({"error": {"code": e.code, "message": e.message}}));
+            let _ = serde_json::to_writer(
+                &mut resp.body,
+                &json!({"error": {"code": e.code.as_str(), "message": e.message}}),
+            );
         }
     }
     node.metrics.count(Route::Admin, resp.status);
@@ -144,9 +146,9 @@ fn check_admin_token(node: &Node, req: &Request<'_>) -> Result<(), AdminError> {
     let presented = key_from_headers(req.authorization, None);
     match presented {
         Some(t) if constant_time_eq(t, node.admin_token.as_bytes()) => Ok(()),
-        Some(_) => Err(AdminError::new(401, "admin.unauthorized", "wrong admin token")),
+        Some(_) => Err(AdminError::new(Code::AdminUnauthorized, "wrong admin token")),
         None => {
-            Err(AdminError::new(401, "admin.unauthorized", "send the admin token as 'Authorization: Bearer <token>'"))
+            Err(AdminError::new(Code::AdminUnauthorized, "send the admin token as 'Authorization: Bearer <token>'"))
         }
     }
 }
@@ -178,16 +180,16 @@ fn admin_route(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nan
         }
         (_, ["admin", "accounts", _, "limits"]) => not_allowed(resp, "PUT"),
         (Method::Delete, ["admin", "keys", id]) => {
-            let key = id.parse::<u32>().map(KeyId).map_err(|_| AdminError::new(404, "key.not_found", "no such key"))?;
+            let key = id.parse::<u32>().map(KeyId).map_err(|_| AdminError::new(Code::KeyNotFound, "no such key"))?;
             let found = node.engine.revoke_key(key, now);
             node.after_command();
             if !found {
-                return Err(AdminError::new(404, "key.not_found", "no such key"));
+                return Err(AdminError::new(Code::KeyNotFound, "no such key"));
             }
             Ok(json!({"key_id": key.0, "revoked": true}))
         }
         (_, ["admin", "keys", _]) => not_allowed(resp, "DELETE"),
-        _ => Err(AdminError::new(404, "route.not_found", "no such route")),
+        _ => Err(AdminError::new(Code::RouteNotFound, "no such route")),
     }
 }
 
@@ -196,21 +198,17 @@ fn admin_account_id(node: &Node, id: &str) -> Result<AccountId, AdminError> {
         .ok()
         .map(AccountId)
         .filter(|id| node.engine.account(*id).is_some())
-        .ok_or_else(|| AdminError::new(404, "account.not_found", format!("no account {id:?}")))
+        .ok_or_else(|| AdminError::new(Code::Engine(RejectCode::AccountNotFound), format!("no account {id:?}")))
 }
 
 fn admin_create_account(node: &mut Node, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
     let req: NewAccount = parse_body(body)?;
     let name = AccountName::new(&req.name)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| AdminError::new(400, "request.invalid_field", "name must be 1–64 bytes"))?;
+        .ok_or_else(|| AdminError::new(Code::RequestInvalidField, "name must be 1–64 bytes"))?;
     if node.engine.tier_by_name(&req.tier).is_none() {
         let known: Vec<&str> = node.engine.tiers().iter().map(|t| t.name.as_str()).collect();
-        return Err(AdminError::new(
-            400,
-            "request.invalid_field",
-            format!("tier {:?} is not one of {known:?}", req.tier),
-        ));
+        return Err(AdminError::new(Code::RequestInvalidField, format!("tier {:?} is not one of {known:?}", req.tier)));
     }
     let cash = match &req.cash {
         None => 0,
@@ -218,33 +216,27 @@ fn admin_create_account(node: &mut Node, body: &[u8], now: Nanos) -> Result<Json
             let text = match v {
                 Json::String(s) => s.clone(),
                 Json::Number(n) => n.to_string(),
-                _ => {
-                    return Err(AdminError::new(
-                        400,
-                        "request.invalid_field",
-                        "cash must be a decimal string or number",
-                    ))
-                }
+                _ => return Err(AdminError::new(Code::RequestInvalidField, "cash must be a decimal string or number")),
             };
             match parse_decimal(text.as_bytes(), MONEY_DECIMALS) {
                 Ok(c) if c >= 0 => c,
                 Ok(c) if c > MAX_START_CASH => {
-                    return Err(AdminError::new(400, "request.invalid_number", "cash must be at most 10000000000"))
+                    return Err(AdminError::new(Code::RequestInvalidNumber, "cash must be at most 10000000000"))
                 }
-                Ok(_) => return Err(AdminError::new(400, "request.invalid_number", "cash must not be negative")),
+                Ok(_) => return Err(AdminError::new(Code::RequestInvalidNumber, "cash must not be negative")),
                 Err(e) => {
-                    return Err(AdminError::new(400, "request.invalid_number", format!("cash {text} {}", e.describe())))
+                    return Err(AdminError::new(Code::RequestInvalidNumber, format!("cash {text} {}", e.describe())))
                 }
             }
         }
     };
     let overrides = match &req.limits {
         None | Some(Json::Null) => LimitOverrides::default(),
-        Some(v) => parse_limit_overrides(v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?,
+        Some(v) => parse_limit_overrides(v).map_err(|m| AdminError::new(Code::RequestInvalidField, m))?,
     };
     let id = node
         .open_account(name, &req.tier, cash, overrides, now)
-        .ok_or_else(|| AdminError::new(500, "internal", "the account could not be created"))?;
+        .ok_or_else(|| AdminError::new(Code::Internal, "the account could not be created"))?;
     Ok(admin_account_json(node, id))
 }
 
@@ -257,17 +249,16 @@ fn admin_create_key(node: &mut Node, account: AccountId, body: &[u8], now: Nanos
             "trade" => {}
             other => {
                 return Err(AdminError::new(
-                    400,
-                    "request.invalid_field",
+                    Code::RequestInvalidField,
                     format!("role {other:?} is not one of [\"trade\", \"feed\"]"),
                 ))
             }
         }
     }
-    let key = generate_key().map_err(|e| AdminError::new(500, "internal", format!("no randomness: {e}")))?;
+    let key = generate_key().map_err(|e| AdminError::new(Code::Internal, format!("no randomness: {e}")))?;
     let id = node
         .add_key(account, hash_key(key.as_bytes()), roles, now)
-        .ok_or_else(|| AdminError::new(404, "account.not_found", "no such account"))?;
+        .ok_or_else(|| AdminError::new(Code::Engine(RejectCode::AccountNotFound), "no such account"))?;
     Ok(json!({"key_id": id.0, "key": key, "account_id": account.0, "roles": roles_json(roles)}))
 }
 
@@ -277,7 +268,7 @@ fn admin_set_limits(node: &mut Node, account: AccountId, body: &[u8], now: Nanos
         Some(o) if o.len() == 1 && o.contains_key("limits") => o["limits"].clone(),
         _ => v,
     };
-    let overrides = parse_limit_overrides(&v).map_err(|m| AdminError::new(400, "request.invalid_field", m))?;
+    let overrides = parse_limit_overrides(&v).map_err(|m| AdminError::new(Code::RequestInvalidField, m))?;
     let r = node.engine.set_limits(account, overrides, now);
     node.after_command();
     r.map_err(|r| AdminError::from(ApiError::reject(r)))?;
@@ -306,7 +297,7 @@ fn admin_list_accounts(node: &Node) -> Json {
 
 fn not_allowed(resp: &mut Response, allow: &'static str) -> Result<Json, AdminError> {
     resp.allow = Some(allow);
-    Err(AdminError::new(405, "route.method_not_allowed", "method not allowed here"))
+    Err(AdminError::new(Code::RouteMethodNotAllowed, "method not allowed here"))
 }
 
 fn roles_json(r: Roles) -> Json {

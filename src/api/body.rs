@@ -4,9 +4,11 @@
 //! JSON and the field names (and finds a TradingView `passphrase`); [`OrderFields::resolve`]
 //! turns the values into a [`SignalSpec`] in the symbol's units.
 
+use crate::engine::risk::RejectCode;
 use crate::engine::symbol::SymbolTable;
 use crate::engine::types::{OrderType, SignalKey, Tag, Tif};
 use crate::engine::{Intent, SignalSpec, Size};
+use crate::error::Code;
 use crate::error::{ApiError, Detail};
 use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::json::{JsonStr, Reader, Value};
@@ -97,7 +99,7 @@ fn static_name(name: &str) -> &'static str {
 }
 
 fn syntax<'a>(doc: &'a [u8]) -> impl Fn(crate::json::SyntaxError) -> ApiError<'a> {
-    move |e| ApiError::with(400, "json.malformed", Detail::Syntax(e, doc))
+    move |e| ApiError::with(Code::JsonMalformed, Detail::Syntax(e, doc))
 }
 
 impl<'a> OrderFields<'a> {
@@ -128,12 +130,11 @@ impl<'a> OrderFields<'a> {
                     BodyKind::Signal => SIGNAL_UNKNOWN,
                     BodyKind::Order => ORDER_UNKNOWN,
                 };
-                return Err(ApiError::with(400, "request.unknown_field", Detail::TextWith(message, raw)));
+                return Err(ApiError::with(Code::RequestUnknownField, Detail::TextWith(message, raw)));
             };
             if slot.is_some() {
                 return Err(ApiError::with(
-                    400,
-                    "request.duplicate_field",
+                    Code::RequestDuplicateField,
                     Detail::Field(static_name(name), "appears twice"),
                 ));
             }
@@ -153,8 +154,7 @@ impl<'a> OrderFields<'a> {
     pub fn resolve(&self, kind: BodyKind, symbols: &SymbolTable) -> Result<SignalSpec, ApiError<'a>> {
         let symbol_name = text(self.symbol, "symbol")?.ok_or(ApiError::missing("symbol"))?;
         let spec = symbols.find(symbol_name).ok_or(ApiError::with(
-            422,
-            "symbol.unknown",
+            Code::Engine(RejectCode::UnknownSymbol),
             Detail::TextWith("unknown symbol: ", symbol_name),
         ))?;
         let qd = spec.qty_decimals;
@@ -300,7 +300,7 @@ mod tests {
             let mut out = Vec::new();
             e.write(&mut out);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            (e.status, e.code, v["error"]["message"].as_str().unwrap().to_string())
+            (e.status, e.code.as_str(), v["error"]["message"].as_str().unwrap().to_string())
         };
         let f = OrderFields::parse(body.as_bytes(), BodyKind::Signal).map_err(err)?;
         f.resolve(BodyKind::Signal, &symbols()).map_err(err)

@@ -9,8 +9,10 @@ use super::{render, Later, Method, Pending, Request, Response};
 use crate::engine::event::EventKind;
 use crate::engine::market::Quote;
 use crate::engine::order::OrderEvent;
+use crate::engine::risk::RejectCode;
 use crate::engine::types::{AccountId, Nanos, OrderId, Tif};
 use crate::engine::{Intent, SignalSpec};
+use crate::error::Code;
 use crate::error::{journal_refused, ApiError, Detail, INVALID_KEY};
 use crate::history::{Candles, History, Performance, Query, Trades, TRADE_FIELDS};
 use crate::journal::Refusal;
@@ -23,11 +25,11 @@ use crate::ws::WsStats;
 type Result<'a, T = ()> = std::result::Result<T, ApiError<'a>>;
 
 const FORBIDDEN_FEED: ApiError<'static> =
-    ApiError::new(403, "auth.forbidden", "this key lacks the feed role needed to send market data");
-const OVERLOADED: ApiError<'static> = ApiError::with(503, "node.overloaded", Detail::RetryAfter(1));
+    ApiError::new(Code::AuthForbidden, "this key lacks the feed role needed to send market data");
+const OVERLOADED: ApiError<'static> = ApiError::with(Code::NodeOverloaded, Detail::RetryAfter(1));
 /// History routes on a node without PostgreSQL.
 const HISTORY_OFF: ApiError<'static> =
-    ApiError::new(501, "history.unavailable", "trade history needs PostgreSQL (postgres.url); this node keeps none");
+    ApiError::new(Code::HistoryUnavailable, "this node keeps no trade history").at(501);
 
 /// Largest `limit` of `GET /v1/orders`.
 const MAX_LIST: usize = 1000;
@@ -196,8 +198,7 @@ fn check_content_type<'a>(req: &Request<'a>) -> Result<'a> {
         Ok(())
     } else {
         Err(ApiError::new(
-            415,
-            "request.unsupported_media_type",
+            Code::RequestUnsupportedMediaType,
             "send the body as application/json (or text/plain, as TradingView does)",
         ))
     }
@@ -245,7 +246,7 @@ fn post_order<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now: 
     let (_, outcome, _, parsed_at) = submit(node, req, BodyKind::Order, resp, now)?;
     // An order body always carries a positive quantity, so the engine placed an order or
     // refused it.
-    let id = outcome.answer.order.map(|o| o.id).ok_or(ApiError::new(500, "internal", "no order was placed"))?;
+    let id = outcome.answer.order.map(|o| o.id).ok_or(ApiError::new(Code::Internal, "no order was placed"))?;
     resp.status = 201;
     resp.pending = Some(Pending::Order { id, parsed_at: Some(parsed_at) });
     Ok(())
@@ -278,7 +279,7 @@ fn complete(node: &mut Node, resp: &mut Response) {
 }
 
 fn write_order<'a>(node: &Node, id: OrderId, resp: &mut Response) -> Result<'a> {
-    let o = node.engine.order(id).ok_or(ApiError::new(404, "order.not_found", "no such order"))?;
+    let o = node.engine.order(id).ok_or(ApiError::new(Code::Engine(RejectCode::OrderNotFound), "no such order"))?;
     render::order(&mut Writer::new(&mut resp.body), &node.engine, o);
     Ok(())
 }
@@ -355,11 +356,9 @@ fn candles<'a>(
     now: Nanos,
 ) -> Result<'a> {
     node.authenticate(req, None, resp, now)?;
-    let spec = node.engine.symbols().find(symbol).ok_or(ApiError::with(
-        404,
-        "symbol.unknown",
-        Detail::TextWith("unknown symbol: ", symbol),
-    ))?;
+    let spec = node.engine.symbols().find(symbol).ok_or(
+        ApiError::with(Code::Engine(RejectCode::UnknownSymbol), Detail::TextWith("unknown symbol: ", symbol)).at(404),
+    )?;
     if api.history.is_none() {
         return Err(HISTORY_OFF);
     }
@@ -422,7 +421,7 @@ fn list_orders<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now:
 fn parse_order_id<'a>(id: &'a str) -> Result<'a, OrderId> {
     id.parse::<u64>()
         .map(OrderId)
-        .map_err(|_| ApiError::with(404, "order.not_found", Detail::TextWith("no such order: ", id)))
+        .map_err(|_| ApiError::with(Code::Engine(RejectCode::OrderNotFound), Detail::TextWith("no such order: ", id)))
 }
 
 fn get_order<'a>(node: &mut Node, req: &Request<'a>, id: &'a str, resp: &mut Response, now: Nanos) -> Result<'a> {
@@ -430,7 +429,7 @@ fn get_order<'a>(node: &mut Node, req: &Request<'a>, id: &'a str, resp: &mut Res
     let id = parse_order_id(id)?;
     match node.engine.order(id) {
         Some(o) if o.account == key.account => write_order(node, id, resp),
-        _ => Err(ApiError::new(404, "order.not_found", "no such order")),
+        _ => Err(ApiError::new(Code::Engine(RejectCode::OrderNotFound), "no such order")),
     }
 }
 
@@ -459,11 +458,9 @@ fn close_position<'a>(
     now: Nanos,
 ) -> Result<'a> {
     let key = node.authenticate(req, None, resp, now)?;
-    let spec = node.engine.symbols().find(symbol).ok_or(ApiError::with(
-        404,
-        "symbol.unknown",
-        Detail::TextWith("unknown symbol: ", symbol),
-    ))?;
+    let spec = node.engine.symbols().find(symbol).ok_or(
+        ApiError::with(Code::Engine(RejectCode::UnknownSymbol), Detail::TextWith("unknown symbol: ", symbol)).at(404),
+    )?;
     let spec = SignalSpec {
         symbol: spec.id,
         intent: Intent::Close,
@@ -513,14 +510,13 @@ fn resume<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now: Nano
     // Optional body: {"mode": "active" | "reducing"}.
     let mut reducing = false;
     if !req.body.trim_ascii().is_empty() {
-        let err = |e| ApiError::with(400, "json.malformed", Detail::Syntax(e, req.body));
+        let err = |e| ApiError::with(Code::JsonMalformed, Detail::Syntax(e, req.body));
         let mut r = Reader::new(req.body);
         r.begin_object().map_err(err)?;
         while let Some(k) = r.next_key().map_err(err)? {
             if k.plain() != Some("mode") {
                 return Err(ApiError::with(
-                    400,
-                    "request.unknown_field",
+                    Code::RequestUnknownField,
                     Detail::TextWith("unknown field (expected: mode): ", k.plain().unwrap_or("?")),
                 ));
             }
@@ -547,16 +543,13 @@ fn resume<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now: Nano
 fn get_quote<'a>(node: &mut Node, req: &Request<'a>, symbol: &'a str, resp: &mut Response, now: Nanos) -> Result<'a> {
     node.authenticate(req, None, resp, now)?;
     resp.no_store = true;
-    let spec = node.engine.symbols().find(symbol).ok_or(ApiError::with(
-        404,
-        "symbol.unknown",
-        Detail::TextWith("unknown symbol: ", symbol),
-    ))?;
-    let q = node.engine.quote(spec.id).ok_or(ApiError::with(
-        404,
-        "market.no_quote",
-        Detail::TextWith("no quote yet for ", symbol),
-    ))?;
+    let spec = node.engine.symbols().find(symbol).ok_or(
+        ApiError::with(Code::Engine(RejectCode::UnknownSymbol), Detail::TextWith("unknown symbol: ", symbol)).at(404),
+    )?;
+    let q = node
+        .engine
+        .quote(spec.id)
+        .ok_or(ApiError::with(Code::MarketNoQuote, Detail::TextWith("no quote yet for ", symbol)))?;
     render::quote(&mut Writer::new(&mut resp.body), node.engine.symbols(), q);
     Ok(())
 }
@@ -578,7 +571,7 @@ fn post_ticks<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now: 
 
 /// Reads the tick batch; applies it when `apply` is set. Returns the number of ticks.
 fn read_ticks<'a>(node: &mut Node, doc: &'a [u8], now: Nanos, apply: bool) -> Result<'a, usize> {
-    let err = |e| ApiError::with(400, "json.malformed", Detail::Syntax(e, doc));
+    let err = |e| ApiError::with(Code::JsonMalformed, Detail::Syntax(e, doc));
     let mut r = Reader::new(doc);
     let wrapped = match r.value().map_err(err)? {
         Value::Array => false,
@@ -608,8 +601,7 @@ fn read_ticks<'a>(node: &mut Node, doc: &'a [u8], now: Nanos, apply: bool) -> Re
         if let Some(k) = r.next_key().map_err(err)? {
             let name = k.plain().unwrap_or("?");
             return Err(ApiError::with(
-                400,
-                "request.unknown_field",
+                Code::RequestUnknownField,
                 Detail::TextWith("unknown field (expected: ticks): ", name),
             ));
         }
@@ -622,7 +614,7 @@ fn read_ticks<'a>(node: &mut Node, doc: &'a [u8], now: Nanos, apply: bool) -> Re
 }
 
 fn read_tick<'a>(node: &Node, r: &mut Reader<'a>, doc: &'a [u8], now: Nanos) -> Result<'a, Quote> {
-    let err = |e| ApiError::with(400, "json.malformed", Detail::Syntax(e, doc));
+    let err = |e| ApiError::with(Code::JsonMalformed, Detail::Syntax(e, doc));
     let (mut symbol, mut bid, mut ask, mut bid_size, mut ask_size, mut ts) = (None, None, None, None, None, None);
     r.begin_object().map_err(err)?;
     while let Some(k) = r.next_key().map_err(err)? {
@@ -636,8 +628,7 @@ fn read_tick<'a>(node: &Node, r: &mut Reader<'a>, doc: &'a [u8], now: Nanos) -> 
             Some("ts") => &mut ts,
             other => {
                 return Err(ApiError::with(
-                    400,
-                    "request.unknown_field",
+                    Code::RequestUnknownField,
                     Detail::TextWith(
                         "unknown tick field (expected: symbol, bid, ask, bid_size, ask_size, ts): ",
                         other.unwrap_or("?"),
@@ -655,11 +646,11 @@ fn read_tick<'a>(node: &Node, r: &mut Reader<'a>, doc: &'a [u8], now: Nanos) -> 
         Some(_) => return Err(ApiError::invalid("symbol", "must be a string")),
         None => return Err(ApiError::missing("symbol")),
     };
-    let spec = node.engine.symbols().find(name).ok_or(ApiError::with(
-        422,
-        "symbol.unknown",
-        Detail::TextWith("unknown symbol: ", name),
-    ))?;
+    let spec = node
+        .engine
+        .symbols()
+        .find(name)
+        .ok_or(ApiError::with(Code::Engine(RejectCode::UnknownSymbol), Detail::TextWith("unknown symbol: ", name)))?;
     let (pd, qd) = (spec.price_decimals, spec.qty_decimals);
     let bid = decimal(bid, "bid", pd)?.ok_or(ApiError::missing("bid"))?;
     let ask = decimal(ask, "ask", pd)?.ok_or(ApiError::missing("ask"))?;
@@ -674,16 +665,15 @@ fn read_tick<'a>(node: &Node, r: &mut Reader<'a>, doc: &'a [u8], now: Nanos) -> 
         Some(_) => return Err(ApiError::invalid("ts", "must be nanoseconds since the Unix epoch")),
     };
     if bid <= 0 || ask <= 0 || bid > ask {
-        return Err(ApiError::new(422, "market.invalid_quote", "a quote needs 0 < bid <= ask"));
+        return Err(ApiError::new(Code::MarketInvalidQuote, "a quote needs 0 < bid <= ask"));
     }
     if bid_size < 0 || ask_size < 0 {
-        return Err(ApiError::new(422, "market.invalid_quote", "sizes must not be negative"));
+        return Err(ApiError::new(Code::MarketInvalidQuote, "sizes must not be negative"));
     }
     let quote = Quote { symbol: spec.id, bid, ask, bid_size, ask_size, ts };
     if !quote.is_valid(spec) {
         return Err(ApiError::new(
-            422,
-            "market.invalid_quote",
+            Code::MarketInvalidQuote,
             "a price above the symbol's highest (its largest order would be worth over 1000000000)",
         ));
     }
@@ -715,13 +705,14 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
         w.key("reason").str("draining");
         resp.status = 503;
     } else if let Some(r) = refusal {
-        w.key("reason").str(journal_refused(r).code);
+        w.key("reason").str(journal_refused(r).code.as_str());
         resp.status = 503;
     }
     w.key("journal").str(if journal_ok { "ok" } else { "unavailable" });
     w.key("fsync").str(node.journal.policy().as_str());
     w.key("last_seq").u64(node.engine.last_seq());
     w.key("durable_seq").u64(node.journal.durable());
+    w.key("stable_seq").u64(node.journal.stable());
     // Snapshots only bound how much a restart replays: failing ones leave the node ready.
     if !node.snapshots.running() {
         w.key("snapshots").str("off");

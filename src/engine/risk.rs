@@ -170,7 +170,7 @@ impl RejectCode {
     ];
 
     /// The stable code in error answers.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RejectCode::AccountHalted => "account.halted",
             RejectCode::ReduceOnly => "account.reduce_only",
@@ -195,7 +195,7 @@ impl RejectCode {
     }
 
     /// The HTTP status of the error answer.
-    pub fn status(self) -> u16 {
+    pub const fn status(self) -> u16 {
         match self {
             RejectCode::AccountNotFound | RejectCode::OrderNotFound => 404,
             RejectCode::NotCancelable => 409,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::error::Code;
 use crate::node::request::Answer;
 use crate::postgres::offload::Shared;
 
@@ -124,9 +125,9 @@ impl History {
 }
 
 /// An error answer.
-fn error(status: u16, code: &str, message: &str) -> Answer {
-    let body = serde_json::json!({"error": {"code": code, "message": message}});
-    Answer { status, body: body.to_string().into_bytes(), cache_control: None, etag: None }
+fn error(code: Code, message: &str) -> Answer {
+    let body = serde_json::json!({"error": {"code": code.as_str(), "message": message}});
+    Answer { status: code.status(), body: body.to_string().into_bytes(), cache_control: None, etag: None }
 }
 
 /// A successful answer: cached for a day when its window has `settled` (ended more than 15

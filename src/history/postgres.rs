@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use super::{
     error, finish, Answer, Candles, Job, Performance, Query, Stats, Trades, MAX_CANDLES, QUERY_TIMEOUT, TRADE_FIELDS,
 };
+use crate::error::Code;
 use crate::postgres::migrate::describe;
 use crate::postgres::offload::Shared;
 
@@ -21,20 +22,20 @@ pub(super) async fn serve(url: &str, offload: &Shared, mut jobs: mpsc::Receiver<
             client = connect(url).await.map_err(|e| log::warn!("history: {e}")).ok();
         }
         let answer = match &client {
-            None => error(503, "history.unavailable", "PostgreSQL cannot be reached; try again later"),
+            None => error(Code::HistoryUnavailable, "PostgreSQL cannot be reached; try again later"),
             Some(c) => match tokio::time::timeout(QUERY_TIMEOUT, answer(c, &q, offload)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
-                    error(400, "request.invalid_field", "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
+                    error(Code::RequestInvalidField, "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
                 }
                 Ok(Err(e)) => {
                     log::warn!("history: query failed: {}", describe(&e));
-                    error(503, "history.unavailable", "the history query failed; try again later")
+                    error(Code::HistoryUnavailable, "the history query failed; try again later")
                 }
                 Err(_) => {
                     // The connection may still be busy with it: start a new one next time.
                     client = None;
-                    error(503, "history.unavailable", "the history query took too long")
+                    error(Code::HistoryUnavailable, "the history query took too long")
                 }
             },
         };

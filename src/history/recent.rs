@@ -13,6 +13,7 @@ use super::{error, finish, Answer, Candles, Job, Performance, Query, Stats, Trad
 use crate::config::Config;
 use crate::engine::event::EventKind;
 use crate::engine::types::{Nanos, Side, SymbolId, DAY, SECOND};
+use crate::error::Code;
 use crate::fixed::{write_decimal, MONEY_DECIMALS};
 use crate::journal::follow::{Follower, Limit, Start};
 use crate::journal::Watermarks;
@@ -162,8 +163,7 @@ impl Recent {
                 None => Ok(None),
                 Some(t) => parse_time(t).map(Some).ok_or_else(|| {
                     error(
-                        400,
-                        "request.invalid_field",
+                        Code::RequestInvalidField,
                         &format!("{name} must be an RFC 3339 time, e.g. 2026-11-23T10:00:00Z"),
                     )
                 }),

@@ -737,10 +737,9 @@ fn prefault_loop(shared: &Shared) {
                     if last.is_none() {
                         log::error!(
                             "journal: cannot prepare a segment of {} bytes in {} ({e}); new commands are refused \
-                             with 503 {} once the current one is nearly full",
+                             with 503 once the current one is nearly full",
                             shared.opts.segment_bytes,
-                            shared.opts.dir.display(),
-                            if is_full(&e) { "journal.full" } else { "journal.unavailable" }
+                            shared.opts.dir.display()
                         );
                     }
                     *last = Some((is_full(&e), format!("cannot prepare a new segment: {e}")));

@@ -2,6 +2,7 @@
 //! frame header codec and accept-key derivation. The node writes frames into its own buffers so
 //! that one event's bytes are copied, never re-encoded, for each subscriber.
 
+use crate::error::Code;
 use std::io::Cursor;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
@@ -29,7 +30,7 @@ pub struct HttpRefusal {
     /// Status.
     pub status: u16,
     /// Stable code.
-    pub code: &'static str,
+    pub code: Code,
     /// Message.
     pub message: String,
     /// `Allow` header value for 405.
@@ -37,14 +38,20 @@ pub struct HttpRefusal {
 }
 
 impl HttpRefusal {
-    /// A refusal.
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> HttpRefusal {
-        HttpRefusal { status, code, message: message.into(), allow: None }
+    /// A refusal with the code's status.
+    pub fn new(code: Code, message: impl Into<String>) -> HttpRefusal {
+        HttpRefusal { status: code.status(), code, message: message.into(), allow: None }
+    }
+
+    /// The same refusal with another status (where `docs/ws.md` says so).
+    pub fn at(mut self, status: u16) -> HttpRefusal {
+        self.status = status;
+        self
     }
 
     /// The HTTP response, closing the connection.
     pub fn response(&self) -> Vec<u8> {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}}).to_string();
+        let body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}}).to_string();
         let reason = match self.status {
             400 => "Bad Request",
             401 => "Unauthorized",
@@ -78,21 +85,21 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpRefusal
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST => {
-            return Err(HttpRefusal::new(431, "request.too_large", "the upgrade request is larger than 8 KiB"))
+            return Err(HttpRefusal::new(Code::RequestTooLarge, "the upgrade request is larger than 8 KiB").at(431))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpRefusal::new(431, "request.too_large", "the upgrade request has more than 32 headers"))
+            return Err(HttpRefusal::new(Code::RequestTooLarge, "the upgrade request has more than 32 headers").at(431))
         }
-        Err(e) => return Err(HttpRefusal::new(400, "request.malformed", format!("not an HTTP request: {e}"))),
+        Err(e) => return Err(HttpRefusal::new(Code::RequestMalformed, format!("not an HTTP request: {e}"))),
     };
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if path != "/v1/ws" {
-        return Err(HttpRefusal::new(404, "route.not_found", format!("no route {path}; the WebSocket is /v1/ws")));
+        return Err(HttpRefusal::new(Code::RouteNotFound, format!("no route {path}; the WebSocket is /v1/ws")));
     }
     if req.method != Some("GET") {
-        let mut r = HttpRefusal::new(405, "request.method_not_allowed", "use GET to open the WebSocket");
+        let mut r = HttpRefusal::new(Code::RouteMethodNotAllowed, "use GET to open the WebSocket");
         r.allow = Some("GET");
         return Err(r);
     }
@@ -104,16 +111,15 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpRefusal
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Err(HttpRefusal::new(
-            426,
-            "ws.upgrade_required",
+            Code::WsUpgradeRequired,
             "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
         ));
     }
     if header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(HttpRefusal::new(426, "ws.upgrade_required", "only WebSocket version 13 is supported"));
+        return Err(HttpRefusal::new(Code::WsUpgradeRequired, "only WebSocket version 13 is supported"));
     }
     let ws_key = header("sec-websocket-key").map(str::trim).filter(|k| k.len() == 24).ok_or_else(|| {
-        HttpRefusal::new(400, "ws.bad_handshake", "Sec-WebSocket-Key is missing or not 16 bytes in base64")
+        HttpRefusal::new(Code::WsBadHandshake, "Sec-WebSocket-Key is missing or not 16 bytes in base64")
     })?;
     let mut up = Upgrade { ws_key: ws_key.to_string(), ..Upgrade::default() };
     let auth = crate::auth::key_from_headers(
@@ -131,20 +137,18 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpRefusal
                     "json" => true,
                     "binary" => false,
                     _ => {
-                        return Err(HttpRefusal::new(400, "request.invalid", "format must be binary or json"));
+                        return Err(HttpRefusal::new(Code::RequestInvalidField, "format must be binary or json"));
                     }
                 }
             }
             "resume_from" => {
-                up.resume_from =
-                    Some(value.parse().map_err(|_| {
-                        HttpRefusal::new(400, "request.invalid", "resume_from must be a sequence number")
-                    })?)
+                up.resume_from = Some(value.parse().map_err(|_| {
+                    HttpRefusal::new(Code::RequestInvalidField, "resume_from must be a sequence number")
+                })?)
             }
             _ => {
                 return Err(HttpRefusal::new(
-                    400,
-                    "request.invalid",
+                    Code::RequestInvalidField,
                     format!("unknown query parameter {name:?}; known: key, format, resume_from"),
                 ))
             }

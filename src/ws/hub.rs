@@ -31,6 +31,7 @@ use crate::shutdown::Shutdown;
 use super::frame::{self, Kind};
 use super::protocol::{close, encode_entry, encode_json, ServerBody, ServerMsg, SymbolInfo, FRAME_HEADER, VERSION};
 use super::WsStats;
+use crate::error::Code;
 
 /// Settings from `[ws]`, in the units the hub uses.
 #[derive(Debug, Clone)]
@@ -135,36 +136,20 @@ impl Directory {
     }
 }
 
-/// Why a key may not open a stream: HTTP status (for the upgrade), close code (for an `auth`
-/// message), error code and message.
+/// Why a key may not open a stream: the error code (whose status answers an upgrade), and the
+/// close code for an `auth` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthError {
-    /// HTTP status.
-    pub status: u16,
     /// Close code.
     pub close: u16,
     /// Stable error code.
-    pub code: &'static str,
-    /// Message.
-    pub message: &'static str,
+    pub code: Code,
 }
 
-const INVALID_KEY: AuthError =
-    AuthError { status: 401, close: close::AUTH, code: "auth.invalid_key", message: "unknown API key" };
-const REVOKED_KEY: AuthError =
-    AuthError { status: 401, close: close::AUTH, code: "auth.key_revoked", message: "this API key was revoked" };
-const NODE_FULL: AuthError = AuthError {
-    status: 503,
-    close: close::TOO_MANY,
-    code: "ws.node_full",
-    message: "the node has as many authenticated WebSocket connections as ws.max_connections",
-};
-const KEY_FULL: AuthError = AuthError {
-    status: 429,
-    close: close::TOO_MANY,
-    code: "ws.too_many_connections",
-    message: "this key has as many WebSocket connections as its tier allows",
-};
+const INVALID_KEY: AuthError = AuthError { close: close::AUTH, code: Code::AuthInvalidKey };
+const REVOKED_KEY: AuthError = AuthError { close: close::AUTH, code: Code::AuthKeyRevoked };
+const NODE_FULL: AuthError = AuthError { close: close::TOO_MANY, code: Code::WsNodeFull };
+const KEY_FULL: AuthError = AuthError { close: close::TOO_MANY, code: Code::WsTooManyConnections };
 
 /// Control frames (pongs) a connection may have waiting.
 const MAX_CONTROL_BYTES: usize = 64 * 1024;
@@ -561,8 +546,8 @@ impl Hub {
     }
 
     /// Queues an error message.
-    pub fn send_error(&mut self, conn: &Conn, code: &str, message: String) {
-        let msg = self.msg(ServerBody::Error { code: code.into(), message });
+    pub fn send_error(&mut self, conn: &Conn, code: Code, message: String) {
+        let msg = self.msg(ServerBody::Error { code: code.as_str().into(), message });
         self.send(conn, &msg);
     }
 
@@ -574,7 +559,7 @@ impl Hub {
             match self.channel(c) {
                 Ok(Some(sym)) => symbols.push(sym),
                 Ok(None) => account = true,
-                Err(e) => return self.send_error(conn, "ws.unknown_channel", e),
+                Err(e) => return self.send_error(conn, Code::WsUnknownChannel, e),
             }
         }
         let Some(key) = conn.st.borrow().key else { return };
@@ -610,7 +595,7 @@ impl Hub {
         for c in channels {
             match self.channel(c) {
                 Ok(ch) => parsed.push(ch),
-                Err(e) => return self.send_error(conn, "ws.unknown_channel", e),
+                Err(e) => return self.send_error(conn, Code::WsUnknownChannel, e),
             }
         }
         let Some(key) = conn.st.borrow().key else { return };
@@ -761,7 +746,7 @@ impl Hub {
             EventKind::KeyRevoked { key } => {
                 for c in self.conns.values() {
                     if c.st.borrow().key.is_some_and(|k| k.id == key) {
-                        c.close(close::REVOKED, "auth.key_revoked: this API key was revoked");
+                        c.close(close::REVOKED, &Code::AuthKeyRevoked.reason());
                     }
                 }
             }
@@ -940,7 +925,7 @@ impl Hub {
             if st.key.is_none() {
                 if now.duration_since(st.opened) > self.settings.auth_timeout {
                     drop(st);
-                    c.close(close::AUTH, "auth.timeout: no auth message in time");
+                    c.close(close::AUTH, &Code::AuthTimeout.reason());
                 }
                 continue;
             }

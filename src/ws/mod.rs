@@ -25,6 +25,7 @@ use glommio::net::{AcceptedTcpStream, TcpStream};
 
 use crate::config::Config;
 use crate::engine::types::KeyId;
+use crate::error::{ApiError, Code};
 use crate::node::request::{Method, Request, Response};
 use crate::node::{Node, Routes};
 use crate::shutdown::Shutdown;
@@ -565,7 +566,7 @@ async fn connection(
         Some(Some(Err(r))) => return refuse(stream, &r).await,
         Some(None) => return,
         None => {
-            let r = HttpRefusal::new(408, "request.timeout", "the upgrade request did not arrive in time");
+            let r = HttpRefusal::new(Code::RequestTimeout, "the upgrade request did not arrive in time");
             return refuse(stream, &r).await;
         }
     };
@@ -574,7 +575,7 @@ async fn connection(
     let claim = up.api_key.as_ref().map(|key| (hub.borrow_mut().claim(key), key));
     let claimed = match claim {
         Some((Ok(record), key)) => Some((record, key)),
-        Some((Err(e), _)) => return refuse(stream, &HttpRefusal::new(e.status, e.code, e.message)).await,
+        Some((Err(e), _)) => return refuse(stream, &HttpRefusal::new(e.code, e.code.message())).await,
         None => None,
     };
     if stream.write_all(&frame::accept_response(&up)).await.is_err() {
@@ -594,10 +595,7 @@ async fn connection(
     futures_lite::future::or(read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf), async {
         // Only while it has not authenticated: `Hub::authenticate` takes it off the list.
         anonymous.evict.wait().await;
-        conn.close(
-            close::TRY_AGAIN,
-            "ws.evicted: unauthenticated for too long while others waited; reconnect and authenticate",
-        );
+        conn.close(close::TRY_AGAIN, &Code::WsEvicted.reason());
     })
     .await;
     // The reader is done (the client closed or broke the protocol): let the writer send the
@@ -723,12 +721,10 @@ fn on_message(
     .map_err(|r| (r.code, r.reason))?;
     let authed = conn.st.borrow().key.is_some();
     match msg {
-        ClientMsg::Auth { key } if !authed => {
-            hub.authenticate(conn, &key).map_err(|e| (e.close, format!("{}: {}", e.code, e.message)))?
-        }
-        _ if !authed => return Err((close::AUTH, "auth.required: send an auth message first".into())),
+        ClientMsg::Auth { key } if !authed => hub.authenticate(conn, &key).map_err(|e| (e.close, e.code.reason()))?,
+        _ if !authed => return Err((close::AUTH, Code::AuthRequired.reason())),
         ClientMsg::Auth { .. } => {
-            hub.send_error(conn, "ws.already_authenticated", "this connection is already authenticated".into())
+            hub.send_error(conn, Code::WsAlreadyAuthenticated, Code::WsAlreadyAuthenticated.message().into())
         }
         ClientMsg::Subscribe { channels, resume_from } => hub.subscribe(conn, &channels, resume_from),
         ClientMsg::Unsubscribe { channels } => hub.unsubscribe(conn, &channels),
@@ -741,11 +737,14 @@ fn on_message(
             let key = conn.st.borrow().key_text.clone();
             let sig = WsSignal { conn: conn.id, request_id, key, body: body.into_bytes() };
             if signals.try_send(sig).is_err() {
-                let body = r#"{"error":{"code":"node.overloaded","message":"too many signals in flight; retry"}}"#;
+                let refused = ApiError::new(Code::NodeOverloaded, "too many signals in flight; retry");
+                let mut body = Vec::new();
+                refused.write(&mut body);
+                let body = String::from_utf8(body).unwrap_or_default();
                 let msg = ServerMsg {
                     seq: hub.last_seq(),
                     ts: crate::clock::now(),
-                    body: ServerBody::SignalResult { request_id, status: 503, body: body.into() },
+                    body: ServerBody::SignalResult { request_id, status: refused.status, body },
                 };
                 hub.send(conn, &msg);
             }
