@@ -223,6 +223,26 @@ fn a_torn_tail_is_cut_and_damage_stops_the_start_until_repaired() {
     let dir = node.stop();
     assert!(std::fs::metadata(&seg).unwrap().len() > good_len, "writing went on after the cut");
 
+    // A power loss in the middle of the last record: the file ends inside it.
+    let bytes = std::fs::read(&seg).unwrap();
+    let (_, out, _) = journal_tool(&["inspect", &path, "--json"]);
+    let last_seq = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .max()
+        .unwrap();
+    std::fs::write(&seg, &bytes[..bytes.len() - 5]).unwrap();
+    let (code, out, _) = journal_tool(&["verify", &path]);
+    assert_eq!(code, 0, "a record cut short at the end is a torn tail: {out}");
+    assert!(out.contains("partial record"), "{out}");
+    let node = Node::start_in(dir, &[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
+    assert!(node.log().iter().any(|l| l.contains("partial record")), "the cut is logged");
+    let ready = node.req("GET", "/ready", &[], "").json();
+    assert!(ready["last_seq"].as_u64().unwrap() >= last_seq - 1, "only the cut record is gone: {ready}");
+    let dir = node.stop();
+    assert_eq!(journal_tool(&["verify", &path]).0, 0, "the segment is sound again");
+
     // One flipped byte inside an early record, good records after it: real damage.
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[16 + 20] ^= 0xff;
