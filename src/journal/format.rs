@@ -138,7 +138,9 @@ pub struct Found<'a> {
     pub seq: u64,
     /// Its payload.
     pub payload: &'a [u8],
-    /// Offset just past it (and its padding).
+    /// Offset just past it and, in version 2, its padding: where the next record starts. The
+    /// buffer may end before that when it ends inside the padding (a follower reads up to the
+    /// payload's end only), so `next` can lie past the buffer's end.
     pub next: usize,
 }
 
