@@ -1,9 +1,10 @@
 //! A node in a box for in-process measurements: the real request life cycle (`node::serve` with
 //! the public API's routes: JSON parse → auth → rate limit → risk → order → journal append →
 //! paper fill → answer encoding) without sockets.
-//! Its journal is a real one, in a temporary directory, with `fsync = "never"` unless asked: an
-//! append is a copy into the segment's mapping, and nothing waits for a disk. Shared by the
-//! allocation and no-panic tests and the `signal_path` and `journal_path` benchmarks.
+//! Its journal is a real one, in a temporary directory (in memory, /dev/shm, when there is one),
+//! with `fsync = "never"` unless asked: an append is a copy into the segment's mapping, and
+//! nothing waits for a disk. Shared by the allocation and no-panic tests and the `signal_path` and
+//! `journal_path` benchmarks.
 
 use std::cell::RefCell;
 
@@ -15,6 +16,15 @@ use signalgate::engine::market::Quote;
 use signalgate::engine::types::{SymbolId, SECOND};
 use signalgate::journal::FsyncPolicy;
 use signalgate::node::Node;
+
+/// Pins the calling thread as the node pins its hot executor (`topology.hot`, by default core 0);
+/// the journal's threads go where the node puts them (the first fan-out core, core 1).
+pub fn pin_as_the_hot_core() {
+    let topology = Config::default().topology;
+    if !signalgate::cores::pin_current_thread(topology.hot[0]) {
+        eprintln!("could not pin to core {}; measuring unpinned", topology.hot[0]);
+    }
+}
 
 pub struct Fixture {
     pub node: RefCell<Node>,
@@ -39,7 +49,11 @@ impl Fixture {
     /// each remembering `orders_per_account` finished orders. The journal goes to a new temporary
     /// directory, unsynced.
     pub fn with_accounts(bodies: usize, accounts: usize, orders_per_account: usize) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory for the journal");
+        // In memory when the host has it (/dev/shm): the in-process figures leave the disk and its
+        // writeback out, as `journal_path` puts them in.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+        let dir = dir.expect("a temporary directory for the journal");
         let mut f = Self::in_dir(bodies, accounts, orders_per_account, dir.path(), FsyncPolicy::Never);
         f.dir = Some(dir);
         f

@@ -9,7 +9,8 @@
 //! 2. Restart: a node is opened on a journal of 1,000,000 events (replay, and the journal opened
 //!    for appending), without and with a snapshot at its end.
 //!
-//! Run on a quiet core: `taskset -c 1 cargo bench --bench journal_path`.
+//! The executor pins itself as the node's hot core (core 0 by default) and the journal's threads
+//! run on the fan-out core (core 1), as in the node: `cargo bench --bench journal_path`.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,7 @@ fn drive(dir: &std::path::Path, policy: FsyncPolicy, count: usize, events: u64) 
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
+            fixture::pin_as_the_hot_core();
             let f = fixture::Fixture::in_dir(64 * 1024, 1, 256, &dir, policy);
             let fixture::Fixture { node, routes, auth, bodies, mut resp, mut now, .. } = f;
             let node = Rc::new(node);

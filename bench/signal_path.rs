@@ -3,7 +3,8 @@
 //! Measures `Node::handle` for `POST /v1/signals` — JSON parse, auth (SHA-256 of the key), rate
 //! limit, risk checks, order, paper fill and answer encoding — with no sockets, and reports the
 //! node's own signal-to-order histogram (request parsed → order handed to the venue) next to it.
-//! Pin it to a quiet core for stable numbers: `taskset -c 1 cargo bench --bench signal_path`.
+//! The bench's thread pins itself as the node's hot core (core 0 by default) and the journal's
+//! threads run on the fan-out core (core 1), as in the node: `cargo bench --bench signal_path`.
 //!
 //! A second part measures the same path while the remembered order history grows: many
 //! accounts each keep `engine.orders_per_account` finished orders, so the engine's order map
@@ -20,7 +21,9 @@ mod fixture;
 static GLOBAL: signalgate::alloc::Allocator = signalgate::alloc::Allocator;
 
 fn main() {
-    // This thread plays the hot core: its large tables are mapped when they are made, as in the node.
+    // This thread plays the hot core, on its core: its large tables are mapped when they are made,
+    // as in the node.
+    fixture::pin_as_the_hot_core();
     signalgate::alloc::map_large_blocks_on_this_thread();
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants a quick run.
     let quick = !std::env::args().any(|a| a == "--bench");

@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[path = "../bench/fixture.rs"]
+#[allow(dead_code)]
 mod fixture;
 
 struct Counting;

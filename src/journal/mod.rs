@@ -166,6 +166,8 @@ struct Shared {
     current: Mutex<Option<Arc<Mapping>>>,
     /// The next segment, once prepared.
     next: Mutex<Option<Prepared>>,
+    /// Mappings of segments the writer left, for the prefault thread to unmap.
+    retired: Mutex<Vec<Arc<Mapping>>>,
     next_ready: AtomicBool,
     /// Why the last preparation failed (until one succeeds), and whether the disk was full.
     prepare_error: Mutex<Option<(bool, String)>>,
@@ -235,6 +237,7 @@ impl Journal {
             position: AtomicUsize::new(0),
             current: Mutex::new(None),
             next: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             next_ready: AtomicBool::new(false),
             prepare_error: Mutex::new(None),
             wanted: AtomicU64::new(last_seq),
@@ -394,8 +397,12 @@ impl Journal {
         match self.start_segment(prepared, first_seq) {
             Ok(next) => {
                 if let Some(old) = self.current.take() {
-                    let mut s = lock(&self.shared.sync);
-                    s.left.push(old.file);
+                    // Unmapping a full segment takes milliseconds (every page's entry goes): the
+                    // prefault thread drops it. Its file is synced whole by the sync thread.
+                    lock(&self.shared.retired).push(old.map);
+                    if self.shared.opts.fsync != FsyncPolicy::Never {
+                        lock(&self.shared.sync).left.push(old.file);
+                    }
                 }
                 self.install(next);
                 true
@@ -704,6 +711,7 @@ fn prefault_loop(shared: &Shared) {
     let mut backoff = Duration::from_millis(100);
     let mut retry_at = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
+        drop(std::mem::take(&mut *lock(&shared.retired)));
         let current = lock(&shared.current).clone();
         if let Some(map) = current {
             if mapped_of.as_ref().is_none_or(|m| !Arc::ptr_eq(m, &map)) {
@@ -926,6 +934,22 @@ mod tests {
         assert_eq!(super::scan::list_segments(dir.path()).unwrap().len(), segments.len());
         drop(j);
         assert_eq!(read_all(dir.path(), Limit::Files), (1..=20_100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn segments_left_behind_hold_nothing_open_that_nobody_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), FsyncPolicy::Never);
+        append(&mut j, 1, 30_000);
+        assert!(super::scan::list_segments(dir.path()).unwrap().len() >= 3);
+        // Nothing syncs under `never`: the files left behind are not kept for a sync.
+        assert!(lock(&j.shared.sync).left.is_empty());
+        // Their mappings are unmapped by the prefault thread, not by the writer.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&j.shared.retired).is_empty() {
+            assert!(Instant::now() < deadline, "retired mappings were never dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
