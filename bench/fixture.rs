@@ -10,19 +10,26 @@ use std::cell::RefCell;
 
 use signalgate::api::{Method, Public, Request, Response};
 use signalgate::auth::hash_key;
-use signalgate::config::Config;
+use signalgate::config::{Config, TopologyConfig};
 use signalgate::engine::account::{AccountName, LimitOverrides, Roles};
 use signalgate::engine::market::Quote;
 use signalgate::engine::types::{SymbolId, SECOND};
 use signalgate::journal::FsyncPolicy;
 use signalgate::node::Node;
 
+/// The node's default topology as this process found it before any of its threads was pinned
+/// (a pinned thread sees only its own core, and the default would put everything there).
+fn topology() -> TopologyConfig {
+    static FIRST: std::sync::OnceLock<TopologyConfig> = std::sync::OnceLock::new();
+    FIRST.get_or_init(TopologyConfig::default).clone()
+}
+
 /// Pins the calling thread as the node pins its hot executor (`topology.hot`, by default core 0);
 /// the journal's threads go where the node puts them (the first fan-out core, core 1).
 pub fn pin_as_the_hot_core() {
-    let topology = Config::default().topology;
-    if !signalgate::cores::pin_current_thread(topology.hot[0]) {
-        eprintln!("could not pin to core {}; measuring unpinned", topology.hot[0]);
+    let hot = topology().hot[0];
+    if !signalgate::cores::pin_current_thread(hot) {
+        eprintln!("could not pin to core {hot}; measuring unpinned");
     }
 }
 
@@ -67,7 +74,7 @@ impl Fixture {
         dir: &std::path::Path,
         fsync: FsyncPolicy,
     ) -> Self {
-        let mut cfg = Config::default();
+        let mut cfg = Config { topology: topology(), ..Config::default() };
         cfg.engine.orders_per_account = orders_per_account;
         cfg.engine.idempotency_capacity = 1024;
         cfg.journal.dir = dir.to_path_buf();
@@ -153,10 +160,22 @@ impl Fixture {
     }
 
     /// Serves one request through the request life cycle, as HTTP does, under `fsync = "never"`
-    /// or `"interval"` (where events are durable once appended, so nothing waits); returns the
-    /// status.
+    /// or `"interval"` (where events are durable once appended); returns the status. When the
+    /// writer outruns the preparation of the next segment, its records wait in memory and the
+    /// answer waits for them: the node's periodic housekeeping moves them into the segment once
+    /// it is ready, and this loop stands in for the node's timer.
     pub fn serve(&mut self, req: &Request<'_>, now: u64) -> u16 {
-        futures_lite::future::block_on(signalgate::node::serve(&self.node, &self.routes, Ok(req), &mut self.resp, now));
+        let node = &self.node;
+        {
+            let serve = signalgate::node::serve(node, &self.routes, Ok(req), &mut self.resp, now);
+            let mut serve = std::pin::pin!(serve);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            while std::future::Future::poll(serve.as_mut(), &mut cx).is_pending() {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+
+                node.borrow_mut().housekeeping(now);
+            }
+        }
         self.resp.status
     }
 }
