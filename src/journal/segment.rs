@@ -89,6 +89,35 @@ impl Mapping {
         Err(e)
     }
 
+    /// Writes the pages of `[from, to)` to the disk and waits for them, with what the file
+    /// system needs to read them back (`msync(MS_SYNC)`: `fdatasync` of that range). Pages
+    /// outside it stay as they are: a page the writer is filling is not cleaned under it.
+    pub fn sync(&self, from: usize, to: usize) -> io::Result<()> {
+        let page = page_size();
+        let from = from / page * page;
+        let to = to.min(self.len);
+        if from >= to {
+            return Ok(());
+        }
+        // SAFETY: a page-aligned range inside the mapping; syncing does not change its contents.
+        let rc = unsafe { libc::msync(self.ptr.as_ptr().add(from).cast(), to - from, libc::MS_SYNC) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// The sequence number of the published record at `off` (see [`Mapping::record_len`]).
+    pub fn record_seq(&self, off: usize) -> Option<u64> {
+        if self.record_len(off) == 0 {
+            return None;
+        }
+        // SAFETY: a published record's header is written once, before its length was published.
+        let b = unsafe { self.bytes(off + 8, off + 16) };
+        Some(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+
     /// Copies `bytes` to `off`.
     ///
     /// # Safety
@@ -146,7 +175,7 @@ impl Drop for Mapping {
     }
 }
 
-fn page_size() -> usize {
+pub(super) fn page_size() -> usize {
     // SAFETY: a plain query.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).unwrap_or(4096).max(4096)
