@@ -963,6 +963,15 @@ mod tests {
         seqs
     }
 
+    /// Waits until `done`, failing with `why()` after 5 s.
+    fn within_5s(mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "{}", why());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Appends `from..=to` one event at a time, waiting for a prepared segment when the current
     /// one is nearly full (as the node's refusals make its commands do).
     fn append(j: &mut Journal, from: u64, to: u64) {
@@ -987,11 +996,7 @@ mod tests {
         assert_eq!(read_all(dir.path(), Limit::Durable(marks.clone())), (1..=20_000).collect::<Vec<_>>());
         assert!(super::scan::list_segments(dir.path()).unwrap().len() >= 2);
         // The sync thread catches up within a few intervals.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while marks.stable() < 20_000 {
-            assert!(Instant::now() < deadline, "stable stuck at {}", marks.stable());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        within_5s(|| marks.stable() >= 20_000, || format!("stable stuck at {}", marks.stable()));
         j.close();
         let segments = super::scan::list_segments(dir.path()).unwrap();
         let last = std::fs::metadata(&segments.last().unwrap().path).unwrap().len();
@@ -1066,11 +1071,7 @@ mod tests {
         // that cleaned every dirty page would cost a fault for each of the 215 pages filled.
         assert!(faults <= syncs as i64 + 5, "{faults} page faults on the writer over {syncs} syncs");
         // What stays behind is synced too once the writer stands still.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while marks.stable() < 10_010 {
-            assert!(Instant::now() < deadline, "stable stuck at {}", marks.stable());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        within_5s(|| marks.stable() >= 10_010, || format!("stable stuck at {}", marks.stable()));
     }
 
     #[test]
@@ -1082,11 +1083,7 @@ mod tests {
         // Nothing syncs under `never`: the files left behind are not kept for a sync.
         assert!(lock(&j.shared.sync).left.is_empty());
         // Their mappings are unmapped by the prefault thread, not by the writer.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !lock(&j.shared.retired).is_empty() {
-            assert!(Instant::now() < deadline, "retired mappings were never dropped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        within_5s(|| lock(&j.shared.retired).is_empty(), || "retired mappings were never dropped".into());
     }
 
     #[test]
