@@ -380,18 +380,28 @@ impl Journal {
     /// Copies the record in `scratch` (sequence number `seq`) into the current segment, or into
     /// a new one, or keeps it in `overflow` when neither has room.
     fn put_scratch(&mut self, seq: u64) {
-        if !self.overflow.is_empty() {
-            self.overflow.extend_from_slice(&self.scratch);
-            return;
+        if self.overflow.is_empty() {
+            let rec = std::mem::take(&mut self.scratch);
+            let put = self.put(&rec, seq);
+            self.scratch = rec;
+            if put {
+                return;
+            }
         }
-        let fits = self.current.as_ref().is_some_and(|c| c.pos + self.scratch.len() <= c.map.len());
+        self.overflow.extend_from_slice(&self.scratch);
+    }
+
+    /// Copies the record `rec` (sequence number `seq`) into the current segment, or into a new
+    /// one; `false` when neither has room.
+    fn put(&mut self, rec: &[u8], seq: u64) -> bool {
+        let fits = self.current.as_ref().is_some_and(|c| c.pos + rec.len() <= c.map.len());
         if !fits && !self.roll(seq) {
-            self.overflow.extend_from_slice(&self.scratch);
-            return;
+            return false;
         }
-        let Some(cur) = self.current.as_mut() else { return };
-        copy_record(&cur.map, cur.pos, &self.scratch);
-        cur.pos += self.scratch.len();
+        let Some(cur) = self.current.as_mut() else { return false };
+        copy_record(&cur.map, cur.pos, rec);
+        cur.pos += rec.len();
+        true
     }
 
     /// Moves to the prepared segment, naming it after `first_seq`; `false` when none is ready.
@@ -455,20 +465,23 @@ impl Journal {
     }
 
     /// Copies what waits in `overflow` into a segment once one is prepared; `true` when nothing
-    /// waits any more. Called by the node's housekeeping.
+    /// waits any more. Called by the node's housekeeping. Reads only what it copies (what stays
+    /// is moved to the front once), however much waits.
     pub fn drain_overflow(&mut self) -> bool {
         if self.overflow.is_empty() {
             return true;
         }
-        let pending = std::mem::take(&mut self.overflow);
+        let mut pending = std::mem::take(&mut self.overflow);
         let mut off = 0;
         while off < pending.len() {
             let Ok(rec) = format::read_at(&pending, off, format::Version::V2) else { break };
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&pending[off..rec.next]);
-            self.put_scratch(rec.seq);
+            if !self.put(&pending[off..rec.next], rec.seq) {
+                break;
+            }
             off = rec.next;
         }
+        pending.drain(..off);
+        self.overflow = pending;
         // What was copied is published either way: when more waits than a segment holds, the
         // prefault thread prepares the next one from the position it sees.
         self.after_append();
