@@ -740,7 +740,9 @@ fn prefault_loop(shared: &Shared) {
     let mut backoff = Duration::from_millis(100);
     let mut retry_at = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
-        drop(std::mem::take(&mut *lock(&shared.retired)));
+        // Taken out first: the unmapping runs with the lock released (the writer pushes there).
+        let retired = std::mem::take(&mut *lock(&shared.retired));
+        drop(retired);
         let current = lock(&shared.current).clone();
         if let Some(map) = current {
             if mapped_of.as_ref().is_none_or(|m| !Arc::ptr_eq(m, &map)) {
