@@ -100,12 +100,7 @@ impl Mapping {
             return Ok(());
         }
         // SAFETY: a page-aligned range inside the mapping; syncing does not change its contents.
-        let rc = unsafe { libc::msync(self.ptr.as_ptr().add(from).cast(), to - from, libc::MS_SYNC) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        os_result(unsafe { libc::msync(self.ptr.as_ptr().add(from).cast(), to - from, libc::MS_SYNC) })
     }
 
     /// The sequence number of the published record at `off` (see [`Mapping::record_len`]).
@@ -186,7 +181,11 @@ pub(super) fn page_size() -> usize {
 pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too long"))?;
     // SAFETY: an open file descriptor and plain arguments.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    os_result(unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) })
+}
+
+/// A libc call's return code as a result (the error from `errno`).
+fn os_result(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
@@ -205,12 +204,9 @@ pub fn clear_from(file: &File, map: &Mapping, from: usize) -> io::Result<()> {
     if page_end < map.len() {
         let (off, len) = (page_end as libc::off_t, (map.len() - page_end) as libc::off_t);
         // SAFETY: an open descriptor and a range inside the file.
-        let rc = unsafe {
+        os_result(unsafe {
             libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        })?;
         preallocate(file, map.len() as u64)?;
     }
     Ok(())
