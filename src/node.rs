@@ -319,9 +319,7 @@ impl Node {
             snapshot_last_seq: self.snapshots.last_seq(),
         }
     }
-}
 
-impl Node {
     /// The journal's counters as they are now.
     fn journal_counters(&self) -> crate::metrics::JournalCounters {
         let c = self.journal.counters();

@@ -158,26 +158,18 @@ pub const JSON: &str = "application/json";
 impl Response {
     /// A response with a body buffer of `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Self {
-        Response { body: Vec::with_capacity(capacity), content_type: JSON, ..Response::default() }
+        Self::fresh(Vec::with_capacity(capacity))
     }
 
     /// Clears it for the next request, keeping the buffer.
     pub fn reset(&mut self) {
-        self.status = 200;
-        self.body.clear();
-        self.content_type = JSON;
-        self.retry_after = None;
-        self.rate = None;
-        self.signal_to_order_ns = None;
-        self.idempotent_replay = false;
-        self.no_store = false;
-        self.allow = None;
-        self.pending = None;
-        self.later = None;
-        self.cache_control = None;
-        self.etag = None;
-        self.authenticated = false;
-        self.close = false;
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        *self = Self::fresh(body);
+    }
+
+    fn fresh(body: Vec<u8>) -> Self {
+        Response { status: 200, body, content_type: JSON, ..Response::default() }
     }
 
     /// Turns it into an error answer.
