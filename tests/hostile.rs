@@ -133,7 +133,21 @@ fn websocket_floods_of_unauthenticated_connections_do_not_keep_a_trader_out() {
     // Fewer authenticated places than the flood, so that only eviction lets the trader in.
     let node = Node::start(&[("SIGNALGATE_WS_MAX_CONNECTIONS", "100")]);
     let upgrade_without_key = b"GET /v1/ws?format=json HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let mut flood = open_flood(node.ws, &[b"GET /v1/ws HTTP/1.1\r\nHost", upgrade_without_key, b""]);
+    // One anonymous connection is upgraded before the flood, so it is the oldest and must be
+    // closed with 1013 (a flood connection may be evicted before its upgrade is even read).
+    let mut upgraded = TcpStream::connect(node.ws).unwrap();
+    upgraded.write_all(upgrade_without_key).unwrap();
+    upgraded.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 512];
+        match upgraded.read(&mut chunk) {
+            Ok(n) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("the upgrade before the flood: {other:?} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    let flood = open_flood(node.ws, &[b"GET /v1/ws HTTP/1.1\r\nHost", upgrade_without_key, b""]);
     let started = Instant::now();
     let mut c = signalgate::ws::client::Client::connect(node.ws, "format=json", Some(&node.demo_key))
         .unwrap_or_else(|e| panic!("a trader's upgrade behind {FLOOD} hostile connections: {e:?}"));
@@ -149,13 +163,9 @@ fn websocket_floods_of_unauthenticated_connections_do_not_keep_a_trader_out() {
     let m = node.req("GET", "/metrics", &[], "").body;
     let evicted: u64 = m.lines().find_map(|l| l.strip_prefix("signalgate_ws_evicted_total ")).unwrap().parse().unwrap();
     assert!(evicted >= (FLOOD - 1024) as u64, "{evicted} evicted");
-    let upgraded = &mut flood[1];
-    upgraded.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut got = Vec::new();
     let _ = upgraded.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(got.windows(2).any(|w| w == [0x03, 0xf5]), "closed with 1013: {got:?}");
+    drop(flood);
 }
 
 #[test]
