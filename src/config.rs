@@ -78,6 +78,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// The WebSocket stream.
     pub ws: WsConfig,
+    /// Membership of a cluster of identical nodes sharing Redis (none: a standalone node).
+    pub cluster: ClusterConfig,
     /// Tradable symbols.
     pub symbols: Vec<SymbolConfig>,
     /// Tiers by name; the defaults `free`, `pro` and `enterprise` are kept unless redefined.
@@ -273,6 +275,34 @@ impl Default for PostgresConfig {
     }
 }
 
+/// `[cluster]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Redis (`redis://host:port/db`) shared by the cluster's nodes; empty = a standalone node
+    /// (the embedded default), which needs no Redis.
+    pub redis_url: String,
+    /// This node's id, unique in the cluster: 1–64 letters, digits, `-`, `_` or `.`.
+    pub node_id: String,
+    /// The host (name or IP) the other nodes reach this node's listeners at.
+    pub address: String,
+    /// How long a node stays a member without renewing its lease (ms); it renews every third.
+    pub lease_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { redis_url: String::new(), node_id: String::new(), address: String::new(), lease_ms: 3_000 }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether the node is a member of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+}
+
 /// `[demo]`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -368,6 +398,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             postgres: PostgresConfig::default(),
             ws: WsConfig::default(),
+            cluster: ClusterConfig::default(),
             symbols: default_symbols(),
             tiers: default_tiers(),
         }
@@ -565,8 +596,10 @@ fn normalize(path: &std::path::Path) -> PathBuf {
 }
 
 /// Sections that environment variables may override.
-const ENV_SECTIONS: &[&str] =
-    &["node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres", "ws"];
+const ENV_SECTIONS: &[&str] = &[
+    "node", "http", "admin", "journal", "topology", "risk", "engine", "venue", "market", "demo", "postgres", "ws",
+    "cluster",
+];
 
 /// Prefix of overriding environment variables.
 pub const ENV_PREFIX: &str = "SIGNALGATE_";
@@ -747,6 +780,7 @@ impl Config {
         if !(1..=60_000).contains(&self.postgres.batch_ms) {
             err("postgres.batch_ms", "must be between 1 and 60000".into());
         }
+        self.validate_cluster(&mut err);
         if let Err(e) = self.ws.addr.parse::<SocketAddr>() {
             err("ws.addr", format!("{:?} is not an IP:port address ({e})", self.ws.addr));
         }
@@ -896,6 +930,37 @@ impl Config {
             }
         }
         errs
+    }
+}
+
+impl Config {
+    fn validate_cluster(&self, err: &mut impl FnMut(&str, String)) {
+        let c = &self.cluster;
+        if !c.enabled() {
+            for (key, set) in [("cluster.node_id", !c.node_id.is_empty()), ("cluster.address", !c.address.is_empty())] {
+                if set {
+                    err(key, "needs cluster.redis_url (a standalone node has no cluster)".into());
+                }
+            }
+            return;
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(c.redis_url.as_str()) {
+            err("cluster.redis_url", format!("{:?} is not a Redis URL ({e})", c.redis_url));
+        }
+        let id_ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if c.node_id.is_empty() || c.node_id.len() > 64 || !c.node_id.bytes().all(id_ok) {
+            err("cluster.node_id", "must be 1–64 letters, digits, '-', '_' or '.', unique in the cluster".into());
+        }
+        if c.address.is_empty() || c.address.contains([':', '/', ' ']) && c.address.parse::<std::net::IpAddr>().is_err()
+        {
+            err("cluster.address", "must be the host name or IP address the other nodes reach this node at".into());
+        }
+        if !(300..=60_000).contains(&c.lease_ms) {
+            err("cluster.lease_ms", "must be between 300 and 60000".into());
+        }
+        if self.demo.enabled {
+            err("demo.enabled", "must be false on a cluster node: create accounts through the admin API".into());
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod cores;
 pub mod engine;

@@ -243,11 +243,19 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         cfg.topology.pin,
         host_cores()
     );
+    // A cluster node joins before it builds its state: a refusal (Redis away, a taken node id,
+    // other symbols) stops the start before anything is served.
+    let membership = cfg
+        .cluster
+        .enabled()
+        .then(|| crate::cluster::Membership::join(&cfg, started.http, started.admin, started.ws))
+        .transpose()?;
     let demo_hash = demo_key.as_ref().map(|k| hash_key(k.as_bytes()));
     // This thread builds the hot core's state and feeds, the hot executor runs them: their large
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
-    let (node, public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    let (node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    public_api.cluster = membership.as_ref().map(crate::cluster::Membership::status);
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
     let marks = node.journal.watermarks();
@@ -419,7 +427,7 @@ fn build_node(
     let history = crate::history::History::spawn(cfg, offload.clone(), marks, follower_core(cfg))
         .map_err(|e| format!("cannot start the history thread: {e}"))?;
     let stats = Arc::new(crate::ws::WsStats::new(cfg.topology.fanout.len()));
-    let public = api::Public { history: Some(history), offload, ws: Some(stats.clone()) };
+    let public = api::Public { history: Some(history), offload, ws: Some(stats.clone()), cluster: None };
     let directory = crate::ws::hub::Directory::of(&node.engine);
     Ok((node, public, demo, (directory, stats)))
 }
@@ -484,12 +492,11 @@ async fn hot_main(
         shutdown_grace: Duration::from_millis(cfg.http.shutdown_grace_ms),
     };
     let admin_opts = HttpOptions { max_connections: cfg.admin.max_connections, ..opts };
+    let admin_api = Rc::new(api::Admin { cluster: public_api.cluster.clone() });
     let public_task =
         glommio::spawn_local_into(serve(public, node.clone(), public_api, opts, shutdown.clone()), http_queue);
-    let admin_task = glommio::spawn_local_into(
-        serve(admin, node.clone(), Rc::new(api::Admin), admin_opts, shutdown.clone()),
-        background,
-    );
+    let admin_task =
+        glommio::spawn_local_into(serve(admin, node.clone(), admin_api, admin_opts, shutdown.clone()), background);
     let (Ok(public_task), Ok(admin_task), Ok(syncs), Ok(ws_sides)) = (public_task, admin_task, syncs, ws_sides) else {
         let _ = ready.send(Err("cannot spawn the HTTP and journal tasks".into()));
         return;

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("node", 4),
     // What serves the node to the outside, and follows it.
     ("api", 5),
+    ("cluster", 5),
     ("history", 5),
     ("http", 5),
     ("postgres", 5),

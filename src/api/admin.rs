@@ -81,11 +81,15 @@ struct NewKey {
 }
 
 /// The admin API's routes.
-pub struct Admin;
+#[derive(Default)]
+pub struct Admin {
+    /// The cluster as its thread last saw it (a cluster node only).
+    pub cluster: Option<std::sync::Arc<crate::cluster::Status>>,
+}
 
 impl Routes for Admin {
     fn route(&self, node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Route {
-        handle(node, req, resp, now);
+        handle(self, node, req, resp, now);
         Route::Admin
     }
 
@@ -101,7 +105,7 @@ impl Routes for Admin {
 }
 
 /// Serves one admin API request into `resp`.
-fn handle(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
+fn handle(admin: &Admin, node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
     resp.reset();
     resp.no_store = true;
     let result = check_admin_token(node, req).and_then(|()| {
@@ -121,7 +125,7 @@ fn handle(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) {
                 ),
             });
         }
-        admin_route(node, req, resp, now)
+        admin_route(admin, node, req, resp, now)
     });
     match result {
         Ok(value) => {
@@ -153,9 +157,24 @@ fn check_admin_token(node: &Node, req: &Request<'_>) -> Result<(), AdminError> {
     }
 }
 
-fn admin_route(node: &mut Node, req: &Request<'_>, resp: &mut Response, now: Nanos) -> Result<Json, AdminError> {
+fn admin_route(
+    admin: &Admin,
+    node: &mut Node,
+    req: &Request<'_>,
+    resp: &mut Response,
+    now: Nanos,
+) -> Result<Json, AdminError> {
     let parts: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
     match (req.method, parts.as_slice()) {
+        (Method::Get, ["admin", "cluster"]) => {
+            let cluster = admin.cluster.as_ref().ok_or_else(|| {
+                AdminError::new(Code::RouteNotFound, "this node is standalone: it has no [cluster] section")
+            })?;
+            let mut text = Vec::new();
+            cluster.write_json(&mut crate::json::Writer::new(&mut text));
+            serde_json::from_slice(&text).map_err(json_error)
+        }
+        (_, ["admin", "cluster"]) => not_allowed(resp, "GET"),
         (Method::Post, ["admin", "accounts"]) => {
             let v = admin_create_account(node, req.body, now)?;
             resp.status = 201;

@@ -56,6 +56,8 @@ pub struct Public {
     pub offload: Option<Arc<offload::Shared>>,
     /// The WebSocket stream's counters.
     pub ws: Option<Arc<WsStats>>,
+    /// The cluster as its thread last saw it (a cluster node only).
+    pub cluster: Option<Arc<crate::cluster::Status>>,
 }
 
 impl Routes for Public {
@@ -742,6 +744,11 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
             w.key("offload_lag_ms").u64((s.lag_seconds * 1000.0) as u64);
         }
     }
+    // Redis only joins the nodes: each stays ready to trade the accounts it owns without it.
+    if let Some(c) = &api.cluster {
+        w.key("cluster");
+        c.write_json(&mut w);
+    }
     w.end_object();
     Ok(())
 }
@@ -756,6 +763,9 @@ fn render_metrics<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Res
     }
     if let Some(ws) = &api.ws {
         ws.render_metrics(&mut resp.body);
+    }
+    if let Some(c) = &api.cluster {
+        c.render_metrics(&mut resp.body);
     }
     Ok(())
 }

@@ -559,3 +559,76 @@ impl Drop for Postgres {
             .output();
     }
 }
+
+/// A throwaway Redis server on a free port, without persistence, stopped on drop.
+pub struct Redis {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers; panics with what is missing when it cannot
+    /// (scripts/test installs redis-server).
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    /// Starts one on `port` (again, after [`Redis::kill`]: empty, as it keeps nothing on disk).
+    pub fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server: scripts/test installs the redis-server package");
+        let r = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = r.query(&["PING"]) {
+            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer within 10 s: {e}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs one command; its answer as text (arrays joined with newlines).
+    pub fn query(&self, args: &[&str]) -> Result<String, String> {
+        let client = redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let mut con = client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let v: redis::Value = cmd.query(&mut con).map_err(|e| e.to_string())?;
+        fn text(v: &redis::Value) -> String {
+            match v {
+                redis::Value::Nil => String::new(),
+                redis::Value::Int(i) => i.to_string(),
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                redis::Value::Okay => "OK".into(),
+                redis::Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join("\n"),
+                other => format!("{other:?}"),
+            }
+        }
+        Ok(text(&v))
+    }
+
+    /// Kills it, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

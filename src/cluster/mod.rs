@@ -1,0 +1,422 @@
+//! Membership of a cluster of identical nodes that share one Redis (`[cluster]`).
+//!
+//! A node joins at start, on the main thread, before it serves anything: it checks that its
+//! symbols and tiers are the cluster's (the first node to join records them), takes the lease of
+//! its `node_id` (refused while another live node holds it) and publishes the addresses of its
+//! listeners. A side thread then renews the lease every third of its length and reads the other
+//! members and whether their leases are alive; `/ready`, `/metrics` and `GET /admin/cluster`
+//! show what it last read. Redis is never touched by the hot core. A standalone node (no
+//! `cluster.redis_url`) starts none of this.
+//!
+//! What lives in Redis, under the `signalgate:` prefix (one cluster per Redis database):
+//! `config` (the symbols and tiers, as JSON), `members` (a hash of node id → its listeners) and
+//! `lease:{node_id}` (a token that expires unless renewed).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::json::Writer;
+
+/// Key prefix of everything the cluster keeps in Redis.
+const PREFIX: &str = "signalgate:";
+/// How long a Redis call may take before the side thread counts Redis as down.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// Where a member's listeners are, as the other nodes reach them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// The public API.
+    pub http: String,
+    /// The admin API.
+    pub admin: String,
+    /// The WebSocket stream.
+    pub ws: String,
+}
+
+/// A member as last read from Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its `node_id`.
+    pub node_id: String,
+    /// Its listeners.
+    pub listeners: Listeners,
+    /// Whether its lease was alive.
+    pub alive: bool,
+}
+
+/// What the cluster thread last saw, read by the executors (never while it holds the lock for
+/// long: it swaps in a whole new list).
+#[derive(Debug)]
+pub struct Status {
+    node_id: String,
+    redis_up: AtomicBool,
+    redis_errors: AtomicU64,
+    lease_renewals: AtomicU64,
+    members: Mutex<Vec<Member>>,
+}
+
+impl Status {
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Whether the last call to Redis succeeded.
+    pub fn redis_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// The members, as last read (this node included).
+    pub fn members(&self) -> Vec<Member> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// `"cluster"` for `/ready` and `GET /admin/cluster`: Redis, and each member's liveness.
+    pub fn write_json(&self, w: &mut Writer<'_>) {
+        w.begin_object();
+        w.key("node_id").str(&self.node_id);
+        w.key("redis").str(if self.redis_up() { "ok" } else { "unavailable" });
+        w.key("members").begin_array();
+        for m in self.members() {
+            w.begin_object();
+            w.key("node_id").str(&m.node_id);
+            w.key("alive").bool(m.alive);
+            w.key("http").str(&m.listeners.http);
+            w.key("admin").str(&m.listeners.admin);
+            w.key("ws").str(&m.listeners.ws);
+            w.end_object();
+        }
+        w.end_array();
+        w.end_object();
+    }
+
+    /// Prometheus lines.
+    pub fn render_metrics(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let members = self.members();
+        let _ = writeln!(out, "# HELP signalgate_cluster_redis_up Whether the last call to Redis succeeded.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_redis_up gauge");
+        let _ = writeln!(out, "signalgate_cluster_redis_up {}", u8::from(self.redis_up()));
+        let _ = writeln!(out, "# HELP signalgate_cluster_redis_errors_total Calls to Redis that failed.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_redis_errors_total counter");
+        let _ = writeln!(out, "signalgate_cluster_redis_errors_total {}", self.redis_errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP signalgate_cluster_lease_renewals_total Renewals of this node's lease.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_lease_renewals_total counter");
+        let _ =
+            writeln!(out, "signalgate_cluster_lease_renewals_total {}", self.lease_renewals.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP signalgate_cluster_member_up Whether a member's lease was alive when last read.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_member_up gauge");
+        for m in &members {
+            let _ = writeln!(out, "signalgate_cluster_member_up{{node=\"{}\"}} {}", m.node_id, u8::from(m.alive));
+        }
+    }
+}
+
+/// The symbols and tiers every member must share, as recorded in Redis by the first.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Shared {
+    symbols: serde_json::Value,
+    tiers: serde_json::Value,
+}
+
+impl Shared {
+    fn of(cfg: &Config) -> Shared {
+        Shared {
+            symbols: serde_json::to_value(&cfg.symbols).unwrap_or_default(),
+            tiers: serde_json::to_value(&cfg.tiers).unwrap_or_default(),
+        }
+    }
+}
+
+/// Renews the lease when it still holds this node's token; 0 when another holds it (or none).
+const RENEW: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Lets the lease go when it still holds this node's token.
+const RELEASE: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// This node's membership: the lease it holds and the thread that renews it. Dropping it stops
+/// the thread and lets the lease go, so a restarted node can take its id again at once.
+pub struct Membership {
+    status: Arc<Status>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How a node reaches Redis and what it keeps there.
+struct Lease {
+    client: redis::Client,
+    key: String,
+    token: String,
+    lease: Duration,
+    node_id: String,
+    /// Its entry in `members`: its listeners, as JSON.
+    entry: String,
+    /// Its symbols and tiers, as JSON (the cluster's: it checked them when it joined).
+    shared: String,
+}
+
+impl Lease {
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let con = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+        con.set_read_timeout(Some(REDIS_TIMEOUT))?;
+        con.set_write_timeout(Some(REDIS_TIMEOUT))?;
+        Ok(con)
+    }
+}
+
+impl Membership {
+    /// Joins the cluster of `cfg.cluster` with the listeners that were bound. Refuses (with the
+    /// reason) when Redis cannot be reached, when the cluster's symbols or tiers differ from
+    /// this node's, or when a live node holds this `node_id`.
+    pub fn join(cfg: &Config, http: SocketAddr, admin: SocketAddr, ws: SocketAddr) -> Result<Membership, String> {
+        let c = &cfg.cluster;
+        let client = redis::Client::open(c.redis_url.as_str())
+            .map_err(|e| format!("cluster.redis_url {:?}: {e}", c.redis_url))?;
+        let host = |a: SocketAddr| format!("{}:{}", c.address, a.port());
+        let listeners = Listeners { http: host(http), admin: host(admin), ws: host(ws) };
+        let lease = Lease {
+            client,
+            key: key(&format!("lease:{}", c.node_id)),
+            token: crate::auth::generate_admin_token().map_err(|e| e.to_string())?,
+            lease: Duration::from_millis(c.lease_ms),
+            node_id: c.node_id.clone(),
+            entry: serde_json::to_string(&listeners).map_err(|e| e.to_string())?,
+            shared: serde_json::to_string(&Shared::of(cfg)).map_err(|e| e.to_string())?,
+        };
+        let unreachable = |e: redis::RedisError| {
+            format!("cluster: Redis at {} cannot be reached ({e}); a cluster node needs it to start", c.redis_url)
+        };
+        let mut con = lease.connect().map_err(unreachable)?;
+        check_shared(&mut con, &lease.shared, cfg).map_err(|e| match e {
+            Refusal::Redis(e) => unreachable(e),
+            Refusal::Config(why) => why,
+        })?;
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(&lease.key)
+            .arg(&lease.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(c.lease_ms)
+            .query(&mut con)
+            .map_err(unreachable)?;
+        if taken.is_none() {
+            let holder: Option<String> = redis::cmd("HGET").arg(key("members")).arg(&c.node_id).query(&mut con).ok();
+            let ttl: i64 = redis::cmd("PTTL").arg(&lease.key).query(&mut con).unwrap_or(-1);
+            return Err(format!(
+                "cluster.node_id {:?} is held by a live node ({}); every node needs its own id (a node that just died lets it go within {} ms)",
+                c.node_id,
+                holder.unwrap_or_else(|| "listeners unknown".into()),
+                ttl.max(0)
+            ));
+        }
+        publish(&mut con, &lease).map_err(unreachable)?;
+        let status = Arc::new(Status {
+            node_id: c.node_id.clone(),
+            redis_up: AtomicBool::new(true),
+            redis_errors: AtomicU64::new(0),
+            lease_renewals: AtomicU64::new(0),
+            members: Mutex::new(Vec::new()),
+        });
+        let mut con = Some(con);
+        refresh_members(&mut con, &lease, &status);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (status, stop) = (status.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sg-cluster".into())
+                .spawn(move || renew_loop(lease, con, &status, &stop))
+                .map_err(|e| format!("cannot start the cluster thread: {e}"))?
+        };
+        log::info!("cluster: joined as {:?} through Redis at {}", c.node_id, c.redis_url);
+        Ok(Membership { status, stop, thread: Some(thread) })
+    }
+
+    /// What the cluster thread last saw.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+enum Refusal {
+    Redis(redis::RedisError),
+    Config(String),
+}
+
+impl From<redis::RedisError> for Refusal {
+    fn from(e: redis::RedisError) -> Self {
+        Refusal::Redis(e)
+    }
+}
+
+/// Records this node's symbols and tiers as the cluster's unless some are recorded already, and
+/// refuses when those differ.
+fn check_shared(con: &mut redis::Connection, text: &str, cfg: &Config) -> Result<(), Refusal> {
+    let ours = Shared::of(cfg);
+    let _: Option<String> = redis::cmd("SET").arg(key("config")).arg(text).arg("NX").query(con)?;
+    let recorded: String = redis::cmd("GET").arg(key("config")).query(con)?;
+    let theirs: Shared = serde_json::from_str(&recorded)
+        .map_err(|e| Refusal::Config(format!("cluster: the configuration recorded in Redis is unreadable ({e})")))?;
+    let differs = |what: &str| {
+        Refusal::Config(format!(
+            "cluster: this node's {what} differ from the cluster's (every node needs the same [[symbols]] and [tiers]; \
+             the cluster's are in Redis under {PREFIX}config)"
+        ))
+    };
+    if theirs.symbols != ours.symbols {
+        return Err(differs("symbols"));
+    }
+    if theirs.tiers != ours.tiers {
+        return Err(differs("tiers"));
+    }
+    Ok(())
+}
+
+/// Publishes this node's listeners in `members` (and the cluster's symbols and tiers, when Redis
+/// lost them).
+fn publish(con: &mut redis::Connection, lease: &Lease) -> redis::RedisResult<()> {
+    redis::pipe()
+        .cmd("HSET")
+        .arg(key("members"))
+        .arg(&lease.node_id)
+        .arg(&lease.entry)
+        .ignore()
+        .cmd("SET")
+        .arg(key("config"))
+        .arg(&lease.shared)
+        .arg("NX")
+        .ignore()
+        .query(con)
+}
+
+/// Renews the lease every third of its length and reads the members, until stopped; then lets
+/// the lease go.
+fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status, stop: &AtomicBool) {
+    let every = lease.lease / 3;
+    let mut next = Instant::now() + every;
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now < next {
+            std::thread::park_timeout(next - now);
+            continue;
+        }
+        next += every;
+        let renewed: redis::RedisResult<i64> = call(&mut con, &lease, status, |c| {
+            redis::Script::new(RENEW).key(&lease.key).arg(&lease.token).arg(lease.lease.as_millis() as u64).invoke(c)
+        });
+        match renewed {
+            Ok(1) => {
+                status.lease_renewals.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {
+                // Redis lost the lease (it was away longer than the lease, or restarted empty):
+                // take it back and publish this node again, unless another node took the id.
+                let taken: redis::RedisResult<Option<String>> = call(&mut con, &lease, status, |c| {
+                    let taken: Option<String> = redis::cmd("SET")
+                        .arg(&lease.key)
+                        .arg(&lease.token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(lease.lease.as_millis() as u64)
+                        .query(c)?;
+                    if taken.is_some() {
+                        publish(c, &lease)?;
+                    }
+                    Ok(taken)
+                });
+                match taken {
+                    Ok(None) => log::error!(
+                        "cluster: another node holds this node's id now; check cluster.node_id of every node"
+                    ),
+                    Ok(Some(_)) => {
+                        log::info!("cluster: lease taken again and this node published after Redis lost them")
+                    }
+                    Err(_) => {}
+                }
+            }
+            Err(_) => {}
+        }
+        refresh_members(&mut con, &lease, status);
+    }
+    let _: redis::RedisResult<i64> =
+        call(&mut con, &lease, status, |c| redis::Script::new(RELEASE).key(&lease.key).arg(&lease.token).invoke(c));
+}
+
+/// Runs `f` on the connection (reconnecting first if the last call broke it); keeps
+/// `status.redis_up` and the error count, and logs when Redis goes away and comes back.
+fn call<T>(
+    con: &mut Option<redis::Connection>,
+    lease: &Lease,
+    status: &Status,
+    f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    let result = match con {
+        Some(c) => f(c),
+        None => lease.connect().and_then(|mut c| {
+            let r = f(&mut c);
+            *con = Some(c);
+            r
+        }),
+    };
+    let was_up = status.redis_up.swap(result.is_ok(), Ordering::Relaxed);
+    match &result {
+        Err(e) => {
+            status.redis_errors.fetch_add(1, Ordering::Relaxed);
+            if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                *con = None;
+            }
+            if was_up {
+                log::error!("cluster: Redis is unavailable ({e}); the node keeps trading the accounts it owns");
+            }
+        }
+        Ok(_) if !was_up => log::info!("cluster: Redis is back"),
+        Ok(_) => {}
+    }
+    result
+}
+
+/// Reads the members and whether each lease is alive.
+fn refresh_members(con: &mut Option<redis::Connection>, lease: &Lease, status: &Status) {
+    let read: redis::RedisResult<Vec<Member>> = call(con, lease, status, |c| {
+        let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(key("members")).query(c)?;
+        let mut pipe = redis::pipe();
+        for (id, _) in &all {
+            pipe.cmd("EXISTS").arg(key(&format!("lease:{id}")));
+        }
+        let alive: Vec<bool> = if all.is_empty() { Vec::new() } else { pipe.query(c)? };
+        Ok(all
+            .into_iter()
+            .zip(alive)
+            .filter_map(|((node_id, entry), alive)| {
+                let listeners = serde_json::from_str(&entry).ok()?;
+                Some(Member { node_id, listeners, alive })
+            })
+            .collect())
+    });
+    if let Ok(mut members) = read {
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        if let Ok(mut m) = status.members.lock() {
+            *m = members;
+        }
+    }
+}
