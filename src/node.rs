@@ -45,7 +45,7 @@ pub struct Node {
     pub journal: Journal,
     /// Metrics.
     pub metrics: Metrics,
-    /// Request limiters, indexed by key id − 1.
+    /// Request limiters, one per key, in the engine's order of keys.
     pub(crate) limiters: Vec<SlidingWindow>,
     /// The admin API token.
     pub(crate) admin_token: String,
@@ -205,7 +205,7 @@ impl Node {
         }
         resp.authenticated = true;
         let limit = self.engine.account(record.account).map_or(0, |a| a.limits.requests_per_minute);
-        let Some(limiter) = self.limiters.get_mut(record.id.0 as usize - 1) else {
+        let Some(limiter) = self.engine.key_position(record.id).and_then(|i| self.limiters.get_mut(i)) else {
             return Err(INVALID_KEY);
         };
         let admission = limiter.admit(now, limit);
@@ -257,8 +257,7 @@ impl Node {
         let existing = self.engine.accounts().iter().find(|a| a.name == name).map(|a| a.id);
         let id = match existing {
             Some(id) => {
-                let earlier: Vec<KeyId> = (1..=self.engine.keys_len() as u32)
-                    .filter_map(|k| self.engine.key(KeyId(k)))
+                let earlier: Vec<KeyId> = (self.engine.keys().iter())
                     .filter(|k| k.account == id && k.roles.feed && !k.revoked)
                     .map(|k| k.id)
                     .collect();

@@ -129,6 +129,11 @@ pub struct Engine<V> {
     tiers: Vec<Tier>,
     accounts: Vec<Account>,
     keys: Vec<KeyRecord>,
+    /// Where each account is in `accounts`, by id − 1 ([`NO_SLOT`]: none): ids are dense on a
+    /// standalone node and sparse on a cluster's, where the cluster hands them out.
+    account_slots: Vec<u32>,
+    /// Where each key is in `keys`, by id − 1.
+    key_slots: Vec<u32>,
     key_index: HashMap<[u8; 32], KeyId, IdHash>,
     /// Every open order and each account's recent finished ones: millions of entries with many
     /// accounts. A map that grows a step per insert, not all at once: moving a million orders
@@ -155,6 +160,8 @@ impl<V: Venue> Engine<V> {
             tiers,
             accounts: Vec::new(),
             keys: Vec::new(),
+            account_slots: Vec::new(),
+            key_slots: Vec::new(),
             key_index: HashMap::default(),
             orders: griddle::HashMap::default(),
             quotes: vec![None; n],
@@ -215,6 +222,14 @@ impl<V: Venue> Engine<V> {
         self.key_index.clear();
         self.key_index.extend(state.keys.iter().map(|k| (k.hash, k.id)));
         self.keys = state.keys;
+        self.account_slots.clear();
+        for (i, a) in self.accounts.iter().enumerate() {
+            set_slot(&mut self.account_slots, a.id.0, i);
+        }
+        self.key_slots.clear();
+        for (i, k) in self.keys.iter().enumerate() {
+            set_slot(&mut self.key_slots, k.id.0, i);
+        }
         self.quotes = state.quotes;
         for (account, signal, at, answer) in state.idempotency {
             self.idempotency.insert(account, signal, answer, at);
@@ -269,9 +284,19 @@ impl<V: Venue> Engine<V> {
         self.keys.len()
     }
 
+    /// Every key, in the order they were added.
+    pub fn keys(&self) -> &[KeyRecord] {
+        &self.keys
+    }
+
+    /// Where a key is in [`Engine::keys`]: a dense index for tables kept beside the engine.
+    pub fn key_position(&self, id: KeyId) -> Option<usize> {
+        slot(&self.key_slots, id.0)
+    }
+
     /// One key.
     pub fn key(&self, id: KeyId) -> Option<&KeyRecord> {
-        (id.0 as usize).checked_sub(1).and_then(|i| self.keys.get(i))
+        slot(&self.key_slots, id.0).map(|i| &self.keys[i])
     }
 
     /// The key whose SHA-256 is `hash`, revoked or not.
@@ -310,8 +335,7 @@ impl<V: Venue> Engine<V> {
     }
 
     fn index_of(&self, id: AccountId) -> Option<usize> {
-        let i = (id.0 as usize).checked_sub(1)?;
-        (i < self.accounts.len()).then_some(i)
+        slot(&self.account_slots, id.0)
     }
 
     fn account_index(&self, id: AccountId) -> Result<usize, Reject> {
@@ -426,22 +450,60 @@ impl<V: Venue> Engine<V> {
         overrides: LimitOverrides,
         now: Nanos,
     ) -> Result<AccountId, Reject> {
+        self.create_account_as(self.next_account_id(), name, tier, cash, overrides, now)
+    }
+
+    /// Opens an account under an id the caller chose (a cluster hands ids out). Refused, as an
+    /// unknown tier is, when the id is taken, zero or above [`MAX_ID`].
+    pub fn create_account_as(
+        &mut self,
+        account: AccountId,
+        name: AccountName,
+        tier: TierId,
+        cash: i64,
+        overrides: LimitOverrides,
+        now: Nanos,
+    ) -> Result<AccountId, Reject> {
         self.begin();
-        if usize::from(tier) >= self.tiers.len() {
+        if usize::from(tier) >= self.tiers.len() || !free_id(&self.account_slots, account.0) {
             return Err(Reject::plain(RejectCode::AccountNotFound));
         }
-        let account = AccountId(self.accounts.len() as u32 + 1);
         self.emit(now, EventKind::AccountCreated { account, name, tier, cash, overrides });
         Ok(account)
     }
 
+    /// The id a standalone node gives its next account: one above the highest.
+    pub fn next_account_id(&self) -> AccountId {
+        AccountId(self.account_slots.len() as u32 + 1)
+    }
+
     /// Adds an API key (by its hash) to an account.
     pub fn add_key(&mut self, account: AccountId, hash: [u8; 32], roles: Roles, now: Nanos) -> Result<KeyId, Reject> {
+        self.add_key_as(self.next_key_id(), account, hash, roles, now)
+    }
+
+    /// Adds a key under an id the caller chose; refused when the account is unknown, or the id
+    /// taken, zero or above [`MAX_ID`].
+    pub fn add_key_as(
+        &mut self,
+        key: KeyId,
+        account: AccountId,
+        hash: [u8; 32],
+        roles: Roles,
+        now: Nanos,
+    ) -> Result<KeyId, Reject> {
         self.begin();
         self.account_index(account)?;
-        let key = KeyId(self.keys.len() as u32 + 1);
+        if !free_id(&self.key_slots, key.0) || self.key_index.contains_key(&hash) {
+            return Err(Reject::plain(RejectCode::AccountNotFound));
+        }
         self.emit(now, EventKind::KeyAdded { key, account, hash, roles });
         Ok(key)
+    }
+
+    /// The id a standalone node gives its next key: one above the highest.
+    pub fn next_key_id(&self) -> KeyId {
+        KeyId(self.key_slots.len() as u32 + 1)
     }
 
     /// Revokes a key; `false` when there is no such key.
@@ -952,6 +1014,9 @@ impl<V: Venue> Engine<V> {
                 let limits = self.tiers[usize::from(tier)].limits.with(&overrides);
                 let nsym = self.symbols.len();
                 let history = self.cfg.orders_per_account.max(1);
+                if !set_slot(&mut self.account_slots, account.0, self.accounts.len()) {
+                    return;
+                }
                 self.make_order_room(self.accounts.len() + 1, self.orders.len());
                 self.accounts.push(Account {
                     id: account,
@@ -976,6 +1041,9 @@ impl<V: Venue> Engine<V> {
                 });
             }
             EventKind::KeyAdded { key, account, hash, roles } => {
+                if !set_slot(&mut self.key_slots, key.0, self.keys.len()) {
+                    return;
+                }
                 self.keys.push(KeyRecord { id: key, account, hash, roles, revoked: false, created_at: e.ts });
                 self.key_index.insert(hash, key);
                 if let Some(i) = self.index_of(account) {
@@ -983,8 +1051,8 @@ impl<V: Venue> Engine<V> {
                 }
             }
             EventKind::KeyRevoked { key } => {
-                if let Some(k) = (key.0 as usize).checked_sub(1).and_then(|i| self.keys.get_mut(i)) {
-                    k.revoked = true;
+                if let Some(i) = slot(&self.key_slots, key.0) {
+                    self.keys[i].revoked = true;
                 }
             }
             EventKind::LimitsSet { account, overrides } => {
@@ -1108,3 +1176,34 @@ impl<V: Venue> Engine<V> {
 
 #[cfg(test)]
 mod tests;
+
+/// The highest account or key id: the slot tables that find them by id stay within 64 MiB.
+pub const MAX_ID: u32 = 1 << 24;
+
+/// A slot table's "no such id".
+const NO_SLOT: u32 = u32::MAX;
+
+/// Where the item with `id` is, if any.
+fn slot(table: &[u32], id: u32) -> Option<usize> {
+    let s = *table.get((id as usize).checked_sub(1)?)?;
+    (s != NO_SLOT).then_some(s as usize)
+}
+
+/// Whether `id` may be given to a new item.
+fn free_id(table: &[u32], id: u32) -> bool {
+    (1..=MAX_ID).contains(&id) && slot(table, id).is_none()
+}
+
+/// Records that the item with `id` is at `index`; `false` (nothing recorded) for an id no
+/// command gives.
+fn set_slot(table: &mut Vec<u32>, id: u32, index: usize) -> bool {
+    if !(1..=MAX_ID).contains(&id) {
+        return false;
+    }
+    let i = id as usize - 1;
+    if table.len() <= i {
+        table.resize(i + 1, NO_SLOT);
+    }
+    table[i] = index as u32;
+    true
+}

@@ -720,3 +720,50 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn accounts_and_keys_keep_the_ids_a_cluster_hands_out_through_events_and_snapshots() {
+    use super::account::Roles;
+    use super::types::KeyId;
+    let name = || AccountName::new("c").unwrap();
+    let mut e = engine();
+    let mut events = Vec::new();
+    let run = |e: &mut Engine<PaperVenue>, events: &mut Vec<super::event::Event>| events.extend_from_slice(e.events());
+    assert_eq!(e.create_account_as(AccountId(7), name(), 0, 10, LimitOverrides::default(), T0), Ok(AccountId(7)));
+    run(&mut e, &mut events);
+    assert_eq!(e.create_account_as(AccountId(3), name(), 0, 20, LimitOverrides::default(), T0), Ok(AccountId(3)));
+    run(&mut e, &mut events);
+    for taken_or_bad in [AccountId(7), AccountId(0), AccountId(super::MAX_ID + 1)] {
+        assert!(e.create_account_as(taken_or_bad, name(), 0, 1, LimitOverrides::default(), T0).is_err());
+        assert!(e.events().is_empty());
+    }
+    assert_eq!(e.account(AccountId(7)).map(|a| a.cash), Some(10));
+    assert_eq!(e.account(AccountId(3)).map(|a| a.cash), Some(20));
+    assert!(e.account(AccountId(5)).is_none());
+    // A standalone node's next id is one above the highest.
+    assert_eq!(e.next_account_id(), AccountId(8));
+    assert_eq!(e.add_key_as(KeyId(100), AccountId(3), [1; 32], Roles::default(), T0), Ok(KeyId(100)));
+    run(&mut e, &mut events);
+    assert!(e.add_key_as(KeyId(100), AccountId(7), [2; 32], Roles::default(), T0).is_err(), "a taken key id");
+    assert!(e.add_key_as(KeyId(101), AccountId(7), [1; 32], Roles::default(), T0).is_err(), "a taken hash");
+    assert!(e.add_key_as(KeyId(101), AccountId(5), [2; 32], Roles::default(), T0).is_err(), "no such account");
+    assert_eq!(e.add_key(AccountId(7), [3; 32], Roles::default(), T0), Ok(KeyId(101)));
+    run(&mut e, &mut events);
+    assert!(e.revoke_key(KeyId(100), T0));
+    run(&mut e, &mut events);
+    assert!(e.key(KeyId(100)).unwrap().revoked);
+    assert_eq!(e.key_by_hash(&[3; 32]).map(|k| (k.id, k.account)), Some((KeyId(101), AccountId(7))));
+    assert_eq!(e.key_position(KeyId(101)), Some(1));
+    // The same state from the events, and from a snapshot.
+    let mut replayed = engine();
+    for ev in &events {
+        replayed.apply_event(ev);
+    }
+    assert_eq!(replayed.state(), e.state());
+    let mut restored = engine();
+    restored.restore(e.state()).unwrap();
+    assert_eq!(restored.state(), e.state());
+    assert_eq!(restored.account(AccountId(7)).map(|a| a.cash), Some(10));
+    assert!(restored.key(KeyId(100)).unwrap().revoked);
+    assert_eq!(restored.next_key_id(), KeyId(102));
+}

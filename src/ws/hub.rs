@@ -95,9 +95,10 @@ impl Settings {
 /// to date from the events.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    /// Keys, indexed by id − 1.
-    keys: Vec<KeyRecord>,
-    by_hash: HashMap<[u8; 32], KeyId>,
+    /// Keys by hash.
+    keys: HashMap<[u8; 32], KeyRecord>,
+    /// Hashes by key id (for revocations).
+    hashes: HashMap<KeyId, [u8; 32]>,
     tiers: HashMap<AccountId, TierId>,
     /// The engine's last sequence number when it was taken.
     last_seq: u64,
@@ -106,15 +107,14 @@ pub struct Directory {
 impl Directory {
     /// The keys and tiers of `engine` as it stands.
     pub fn of<V: crate::engine::venue::Venue>(engine: &Engine<V>) -> Directory {
-        let keys: Vec<KeyRecord> =
-            (1..=engine.keys_len() as u32).filter_map(|k| engine.key(KeyId(k)).copied()).collect();
-        let by_hash = keys.iter().map(|k| (k.hash, k.id)).collect();
+        let keys = engine.keys().iter().map(|k| (k.hash, *k)).collect();
+        let hashes = engine.keys().iter().map(|k| (k.id, k.hash)).collect();
         let tiers = engine.accounts().iter().map(|a| (a.id, a.tier)).collect();
-        Directory { keys, by_hash, tiers, last_seq: engine.last_seq() }
+        Directory { keys, hashes, tiers, last_seq: engine.last_seq() }
     }
 
     fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&KeyRecord> {
-        self.by_hash.get(hash).and_then(|id| self.keys.get(id.0 as usize - 1))
+        self.keys.get(hash)
     }
 
     fn apply(&mut self, e: &Event) {
@@ -123,11 +123,11 @@ impl Directory {
                 self.tiers.insert(account, tier);
             }
             EventKind::KeyAdded { key, account, hash, roles } => {
-                self.by_hash.insert(hash, key);
-                self.keys.push(KeyRecord { id: key, account, hash, roles, revoked: false, created_at: e.ts });
+                self.hashes.insert(key, hash);
+                self.keys.insert(hash, KeyRecord { id: key, account, hash, roles, revoked: false, created_at: e.ts });
             }
             EventKind::KeyRevoked { key } => {
-                if let Some(k) = (key.0 as usize).checked_sub(1).and_then(|i| self.keys.get_mut(i)) {
+                if let Some(k) = self.hashes.get(&key).and_then(|h| self.keys.get_mut(h)) {
                     k.revoked = true;
                 }
             }
