@@ -4,80 +4,17 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::nginx::{free_port, render, Nginx};
 use support::Node;
-
-fn shipped(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tuning/nginx/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The shipped files with only host-specific things changed: paths into `dir`, the listen port,
-/// the node's address and no privilege drop (tests may not have www-data).
-fn render(dir: &Path, listen_port: u16, node: std::net::SocketAddr, ws: std::net::SocketAddr) -> std::path::PathBuf {
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(dir.join("privkey.pem"))
-        .arg("-out")
-        .arg(dir.join("fullchain.pem"))
-        .output()
-        .expect("openssl is required; scripts/test installs it");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let d = dir.display().to_string();
-    let site = shipped("signalgate.conf")
-        .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{listen_port} ssl;"))
-        .replace("    listen [::]:443 ssl;\n", "")
-        .replace("/etc/ssl/signalgate/", &format!("{d}/"))
-        .replace("server 127.0.0.1:8080 ", &format!("server {node} "))
-        .replace("server 127.0.0.1:8082 ", &format!("server {ws} "));
-    std::fs::write(dir.join("signalgate.conf"), site).unwrap();
-    let main = shipped("nginx.conf")
-        .replace("user www-data;\n", "")
-        .replace("/run/nginx.pid", &format!("{d}/nginx.pid"))
-        .replace("/var/log/nginx/", &format!("{d}/logs/"))
-        .replace("/etc/nginx/conf.d/signalgate.conf", &format!("{d}/signalgate.conf"))
-        .replace("worker_processes auto;", "worker_processes 1;");
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, main).unwrap();
-    path
-}
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master takes its workers down with it (killed outright, it
-        // would leave them running, holding the port).
-        // SAFETY: the pid of our own child, not yet waited for.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn curl(port: u16, args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sk", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(format!("https://localhost:{port}{}", args.last().unwrap()))
-        .output()
-        .expect("curl is required; scripts/test installs it");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.parse().unwrap_or(0), body.to_string())
-}
 
 #[test]
 fn the_shipped_config_passes_nginx_t() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = render(dir.path(), free_port(), "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8082".parse().unwrap());
+    let conf =
+        render(dir.path(), free_port(), &["127.0.0.1:8080".parse().unwrap()], &["127.0.0.1:8082".parse().unwrap()]);
     let out = Command::new("nginx")
         .arg("-t")
         .arg("-p")
@@ -94,53 +31,34 @@ fn the_shipped_config_passes_nginx_t() {
 fn a_real_nginx_in_front_of_a_real_node() {
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = render(dir.path(), port, node.http, node.ws);
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _nginx = Nginx(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nginx = Nginx::start(&[node.http], &[node.ws]);
+    let (port, dir) = (nginx.port, &nginx.dir);
+    let curl = |args: &[&str]| nginx.curl(args);
     let auth = format!("Authorization: Bearer {}", node.demo_key);
-    let (code, body) = curl(
-        port,
-        &[
-            "-H",
-            "Content-Type: application/json",
-            "-H",
-            &auth,
-            "-d",
-            r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#,
-            "/v1/signals",
-        ],
-    );
+    let (code, body) = curl(&[
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"symbol":"BTC-USD","action":"buy","qty":"0.01"}"#,
+        "/v1/signals",
+    ]);
     assert_eq!(code, 201, "{body}");
     assert!(body.contains(r#""status":"filled""#), "{body}");
-    let (code, body) = curl(port, &["-H", &format!("X-API-Key: {}", node.demo_key), "/v1/positions"]);
+    let (code, body) = curl(&["-H", &format!("X-API-Key: {}", node.demo_key), "/v1/positions"]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""qty":"0.0100""#));
-    let (code, body) = curl(port, &["/v1/account"]);
+    let (code, body) = curl(&["/v1/account"]);
     assert_eq!(code, 401, "errors pass through unchanged: {body}");
     assert!(body.contains("auth.missing_key"));
-    assert_eq!(curl(port, &["/health"]).0, 200);
-    assert_eq!(curl(port, &["/metrics"]).0, 404, "metrics are not exposed through the public entry point");
+    assert_eq!(curl(&["/health"]).0, 200);
+    assert_eq!(curl(&["/metrics"]).0, 404, "metrics are not exposed through the public entry point");
     let big = format!(r#"{{"strategy":"{}"}}"#, "x".repeat(70 * 1024));
-    assert_eq!(curl(port, &["-H", &auth, "-d", &big, "/v1/signals"]).0, 413);
+    assert_eq!(curl(&["-H", &auth, "-d", &big, "/v1/signals"]).0, 413);
     // Keep-alive to the node: many requests, few upstream connections.
     for _ in 0..20 {
-        assert_eq!(curl(port, &["/health"]).0, 200);
+        assert_eq!(curl(&["/health"]).0, 200);
     }
     let connections = node.metric("signalgate_http_connections");
     assert!(connections <= 4, "nginx reuses upstream connections ({connections} open)");

@@ -2,6 +2,8 @@
 //! and talks to it over plain HTTP/1.1 so tests control every byte on the wire.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
