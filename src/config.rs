@@ -961,6 +961,13 @@ impl Config {
         if self.demo.enabled {
             err("demo.enabled", "must be false on a cluster node: create accounts through the admin API".into());
         }
+        if self.admin.token.is_empty() {
+            err(
+                "admin.token",
+                "must be set on a cluster node, the same on every node: nodes forward admin requests to each other"
+                    .into(),
+            );
+        }
     }
 }
 

@@ -112,6 +112,10 @@ codes! {
     JournalFull => "journal.full", 503, "the disk holding the journal is full, so nothing was changed or sent";
     /// The journal cannot write.
     JournalUnavailable => "journal.unavailable", 503, "the journal cannot write, so nothing was changed or sent";
+    /// The answer needs Redis (a cluster node's registry), which cannot be reached.
+    ClusterUnavailable => "cluster.unavailable", 503, "the cluster's Redis cannot be reached, so nothing was changed";
+    /// The node that owns the account cannot be reached.
+    ClusterOwnerUnavailable => "cluster.owner_unavailable", 503, "the node that owns this account cannot be reached (a signal with a signal_id is safe to send again)";
     /// A plain HTTP request on the WebSocket listener.
     WsUpgradeRequired => "ws.upgrade_required", 426, "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket";
     /// No valid `Sec-WebSocket-Key`.
@@ -296,6 +300,14 @@ pub const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
     Code::JournalUnavailable,
     Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
 );
+
+/// A cluster node's registry in Redis cannot be reached.
+pub const CLUSTER_UNAVAILABLE: ApiError<'static> =
+    ApiError::with(Code::ClusterUnavailable, Detail::Unavailable(Code::ClusterUnavailable.message(), 1));
+
+/// The owner of the account cannot be reached.
+pub const OWNER_UNAVAILABLE: ApiError<'static> =
+    ApiError::with(Code::ClusterOwnerUnavailable, Detail::Unavailable(Code::ClusterOwnerUnavailable.message(), 1));
 
 /// A history query the history thread could not take.
 pub const HISTORY_BUSY: ApiError<'static> =

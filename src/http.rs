@@ -498,6 +498,7 @@ async fn handle<R: Routes>(
     request.x_api_key = header("x-api-key");
     request.content_type = header("content-type");
     request.if_none_match = header("if-none-match");
+    request.forwarded = header(crate::node::request::FORWARDED_HEADER).is_some();
     let request = match &body {
         Ok(bytes) => {
             request.body = bytes;

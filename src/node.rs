@@ -25,14 +25,38 @@ use crate::engine::symbol::{SymbolSpec, SymbolTable};
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Code;
-use crate::error::{ApiError, Detail, INVALID_KEY, JOURNAL_STOPPED, MISSING_KEY, REVOKED_KEY};
+use crate::error::{ApiError, Detail, CLUSTER_UNAVAILABLE, INVALID_KEY, JOURNAL_STOPPED, MISSING_KEY, REVOKED_KEY};
 use crate::fixed::MONEY_DECIMALS;
 use crate::journal::{self, Journal, Replayed};
 use crate::json::JsonStr;
 use crate::metrics::{Gauges, Metrics, Route};
 use crate::rate_limit::SlidingWindow;
 use crate::venue::{Gated, NoVenue, PaperConfig, PaperVenue, Venue};
-pub use request::{Request, Response};
+pub use request::{Elsewhere, Request, Response};
+
+/// A cluster, as the node uses it: ids for what it creates, the other nodes for what it does not
+/// hold, and the registry its admin answers wait for. Implemented by `cluster`; a standalone node
+/// has none. It is made on the main thread and used on the hot core: what it keeps per thread
+/// (connections to the other nodes) it keeps in that thread.
+pub trait Cluster: Send + Sync {
+    /// Serves `req` on the node that holds what `to` names and hands back that node's answer,
+    /// or why it could not.
+    fn forward(
+        &self,
+        to: Elsewhere,
+        req: &Request<'_>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError<'static>>>>>;
+
+    /// An id for an account made here; `None` while Redis cannot be reached.
+    fn account_id(&self) -> Option<AccountId>;
+
+    /// An id for a key made here; `None` while Redis cannot be reached.
+    fn key_id(&self) -> Option<KeyId>;
+
+    /// Waits until the registry in Redis holds what the journal holds up to `seq`; `false` when
+    /// it did not within the cluster's bound.
+    fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>>;
+}
 
 /// The engine type the node runs.
 pub type NodeEngine = Engine<Gated<PaperVenue>>;
@@ -62,6 +86,8 @@ pub struct Node {
     pub(crate) started_at: Nanos,
     /// How the snapshot thread is doing.
     pub snapshots: std::sync::Arc<crate::journal::snapshot::Health>,
+    /// The cluster this node is a member of (none: standalone).
+    pub cluster: Option<std::sync::Arc<dyn Cluster>>,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -154,6 +180,7 @@ impl Node {
             draining: false,
             started_at: now,
             snapshots: std::sync::Arc::default(),
+            cluster: None,
         };
         node.keys_changed();
         Ok((node, replayed))
@@ -199,7 +226,14 @@ impl Node {
             .or(passphrase.map(|p| p.raw()))
             .filter(|k| !k.is_empty())
             .ok_or(MISSING_KEY)?;
-        let record = *self.engine.key_by_hash(&hash_key(key)).ok_or(INVALID_KEY)?;
+        let hash = hash_key(key);
+        let Some(&record) = self.engine.key_by_hash(&hash) else {
+            // A key of another node of the cluster: that node serves the request.
+            if self.cluster.is_some() && !req.forwarded {
+                resp.elsewhere = Some(Elsewhere::Key(hash));
+            }
+            return Err(INVALID_KEY);
+        };
         if record.revoked {
             return Err(REVOKED_KEY);
         }
@@ -224,7 +258,8 @@ impl Node {
         }
     }
 
-    /// Opens an account and gives it a key (by hash). Used for the demo account and the admin API.
+    /// Opens an account, under an id from the cluster on a cluster node. Used for the demo
+    /// account and the admin API.
     pub fn open_account(
         &mut self,
         name: AccountName,
@@ -232,19 +267,34 @@ impl Node {
         cash: i64,
         overrides: LimitOverrides,
         now: Nanos,
-    ) -> Option<AccountId> {
-        let tier = self.engine.tier_by_name(tier)?;
-        let id = self.engine.create_account(name, tier, cash, overrides, now).ok();
+    ) -> Result<AccountId, ApiError<'static>> {
+        let internal = ApiError::new(Code::Internal, "the account could not be created");
+        let tier = self.engine.tier_by_name(tier).ok_or(internal)?;
+        let id = match &self.cluster {
+            Some(c) => c.account_id().ok_or(CLUSTER_UNAVAILABLE)?,
+            None => self.engine.next_account_id(),
+        };
+        let made = self.engine.create_account_as(id, name, tier, cash, overrides, now);
         self.after_command();
-        id
+        made.map_err(|_| internal)
     }
 
-    /// Adds a key (by its hash) to an account.
-    pub fn add_key(&mut self, account: AccountId, hash: [u8; 32], roles: Roles, now: Nanos) -> Option<KeyId> {
-        let id = self.engine.add_key(account, hash, roles, now).ok();
+    /// Adds a key (by its hash) to an account, under an id from the cluster on a cluster node.
+    pub fn add_key(
+        &mut self,
+        account: AccountId,
+        hash: [u8; 32],
+        roles: Roles,
+        now: Nanos,
+    ) -> Result<KeyId, ApiError<'static>> {
+        let id = match &self.cluster {
+            Some(c) => c.key_id().ok_or(CLUSTER_UNAVAILABLE)?,
+            None => self.engine.next_key_id(),
+        };
+        let added = self.engine.add_key_as(id, account, hash, roles, now);
         self.after_command();
         self.keys_changed();
-        id
+        added.map_err(ApiError::reject)
     }
 
     /// Gives the demo account from `[demo]` the key whose hash is given, creating the account
@@ -269,10 +319,10 @@ impl Node {
             }
             None => {
                 let cash = cfg.demo.cash.parse(MONEY_DECIMALS).ok()?;
-                self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now)?
+                self.open_account(name, &cfg.demo.tier, cash, LimitOverrides::default(), now).ok()?
             }
         };
-        self.add_key(id, key_hash, Roles { feed: true }, now)?;
+        self.add_key(id, key_hash, Roles { feed: true }, now).ok()?;
         Some((id, existing.is_none()))
     }
 
@@ -397,8 +447,17 @@ pub async fn serve<R: Routes + ?Sized>(
         let before = n.engine.last_seq();
         (routes.route(&mut n, req, resp, now), before)
     };
+    if let Some(to) = resp.elsewhere.take() {
+        // Nothing was done here: the answer is the other node's, durable there.
+        answer_elsewhere(node, route, to, req, resp).await;
+        node.borrow_mut().metrics.observe_request(route, started.elapsed().as_nanos() as u64);
+        return;
+    }
     if !route.is_operational() {
         answer_when_durable(node, routes, resp, before).await;
+    }
+    if resp.registered {
+        answer_when_registered(node).await;
     }
     if let Some(later) = resp.later.take() {
         answer_later(node, resp, later, req).await;
@@ -452,6 +511,36 @@ async fn answer_when_durable<R: Routes + ?Sized>(node: &RefCell<Node>, routes: &
     if !durable {
         resp.reset();
         resp.error(&JOURNAL_STOPPED);
+    }
+}
+
+/// Serves the request on the node of the cluster that holds what it names, and answers with
+/// that node's answer.
+async fn answer_elsewhere(node: &RefCell<Node>, route: Route, to: Elsewhere, req: &Request<'_>, resp: &mut Response) {
+    let Some(cluster) = node.borrow().cluster.clone() else { return };
+    match cluster.forward(to, req).await {
+        Ok(answer) => *resp = answer,
+        Err(e) => {
+            resp.reset();
+            resp.error(&e);
+        }
+    }
+    node.borrow_mut().metrics.count(route, resp.status);
+}
+
+/// Holds an admin answer until the cluster's registry has what it shows, so that every node
+/// knows of an account or key once its creation is answered.
+async fn answer_when_registered(node: &RefCell<Node>) {
+    let (cluster, shown) = {
+        let n = node.borrow();
+        (n.cluster.clone(), n.engine.last_seq())
+    };
+    if let Some(cluster) = cluster {
+        if !cluster.registered(shown).await {
+            log::warn!(
+                "cluster: an admin change (seq {shown}) is not in Redis yet; it is registered when Redis is back"
+            );
+        }
     }
 }
 

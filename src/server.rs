@@ -254,8 +254,18 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     // This thread builds the hot core's state and feeds, the hot executor runs them: their large
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
-    let (node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
-    public_api.cluster = membership.as_ref().map(crate::cluster::Membership::status);
+    let (mut node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    // A cluster node publishes its accounts and keys, then follows its journal into the registry.
+    let _registry = match &membership {
+        Some(m) => {
+            let registry =
+                crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
+            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(m.status(), registry.shared())));
+            public_api.cluster = Some(m.status());
+            Some(registry)
+        }
+        None => None,
+    };
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
     let marks = node.journal.watermarks();

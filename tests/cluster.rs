@@ -1,13 +1,16 @@
 //! Nodes that share one Redis as a cluster (`[cluster]`), all real processes: membership and its
 //! refusals at start (Redis away, a node id held by a live node, other symbols), liveness as the
-//! members see it, and what `/ready`, `/metrics` and `GET /admin/cluster` show of it.
+//! members see it, and what `/ready`, `/metrics` and `GET /admin/cluster` show of it; accounts
+//! and keys made through any node working on every node, requests served by each account's
+//! owner whichever node they reach, limits that hold across nodes, and the faults (an owner
+//! down, Redis away).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Node, Redis};
+use support::{bearer, Node, Redis, JSON};
 
 /// The environment of cluster node `id` on `redis`.
 fn member_env(redis: &Redis, id: &str) -> Vec<(String, String)> {
@@ -186,4 +189,228 @@ fn cluster_settings_without_redis_or_with_a_demo_account_are_configuration_error
     .err()
     .expect("refused");
     assert!(err.contains("demo.enabled: must be false on a cluster node"), "{err}");
+}
+
+/// Three members of one cluster, each seeing all three alive.
+fn three(redis: &Redis) -> Vec<Node> {
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| member(redis, id)).collect();
+    for n in &nodes {
+        wait_members(n, &[("a", true), ("b", true), ("c", true)]);
+    }
+    nodes
+}
+
+/// The node id that owns `account`, from the registry.
+fn owner(redis: &Redis, account: u64) -> String {
+    redis.query(&["HGET", "signalgate:owners", &account.to_string()]).unwrap()
+}
+
+fn signal(node: &Node, key: &str, body: &str) -> support::Resp {
+    node.req("POST", "/v1/signals", &[JSON, ("Authorization", &bearer(key))], body)
+}
+
+#[test]
+fn accounts_and_keys_made_through_any_node_work_through_every_node() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    // Three accounts made through node a land on three owners: the one with the fewest each time.
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let r =
+            nodes[0].admin("POST", "/admin/accounts", &format!(r#"{{"name":"t{i}","tier":"pro","cash":"100000"}}"#));
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.json()["id"].as_u64().unwrap();
+        made.push((id, owner(&redis, id)));
+    }
+    let mut owners: Vec<&str> = made.iter().map(|(_, o)| o.as_str()).collect();
+    owners.sort_unstable();
+    assert_eq!(owners, ["a", "b", "c"], "{made:?}");
+    let ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "ids are the cluster's: {ids:?}");
+    // A key made through node b for the account node c owns; the key is shown once, by the owner.
+    let (account, _) = made.iter().find(|(_, o)| o == "c").unwrap().clone();
+    let r = nodes[1].admin("POST", &format!("/admin/accounts/{account}/keys"), "{}");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let key = r.json()["key"].as_str().unwrap().to_string();
+    let key_id = r.json()["key_id"].as_u64().unwrap();
+    assert_eq!(r.json()["account_id"], account);
+    assert_eq!(nodes[0].admin("GET", &format!("/admin/accounts/{account}"), "").json()["id"], account);
+    // Signals through each node give one account's history, served by its owner.
+    for (i, n) in nodes.iter().enumerate() {
+        let r = signal(n, &key, &format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"s{i}"}}"#));
+        assert_eq!(r.status, 201, "through node {i}: {}", r.body);
+        assert_eq!(r.json()["order"]["status"], "filled", "{}", r.body);
+        assert!(r.header("server-timing").is_some_and(|v| v.starts_with("s2o;dur=")), "{:?}", r.headers);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("1200"));
+    }
+    // The same signal id again, through another node, is the owner's replay.
+    let r = signal(&nodes[2], &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"s0"}"#);
+    assert_eq!(r.header("idempotent-replay"), Some("true"), "{:?} {}", r.headers, r.body);
+    // (The mark price moves with the owner's quotes between two reads: the rest is the same.)
+    let views: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let r = n.req("GET", "/v1/positions", &[("Authorization", &bearer(&key))], "");
+            assert_eq!(r.status, 200, "{}", r.body);
+            let p = &r.json()["positions"][0];
+            serde_json::json!([p["symbol"], p["qty"], p["avg_price"], p["cost"], p["fees"]])
+        })
+        .collect();
+    assert!(views.iter().all(|v| *v == views[0]), "{views:?}");
+    assert_eq!(views[0][1], "0.0030", "{}", views[0]);
+    let orders = nodes[1].req("GET", "/v1/orders?status=all", &[("Authorization", &bearer(&key))], "").json();
+    assert_eq!(orders["orders"].as_array().map(Vec::len), Some(3), "{orders}");
+    // Revoked through node a, the key is refused through every node at once.
+    let r = nodes[0].admin("DELETE", &format!("/admin/keys/{key_id}"), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    for n in &nodes {
+        let r = signal(n, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
+        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("auth.key_revoked")), "{}", r.body);
+    }
+    // An unknown key is refused as on one node.
+    let r = signal(&nodes[1], "sg_unknown", r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("auth.invalid_key")), "{}", r.body);
+    assert!(nodes[1].metric("signalgate_cluster_forwarded_total") >= 2);
+}
+
+#[test]
+fn a_per_key_limit_holds_across_the_nodes() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let (_, key) = nodes[1].account("pro", "1000", serde_json::json!({"requests_per_minute": 600}));
+    let auth = bearer(&key);
+    let mut conns: Vec<support::Conn> = nodes.iter().map(Node::conn).collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..660 {
+        let r = conns[i % 3].send("GET", "/v1/account", &[("Authorization", &auth)], b"");
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+            }
+            s => panic!("{s}: {}", r.body),
+        }
+    }
+    assert_eq!((ok, limited), (600, 60));
+}
+
+#[test]
+fn an_owner_down_is_503_for_its_accounts_only_and_redis_away_refuses_admin_changes_only() {
+    let mut redis = Redis::start();
+    let mut nodes = three(&redis);
+    let mut keys = std::collections::HashMap::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (id, key) = nodes[0].account("pro", "100000", serde_json::json!({}));
+        let owner = owner(&redis, id);
+        if owner != "c" {
+            ids.push(id);
+        }
+        keys.insert(owner, key);
+    }
+    assert_eq!(keys.len(), 3, "one account on each node");
+    let buy = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
+    // Node c dies: its account answers 503 owner_unavailable through a and b, the others trade on.
+    let c = nodes.pop().unwrap();
+    let _ = c.crash();
+    for n in &nodes {
+        let r = signal(n, &keys["c"], buy);
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (503, Some("cluster.owner_unavailable")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.header("retry-after"), Some("1"));
+        for owner in ["a", "b"] {
+            assert_eq!(signal(n, &keys[owner], buy).status, 201);
+        }
+    }
+    // Redis goes away: owners keep trading, through each other too (they remember the owners),
+    // and an admin change is refused with nothing changed.
+    redis.kill();
+    for n in &nodes {
+        for owner in ["a", "b"] {
+            let r = signal(n, &keys[owner], buy);
+            assert_eq!(r.status, 201, "{}", r.body);
+        }
+    }
+    let r = nodes[0].admin("POST", "/admin/accounts", r#"{"name":"later","tier":"pro","cash":"1"}"#);
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("cluster.unavailable")), "{}", r.body);
+    // Redis comes back empty: the live nodes publish their accounts again, and no id of theirs is
+    // given out again. (What a node that is down holds, Redis cannot know: docs/operations.md says
+    // to keep Redis's data, and such a node refuses to start on an account given out twice.)
+    let redis = Redis::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.query(&["HLEN", "signalgate:owners"]).unwrap() != "2" {
+        assert!(Instant::now() < deadline, "owners: {:?}", redis.query(&["HGETALL", "signalgate:owners"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in &nodes {
+        wait_members(n, &[("a", true), ("b", true)]);
+    }
+    let counter: u64 = redis.query(&["GET", "signalgate:next_account"]).unwrap().parse().unwrap();
+    assert!(ids.iter().all(|&i| i <= counter), "{ids:?} above the counter {counter}");
+    let (id, key) = nodes[1].account("pro", "100000", serde_json::json!({}));
+    assert!(!ids.contains(&id), "account {id} again: {ids:?}");
+    assert_eq!(signal(&nodes[0], &key, buy).status, 201);
+}
+
+#[test]
+fn three_nodes_behind_the_shipped_nginx_answer_every_key_wherever_it_lands() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let nginx = support::nginx::Nginx::start(
+        &nodes.iter().map(|n| n.http).collect::<Vec<_>>(),
+        &nodes.iter().map(|n| n.ws).collect::<Vec<_>>(),
+    );
+    // Accounts on every node; each key's requests, by header or in a webhook body, reach its owner.
+    let keys: Vec<String> = (0..3).map(|i| nodes[i].account("pro", "100000", serde_json::json!({})).1).collect();
+    for key in &keys {
+        let auth = format!("Authorization: Bearer {key}");
+        let (code, body) = nginx.curl(&[
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &auth,
+            "-d",
+            r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#,
+            "/v1/signals",
+        ]);
+        assert_eq!(code, 201, "{body}");
+        // TradingView sends the key in the body, as text/plain: nginx hashes on the address.
+        let webhook = format!(r#"{{"passphrase":"{key}","symbol":"BTC-USD","action":"buy","qty":"0.001"}}"#);
+        let (code, body) = nginx.curl(&["-H", "Content-Type: text/plain", "-d", &webhook, "/v1/signals"]);
+        assert_eq!(code, 201, "{body}");
+        let (code, body) = nginx.curl(&["-H", &format!("X-API-Key: {key}"), "/v1/positions"]);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(r#""qty":"0.0020""#), "{body}");
+    }
+    // Requests landed on nodes that do not own their account and were forwarded.
+    let forwarded: u64 = nodes.iter().map(|n| n.metric("signalgate_cluster_forwarded_total")).sum();
+    assert!(forwarded > 0, "nothing was forwarded");
+}
+
+#[test]
+fn a_journal_whose_accounts_another_node_owns_is_refused_and_its_own_node_rejoins_with_them() {
+    let redis = Redis::start();
+    let a = member(&redis, "a");
+    let (id, key) = a.account("pro", "100000", serde_json::json!({}));
+    let dir = a.stop();
+    // The same data directory under another node id: its account belongs to node a.
+    let env = member_env(&redis, "x");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (err, dir) = match Node::try_start_in(dir, &[], &env) {
+        Ok(_) => panic!("node x started with node a's accounts"),
+        Err(e) => e,
+    };
+    assert!(err.contains(&format!("account {id} of this node's journal belongs to node")), "{err}");
+    // Node a, restarted on it, serves the account again.
+    let env = member_env(&redis, "a");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = Node::start_in(dir, &env);
+    let r = signal(&a, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
 }

@@ -16,7 +16,7 @@ use crate::fixed::{parse_decimal, MONEY_DECIMALS};
 use crate::journal::Refusal;
 use crate::json::Writer;
 use crate::metrics::Route;
-use crate::node::{Node, Routes};
+use crate::node::{Elsewhere, Node, Routes};
 
 /// An admin error whose message is built at run time (the admin API may allocate).
 struct AdminError {
@@ -127,6 +127,9 @@ fn handle(admin: &Admin, node: &mut Node, req: &Request<'_>, resp: &mut Response
         }
         admin_route(admin, node, req, resp, now)
     });
+    // What a cluster node changed is known to every node once answered.
+    let changed = !matches!(req.method, Method::Get | Method::Head);
+    resp.registered = changed && result.is_ok() && node.cluster.is_some() && resp.elsewhere.is_none();
     match result {
         Ok(value) => {
             if resp.status == 200 && value.is_null() {
@@ -176,6 +179,11 @@ fn admin_route(
         }
         (_, ["admin", "cluster"]) => not_allowed(resp, "GET"),
         (Method::Post, ["admin", "accounts"]) => {
+            // On a cluster node the registry places it: on the live member with the fewest.
+            if node.cluster.is_some() && !req.forwarded {
+                resp.elsewhere = Some(Elsewhere::NewAccount);
+                return Ok(Json::Null);
+            }
             let v = admin_create_account(node, req.body, now)?;
             resp.status = 201;
             Ok(v)
@@ -183,23 +191,28 @@ fn admin_route(
         (Method::Get, ["admin", "accounts"]) => Ok(admin_list_accounts(node)),
         (_, ["admin", "accounts"]) => not_allowed(resp, "GET, POST"),
         (Method::Get, ["admin", "accounts", id]) => {
-            let id = admin_account_id(node, id)?;
+            let id = admin_account_id(node, req, resp, id)?;
             Ok(admin_account_json(node, id))
         }
         (Method::Post, ["admin", "accounts", id, "keys"]) => {
-            let id = admin_account_id(node, id)?;
+            let id = admin_account_id(node, req, resp, id)?;
             let v = admin_create_key(node, id, req.body, now)?;
             resp.status = 201;
             Ok(v)
         }
         (_, ["admin", "accounts", _, "keys"]) => not_allowed(resp, "POST"),
         (Method::Put, ["admin", "accounts", id, "limits"]) => {
-            let id = admin_account_id(node, id)?;
+            let id = admin_account_id(node, req, resp, id)?;
             admin_set_limits(node, id, req.body, now)
         }
         (_, ["admin", "accounts", _, "limits"]) => not_allowed(resp, "PUT"),
         (Method::Delete, ["admin", "keys", id]) => {
-            let key = id.parse::<u32>().map(KeyId).map_err(|_| AdminError::new(Code::KeyNotFound, "no such key"))?;
+            let no_key = || AdminError::new(Code::KeyNotFound, "no such key");
+            let key = id.parse::<u32>().ok().filter(|&k| k > 0).map(KeyId).ok_or_else(no_key)?;
+            if node.engine.key(key).is_none() && node.cluster.is_some() && !req.forwarded {
+                resp.elsewhere = Some(Elsewhere::KeyId(key));
+                return Err(no_key());
+            }
             let found = node.engine.revoke_key(key, now);
             node.after_command();
             if !found {
@@ -212,12 +225,18 @@ fn admin_route(
     }
 }
 
-fn admin_account_id(node: &Node, id: &str) -> Result<AccountId, AdminError> {
-    id.parse::<u32>()
-        .ok()
-        .map(AccountId)
-        .filter(|id| node.engine.account(*id).is_some())
-        .ok_or_else(|| AdminError::new(Code::Engine(RejectCode::AccountNotFound), format!("no account {id:?}")))
+/// The account of an admin path; one this node does not own, on a cluster node, is the
+/// business of its owner (`resp.elsewhere`).
+fn admin_account_id(node: &Node, req: &Request<'_>, resp: &mut Response, id: &str) -> Result<AccountId, AdminError> {
+    let not_found = || AdminError::new(Code::Engine(RejectCode::AccountNotFound), format!("no account {id:?}"));
+    let id = id.parse::<u32>().ok().filter(|&i| i > 0).map(AccountId).ok_or_else(not_found)?;
+    if node.engine.account(id).is_none() {
+        if node.cluster.is_some() && !req.forwarded {
+            resp.elsewhere = Some(Elsewhere::Account(id));
+        }
+        return Err(not_found());
+    }
+    Ok(id)
 }
 
 fn admin_create_account(node: &mut Node, body: &[u8], now: Nanos) -> Result<Json, AdminError> {
@@ -253,9 +272,7 @@ fn admin_create_account(node: &mut Node, body: &[u8], now: Nanos) -> Result<Json
         None | Some(Json::Null) => LimitOverrides::default(),
         Some(v) => parse_limit_overrides(v).map_err(|m| AdminError::new(Code::RequestInvalidField, m))?,
     };
-    let id = node
-        .open_account(name, &req.tier, cash, overrides, now)
-        .ok_or_else(|| AdminError::new(Code::Internal, "the account could not be created"))?;
+    let id = node.open_account(name, &req.tier, cash, overrides, now)?;
     Ok(admin_account_json(node, id))
 }
 
@@ -275,9 +292,7 @@ fn admin_create_key(node: &mut Node, account: AccountId, body: &[u8], now: Nanos
         }
     }
     let key = generate_key().map_err(|e| AdminError::new(Code::Internal, format!("no randomness: {e}")))?;
-    let id = node
-        .add_key(account, hash_key(key.as_bytes()), roles, now)
-        .ok_or_else(|| AdminError::new(Code::Engine(RejectCode::AccountNotFound), "no such account"))?;
+    let id = node.add_key(account, hash_key(key.as_bytes()), roles, now)?;
     Ok(json!({"key_id": id.0, "key": key, "account_id": account.0, "roles": roles_json(roles)}))
 }
 

@@ -73,8 +73,9 @@ impl Routes for Public {
         if req.method == Method::Head {
             resp.body.clear();
         }
-        // A history query is counted once the history thread has answered it.
-        if resp.later.is_none() {
+        // A history query is counted once the history thread has answered it, a forwarded one
+        // once the node that serves it has.
+        if resp.later.is_none() && resp.elsewhere.is_none() {
             node.metrics.count(route, resp.status);
         }
         route

@@ -12,6 +12,9 @@
 //! `config` (the symbols and tiers, as JSON), `members` (a hash of node id → its listeners) and
 //! `lease:{node_id}` (a token that expires unless renewed).
 
+pub mod forward;
+pub mod registry;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +66,15 @@ pub struct Status {
     redis_errors: AtomicU64,
     lease_renewals: AtomicU64,
     members: Mutex<Vec<Member>>,
+    /// Times the cluster thread found Redis away or without this node's lease (it may have lost
+    /// what the nodes wrote): the registry then writes this node's part again.
+    losses: AtomicU64,
+    /// Every event of this node's journal up to this sequence number is in the registry.
+    registered: AtomicU64,
+    /// Changes published to the registry (accounts and keys).
+    published: AtomicU64,
+    /// Requests forwarded to the other nodes.
+    pub forward: forward::ForwardStats,
 }
 
 impl Status {
@@ -119,6 +131,17 @@ impl Status {
         for m in &members {
             let _ = writeln!(out, "signalgate_cluster_member_up{{node=\"{}\"}} {}", m.node_id, u8::from(m.alive));
         }
+        let _ =
+            writeln!(out, "# HELP signalgate_cluster_registered_seq The journal is in the registry up to this event.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_registered_seq gauge");
+        let _ = writeln!(out, "signalgate_cluster_registered_seq {}", self.registered.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_registry_changes_total Accounts and keys published to the registry."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_registry_changes_total counter");
+        let _ = writeln!(out, "signalgate_cluster_registry_changes_total {}", self.published.load(Ordering::Relaxed));
+        self.forward.render(out);
     }
 }
 
@@ -149,8 +172,36 @@ const RELEASE: &str =
 /// the thread and lets the lease go, so a restarted node can take its id again at once.
 pub struct Membership {
     status: Arc<Status>,
+    _thread: Background,
+}
+
+/// A thread of the cluster's that runs until it is dropped: it sets the flag the thread watches,
+/// wakes it and waits for it.
+struct Background {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(name: &str, f: impl FnOnce(&AtomicBool) + Send + 'static) -> Result<Background, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let watched = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(&watched))
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        Ok(Background { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 /// How a node reaches Redis and what it keeps there.
@@ -227,34 +278,24 @@ impl Membership {
             redis_errors: AtomicU64::new(0),
             lease_renewals: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
+            losses: AtomicU64::new(0),
+            registered: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            forward: forward::ForwardStats::default(),
         });
         let mut con = Some(con);
         refresh_members(&mut con, &lease, &status);
-        let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (status, stop) = (status.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("sg-cluster".into())
-                .spawn(move || renew_loop(lease, con, &status, &stop))
-                .map_err(|e| format!("cannot start the cluster thread: {e}"))?
+            let status = status.clone();
+            Background::spawn("sg-cluster", move |stop| renew_loop(lease, con, &status, stop))?
         };
         log::info!("cluster: joined as {:?} through Redis at {}", c.node_id, c.redis_url);
-        Ok(Membership { status, stop, thread: Some(thread) })
+        Ok(Membership { status, _thread: thread })
     }
 
     /// What the cluster thread last saw.
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
-    }
-}
-
-impl Drop for Membership {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
     }
 }
 
@@ -331,6 +372,7 @@ fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status,
             Ok(_) => {
                 // Redis lost the lease (it was away longer than the lease, or restarted empty):
                 // take it back and publish this node again, unless another node took the id.
+                status.losses.fetch_add(1, Ordering::Relaxed);
                 let taken: redis::RedisResult<Option<String>> = call(&mut con, &lease, status, |c| {
                     let taken: Option<String> = redis::cmd("SET")
                         .arg(&lease.key)
@@ -382,6 +424,7 @@ fn call<T>(
     match &result {
         Err(e) => {
             status.redis_errors.fetch_add(1, Ordering::Relaxed);
+            status.losses.fetch_add(1, Ordering::Relaxed);
             if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
                 *con = None;
             }

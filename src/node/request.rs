@@ -62,6 +62,9 @@ pub struct Request<'a> {
     pub content_type: Option<&'a [u8]>,
     /// `If-None-Match` header.
     pub if_none_match: Option<&'a [u8]>,
+    /// Forwarded by another node of the cluster (`X-Signalgate-Forwarded`): served here or
+    /// refused, never forwarded again.
+    pub forwarded: bool,
     /// The body.
     pub body: &'a [u8],
 }
@@ -78,6 +81,7 @@ impl<'a> Request<'a> {
             x_api_key: None,
             content_type: None,
             if_none_match: None,
+            forwarded: false,
             body: b"",
         }
     }
@@ -117,6 +121,11 @@ pub struct Response {
     pub pending: Option<Pending>,
     /// An answer another thread gives (a history query's); it replaces this response.
     pub later: Option<Later>,
+    /// What the request names is held by another node of the cluster: the answer is that node's.
+    pub elsewhere: Option<Elsewhere>,
+    /// The answer waits until the cluster's registry in Redis has what it shows (an admin change
+    /// on a cluster node).
+    pub registered: bool,
     /// `Cache-Control` other than `no-store`.
     pub cache_control: Option<&'static str>,
     /// `ETag`, quoted.
@@ -150,6 +159,22 @@ pub enum Pending {
         /// When the request was parsed, for a new order's signal-to-order time.
         parsed_at: Option<Instant>,
     },
+}
+
+/// The header a cluster node marks the requests it forwards with (its value: the node's id).
+pub const FORWARDED_HEADER: &str = "x-signalgate-forwarded";
+
+/// What a request names that this node does not hold, for the cluster to serve elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// A public request with a key (by hash) this node does not hold: the key's owner serves it.
+    Key([u8; 32]),
+    /// An admin request about an account this node does not own.
+    Account(AccountId),
+    /// An admin request about a key this node does not hold.
+    KeyId(crate::engine::types::KeyId),
+    /// A new account, made on the live member with the fewest accounts.
+    NewAccount,
 }
 
 /// `Content-Type` of JSON answers.
