@@ -256,15 +256,16 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     crate::alloc::map_large_blocks_on_this_thread();
     let (mut node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
     // A cluster node publishes its accounts and keys, then follows its journal into the registry.
-    let _registry = match &membership {
+    let (_registry, cluster) = match &membership {
         Some(m) => {
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
-            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(m.status(), registry.shared())));
+            let handle = crate::cluster::forward::Handle { status: m.status(), registry: registry.shared() };
+            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(handle.clone())));
             public_api.cluster = Some(m.status());
-            Some(registry)
+            (Some(registry), Some(handle))
         }
-        None => None,
+        None => (None, None),
     };
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
@@ -297,6 +298,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             marks: marks.clone(),
             links,
             stats: stats.clone(),
+            cluster: cluster.clone(),
         };
         let (cfg2, stop) = (cfg.clone(), stop.clone());
         let handle = executor(&cfg, "sg-fanout")

@@ -97,17 +97,61 @@ impl ForwardStats {
     }
 }
 
+/// What any executor needs to reach the owner of a key or an account: the members as the
+/// cluster thread last read them, and the registry.
+#[derive(Clone)]
+pub struct Handle {
+    /// The members.
+    pub status: Arc<Status>,
+    /// The registry.
+    pub registry: Arc<registry::Shared>,
+}
+
+/// Which of a member's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The public API.
+    Http,
+    /// The admin API.
+    Admin,
+    /// The WebSocket stream.
+    Ws,
+}
+
+impl Handle {
+    /// The address of `which` listener of the node that holds what `to` names, if it is alive.
+    pub async fn owner_listener(&self, to: Elsewhere, which: Listener) -> Result<String, ApiError<'static>> {
+        let owner = owner(to, &self.registry).await?;
+        let member = self.status.members().into_iter().find(|m| *m.node_id == *owner).ok_or(OWNER_UNAVAILABLE)?;
+        if !member.alive {
+            return Err(OWNER_UNAVAILABLE);
+        }
+        let l = member.listeners;
+        Ok(match which {
+            Listener::Http => l.http,
+            Listener::Admin => l.admin,
+            Listener::Ws => l.ws,
+        })
+    }
+
+    /// Forgets where a key's owner is (it did not answer): the next request asks the registry.
+    pub fn forget(&self, to: Elsewhere) {
+        if let Elsewhere::Key(hash) = to {
+            LOCAL.with(|l| l.borrow_mut().owners.remove(&hash));
+        }
+    }
+}
+
 /// The node's handle on its cluster.
 pub struct Gateway {
     node_id: String,
-    status: Arc<Status>,
-    registry: Arc<registry::Shared>,
+    handle: Handle,
 }
 
 impl Gateway {
     /// A gateway over the cluster thread's view and the registry.
-    pub fn new(status: Arc<Status>, registry: Arc<registry::Shared>) -> Gateway {
-        Gateway { node_id: status.node_id().to_string(), status, registry }
+    pub fn new(handle: Handle) -> Gateway {
+        Gateway { node_id: handle.status.node_id().to_string(), handle }
     }
 }
 
@@ -129,11 +173,11 @@ impl Cluster for Gateway {
         req: &Request<'_>,
     ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError<'static>>>>> {
         let wire = encode(req, &self.node_id);
-        let (status, registry) = (self.status.clone(), self.registry.clone());
+        let handle = self.handle.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let answer = forward(to, wire, &status, &registry).await;
-            let stats = &status.forward;
+            let answer = forward(to, wire, &handle).await;
+            let stats = &handle.status.forward;
             match &answer {
                 Ok(_) => {
                     stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -148,15 +192,15 @@ impl Cluster for Gateway {
     }
 
     fn account_id(&self) -> Option<AccountId> {
-        self.registry.account_id()
+        self.handle.registry.account_id()
     }
 
     fn key_id(&self) -> Option<KeyId> {
-        self.registry.key_id()
+        self.handle.registry.key_id()
     }
 
     fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>> {
-        let registry = self.registry.clone();
+        let registry = self.handle.registry.clone();
         Box::pin(async move {
             let deadline = Instant::now() + REGISTERED_WAIT;
             while registry.registered() < seq {
@@ -204,21 +248,12 @@ fn encode(req: &Request<'_>, node_id: &str) -> Vec<u8> {
 }
 
 /// Finds the node that holds what `to` names and has it answer `wire`.
-async fn forward(
-    to: Elsewhere,
-    wire: Vec<u8>,
-    status: &Status,
-    registry: &registry::Shared,
-) -> Result<Response, ApiError<'static>> {
-    let owner = owner(to, registry).await?;
-    let member = status.members().into_iter().find(|m| *m.node_id == *owner).ok_or(OWNER_UNAVAILABLE)?;
-    if !member.alive {
-        return Err(OWNER_UNAVAILABLE);
-    }
-    let addr = match to {
-        Elsewhere::Key(_) => member.listeners.http,
-        Elsewhere::Account(_) | Elsewhere::KeyId(_) | Elsewhere::NewAccount => member.listeners.admin,
+async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Response, ApiError<'static>> {
+    let which = match to {
+        Elsewhere::Key(_) => Listener::Http,
+        Elsewhere::Account(_) | Elsewhere::KeyId(_) | Elsewhere::NewAccount => Listener::Admin,
     };
+    let addr = handle.owner_listener(to, which).await?;
     let head = matches!(wire.as_slice(), [b'H', b'E', b'A', b'D', b' ', ..]);
     let exchange = exchange(&addr, &wire, head);
     let timed_out = async {
@@ -227,10 +262,8 @@ async fn forward(
     };
     let answer = futures_lite::future::or(exchange, timed_out).await;
     if answer.is_err() {
-        if let Elsewhere::Key(hash) = to {
-            // The next request asks the registry again: the account may have moved.
-            LOCAL.with(|l| l.borrow_mut().owners.remove(&hash));
-        }
+        // The account may have moved.
+        handle.forget(to);
     }
     answer
 }

@@ -22,6 +22,10 @@ pub struct Upgrade {
     pub json: bool,
     /// `?resume_from=`.
     pub resume_from: Option<u64>,
+    /// The query string without `key=` (what another node of the cluster is asked with).
+    pub query: String,
+    /// Forwarded by another node of the cluster (`X-Signalgate-Forwarded`): never sent on.
+    pub forwarded: bool,
 }
 
 /// A refused upgrade: HTTP status, error code and message.
@@ -127,8 +131,15 @@ pub fn parse_upgrade(buf: &[u8]) -> Result<Option<(Upgrade, usize)>, HttpRefusal
         header("x-api-key").map(str::as_bytes),
     );
     up.api_key = auth.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).map(str::to_string);
+    up.forwarded = header(crate::node::request::FORWARDED_HEADER).is_some();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "key" {
+            if !up.query.is_empty() {
+                up.query.push('&');
+            }
+            up.query.push_str(pair);
+        }
         match name {
             "key" if up.api_key.is_none() && !value.is_empty() => up.api_key = Some(value.to_string()),
             "key" => {}

@@ -320,6 +320,8 @@ pub struct Hub {
     /// A frame being built.
     frame: Vec<u8>,
     entry: Vec<u8>,
+    /// The cluster (a cluster node only): streams of keys it does not hold are relayed.
+    pub cluster: Option<crate::cluster::forward::Handle>,
 }
 
 impl Hub {
@@ -356,6 +358,7 @@ impl Hub {
             marks,
             frame: Vec::with_capacity(64 * 1024),
             entry: Vec::with_capacity(1024),
+            cluster: None,
         }
     }
 
@@ -462,6 +465,18 @@ impl Hub {
     fn key_cap(&self, record: &KeyRecord) -> u32 {
         let tier = self.directory.tiers.get(&record.account).map(|&t| usize::from(t));
         tier.and_then(|t| self.settings.tier_caps.get(t).copied()).unwrap_or(0)
+    }
+
+    /// On a cluster node, a key this node does not hold (another node's, or none's: that node
+    /// answers as this one would): the cluster and the key's hash, to relay its stream.
+    pub fn elsewhere(&mut self, key: &str) -> Option<(crate::cluster::forward::Handle, [u8; 32])> {
+        let cluster = self.cluster.clone()?;
+        let hash = crate::auth::hash_key(key.as_bytes());
+        if self.directory.key_by_hash(&hash).is_none() {
+            // A key created an instant ago may still be on its way from the hot core.
+            self.pump();
+        }
+        self.directory.key_by_hash(&hash).is_none().then_some((cluster, hash))
     }
 
     /// Authenticates `conn` with `key` (an `auth` message) and sends the welcome.

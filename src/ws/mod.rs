@@ -349,11 +349,14 @@ pub struct Serve {
     pub links: FanoutLinks,
     /// Counters.
     pub stats: Arc<WsStats>,
+    /// The cluster (a cluster node only): a stream whose key another node holds is relayed there.
+    pub cluster: Option<crate::cluster::forward::Handle>,
 }
 
 /// Serves the stream until `stop` is set, then closes every connection (1001).
 pub async fn serve(cfg: Config, s: Serve, stop: Arc<AtomicBool>) {
     let hub = Rc::new(RefCell::new(Hub::new(&cfg, s.directory, s.marks, s.stats)));
+    hub.borrow_mut().cluster = s.cluster;
     let shutdown = Shutdown::new();
     glommio::spawn_local({
         let shutdown = shutdown.clone();
@@ -570,6 +573,14 @@ async fn connection(
             return refuse(stream, &r).await;
         }
     };
+    // A key another node of the cluster holds: the stream is that node's, relayed as it comes.
+    if let Some(key) = up.api_key.as_deref().filter(|_| !up.forwarded) {
+        let elsewhere = hub.borrow_mut().elsewhere(key);
+        if let Some((cluster, hash)) = elsewhere {
+            drop(anonymous);
+            return relay(stream, cluster, hash, Relay::Upgrade(buf)).await;
+        }
+    }
     // A key in the upgrade takes its places before the upgrade is answered: at a cap, the answer
     // is an HTTP refusal.
     let claim = up.api_key.as_ref().map(|key| (hub.borrow_mut().claim(key), key));
@@ -592,17 +603,122 @@ async fn connection(
     buf.drain(..used);
     let stream = Rc::new(RefCell::new(stream));
     let writer = glommio::spawn_local(write_loop(conn.clone(), Shared(stream.clone()), hub.clone())).detach();
-    futures_lite::future::or(read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf), async {
+    let handoff = futures_lite::future::or(read_loop(&conn, Shared(stream.clone()), &hub, &signals, buf), async {
         // Only while it has not authenticated: `Hub::authenticate` takes it off the list.
         anonymous.evict.wait().await;
         conn.close(close::TRY_AGAIN, &Code::WsEvicted.reason());
+        None
     })
     .await;
+    if let Some(Handoff { cluster, hash, bytes }) = handoff {
+        // Its `auth` message named a key another node holds: this node has sent it nothing since
+        // the upgrade, so the stream becomes that node's from here on.
+        writer.cancel();
+        let _ = writer.await;
+        hub.borrow_mut().remove(&conn);
+        drop(anonymous);
+        if let Ok(stream) = Rc::try_unwrap(stream) {
+            relay(stream.into_inner(), cluster, hash, Relay::Auth { query: up.query, bytes }).await;
+        }
+        return;
+    }
     // The reader is done (the client closed or broke the protocol): let the writer send the
     // close frame; `Hub::tick` drops the socket if the client does not take it in time.
     conn.close(1000, "");
     let _ = writer.await;
     hub.borrow_mut().remove(&conn);
+}
+
+/// How a stream relayed to another node of the cluster starts.
+enum Relay {
+    /// The client's upgrade request (it carried the key) and whatever followed, as they came: the
+    /// other node answers the upgrade.
+    Upgrade(Vec<u8>),
+    /// This node answered the upgrade and read an `auth` message: the other node is asked for a
+    /// stream with the same query, then given the `auth` frame and what followed.
+    Auth { query: String, bytes: Vec<u8> },
+}
+
+/// How long reaching the node a relayed stream belongs to may take.
+const RELAY_CONNECT: Duration = Duration::from_secs(5);
+/// `Sec-WebSocket-Key` of the upgrades this node sends on behalf of a client ("signalgate-relay").
+const RELAY_WS_KEY: &str = "c2lnbmFsZ2F0ZS1yZWxheQ==";
+/// The mask of the one frame this node sends on behalf of a client (its `auth` message).
+const RELAY_MASK: [u8; 4] = [0x5a, 0x17, 0x3c, 0x81];
+
+/// Serves a stream whose key another node of the cluster holds: opens that node's WebSocket
+/// listener, starts the stream there as `start` says, and relays the bytes both ways until
+/// either side closes, so the client gets exactly what that node sends (its messages, order and
+/// resume). When the node cannot be reached the client is refused: with an HTTP answer if it has
+/// not had one, with a close frame otherwise.
+async fn relay(mut client: TcpStream, cluster: crate::cluster::forward::Handle, hash: [u8; 32], start: Relay) {
+    let node_id = cluster.status.node_id().to_string();
+    let to = crate::node::Elsewhere::Key(hash);
+    let reached = with_timeout(RELAY_CONNECT, async {
+        let addr = cluster.owner_listener(to, crate::cluster::forward::Listener::Ws).await?;
+        let mut up = TcpStream::connect(addr.as_str()).await.map_err(|_| crate::error::OWNER_UNAVAILABLE)?;
+        let _ = up.set_nodelay(true);
+        let unavailable = |_| crate::error::OWNER_UNAVAILABLE;
+        match &start {
+            Relay::Upgrade(bytes) => {
+                // Marked as forwarded after its request line, so that the other node never sends
+                // it on again.
+                let line = bytes.windows(2).position(|w| w == b"\r\n").map_or(bytes.len(), |i| i + 2);
+                let mut first = bytes[..line].to_vec();
+                first
+                    .extend_from_slice(format!("{}: {node_id}\r\n", crate::node::request::FORWARDED_HEADER).as_bytes());
+                first.extend_from_slice(&bytes[line..]);
+                up.write_all(&first).await.map_err(unavailable)?;
+            }
+            Relay::Auth { query, bytes } => {
+                let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+                let upgrade = format!(
+                    "GET /v1/ws{query} HTTP/1.1\r\nHost: signalgate\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {RELAY_WS_KEY}\r\n{}: {node_id}\r\n\r\n",
+                    crate::node::request::FORWARDED_HEADER
+                );
+                up.write_all(upgrade.as_bytes()).await.map_err(unavailable)?;
+                let mut answer = Vec::new();
+                while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 512];
+                    let n = up.read(&mut chunk).await.map_err(unavailable)?;
+                    if n == 0 || answer.len() > frame::MAX_REQUEST {
+                        return Err(crate::error::OWNER_UNAVAILABLE);
+                    }
+                    answer.extend_from_slice(&chunk[..n]);
+                }
+                if !answer.starts_with(b"HTTP/1.1 101") {
+                    return Err(crate::error::OWNER_UNAVAILABLE);
+                }
+                up.write_all(bytes).await.map_err(unavailable)?;
+            }
+        }
+        Ok(up)
+    })
+    .await
+    .unwrap_or(Err(crate::error::OWNER_UNAVAILABLE));
+    let upstream = match reached {
+        Ok(up) => up,
+        Err(e) => {
+            cluster.forget(to);
+            let message = e.code.message();
+            match start {
+                Relay::Upgrade(_) => refuse(client, &HttpRefusal::new(e.code, message)).await,
+                Relay::Auth { .. } => {
+                    let code = if e.status == 401 { close::AUTH } else { close::TRY_AGAIN };
+                    let mut out = Vec::new();
+                    frame::write_close(&mut out, code, &e.code.reason());
+                    let _ = with_timeout(Duration::from_secs(1), client.write_all(&out)).await;
+                }
+            }
+            return;
+        }
+    };
+    let (client, upstream) = (Rc::new(RefCell::new(client)), Rc::new(RefCell::new(upstream)));
+    let to_owner = futures_lite::io::copy(Shared(client.clone()), Shared(upstream.clone()));
+    let to_client = futures_lite::io::copy(Shared(upstream.clone()), Shared(client.clone()));
+    // Either side closing ends both (the sockets close as the last references go).
+    let _ = futures_lite::future::or(to_owner, to_client).await;
 }
 
 async fn write_loop(conn: Rc<Conn>, mut stream: Shared, hub: Rc<RefCell<Hub>>) {
@@ -633,13 +749,23 @@ async fn write_loop(conn: Rc<Conn>, mut stream: Shared, hub: Rc<RefCell<Hub>>) {
     unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
 }
 
+/// A stream to hand to another node of the cluster: its first `auth` message named a key that
+/// node holds. `bytes`: that message's frame and whatever the client sent after it.
+struct Handoff {
+    cluster: crate::cluster::forward::Handle,
+    hash: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+/// Reads the client's messages until it closes or breaks the protocol; `Some` when the stream
+/// belongs to another node of the cluster.
 async fn read_loop(
     conn: &Conn,
     mut stream: Shared,
     hub: &RefCell<Hub>,
     signals: &ConnectedSender<WsSignal>,
     mut buf: Vec<u8>,
-) {
+) -> Option<Handoff> {
     let max = hub.borrow().settings.max_message;
     // A fragmented message being put together: its kind and bytes.
     let mut message: Option<(Kind, Vec<u8>)> = None;
@@ -649,7 +775,10 @@ async fn read_loop(
             let (kind, fin, payload, used) = match frame::read_frame(&mut buf[off..], max) {
                 Ok(Some((f, n))) => (f.kind, f.fin, f.payload.to_vec(), n),
                 Ok(None) => break,
-                Err(frame::BadFrame(code, reason)) => return conn.close(code, reason),
+                Err(frame::BadFrame(code, reason)) => {
+                    conn.close(code, reason);
+                    return None;
+                }
             };
             off += used;
             conn.st.borrow_mut().last_heard = Instant::now();
@@ -662,12 +791,17 @@ async fn read_loop(
                 (Kind::Close, _) => {
                     let code = payload.get(..2).map_or(1000, |c| u16::from_be_bytes([c[0], c[1]]));
                     let code = if (1000..5000).contains(&code) { code } else { close::PROTOCOL };
-                    return conn.close(code, "");
+                    conn.close(code, "");
+                    return None;
                 }
-                (Kind::Continue, None) => return conn.close(close::PROTOCOL, "continuation without a message"),
+                (Kind::Continue, None) => {
+                    conn.close(close::PROTOCOL, "continuation without a message");
+                    return None;
+                }
                 (Kind::Continue, Some((_, acc))) => {
                     if acc.len() + payload.len() > max {
-                        return conn.close(close::TOO_BIG, "message too big");
+                        conn.close(close::TOO_BIG, "message too big");
+                        return None;
                     }
                     acc.extend_from_slice(&payload);
                     if !fin {
@@ -675,7 +809,10 @@ async fn read_loop(
                     }
                     message.take()
                 }
-                (_, Some(_)) => return conn.close(close::PROTOCOL, "a new message before the last one ended"),
+                (_, Some(_)) => {
+                    conn.close(close::PROTOCOL, "a new message before the last one ended");
+                    return None;
+                }
                 (k, None) if !fin => {
                     message = Some((k, payload));
                     continue;
@@ -683,21 +820,33 @@ async fn read_loop(
                 (k, None) => Some((k, payload)),
             };
             if let Some((kind, bytes)) = whole {
-                if let Err((code, reason)) = on_message(&mut hub.borrow_mut(), conn, kind, &bytes, signals) {
-                    return conn.close(code, &reason);
+                match on_message(&mut hub.borrow_mut(), conn, kind, &bytes, signals) {
+                    Ok(None) => {}
+                    Ok(Some((cluster, hash))) => {
+                        // The `auth` message framed again (its frame here is unmasked), and what
+                        // followed as it came.
+                        let opcode = if kind == Kind::Text { 1 } else { 2 };
+                        let mut bytes = frame::client_frame(opcode, &bytes, RELAY_MASK);
+                        bytes.extend_from_slice(&buf[off..]);
+                        return Some(Handoff { cluster, hash, bytes });
+                    }
+                    Err((code, reason)) => {
+                        conn.close(code, &reason);
+                        return None;
+                    }
                 }
             }
         }
         buf.drain(..off);
         if conn.st.borrow().closing.is_some() {
-            return;
+            return None;
         }
         let len = buf.len();
         buf.resize(len + READ_CHUNK, 0);
         let n = stream.read(&mut buf[len..]).await.unwrap_or(0);
         buf.truncate(len + n);
         if n == 0 {
-            return;
+            return None;
         }
         if buf.capacity() > 4 * READ_CHUNK && buf.len() < READ_CHUNK {
             buf.shrink_to(READ_CHUNK);
@@ -705,13 +854,18 @@ async fn read_loop(
     }
 }
 
+/// Where a stream goes whose key another node of the cluster holds: the cluster, and the key's hash.
+type OtherNode = (crate::cluster::forward::Handle, [u8; 32]);
+
+/// Acts on one client message; `Ok(Some(..))`: its `auth` message named a key another node of the
+/// cluster holds.
 fn on_message(
     hub: &mut Hub,
     conn: &Conn,
     kind: Kind,
     bytes: &[u8],
     signals: &ConnectedSender<WsSignal>,
-) -> Result<(), (u16, String)> {
+) -> Result<Option<OtherNode>, (u16, String)> {
     let msg = match (conn.json, kind) {
         (true, Kind::Text) => protocol::decode_client_json(bytes),
         (false, Kind::Binary) => protocol::decode_client(bytes),
@@ -721,7 +875,12 @@ fn on_message(
     .map_err(|r| (r.code, r.reason))?;
     let authed = conn.st.borrow().key.is_some();
     match msg {
-        ClientMsg::Auth { key } if !authed => hub.authenticate(conn, &key).map_err(|e| (e.close, e.code.reason()))?,
+        ClientMsg::Auth { key } if !authed => {
+            if let Some(elsewhere) = hub.elsewhere(&key) {
+                return Ok(Some(elsewhere));
+            }
+            hub.authenticate(conn, &key).map_err(|e| (e.close, e.code.reason()))?
+        }
         _ if !authed => return Err((close::AUTH, Code::AuthRequired.reason())),
         ClientMsg::Auth { .. } => {
             hub.send_error(conn, Code::WsAlreadyAuthenticated, Code::WsAlreadyAuthenticated.message().into())
@@ -750,5 +909,5 @@ fn on_message(
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
