@@ -56,6 +56,24 @@ pub trait Cluster: Send + Sync {
     /// Waits until the registry in Redis holds what the journal holds up to `seq`; `false` when
     /// it did not within the cluster's bound.
     fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>>;
+
+    /// What this node's quote simulator does now.
+    fn simulator(&self) -> Simulator;
+
+    /// Sends quotes to every node of the cluster, in the one order they all apply them in (this
+    /// node too: it applies them as they come back); `Err` when Redis cannot take them.
+    fn publish_quotes(&self, quotes: Vec<Quote>) -> Pin<Box<dyn Future<Output = Result<(), ApiError<'static>>>>>;
+}
+
+/// What a node's quote simulator does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simulator {
+    /// Feeds this node (a standalone node, or a cluster node while Redis is away).
+    Local,
+    /// Feeds the whole cluster (this node was elected to).
+    Cluster,
+    /// Nothing: another node feeds the cluster.
+    Idle,
 }
 
 /// The engine type the node runs.
@@ -553,11 +571,9 @@ async fn answer_later(node: &RefCell<Node>, resp: &mut Response, later: request:
         node.borrow_mut().metrics.count(later.route, resp.status);
         return;
     };
-    let status = if answer.status == 200 && answer.etag.as_deref().map(str::as_bytes) == req.if_none_match {
-        304
-    } else {
-        answer.status
-    };
+    let tagged = answer.etag.as_deref().map(str::as_bytes);
+    let status =
+        if answer.status == 200 && tagged.is_some() && tagged == req.if_none_match { 304 } else { answer.status };
     node.borrow_mut().metrics.count(later.route, status);
     resp.status = status;
     // Into the connection's own buffer, which later requests reuse.

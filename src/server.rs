@@ -22,7 +22,7 @@ use crate::auth::{generate_admin_token, generate_key, hash_key};
 use crate::config::Config;
 use crate::http::{serve, Acceptor, HttpOptions};
 use crate::journal::{self, FsyncPolicy};
-use crate::node::{symbol_table, Node};
+use crate::node::{symbol_table, Node, Simulator};
 use crate::notify::Notifier;
 use crate::quote_sim::QuoteSimulator;
 use crate::shutdown::Shutdown;
@@ -255,17 +255,20 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
     let (mut node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
-    // A cluster node publishes its accounts and keys, then follows its journal into the registry.
-    let (_registry, cluster) = match &membership {
+    // A cluster node publishes its accounts and keys, then follows its journal into the registry,
+    // and takes quotes from the cluster's one stream of them.
+    let (_registry, _market, cluster, quotes_in) = match &membership {
         Some(m) => {
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
+            let (market, quotes_in) =
+                crate::cluster::market::Market::start(&cfg.cluster.redis_url, cfg.symbols.len(), m.status())?;
             let handle = crate::cluster::forward::Handle { status: m.status(), registry: registry.shared() };
-            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(handle.clone())));
+            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(handle.clone(), market.publisher())));
             public_api.cluster = Some(m.status());
-            (Some(registry), Some(handle))
+            (Some(registry), Some(market), Some(handle), Some(quotes_in))
         }
-        None => (None, None),
+        None => (None, None, None, None),
     };
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
@@ -282,7 +285,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
                 crate::alloc::map_large_blocks_on_this_thread();
-                hot_main(cfg, (node, public_api), listeners, hot_links, stop, notifier, ready_tx).await;
+                hot_main(cfg, (node, public_api, quotes_in), listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -450,9 +453,12 @@ fn follower_core(cfg: &Config) -> Option<usize> {
     cfg.topology.pin.then(|| cfg.topology.fanout[0])
 }
 
+/// Batches of quotes from the cluster's stream, in its order.
+type ClusterQuotes = tokio::sync::mpsc::Receiver<Vec<crate::engine::market::Quote>>;
+
 async fn hot_main(
     cfg: Config,
-    (node, public_api): (Node, api::Public),
+    (node, public_api, quotes_in): (Node, api::Public, Option<ClusterQuotes>),
     (public_fd, admin_fd): (RawFd, RawFd),
     ws_links: Vec<crate::ws::HotLinks>,
     stop: Arc<AtomicBool>,
@@ -482,6 +488,9 @@ async fn hot_main(
         let _ = spawn_bg(Box::pin(simulate_quotes(cfg.clone(), node.clone(), shutdown.clone())));
     }
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
+    if let Some(quotes) = quotes_in {
+        let _ = spawn_bg(Box::pin(apply_cluster_quotes(node.clone(), quotes, shutdown.clone())));
+    }
     let ws_sides: Result<Vec<_>, _> = ws_links
         .into_iter()
         .map(|links| {
@@ -554,16 +563,47 @@ async fn simulate_quotes(cfg: Config, node: Rc<RefCell<Node>>, shutdown: Shutdow
     let interval = Duration::from_millis(cfg.market.interval_ms);
     while !shutdown.is_triggered() {
         let now = crate::clock::now();
-        for i in 0..sim.len() {
-            let q = sim.next(i, now);
-            let mut node = node.borrow_mut();
-            // While the journal cannot write, market data is not taken either: every event
-            // waiting in memory is one more that could be lost.
-            if node.journal.accepting() {
+        let cluster = node.borrow().cluster.clone();
+        match cluster.as_ref().map_or(Simulator::Local, |c| c.simulator()) {
+            Simulator::Local => {
+                for i in 0..sim.len() {
+                    let q = sim.next(i, now);
+                    let mut node = node.borrow_mut();
+                    // While the journal cannot write, market data is not taken either: every
+                    // event waiting in memory is one more that could be lost.
+                    if node.journal.accepting() {
+                        node.apply_quote(q, now);
+                    }
+                }
+            }
+            Simulator::Cluster => {
+                let quotes = (0..sim.len()).map(|i| sim.next(i, now)).collect();
+                if let Some(c) = cluster {
+                    // Applied here as they come back from the stream, like every node's.
+                    let _ = c.publish_quotes(quotes).await;
+                }
+            }
+            Simulator::Idle => {}
+        }
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+/// Applies the cluster's quotes in the stream's order.
+async fn apply_cluster_quotes(node: Rc<RefCell<Node>>, mut quotes: ClusterQuotes, shutdown: Shutdown) {
+    loop {
+        let next = futures_lite::future::or(async { quotes.recv().await }, async {
+            shutdown.wait().await;
+            None
+        });
+        let Some(batch) = next.await else { break };
+        let now = crate::clock::now();
+        let mut node = node.borrow_mut();
+        if node.journal.accepting() {
+            for q in batch {
                 node.apply_quote(q, now);
             }
         }
-        glommio::timer::sleep(interval).await;
     }
 }
 

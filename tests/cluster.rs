@@ -513,3 +513,153 @@ fn a_stream_on_any_node_carries_the_owners_events_and_resumes_on_another_node() 
         other => panic!("{other:?}"),
     }
 }
+
+/// An account made through `via` whose owner is `node_id`, with its key.
+fn account_on(redis: &Redis, via: &Node, node_id: &str) -> (u64, String) {
+    for _ in 0..10 {
+        let (id, key) = via.account("pro", "100000", serde_json::json!({}));
+        if owner(redis, id) == node_id {
+            return (id, key);
+        }
+    }
+    panic!("no account landed on node {node_id}");
+}
+
+/// The bid and ask of `symbol` as the owner of `key` sees them, asked through `node`.
+fn quote_through(node: &Node, key: &str, symbol: &str) -> Option<(String, String)> {
+    let r = node.req("GET", &format!("/v1/market/{symbol}/quote"), &[("Authorization", &bearer(key))], "");
+    (r.status == 200).then(|| {
+        let q = r.json();
+        (q["bid"].as_str().unwrap().to_string(), q["ask"].as_str().unwrap().to_string())
+    })
+}
+
+#[test]
+fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_orders() {
+    let redis = Redis::start();
+    let off = [("SIGNALGATE_MARKET_SIMULATOR", "false")];
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| try_member(&redis, id, &off).unwrap()).collect();
+    for n in &nodes {
+        wait_members(n, &[("a", true), ("b", true), ("c", true)]);
+        assert_eq!(n.admin("GET", "/admin/cluster", "").json()["simulator"], false);
+    }
+    let keys: Vec<String> = ["a", "b", "c"].iter().map(|id| account_on(&redis, &nodes[0], id).1).collect();
+    let (feed_account, _) = account_on(&redis, &nodes[0], "b");
+    let r = nodes[2].admin("POST", &format!("/admin/accounts/{feed_account}/keys"), r#"{"roles":["feed"]}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let feed = r.json()["key"].as_str().unwrap().to_string();
+    let tick = |node: &Node, bid: &str, ask: &str| {
+        let body = format!(
+            r#"{{"ticks":[{{"symbol":"BTC-USD","bid":"{bid}","ask":"{ask}","bid_size":"5","ask_size":"5"}}]}}"#
+        );
+        let r = node.req("POST", "/v1/market/ticks", &[JSON, ("Authorization", &bearer(&feed))], &body);
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"accepted":1}"#));
+    };
+    // A tick posted to node c reaches every node.
+    tick(&nodes[2], "100.00", "101.00");
+    let everywhere = |want: (&str, &str)| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (n, key) in nodes.iter().zip(&keys) {
+            while quote_through(n, key, "BTC-USD") != Some((want.0.into(), want.1.into())) {
+                assert!(Instant::now() < deadline, "{:?} on a node, not {want:?}", quote_through(n, key, "BTC-USD"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    everywhere(("100.00", "101.00"));
+    // A resting buy on node a's account, placed through node b; a tick through node c that
+    // crosses it fills it on its owner.
+    let auth = bearer(&keys[0]);
+    let r = nodes[1].req(
+        "POST",
+        "/v1/orders",
+        &[JSON, ("Authorization", &auth)],
+        r#"{"symbol":"BTC-USD","side":"buy","qty":"0.01","limit_price":"99.00","tif":"gtc"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["status"], "new", "{}", r.body);
+    let order = r.json()["id"].as_u64().unwrap();
+    tick(&nodes[2], "98.00", "98.50");
+    everywhere(("98.00", "98.50"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = nodes[2].req("GET", &format!("/v1/orders/{order}"), &[("Authorization", &auth)], "").json();
+        if o["status"] == "filled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{o}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Many ticks through the three nodes at once: every node applies them in the same order.
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let (http, feed) = (nodes[i].http, feed.clone());
+            std::thread::spawn(move || {
+                let mut c = support::Conn::open(http);
+                for j in 0..20 {
+                    let body = format!(
+                        r#"[{{"symbol":"ETH-USD","bid":"{}.00","ask":"{}.50"}}]"#,
+                        3000 + i * 100 + j,
+                        3000 + i * 100 + j
+                    );
+                    let r =
+                        c.send("POST", "/v1/market/ticks", &[JSON, ("Authorization", &bearer(&feed))], body.as_bytes());
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let last = redis.query(&["XREVRANGE", "signalgate:quotes", "+", "-", "COUNT", "1"]).unwrap();
+    let last = last.lines().nth(2).unwrap().split(' ').collect::<Vec<_>>();
+    let bid = format!("{}.{:02}", last[1].parse::<u64>().unwrap() / 100, last[1].parse::<u64>().unwrap() % 100);
+    let ask = format!("{}.{:02}", last[2].parse::<u64>().unwrap() / 100, last[2].parse::<u64>().unwrap() % 100);
+    everywhere_symbol(&nodes, &keys, "ETH-USD", (&bid, &ask));
+}
+
+fn everywhere_symbol(nodes: &[Node], keys: &[String], symbol: &str, want: (&str, &str)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (n, key) in nodes.iter().zip(keys) {
+        while quote_through(n, key, symbol) != Some((want.0.into(), want.1.into())) {
+            assert!(Instant::now() < deadline, "{:?} on a node, not {want:?}", quote_through(n, key, symbol));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn one_elected_simulator_feeds_every_node_and_another_takes_over_when_it_dies() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let simulating = |nodes: &[Node]| -> Vec<bool> {
+        nodes.iter().map(|n| n.admin("GET", "/admin/cluster", "").json()["simulator"].as_bool().unwrap()).collect()
+    };
+    let now = simulating(&nodes);
+    assert_eq!(now.iter().filter(|s| **s).count(), 1, "{now:?}");
+    let keys: Vec<String> = ["a", "b", "c"].iter().map(|id| account_on(&redis, &nodes[0], id).1).collect();
+    for (n, key) in nodes.iter().zip(&keys) {
+        n.wait_for_quote(key, "BTC-USD");
+    }
+    // The elected node dies: within its lease another one feeds the cluster.
+    let elected = now.iter().position(|s| *s).unwrap();
+    let _ = nodes.remove(elected).crash();
+    let live_keys: Vec<String> =
+        keys.iter().enumerate().filter(|(i, _)| *i != elected).map(|(_, k)| k.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while simulating(&nodes).iter().filter(|s| **s).count() != 1 {
+        assert!(Instant::now() < deadline, "nobody took over: {:?}", simulating(&nodes));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before: Vec<_> = nodes.iter().zip(&live_keys).map(|(n, k)| quote_through(n, k, "BTC-USD")).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after: Vec<_> = nodes.iter().zip(&live_keys).map(|(n, k)| quote_through(n, k, "BTC-USD")).collect();
+        if after.iter().zip(&before).all(|(a, b)| a != b) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "quotes stopped: {before:?} {after:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -18,6 +18,7 @@ use crate::history::{Candles, History, Performance, Query, Trades, TRADE_FIELDS}
 use crate::journal::Refusal;
 use crate::json::{Reader, Value, Writer};
 use crate::metrics::Route;
+use crate::node::request::Answer;
 use crate::node::{Node, Routes};
 use crate::postgres::offload;
 use crate::ws::WsStats;
@@ -565,15 +566,43 @@ fn post_ticks<'a>(node: &mut Node, req: &Request<'a>, resp: &mut Response, now: 
     if !key.roles.feed {
         return Err(FORBIDDEN_FEED);
     }
-    let count = read_ticks(node, req.body, now, false)?;
-    read_ticks(node, req.body, now, true)?;
-    let mut w = Writer::new(&mut resp.body);
-    w.begin_object().key("accepted").u64(count as u64).end_object();
+    let count = read_ticks(node, req.body, now, None)?;
+    let mut answer = Vec::new();
+    Writer::new(&mut answer).begin_object().key("accepted").u64(count as u64).end_object();
+    let Some(cluster) = node.cluster.clone() else {
+        read_ticks(node, req.body, now, Some(&mut |n, q| n.apply_quote(q, now)))?;
+        resp.body.extend_from_slice(&answer);
+        return Ok(());
+    };
+    // On a cluster node the ticks go to every node in the cluster's one order (this one applies
+    // them as they come back): the answer waits until Redis has them.
+    let mut quotes = Vec::with_capacity(count);
+    read_ticks(node, req.body, now, Some(&mut |_, q| quotes.push(q)))?;
+    let published = cluster.publish_quotes(quotes);
+    let answer = Box::pin(async move {
+        Some(match published.await {
+            Ok(()) => Answer { status: 200, body: answer, cache_control: None, etag: None },
+            Err(e) => {
+                let mut body = Vec::new();
+                e.write(&mut body);
+                Answer { status: e.status, body, cache_control: None, etag: None }
+            }
+        })
+    });
+    resp.later = Some(Later { route: Route::Ticks, answer });
     Ok(())
 }
 
-/// Reads the tick batch; applies it when `apply` is set. Returns the number of ticks.
-fn read_ticks<'a>(node: &mut Node, doc: &'a [u8], now: Nanos, apply: bool) -> Result<'a, usize> {
+/// Where read ticks go: applied, or collected for the cluster.
+type TickSink<'s> = dyn FnMut(&mut Node, Quote) + 's;
+
+/// Reads the tick batch and hands each tick to `sink`, if any. Returns the number of ticks.
+fn read_ticks<'a>(
+    node: &mut Node,
+    doc: &'a [u8],
+    now: Nanos,
+    mut sink: Option<&mut TickSink<'_>>,
+) -> Result<'a, usize> {
     let err = |e| ApiError::with(Code::JsonMalformed, Detail::Syntax(e, doc));
     let mut r = Reader::new(doc);
     let wrapped = match r.value().map_err(err)? {
@@ -595,8 +624,8 @@ fn read_ticks<'a>(node: &mut Node, doc: &'a [u8], now: Nanos, apply: bool) -> Re
     let mut n = 0;
     while r.next_element().map_err(err)? {
         let q = read_tick(node, &mut r, doc, now)?;
-        if apply {
-            node.apply_quote(q, now);
+        if let Some(sink) = sink.as_mut() {
+            sink(node, q);
         }
         n += 1;
     }

@@ -24,10 +24,11 @@ use glommio::net::TcpStream;
 
 use super::registry::{self, Question};
 use super::Status;
+use crate::engine::market::Quote;
 use crate::engine::types::{AccountId, KeyId};
 use crate::error::{ApiError, CLUSTER_UNAVAILABLE, OWNER_UNAVAILABLE};
 use crate::node::request::{Method, Request, Response, FORWARDED_HEADER, JSON};
-use crate::node::{Cluster, Elsewhere};
+use crate::node::{Cluster, Elsewhere, Simulator};
 use crate::rate_limit::Admission;
 
 /// How long a forwarded request may take, connection included.
@@ -146,12 +147,13 @@ impl Handle {
 pub struct Gateway {
     node_id: String,
     handle: Handle,
+    quotes: Arc<super::market::Publisher>,
 }
 
 impl Gateway {
-    /// A gateway over the cluster thread's view and the registry.
-    pub fn new(handle: Handle) -> Gateway {
-        Gateway { node_id: handle.status.node_id().to_string(), handle }
+    /// A gateway over the cluster thread's view, the registry and the quote stream.
+    pub fn new(handle: Handle, quotes: Arc<super::market::Publisher>) -> Gateway {
+        Gateway { node_id: handle.status.node_id().to_string(), handle, quotes }
     }
 }
 
@@ -197,6 +199,32 @@ impl Cluster for Gateway {
 
     fn key_id(&self) -> Option<KeyId> {
         self.handle.registry.key_id()
+    }
+
+    fn simulator(&self) -> Simulator {
+        let status = &self.handle.status;
+        if !status.redis_up() {
+            Simulator::Local
+        } else if status.simulating() {
+            Simulator::Cluster
+        } else {
+            Simulator::Idle
+        }
+    }
+
+    fn publish_quotes(&self, quotes: Vec<Quote>) -> Pin<Box<dyn Future<Output = Result<(), ApiError<'static>>>>> {
+        let published = self.quotes.publish(quotes);
+        Box::pin(async move {
+            let taken = match published {
+                Some(rx) => rx.await == Ok(true),
+                None => false,
+            };
+            if taken {
+                Ok(())
+            } else {
+                Err(CLUSTER_UNAVAILABLE)
+            }
+        })
     }
 
     fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>> {

@@ -13,6 +13,7 @@
 //! `lease:{node_id}` (a token that expires unless renewed).
 
 pub mod forward;
+pub mod market;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -33,6 +34,14 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
+}
+
+/// A connection to Redis whose calls fail after [`REDIS_TIMEOUT`] rather than hang.
+fn connect_to(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let con = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
+    con.set_read_timeout(Some(REDIS_TIMEOUT))?;
+    con.set_write_timeout(Some(REDIS_TIMEOUT))?;
+    Ok(con)
 }
 
 /// Where a member's listeners are, as the other nodes reach them.
@@ -66,9 +75,11 @@ pub struct Status {
     redis_errors: AtomicU64,
     lease_renewals: AtomicU64,
     members: Mutex<Vec<Member>>,
-    /// Times the cluster thread found Redis away or without this node's lease (it may have lost
+    /// Times a cluster thread found Redis away or without this node's lease (it may have lost
     /// what the nodes wrote): the registry then writes this node's part again.
     losses: AtomicU64,
+    /// This node runs the cluster's quote simulator (it holds the `simulator` lease).
+    simulating: AtomicBool,
     /// Every event of this node's journal up to this sequence number is in the registry.
     registered: AtomicU64,
     /// Changes published to the registry (accounts and keys).
@@ -88,6 +99,16 @@ impl Status {
         self.redis_up.load(Ordering::Relaxed)
     }
 
+    /// Whether this node runs the cluster's quote simulator.
+    pub fn simulating(&self) -> bool {
+        self.simulating.load(Ordering::Relaxed)
+    }
+
+    /// Redis was found away by a thread other than the cluster thread.
+    fn note_loss(&self) {
+        self.losses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The members, as last read (this node included).
     pub fn members(&self) -> Vec<Member> {
         self.members.lock().map(|m| m.clone()).unwrap_or_default()
@@ -98,6 +119,7 @@ impl Status {
         w.begin_object();
         w.key("node_id").str(&self.node_id);
         w.key("redis").str(if self.redis_up() { "ok" } else { "unavailable" });
+        w.key("simulator").bool(self.simulating());
         w.key("members").begin_array();
         for m in self.members() {
             w.begin_object();
@@ -164,6 +186,8 @@ impl Shared {
 /// Renews the lease when it still holds this node's token; 0 when another holds it (or none).
 const RENEW: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Takes the simulator lease for this node, or renews it; 1 when this node holds it.
+const SIMULATOR: &str = r"local h = redis.call('GET', KEYS[1]); if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end";
 /// Lets the lease go when it still holds this node's token.
 const RELEASE: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -215,14 +239,13 @@ struct Lease {
     entry: String,
     /// Its symbols and tiers, as JSON (the cluster's: it checked them when it joined).
     shared: String,
+    /// It runs a quote simulator (`market.simulator`): it stands for the cluster's.
+    simulates: bool,
 }
 
 impl Lease {
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let con = self.client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-        con.set_read_timeout(Some(REDIS_TIMEOUT))?;
-        con.set_write_timeout(Some(REDIS_TIMEOUT))?;
-        Ok(con)
+        connect_to(&self.client)
     }
 }
 
@@ -244,6 +267,7 @@ impl Membership {
             node_id: c.node_id.clone(),
             entry: serde_json::to_string(&listeners).map_err(|e| e.to_string())?,
             shared: serde_json::to_string(&Shared::of(cfg)).map_err(|e| e.to_string())?,
+            simulates: cfg.market.simulator,
         };
         let unreachable = |e: redis::RedisError| {
             format!("cluster: Redis at {} cannot be reached ({e}); a cluster node needs it to start", c.redis_url)
@@ -279,12 +303,14 @@ impl Membership {
             lease_renewals: AtomicU64::new(0),
             members: Mutex::new(Vec::new()),
             losses: AtomicU64::new(0),
+            simulating: AtomicBool::new(false),
             registered: AtomicU64::new(0),
             published: AtomicU64::new(0),
             forward: forward::ForwardStats::default(),
         });
         let mut con = Some(con);
         refresh_members(&mut con, &lease, &status);
+        elect_simulator(&mut con, &lease, &status);
         let thread = {
             let status = status.clone();
             Background::spawn("sg-cluster", move |stop| renew_loop(lease, con, &status, stop))?
@@ -399,9 +425,15 @@ fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status,
             Err(_) => {}
         }
         refresh_members(&mut con, &lease, status);
+        elect_simulator(&mut con, &lease, status);
     }
     let _: redis::RedisResult<i64> =
         call(&mut con, &lease, status, |c| redis::Script::new(RELEASE).key(&lease.key).arg(&lease.token).invoke(c));
+    if status.simulating() {
+        let _: redis::RedisResult<i64> = call(&mut con, &lease, status, |c| {
+            redis::Script::new(RELEASE).key(key("simulator")).arg(&lease.token).invoke(c)
+        });
+    }
 }
 
 /// Runs `f` on the connection (reconnecting first if the last call broke it); keeps
@@ -436,6 +468,24 @@ fn call<T>(
         Ok(_) => {}
     }
     result
+}
+
+/// Takes or keeps the simulator lease when this node runs a simulator: one node feeds the cluster.
+fn elect_simulator(con: &mut Option<redis::Connection>, lease: &Lease, status: &Status) {
+    if !lease.simulates {
+        return;
+    }
+    let held: redis::RedisResult<i64> = call(con, lease, status, |c| {
+        redis::Script::new(SIMULATOR)
+            .key(key("simulator"))
+            .arg(&lease.token)
+            .arg(lease.lease.as_millis() as u64)
+            .invoke(c)
+    });
+    let now = held.is_ok_and(|h| h == 1);
+    if status.simulating.swap(now, Ordering::Relaxed) != now {
+        log::info!("cluster: this node {} the cluster's quote simulator", if now { "runs" } else { "no longer runs" });
+    }
 }
 
 /// Reads the members and whether each lease is alive.

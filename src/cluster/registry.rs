@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{key, Status, REDIS_TIMEOUT};
+use super::{connect_to as connect, key, Status};
 use crate::config::Config;
 use crate::engine::event::{Event, EventKind};
 use crate::engine::types::{AccountId, KeyId};
@@ -201,13 +201,6 @@ impl Registry {
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
     }
-}
-
-fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(REDIS_TIMEOUT)?;
-    con.set_read_timeout(Some(REDIS_TIMEOUT))?;
-    con.set_write_timeout(Some(REDIS_TIMEOUT))?;
-    Ok(con)
 }
 
 /// Writes `changes` (idempotent: publishing one twice changes nothing).
