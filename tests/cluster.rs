@@ -87,6 +87,7 @@ fn three_nodes_join_see_each_other_and_see_a_dead_one_leave() {
         "signalgate_cluster_redis_up 1",
         "signalgate_cluster_member_up{node=\"a\"} 1",
         "signalgate_cluster_member_up{node=\"b\"} 1",
+        "signalgate_cluster_registry_lag_events 0",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
@@ -225,8 +226,15 @@ fn accounts_and_keys_made_through_any_node_work_through_every_node() {
     let mut owners: Vec<&str> = made.iter().map(|(_, o)| o.as_str()).collect();
     owners.sort_unstable();
     assert_eq!(owners, ["a", "b", "c"], "{made:?}");
-    let ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
+    let mut ids: Vec<u64> = made.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "ids are the cluster's: {ids:?}");
+    // Any node lists every account of the cluster, by id.
+    ids.sort_unstable();
+    for n in &nodes {
+        let listed = n.admin("GET", "/admin/accounts", "").json();
+        let got: Vec<u64> = listed["accounts"].as_array().unwrap().iter().map(|a| a["id"].as_u64().unwrap()).collect();
+        assert_eq!(got, ids, "{listed}");
+    }
     // A key made through node b for the account node c owns; the key is shown once, by the owner.
     let (account, _) = made.iter().find(|(_, o)| o == "c").unwrap().clone();
     let r = nodes[1].admin("POST", &format!("/admin/accounts/{account}/keys"), "{}");
@@ -339,6 +347,9 @@ fn an_owner_down_is_503_for_its_accounts_only_and_redis_away_refuses_admin_chang
     }
     let r = nodes[0].admin("POST", "/admin/accounts", r#"{"name":"later","tier":"pro","cash":"1"}"#);
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("cluster.unavailable")), "{}", r.body);
+    // With node c down, its accounts cannot be listed.
+    let r = nodes[0].admin("GET", "/admin/accounts", "");
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("cluster.owner_unavailable")), "{}", r.body);
     // Redis comes back empty: the live nodes publish their accounts again, and no id of theirs is
     // given out again. (What a node that is down holds, Redis cannot know: docs/operations.md says
     // to keep Redis's data, and such a node refuses to start on an account given out twice.)

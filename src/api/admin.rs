@@ -174,7 +174,7 @@ fn admin_route(
                 AdminError::new(Code::RouteNotFound, "this node is standalone: it has no [cluster] section")
             })?;
             let mut text = Vec::new();
-            cluster.write_json(&mut crate::json::Writer::new(&mut text));
+            cluster.write_json(node.journal.durable(), &mut crate::json::Writer::new(&mut text));
             serde_json::from_slice(&text).map_err(json_error)
         }
         (_, ["admin", "cluster"]) => not_allowed(resp, "GET"),
@@ -187,6 +187,11 @@ fn admin_route(
             let v = admin_create_account(node, req.body, now)?;
             resp.status = 201;
             Ok(v)
+        }
+        (Method::Get, ["admin", "accounts"]) if node.cluster.is_some() && !req.forwarded => {
+            // Each member lists its own: the answer is all of them, by id.
+            resp.elsewhere = Some(Elsewhere::Everyone);
+            Ok(Json::Null)
         }
         (Method::Get, ["admin", "accounts"]) => Ok(admin_list_accounts(node)),
         (_, ["admin", "accounts"]) => not_allowed(resp, "GET, POST"),

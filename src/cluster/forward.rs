@@ -280,6 +280,7 @@ async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Respon
     let which = match to {
         Elsewhere::Key(_) => Listener::Http,
         Elsewhere::Account(_) | Elsewhere::KeyId(_) | Elsewhere::NewAccount => Listener::Admin,
+        Elsewhere::Everyone => return gather(&wire, handle).await,
     };
     let addr = handle.owner_listener(to, which).await?;
     let head = matches!(wire.as_slice(), [b'H', b'E', b'A', b'D', b' ', ..]);
@@ -296,6 +297,37 @@ async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Respon
     answer
 }
 
+/// Asks every member for the accounts it owns (`wire`: an admin list request) and answers with
+/// all of them, by id. A member that is down holds accounts no one can list: 503.
+async fn gather(wire: &[u8], handle: &Handle) -> Result<Response, ApiError<'static>> {
+    let members = handle.status.members();
+    if members.iter().any(|m| !m.alive) {
+        return Err(OWNER_UNAVAILABLE);
+    }
+    let mut accounts = Vec::new();
+    for m in members {
+        let asked = exchange(&m.listeners.admin, wire, false);
+        let timed_out = async {
+            glommio::timer::sleep(FORWARD_TIMEOUT).await;
+            Err(OWNER_UNAVAILABLE)
+        };
+        let answer = futures_lite::future::or(asked, timed_out).await?;
+        if answer.status != 200 {
+            return Ok(answer);
+        }
+        let mut listed: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|_| OWNER_UNAVAILABLE)?;
+        if let Some(a) = listed.get_mut("accounts").and_then(|a| a.as_array_mut()) {
+            accounts.append(a);
+        }
+    }
+    accounts.sort_by_key(|a| a["id"].as_u64());
+    let mut resp = Response::with_capacity(0);
+    resp.no_store = true;
+    resp.authenticated = true;
+    let _ = serde_json::to_writer(&mut resp.body, &serde_json::json!({ "accounts": accounts }));
+    Ok(resp)
+}
+
 /// The node id that holds what `to` names: remembered on this core for a key, else asked of the
 /// registry thread. An unknown key is answered here (401), as on a single node.
 async fn owner(to: Elsewhere, registry: &registry::Shared) -> Result<Rc<str>, ApiError<'static>> {
@@ -310,6 +342,7 @@ async fn owner(to: Elsewhere, registry: &registry::Shared) -> Result<Rc<str>, Ap
         Elsewhere::Account(a) => Question::Account(a),
         Elsewhere::KeyId(k) => Question::KeyId(k),
         Elsewhere::NewAccount => Question::NewAccount,
+        Elsewhere::Everyone => return Err(OWNER_UNAVAILABLE),
     };
     let asked = registry.ask(question).ok_or(CLUSTER_UNAVAILABLE)?;
     let answer = asked.await.map_err(|_| CLUSTER_UNAVAILABLE)?.map_err(|()| CLUSTER_UNAVAILABLE)?;
@@ -320,7 +353,7 @@ async fn owner(to: Elsewhere, registry: &registry::Shared) -> Result<Rc<str>, Ap
                 ApiError::reject(crate::engine::risk::Reject::plain(crate::engine::risk::RejectCode::AccountNotFound))
             }
             Elsewhere::KeyId(_) => ApiError::new(crate::error::Code::KeyNotFound, "no such key"),
-            Elsewhere::NewAccount => CLUSTER_UNAVAILABLE,
+            Elsewhere::NewAccount | Elsewhere::Everyone => CLUSTER_UNAVAILABLE,
         });
     };
     let owner: Rc<str> = owner.into();

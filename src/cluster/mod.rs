@@ -114,12 +114,19 @@ impl Status {
         self.members.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
-    /// `"cluster"` for `/ready` and `GET /admin/cluster`: Redis, and each member's liveness.
-    pub fn write_json(&self, w: &mut Writer<'_>) {
+    /// Events durable in this node's journal and not yet in the registry, when `durable` is.
+    fn registry_lag(&self, durable: u64) -> u64 {
+        durable.saturating_sub(self.registered.load(Ordering::Relaxed))
+    }
+
+    /// `"cluster"` for `/ready` and `GET /admin/cluster`: Redis, each member's liveness, and how
+    /// far the registry is behind the journal's `durable` event.
+    pub fn write_json(&self, durable: u64, w: &mut Writer<'_>) {
         w.begin_object();
         w.key("node_id").str(&self.node_id);
         w.key("redis").str(if self.redis_up() { "ok" } else { "unavailable" });
         w.key("simulator").bool(self.simulating());
+        w.key("registry_lag_events").u64(self.registry_lag(durable));
         w.key("members").begin_array();
         for m in self.members() {
             w.begin_object();
@@ -134,8 +141,8 @@ impl Status {
         w.end_object();
     }
 
-    /// Prometheus lines.
-    pub fn render_metrics(&self, out: &mut Vec<u8>) {
+    /// Prometheus lines (`durable`: the journal's durable event).
+    pub fn render_metrics(&self, durable: u64, out: &mut Vec<u8>) {
         use std::io::Write as _;
         let members = self.members();
         let _ = writeln!(out, "# HELP signalgate_cluster_redis_up Whether the last call to Redis succeeded.");
@@ -157,6 +164,9 @@ impl Status {
             writeln!(out, "# HELP signalgate_cluster_registered_seq The journal is in the registry up to this event.");
         let _ = writeln!(out, "# TYPE signalgate_cluster_registered_seq gauge");
         let _ = writeln!(out, "signalgate_cluster_registered_seq {}", self.registered.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP signalgate_cluster_registry_lag_events Durable events not yet in the registry.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_registry_lag_events gauge");
+        let _ = writeln!(out, "signalgate_cluster_registry_lag_events {}", self.registry_lag(durable));
         let _ = writeln!(
             out,
             "# HELP signalgate_cluster_registry_changes_total Accounts and keys published to the registry."

@@ -175,6 +175,8 @@ pub enum Elsewhere {
     KeyId(crate::engine::types::KeyId),
     /// A new account, made on the live member with the fewest accounts.
     NewAccount,
+    /// What every member holds (the list of accounts).
+    Everyone,
 }
 
 /// `Content-Type` of JSON answers.
