@@ -22,7 +22,8 @@ const KEY: &str = "sg_00112233445566778899aabbccddeeff00112233445566778899aabbcc
 const ADMIN: &str = "fuzz-admin-token-0123456789";
 const START: u64 = 1_800_000_000_000_000_000;
 /// The public API without history or status sources: the routes the hot core serves.
-const PUBLIC: Public = Public { history: None, offload: None, ws: None };
+const PUBLIC: Public = Public { history: None, offload: None, ws: None, cluster: None };
+const ADMIN_ROUTES: Admin = Admin { cluster: None };
 /// Requests before the node starts over, so that what admin requests create stays bounded.
 const RESET_EVERY: u32 = 20_000;
 
@@ -90,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         let answer = &mut h.answer;
         // The request life cycle as HTTP runs it; under `fsync = "never"` nothing in it waits.
         if admin {
-            futures_lite::future::block_on(signalgate::node::serve(&h.node, &Admin, Ok(&req), answer, h.now));
+            futures_lite::future::block_on(signalgate::node::serve(&h.node, &ADMIN_ROUTES, Ok(&req), answer, h.now));
         } else {
             futures_lite::future::block_on(signalgate::node::serve(&h.node, &PUBLIC, Ok(&req), answer, h.now));
         }
