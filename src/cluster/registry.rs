@@ -34,7 +34,7 @@ const ID_BATCH: u32 = 16;
 /// Questions waiting for the thread at most; more are refused (503) rather than queued.
 const QUESTIONS: usize = 1024;
 /// How often the thread looks for new events when nothing else wakes it.
-const POLL: Duration = Duration::from_millis(1);
+const POLL: Duration = Duration::from_millis(5);
 
 /// What the hot core asks the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
