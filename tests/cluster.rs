@@ -528,7 +528,7 @@ fn a_stream_on_any_node_carries_the_owners_events_and_resumes_on_another_node() 
 /// An account made through `via` whose owner is `node_id`, with its key.
 fn account_on(redis: &Redis, via: &Node, node_id: &str) -> (u64, String) {
     for _ in 0..10 {
-        let (id, key) = via.account("pro", "100000", serde_json::json!({}));
+        let (id, key) = via.account("enterprise", "100000", serde_json::json!({}));
         if owner(redis, id) == node_id {
             return (id, key);
         }
@@ -566,8 +566,8 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
         let r = node.req("POST", "/v1/market/ticks", &[JSON, ("Authorization", &bearer(&feed))], &body);
         assert_eq!((r.status, r.body.as_str()), (200, r#"{"accepted":1}"#));
     };
-    // A tick posted to node c reaches every node.
-    tick(&nodes[2], "100.00", "101.00");
+    // A tick posted to node b reaches every node.
+    tick(&nodes[1], "100.00", "101.00");
     let everywhere = |want: (&str, &str)| {
         let deadline = Instant::now() + Duration::from_secs(5);
         for (n, key) in nodes.iter().zip(&keys) {
@@ -578,10 +578,10 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
         }
     };
     everywhere(("100.00", "101.00"));
-    // A resting buy on node a's account, placed through node b; a tick through node c that
+    // A resting buy on node a's account, placed through node c; a tick through node b that
     // crosses it fills it on its owner.
     let auth = bearer(&keys[0]);
-    let r = nodes[1].req(
+    let r = nodes[2].req(
         "POST",
         "/v1/orders",
         &[JSON, ("Authorization", &auth)],
@@ -590,7 +590,7 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["status"], "new", "{}", r.body);
     let order = r.json()["id"].as_u64().unwrap();
-    tick(&nodes[2], "98.00", "98.50");
+    tick(&nodes[1], "98.00", "98.50");
     everywhere(("98.00", "98.50"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -672,5 +672,59 @@ fn one_elected_simulator_feeds_every_node_and_another_takes_over_when_it_dies() 
         }
         assert!(Instant::now() < deadline, "quotes stopped: {before:?} {after:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_forwarded_answer_never_shows_what_the_owners_crash_takes_back() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let (_, key) = account_on(&redis, &nodes[0], "a");
+    nodes[1].wait_for_quote(&key, "BTC-USD");
+    // Workers send signals with ids of their own through nodes b and c while node a is killed.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, key, answered, stop) = (nodes[1 + w % 2].http, key.clone(), answered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("w{w}-{i}");
+                    i += 1;
+                    let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.0001","signal_id":"{id}"}}"#);
+                    let r = support::Conn::open(http).try_send(
+                        "POST",
+                        "/v1/signals",
+                        &[JSON, ("Authorization", &bearer(&key))],
+                        body.as_bytes(),
+                    );
+                    if let Ok(r) = r {
+                        if r.status == 201 {
+                            answered.lock().unwrap().push((id, r.json()["order"]["id"].as_u64().unwrap()));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = nodes.remove(0).crash();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() > 50, "{} answers before the crash", answered.len());
+    // Node a comes back on its journal: every answered signal is there, under the same order.
+    let env = member_env(&redis, "a");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = Node::start_in(dir, &env);
+    for (id, order) in &answered {
+        let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.0001","signal_id":"{id}"}}"#);
+        let r = signal(&a, &key, &body);
+        assert_eq!(r.header("idempotent-replay"), Some("true"), "signal {id} answered 201 and lost: {}", r.body);
+        assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
     }
 }

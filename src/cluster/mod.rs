@@ -287,23 +287,41 @@ impl Membership {
             Refusal::Redis(e) => unreachable(e),
             Refusal::Config(why) => why,
         })?;
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&lease.key)
-            .arg(&lease.token)
-            .arg("NX")
-            .arg("PX")
-            .arg(c.lease_ms)
-            .query(&mut con)
-            .map_err(unreachable)?;
-        if taken.is_none() {
-            let holder: Option<String> = redis::cmd("HGET").arg(key("members")).arg(&c.node_id).query(&mut con).ok();
-            let ttl: i64 = redis::cmd("PTTL").arg(&lease.key).query(&mut con).unwrap_or(-1);
-            return Err(format!(
-                "cluster.node_id {:?} is held by a live node ({}); every node needs its own id (a node that just died lets it go within {} ms)",
-                c.node_id,
-                holder.unwrap_or_else(|| "listeners unknown".into()),
-                ttl.max(0)
-            ));
+        // A node that just died (this one, restarted by its supervisor) holds the lease until it
+        // runs out: wait that long. A live node renews it, and keeps it.
+        let patience = lease.lease + lease.lease / 3;
+        let deadline = Instant::now() + patience;
+        let mut told = false;
+        loop {
+            let taken: Option<String> = redis::cmd("SET")
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg("NX")
+                .arg("PX")
+                .arg(c.lease_ms)
+                .query(&mut con)
+                .map_err(unreachable)?;
+            if taken.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let holder: Option<String> =
+                    redis::cmd("HGET").arg(key("members")).arg(&c.node_id).query(&mut con).ok();
+                return Err(format!(
+                    "cluster.node_id {:?} is held by a live node ({}): it renewed its lease for {} ms while this node waited; every node needs its own id",
+                    c.node_id,
+                    holder.unwrap_or_else(|| "listeners unknown".into()),
+                    patience.as_millis()
+                ));
+            }
+            if !told {
+                log::warn!(
+                    "cluster: node id {:?} is held; waiting up to {patience:?} for a node that died to let it go",
+                    c.node_id
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         publish(&mut con, &lease).map_err(unreachable)?;
         let status = Arc::new(Status {
