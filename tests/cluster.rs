@@ -47,18 +47,28 @@ fn members(node: &Node) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Polls `check` until it holds, for at most 5 s; panics with what it last said otherwise.
+fn within_5s(mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = check() {
+        assert!(Instant::now() < deadline, "not within 5 s: {e}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `Ok` when `got` is `want`, else both, to say.
+fn same<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{got:?}, not {want:?}"))
+    }
+}
+
 /// Waits until `node` shows `want` as its members.
 fn wait_members(node: &Node, want: &[(&str, bool)]) {
     let want: Vec<(String, bool)> = want.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = members(node);
-        if got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "members {got:?}, expected {want:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    within_5s(|| same(members(node), want.clone()));
 }
 
 #[test]
@@ -114,11 +124,7 @@ fn a_node_keeps_serving_while_redis_is_away_and_joins_again_when_it_returns() {
     let a = member(&redis, "a");
     wait_members(&a, &[("a", true)]);
     redis.kill();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while a.metric("signalgate_cluster_redis_up") != 0 {
-        assert!(Instant::now() < deadline, "the node did not notice that Redis left");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    within_5s(|| same(a.metric("signalgate_cluster_redis_up"), 0));
     let ready = a.req("GET", "/ready", &[], "");
     assert_eq!(ready.status, 200, "a node without Redis stays ready to trade what it owns: {}", ready.body);
     assert_eq!(ready.json()["cluster"]["redis"], "unavailable");
@@ -126,11 +132,7 @@ fn a_node_keeps_serving_while_redis_is_away_and_joins_again_when_it_returns() {
     // Redis comes back empty: the node takes its lease again and publishes itself.
     let port = redis.port;
     let redis = Redis::start_on(port);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.query(&["HGET", "signalgate:members", "a"]).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the node did not publish itself again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    within_5s(|| same(redis.query(&["HGET", "signalgate:members", "a"]).unwrap().is_empty(), false));
     assert!(!redis.query(&["GET", "signalgate:config"]).unwrap().is_empty());
     wait_members(&a, &[("a", true)]);
     assert_eq!(a.metric("signalgate_cluster_redis_up"), 1);
@@ -354,11 +356,7 @@ fn an_owner_down_is_503_for_its_accounts_only_and_redis_away_refuses_admin_chang
     // given out again. (What a node that is down holds, Redis cannot know: docs/operations.md says
     // to keep Redis's data, and such a node refuses to start on an account given out twice.)
     let redis = Redis::start_on(redis.port);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.query(&["HLEN", "signalgate:owners"]).unwrap() != "2" {
-        assert!(Instant::now() < deadline, "owners: {:?}", redis.query(&["HGETALL", "signalgate:owners"]));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    within_5s(|| same(redis.query(&["HLEN", "signalgate:owners"]).unwrap(), "2".into()));
     for n in &nodes {
         wait_members(n, &[("a", true), ("b", true)]);
     }
@@ -568,16 +566,7 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
     };
     // A tick posted to node b reaches every node.
     tick(&nodes[1], "100.00", "101.00");
-    let everywhere = |want: (&str, &str)| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (n, key) in nodes.iter().zip(&keys) {
-            while quote_through(n, key, "BTC-USD") != Some((want.0.into(), want.1.into())) {
-                assert!(Instant::now() < deadline, "{:?} on a node, not {want:?}", quote_through(n, key, "BTC-USD"));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
-    everywhere(("100.00", "101.00"));
+    everywhere(&nodes, &keys, "BTC-USD", ("100.00", "101.00"));
     // A resting buy on node a's account, placed through node c; a tick through node b that
     // crosses it fills it on its owner.
     let auth = bearer(&keys[0]);
@@ -591,16 +580,11 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
     assert_eq!(r.json()["status"], "new", "{}", r.body);
     let order = r.json()["id"].as_u64().unwrap();
     tick(&nodes[1], "98.00", "98.50");
-    everywhere(("98.00", "98.50"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    everywhere(&nodes, &keys, "BTC-USD", ("98.00", "98.50"));
+    within_5s(|| {
         let o = nodes[2].req("GET", &format!("/v1/orders/{order}"), &[("Authorization", &auth)], "").json();
-        if o["status"] == "filled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{o}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        same(o["status"].clone(), serde_json::json!("filled")).map_err(|e| format!("{e}: {o}"))
+    });
     // Many ticks through the three nodes at once: every node applies them in the same order.
     let threads: Vec<_> = (0..3)
         .map(|i| {
@@ -627,16 +611,13 @@ fn ticks_posted_to_any_node_reach_every_node_in_one_order_and_fill_resting_order
     let last = last.lines().nth(2).unwrap().split(' ').collect::<Vec<_>>();
     let bid = format!("{}.{:02}", last[1].parse::<u64>().unwrap() / 100, last[1].parse::<u64>().unwrap() % 100);
     let ask = format!("{}.{:02}", last[2].parse::<u64>().unwrap() / 100, last[2].parse::<u64>().unwrap() % 100);
-    everywhere_symbol(&nodes, &keys, "ETH-USD", (&bid, &ask));
+    everywhere(&nodes, &keys, "ETH-USD", (&bid, &ask));
 }
 
-fn everywhere_symbol(nodes: &[Node], keys: &[String], symbol: &str, want: (&str, &str)) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+/// Waits until every node's owner of each key (in turn) quotes `symbol` at `want`.
+fn everywhere(nodes: &[Node], keys: &[String], symbol: &str, want: (&str, &str)) {
     for (n, key) in nodes.iter().zip(keys) {
-        while quote_through(n, key, symbol) != Some((want.0.into(), want.1.into())) {
-            assert!(Instant::now() < deadline, "{:?} on a node, not {want:?}", quote_through(n, key, symbol));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        within_5s(|| same(quote_through(n, key, symbol), Some((want.0.into(), want.1.into()))));
     }
 }
 
@@ -658,21 +639,13 @@ fn one_elected_simulator_feeds_every_node_and_another_takes_over_when_it_dies() 
     let _ = nodes.remove(elected).crash();
     let live_keys: Vec<String> =
         keys.iter().enumerate().filter(|(i, _)| *i != elected).map(|(_, k)| k.clone()).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while simulating(&nodes).iter().filter(|s| **s).count() != 1 {
-        assert!(Instant::now() < deadline, "nobody took over: {:?}", simulating(&nodes));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    within_5s(|| same(simulating(&nodes).iter().filter(|s| **s).count(), 1));
     let before: Vec<_> = nodes.iter().zip(&live_keys).map(|(n, k)| quote_through(n, k, "BTC-USD")).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    within_5s(|| {
         let after: Vec<_> = nodes.iter().zip(&live_keys).map(|(n, k)| quote_through(n, k, "BTC-USD")).collect();
-        if after.iter().zip(&before).all(|(a, b)| a != b) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "quotes stopped: {before:?} {after:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let moved = after.iter().zip(&before).all(|(a, b)| a != b);
+        same(moved, true).map_err(|_| format!("quotes stopped: {before:?} {after:?}"))
+    });
 }
 
 #[test]
