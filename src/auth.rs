@@ -1,8 +1,9 @@
 //! API keys: how they are made, hashed and found in a request.
 //!
-//! A key is 32 random bytes from the OS, shown once as `sg_` + 64 hex digits. The node keeps
-//! only its SHA-256; a request's key is hashed and looked up, so a leaked state file or journal
-//! reveals no key.
+//! A key is 32 random bytes from the OS, shown once as `sg_` + 64 hex digits; a cluster node
+//! names itself in the keys it makes (`sg_<node_id>_` + 64 hex digits), so that nginx can send a
+//! key's requests to the node that holds its account. The node keeps only its SHA-256; a
+//! request's key is hashed and looked up, so a leaked state file or journal reveals no key.
 
 use sha2::{Digest, Sha256};
 
@@ -11,10 +12,19 @@ pub const KEY_LEN: usize = 3 + 64;
 
 /// A new random key.
 pub fn generate_key() -> std::io::Result<String> {
+    generate_key_of(None)
+}
+
+/// A new random key, naming the cluster node that made it when there is one.
+pub fn generate_key_of(node: Option<&str>) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
-    let mut key = String::with_capacity(KEY_LEN);
+    let mut key = String::with_capacity(KEY_LEN + node.map_or(0, |n| n.len() + 1));
     key.push_str("sg_");
+    if let Some(n) = node {
+        key.push_str(n);
+        key.push('_');
+    }
     for b in bytes {
         key.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         key.push(char::from_digit(u32::from(b & 15), 16).unwrap_or('0'));
@@ -69,6 +79,8 @@ mod tests {
         assert!(a.starts_with("sg_") && a[3..].bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(hash_key(a.as_bytes()), hash_key(a.as_bytes()));
         assert_ne!(hash_key(a.as_bytes()), hash_key(b.as_bytes()));
+        let c = generate_key_of(Some("node-1")).unwrap();
+        assert!(c.starts_with("sg_node-1_") && c.len() == KEY_LEN + 7, "{c}");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub trait Cluster: Send + Sync {
         req: &Request<'_>,
     ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError<'static>>>>>;
 
+    /// This node's id, which the keys it makes carry (so that nginx can send them here).
+    fn node_id(&self) -> &str;
+
     /// An id for an account made here; `None` while Redis cannot be reached.
     fn account_id(&self) -> Option<AccountId>;
 

@@ -13,8 +13,13 @@ use support::Node;
 #[test]
 fn the_shipped_config_passes_nginx_t() {
     let dir = tempfile::tempdir().unwrap();
-    let conf =
-        render(dir.path(), free_port(), &["127.0.0.1:8080".parse().unwrap()], &["127.0.0.1:8082".parse().unwrap()]);
+    let conf = render(
+        dir.path(),
+        free_port(),
+        &["127.0.0.1:8080".parse().unwrap()],
+        &["127.0.0.1:8082".parse().unwrap()],
+        &[],
+    );
     let out = Command::new("nginx")
         .arg("-t")
         .arg("-p")
@@ -31,7 +36,7 @@ fn the_shipped_config_passes_nginx_t() {
 fn a_real_nginx_in_front_of_a_real_node() {
     let node = Node::start(&[]);
     node.wait_for_quote(&node.demo_key, "BTC-USD");
-    let nginx = Nginx::start(&[node.http], &[node.ws]);
+    let nginx = Nginx::start(&[node.http], &[node.ws], &[]);
     let (port, dir) = (nginx.port, &nginx.dir);
     let curl = |args: &[&str]| nginx.curl(args);
     let auth = format!("Authorization: Bearer {}", node.demo_key);

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use super::{render, Method, Request, Response};
-use crate::auth::{constant_time_eq, generate_key, hash_key, key_from_headers};
+use crate::auth::{constant_time_eq, generate_key_of, hash_key, key_from_headers};
 use crate::config::parse_limit_overrides;
 use crate::engine::account::{AccountName, LimitOverrides, Roles};
 use crate::engine::risk::RejectCode;
@@ -296,7 +296,9 @@ fn admin_create_key(node: &mut Node, account: AccountId, body: &[u8], now: Nanos
             }
         }
     }
-    let key = generate_key().map_err(|e| AdminError::new(Code::Internal, format!("no randomness: {e}")))?;
+    let named = node.cluster.as_ref().map(|c| c.node_id().to_string());
+    let key = generate_key_of(named.as_deref())
+        .map_err(|e| AdminError::new(Code::Internal, format!("no randomness: {e}")))?;
     let id = node.add_key(account, hash_key(key.as_bytes()), roles, now)?;
     Ok(json!({"key_id": id.0, "key": key, "account_id": account.0, "roles": roles_json(roles)}))
 }

@@ -193,6 +193,10 @@ impl Cluster for Gateway {
         })
     }
 
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     fn account_id(&self) -> Option<AccountId> {
         self.handle.registry.account_id()
     }

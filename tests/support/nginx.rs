@@ -25,10 +25,41 @@ fn upstreams(site: &str, port: u16, nodes: &[SocketAddr]) -> String {
     site.replace(&shipped, &servers.join("\n"))
 }
 
+/// The shipped per-node routing (commented out) made real for cluster nodes `ids`: each node id
+/// in the map, and its pair of upstreams (`nodes[i]` and `ws[i]` first, the others as backups).
+fn per_node(site: &str, ids: &[&str], nodes: &[SocketAddr], ws: &[SocketAddr]) -> String {
+    if ids.is_empty() {
+        return site.to_string();
+    }
+    let map: String = ids.iter().map(|id| format!("    {id} _{id};\n")).collect();
+    let site = site.replace("    # a _a;\n    # b _b;\n    # c _c;\n", &map);
+    let start = site.find("# upstream signalgate_a {").expect("the shipped per-node upstreams");
+    let end = site[start..].find("\n\n").map_or(site.len(), |e| start + e);
+    let pair = |name: String, addrs: &[SocketAddr], i: usize, extra: &str| {
+        let mut u = format!("upstream {name} {{\n    server {} max_fails=3 fail_timeout=5s;\n", addrs[i]);
+        for (_, a) in addrs.iter().enumerate().filter(|(j, _)| *j != i) {
+            u.push_str(&format!("    server {a} backup;\n"));
+        }
+        u.push_str(extra);
+        u.push_str("}\n");
+        u
+    };
+    let blocks: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            pair(format!("signalgate_{id}"), nodes, i, "    keepalive 16;\n")
+                + &pair(format!("signalgate_ws_{id}"), ws, i, "")
+        })
+        .collect();
+    format!("{}{}{}", &site[..start], blocks, &site[end..])
+}
+
 /// The shipped files with only host-specific things changed: paths into `dir`, the listen port,
-/// the nodes' addresses (public API and WebSocket, in the same order) and no privilege drop
-/// (tests may not have www-data). A throwaway certificate goes into `dir`.
-pub fn render(dir: &Path, listen_port: u16, nodes: &[SocketAddr], ws: &[SocketAddr]) -> PathBuf {
+/// the nodes' addresses (public API and WebSocket, in the same order; with their cluster node ids
+/// in `ids`, if any) and no privilege drop (tests may not have www-data). A throwaway certificate
+/// goes into `dir`.
+pub fn render(dir: &Path, listen_port: u16, nodes: &[SocketAddr], ws: &[SocketAddr], ids: &[&str]) -> PathBuf {
     let out = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .arg("-keyout")
@@ -44,7 +75,7 @@ pub fn render(dir: &Path, listen_port: u16, nodes: &[SocketAddr], ws: &[SocketAd
         .replace("listen 443 ssl;", &format!("listen 127.0.0.1:{listen_port} ssl;"))
         .replace("    listen [::]:443 ssl;\n", "")
         .replace("/etc/ssl/signalgate/", &format!("{d}/"));
-    let site = upstreams(&upstreams(&site, 8080, nodes), 8082, ws);
+    let site = per_node(&upstreams(&upstreams(&site, 8080, nodes), 8082, ws), ids, nodes, ws);
     std::fs::write(dir.join("signalgate.conf"), site).unwrap();
     let main = shipped("nginx.conf")
         .replace("user www-data;\n", "")
@@ -68,11 +99,12 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts the shipped configuration in front of `nodes` (public API addresses) and `ws` (their
-    /// WebSocket listeners, in the same order), and waits until it listens.
-    pub fn start(nodes: &[SocketAddr], ws: &[SocketAddr]) -> Nginx {
+    /// WebSocket listeners, in the same order; `ids`: their cluster node ids, if any), and waits
+    /// until it listens.
+    pub fn start(nodes: &[SocketAddr], ws: &[SocketAddr], ids: &[&str]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let conf = render(dir.path(), port, nodes, ws);
+        let conf = render(dir.path(), port, nodes, ws, ids);
         let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
