@@ -132,6 +132,31 @@ struct Durations {
     count: u64,
 }
 
+impl Durations {
+    fn observe(&mut self, ns: u64) {
+        let secs = ns as f64 / 1e9;
+        if let Some(i) = DURATION_BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum_ns += ns;
+        self.count += 1;
+    }
+
+    /// The histogram's lines: `name` with `labels` (`key="value",` each, or empty).
+    fn render(&self, out: &mut Vec<u8>, name: &str, labels: &str) -> std::io::Result<()> {
+        let mut cumulative = 0;
+        for (bound, n) in DURATION_BOUNDS.iter().zip(self.buckets) {
+            cumulative += n;
+            writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}")?;
+        }
+        writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count)?;
+        let labels = labels.trim_end_matches(',');
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        writeln!(out, "{name}_sum{labels} {:.9}", self.sum_ns as f64 / 1e9)?;
+        writeln!(out, "{name}_count{labels} {}", self.count)
+    }
+}
+
 /// Gauges read from the rest of the node when rendering.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
@@ -213,6 +238,10 @@ pub struct Metrics {
     pub quotes: u64,
     /// Commands refused because the journal could not write.
     pub journal_rejected: u64,
+    /// Requests a cluster node had another node serve, and how long that took.
+    forwarded: Durations,
+    /// Requests a cluster node could not have served elsewhere (503).
+    forward_failures: u64,
 }
 
 impl Default for Metrics {
@@ -234,6 +263,8 @@ impl Metrics {
             events: 0,
             quotes: 0,
             journal_rejected: 0,
+            forwarded: Durations::default(),
+            forward_failures: 0,
         }
     }
 
@@ -249,13 +280,36 @@ impl Metrics {
 
     /// Records how long a request took, from its headers parsed to its answer ready.
     pub fn observe_request(&mut self, route: Route, ns: u64) {
-        let d = &mut self.durations[route.index()];
-        let secs = ns as f64 / 1e9;
-        if let Some(i) = DURATION_BOUNDS.iter().position(|b| secs <= *b) {
-            d.buckets[i] += 1;
+        self.durations[route.index()].observe(ns);
+    }
+
+    /// Records a request another node of the cluster served (`ns`: the round trip), or could
+    /// not (`None`).
+    pub fn observe_forward(&mut self, ns: Option<u64>) {
+        match ns {
+            Some(ns) => self.forwarded.observe(ns),
+            None => self.forward_failures += 1,
         }
-        d.sum_ns += ns;
-        d.count += 1;
+    }
+
+    /// The forwarding metrics of a cluster node.
+    pub fn render_forwarding(&self, out: &mut Vec<u8>) {
+        let _ = self.render_forwarding_inner(out);
+    }
+
+    fn render_forwarding_inner(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "# HELP signalgate_cluster_forwarded_total Requests served by the node that holds their account."
+        )?;
+        writeln!(out, "# TYPE signalgate_cluster_forwarded_total counter")?;
+        writeln!(out, "signalgate_cluster_forwarded_total {}", self.forwarded.count)?;
+        writeln!(out, "# HELP signalgate_cluster_forward_failures_total Requests that could not be forwarded (503).")?;
+        writeln!(out, "# TYPE signalgate_cluster_forward_failures_total counter")?;
+        writeln!(out, "signalgate_cluster_forward_failures_total {}", self.forward_failures)?;
+        writeln!(out, "# HELP signalgate_cluster_forward_seconds Time to have another node serve a request.")?;
+        writeln!(out, "# TYPE signalgate_cluster_forward_seconds histogram")?;
+        self.forwarded.render(out, "signalgate_cluster_forward_seconds", "")
     }
 
     /// Records one signal-to-order latency.
@@ -293,26 +347,7 @@ impl Metrics {
             if d.count == 0 {
                 continue;
             }
-            let label = route.label();
-            let mut cumulative = 0;
-            for (bound, n) in DURATION_BOUNDS.iter().zip(d.buckets) {
-                cumulative += n;
-                writeln!(
-                    out,
-                    "signalgate_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"{bound}\"}} {cumulative}"
-                )?;
-            }
-            writeln!(
-                out,
-                "signalgate_http_request_duration_seconds_bucket{{route=\"{label}\",le=\"+Inf\"}} {}",
-                d.count
-            )?;
-            writeln!(
-                out,
-                "signalgate_http_request_duration_seconds_sum{{route=\"{label}\"}} {:.9}",
-                d.sum_ns as f64 / 1e9
-            )?;
-            writeln!(out, "signalgate_http_request_duration_seconds_count{{route=\"{label}\"}} {}", d.count)?;
+            d.render(out, "signalgate_http_request_duration_seconds", &format!("route=\"{}\",", route.label()))?;
         }
         let h = &self.signal_to_order_ns;
         writeln!(

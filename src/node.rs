@@ -539,14 +539,19 @@ async fn answer_when_durable<R: Routes + ?Sized>(node: &RefCell<Node>, routes: &
 /// that node's answer.
 async fn answer_elsewhere(node: &RefCell<Node>, route: Route, to: Elsewhere, req: &Request<'_>, resp: &mut Response) {
     let Some(cluster) = node.borrow().cluster.clone() else { return };
-    match cluster.forward(to, req).await {
+    let started = Instant::now();
+    let answered = cluster.forward(to, req).await;
+    let took = answered.is_ok().then(|| started.elapsed().as_nanos() as u64);
+    match answered {
         Ok(answer) => *resp = answer,
         Err(e) => {
             resp.reset();
             resp.error(&e);
         }
     }
-    node.borrow_mut().metrics.count(route, resp.status);
+    let mut node = node.borrow_mut();
+    node.metrics.observe_forward(took);
+    node.metrics.count(route, resp.status);
 }
 
 /// Holds an admin answer until the cluster's registry has what it shows, so that every node

@@ -280,7 +280,9 @@ fn accounts_and_keys_made_through_any_node_work_through_every_node() {
     // An unknown key is refused as on one node.
     let r = signal(&nodes[1], "sg_unknown", r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (401, Some("auth.invalid_key")), "{}", r.body);
-    assert!(nodes[1].metric("signalgate_cluster_forwarded_total") >= 2);
+    let forwarded = nodes[1].metric("signalgate_cluster_forwarded_total");
+    assert!(forwarded >= 2);
+    assert_eq!(nodes[1].metric("signalgate_cluster_forward_seconds_count"), forwarded);
 }
 
 #[test]

@@ -796,6 +796,7 @@ fn render_metrics<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Res
     }
     if let Some(c) = &api.cluster {
         c.render_metrics(node.journal.durable(), &mut resp.body);
+        node.metrics.render_forwarding(&mut resp.body);
     }
     Ok(())
 }

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,59 +43,6 @@ const POOLED: usize = 64;
 const REGISTERED_WAIT: Duration = Duration::from_secs(2);
 /// Largest answer taken from another node.
 const MAX_ANSWER: usize = 16 << 20;
-
-/// Forwarding counters and latency, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct ForwardStats {
-    /// Requests forwarded and answered by the other node.
-    pub forwarded: AtomicU64,
-    /// Forwards that failed (owner away, Redis away, no answer).
-    pub failed: AtomicU64,
-    /// Latency buckets (see [`BUCKETS_US`]), then the sum in µs.
-    buckets: [AtomicU64; BUCKETS_US.len() + 1],
-    sum_us: AtomicU64,
-}
-
-/// Upper bounds of the latency buckets, µs.
-const BUCKETS_US: [u64; 9] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
-
-impl ForwardStats {
-    fn observe(&self, took: Duration) {
-        let us = took.as_micros() as u64;
-        let i = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    /// Prometheus lines.
-    pub fn render(&self, out: &mut Vec<u8>) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP signalgate_cluster_forwarded_total Requests served by the node that holds their account."
-        );
-        let _ = writeln!(out, "# TYPE signalgate_cluster_forwarded_total counter");
-        let _ = writeln!(out, "signalgate_cluster_forwarded_total {}", get(&self.forwarded));
-        let _ = writeln!(
-            out,
-            "# HELP signalgate_cluster_forward_failures_total Requests that could not be forwarded (503)."
-        );
-        let _ = writeln!(out, "# TYPE signalgate_cluster_forward_failures_total counter");
-        let _ = writeln!(out, "signalgate_cluster_forward_failures_total {}", get(&self.failed));
-        let _ =
-            writeln!(out, "# HELP signalgate_cluster_forward_seconds Time to forward a request and take the answer.");
-        let _ = writeln!(out, "# TYPE signalgate_cluster_forward_seconds histogram");
-        let mut total = 0;
-        for (i, b) in BUCKETS_US.iter().enumerate() {
-            total += get(&self.buckets[i]);
-            let _ = writeln!(out, "signalgate_cluster_forward_seconds_bucket{{le=\"{}\"}} {total}", *b as f64 / 1e6);
-        }
-        total += get(&self.buckets[BUCKETS_US.len()]);
-        let _ = writeln!(out, "signalgate_cluster_forward_seconds_bucket{{le=\"+Inf\"}} {total}");
-        let _ = writeln!(out, "signalgate_cluster_forward_seconds_sum {}", get(&self.sum_us) as f64 / 1e6);
-        let _ = writeln!(out, "signalgate_cluster_forward_seconds_count {total}");
-    }
-}
 
 /// What any executor needs to reach the owner of a key or an account: the members as the
 /// cluster thread last read them, and the registry.
@@ -176,21 +122,7 @@ impl Cluster for Gateway {
     ) -> Pin<Box<dyn Future<Output = Result<Response, ApiError<'static>>>>> {
         let wire = encode(req, &self.node_id);
         let handle = self.handle.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = forward(to, wire, &handle).await;
-            let stats = &handle.status.forward;
-            match &answer {
-                Ok(_) => {
-                    stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                    stats.observe(started.elapsed());
-                }
-                Err(_) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            answer
-        })
+        Box::pin(async move { forward(to, wire, &handle).await })
     }
 
     fn node_id(&self) -> &str {
@@ -288,12 +220,7 @@ async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Respon
     };
     let addr = handle.owner_listener(to, which).await?;
     let head = matches!(wire.as_slice(), [b'H', b'E', b'A', b'D', b' ', ..]);
-    let exchange = exchange(&addr, &wire, head);
-    let timed_out = async {
-        glommio::timer::sleep(FORWARD_TIMEOUT).await;
-        Err(OWNER_UNAVAILABLE)
-    };
-    let answer = futures_lite::future::or(exchange, timed_out).await;
+    let answer = exchange(&addr, &wire, head).await;
     if answer.is_err() {
         // The account may have moved.
         handle.forget(to);
@@ -310,12 +237,7 @@ async fn gather(wire: &[u8], handle: &Handle) -> Result<Response, ApiError<'stat
     }
     let mut accounts = Vec::new();
     for m in members {
-        let asked = exchange(&m.listeners.admin, wire, false);
-        let timed_out = async {
-            glommio::timer::sleep(FORWARD_TIMEOUT).await;
-            Err(OWNER_UNAVAILABLE)
-        };
-        let answer = futures_lite::future::or(asked, timed_out).await?;
+        let answer = exchange(&m.listeners.admin, wire, false).await?;
         if answer.status != 200 {
             return Ok(answer);
         }
@@ -373,12 +295,21 @@ async fn owner(to: Elsewhere, registry: &registry::Shared) -> Result<Rc<str>, Ap
     Ok(owner)
 }
 
+/// Sends `wire` to `addr` and reads the answer, within [`FORWARD_TIMEOUT`].
+async fn exchange(addr: &str, wire: &[u8], head: bool) -> Result<Response, ApiError<'static>> {
+    let timed_out = async {
+        glommio::timer::sleep(FORWARD_TIMEOUT).await;
+        Err(OWNER_UNAVAILABLE)
+    };
+    futures_lite::future::or(exchange_now(addr, wire, head), timed_out).await
+}
+
 /// Sends `wire` to `addr` on a pooled connection (a fresh one when none is idle, or when a
 /// pooled one turns out closed before anything was answered) and reads the answer.
-async fn exchange(addr: &str, wire: &[u8], head: bool) -> Result<Response, ApiError<'static>> {
+async fn exchange_now(addr: &str, wire: &[u8], head: bool) -> Result<Response, ApiError<'static>> {
     let pooled = LOCAL.with(|l| {
         let mut l = l.borrow_mut();
-        let idle = l.idle.entry(addr.to_string()).or_default();
+        let idle = l.idle.get_mut(addr)?;
         while let Some((s, at)) = idle.pop() {
             if at.elapsed() < IDLE {
                 return Some(s);

@@ -84,8 +84,6 @@ pub struct Status {
     registered: AtomicU64,
     /// Changes published to the registry (accounts and keys).
     published: AtomicU64,
-    /// Requests forwarded to the other nodes.
-    pub forward: forward::ForwardStats,
 }
 
 impl Status {
@@ -173,7 +171,6 @@ impl Status {
         );
         let _ = writeln!(out, "# TYPE signalgate_cluster_registry_changes_total counter");
         let _ = writeln!(out, "signalgate_cluster_registry_changes_total {}", self.published.load(Ordering::Relaxed));
-        self.forward.render(out);
     }
 }
 
@@ -334,7 +331,6 @@ impl Membership {
             simulating: AtomicBool::new(false),
             registered: AtomicU64::new(0),
             published: AtomicU64::new(0),
-            forward: forward::ForwardStats::default(),
         });
         let mut con = Some(con);
         refresh_members(&mut con, &lease, &status);
