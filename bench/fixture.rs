@@ -80,7 +80,8 @@ impl Fixture {
         cfg.journal.dir = dir.to_path_buf();
         cfg.journal.fsync = fsync;
         let now = 1_800_000_000 * SECOND;
-        let (mut node, _) = Node::open(&cfg, "unused-admin-token".into(), now, false).expect("the fixture's node");
+        let (mut node, _) =
+            Node::open(&cfg, "unused-admin-token".into(), now, false, None).expect("the fixture's node");
         let overrides = LimitOverrides {
             requests_per_minute: Some(u32::MAX),
             max_orders_per_second: Some(u32::MAX),

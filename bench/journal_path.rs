@@ -126,7 +126,7 @@ fn main() {
         let mut last = 0;
         for _ in 0..3 {
             let t = Instant::now();
-            let (node, r) = Node::open(&cfg, String::new(), 0, false).unwrap();
+            let (node, r) = Node::open(&cfg, String::new(), 0, false, None).unwrap();
             times.push(t.elapsed());
             last = r.last_seq;
             drop(std::hint::black_box(node));
@@ -136,7 +136,7 @@ fn main() {
         times[1]
     };
     replay("of every event (after the fixture's set-up snapshot)");
-    let (node, _) = Node::open(&cfg, String::new(), 0, false).unwrap();
+    let (node, _) = Node::open(&cfg, String::new(), 0, false, None).unwrap();
     let t = Instant::now();
     journal::snapshot::write(dir.path(), &node.engine.state()).unwrap();
     println!("snapshot: written in {:.3} s", t.elapsed().as_secs_f64());

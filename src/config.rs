@@ -287,12 +287,47 @@ pub struct ClusterConfig {
     /// The host (name or IP) the other nodes reach this node's listeners at.
     pub address: String,
     /// How long a node stays a member without renewing its lease (ms); it renews every third.
+    /// The accounts of a node whose lease ran out move to the live nodes.
     pub lease_ms: u64,
+    /// When an answer may be sent: once its events are durable on this node and in Redis
+    /// (`replicated`), or on this node only (`local`: faster; a failover loses what Redis did not
+    /// have yet).
+    pub ack: Ack,
+    /// Redis replicas that must have an event before it counts as replicated (`WAIT`); 0: the
+    /// Redis primary alone.
+    pub redis_replicas: u32,
+}
+
+/// `cluster.ack`: what an answer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ack {
+    /// Durable on this node and in Redis.
+    Replicated,
+    /// Durable on this node.
+    Local,
+}
+
+impl Ack {
+    /// The name used in config and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ack::Replicated => "replicated",
+            Ack::Local => "local",
+        }
+    }
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { redis_url: String::new(), node_id: String::new(), address: String::new(), lease_ms: 3_000 }
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: String::new(),
+            address: String::new(),
+            lease_ms: 2_000,
+            ack: Ack::Replicated,
+            redis_replicas: 0,
+        }
     }
 }
 
@@ -301,6 +336,25 @@ impl ClusterConfig {
     pub fn enabled(&self) -> bool {
         !self.redis_url.is_empty()
     }
+
+    /// Where this node's order ids start (0 on a standalone node). Each node of a cluster gives
+    /// ids from a range of its own, `ORDER_ID_SPAN` wide and numbered after its id, so ids stay
+    /// unique when accounts move between nodes; with 8,191 numbers every id stays below 2^53,
+    /// exact in any JSON reader.
+    pub fn order_id_base(&self) -> u64 {
+        if self.enabled() {
+            u64::from(node_number(&self.node_id)) * crate::engine::ORDER_ID_SPAN
+        } else {
+            0
+        }
+    }
+}
+
+/// The number of a cluster node's order id range, 1–8191, derived from its id (FNV-1a): two
+/// members with the same number are refused at join.
+pub fn node_number(node_id: &str) -> u16 {
+    let hash = node_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (hash % 8191) as u16 + 1
 }
 
 /// `[demo]`
@@ -1033,6 +1087,26 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn cluster_nodes_give_order_ids_from_ranges_of_their_own() {
+        let c = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(c.cluster.order_id_base(), 0, "a standalone node counts from 1");
+        let numbers: Vec<u16> = ["a", "b", "c", "node-1", "node-2"].iter().map(|id| node_number(id)).collect();
+        assert!(numbers.iter().all(|n| (1..=8191).contains(n)), "{numbers:?}");
+        let mut distinct = numbers.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), numbers.len(), "{numbers:?}");
+        let c = Config::from_toml(
+            "",
+            env(&[("SIGNALGATE_CLUSTER_REDIS_URL", "redis://127.0.0.1/"), ("SIGNALGATE_CLUSTER_NODE_ID", "b")]),
+        )
+        .unwrap();
+        let base = c.cluster.order_id_base();
+        assert_eq!(base, u64::from(node_number("b")) << 40);
+        assert!(base + crate::engine::ORDER_ID_SPAN <= 1 << 53, "exact in JSON");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use std::time::Instant;
@@ -66,6 +67,13 @@ pub trait Cluster: Send + Sync {
     /// Sends quotes to every node of the cluster, in the one order they all apply them in (this
     /// node too: it applies them as they come back); `Err` when Redis cannot take them.
     fn publish_quotes(&self, quotes: Vec<Quote>) -> Pin<Box<dyn Future<Output = Result<(), ApiError<'static>>>>>;
+
+    /// Resolves with how far Redis has this node's journal once that passes `after`; `None` when
+    /// it never will (the replication stopped, or this node is stale).
+    fn replicated_after(&self, after: u64) -> Pin<Box<dyn Future<Output = Option<u64>>>>;
+
+    /// Another node took some of this node's accounts: it must not act for any, and stops.
+    fn stale(&self) -> bool;
 }
 
 /// What a node's quote simulator does.
@@ -143,6 +151,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
         idempotency_capacity: cfg.engine.idempotency_capacity,
         idempotency_ttl: cfg.engine.idempotency_ttl_secs * SECOND,
         orders_per_account: cfg.engine.orders_per_account,
+        order_id_base: cfg.cluster.order_id_base(),
     }
 }
 
@@ -167,13 +176,22 @@ pub fn journal_options(cfg: &Config) -> journal::Options {
         fsync_interval: std::time::Duration::from_millis(cfg.journal.fsync_interval_ms),
         segment_bytes: cfg.journal.segment_bytes,
         on_thread_start,
+        confirmed: None,
     }
 }
 
 impl Node {
     /// The node of a validated configuration, its state rebuilt from its data directory (a
     /// torn tail cut; damage refused unless `repair`) and its journal open for appending.
-    pub fn open(cfg: &Config, admin_token: String, now: Nanos, repair: bool) -> Result<(Node, Replayed), String> {
+    /// `replicated`: answers wait until the cluster has their events too, which it had up to
+    /// this sequence number (see [`journal::Options::confirmed`]).
+    pub fn open(
+        cfg: &Config,
+        admin_token: String,
+        now: Nanos,
+        repair: bool,
+        replicated: Option<u64>,
+    ) -> Result<(Node, Replayed), String> {
         let symbols = symbol_table(cfg);
         let venue = PaperVenue::new(
             PaperConfig {
@@ -186,7 +204,8 @@ impl Node {
         let gated = Gated::new(venue, symbols.clone());
         let mut engine = Engine::new(engine_config(cfg), symbols, tiers(cfg), gated);
         let replayed = journal::replay(&mut engine, &cfg.journal.dir, repair)?;
-        let journal = Journal::open(journal_options(cfg), &replayed.resume, replayed.last_seq)
+        let opts = journal::Options { confirmed: replicated, ..journal_options(cfg) };
+        let journal = Journal::open(opts, &replayed.resume, replayed.last_seq)
             .map_err(|e| format!("journal: cannot open {} for appending: {e}", cfg.journal.dir.display()))?;
         let mut node = Node {
             engine,
@@ -218,10 +237,18 @@ impl Node {
         self.release_to_venue();
     }
 
-    /// The journal made everything up to `seq` durable (a sync completed under `always`):
-    /// requests waiting for it are woken, and the orders and cancels it covers go to the venue.
-    pub fn on_durable(&mut self, seq: u64) {
-        self.journal.mark_durable(seq);
+    /// The journal made everything up to `seq` durable on this machine (a sync completed under
+    /// `always`): requests waiting for it are woken, and the orders and cancels it covers go to
+    /// the venue, unless the cluster must have them first.
+    pub fn on_local(&mut self, seq: u64) {
+        self.journal.mark_local(seq);
+        self.release_to_venue();
+    }
+
+    /// The cluster has every event up to `seq` (under `cluster.ack = "replicated"`): what is
+    /// also durable here is acknowledged and goes to the venue.
+    pub fn on_replicated(&mut self, seq: u64) {
+        self.journal.confirm(seq);
         self.release_to_venue();
     }
 
@@ -614,6 +641,17 @@ impl Future for DurableWait<'_> {
     }
 }
 
+/// Under `cluster.ack = "replicated"`, a task on the hot core: acknowledges what Redis has of
+/// the journal as it gets it (waking the answers that wait for it and releasing their orders to
+/// the venue), until the replication stops.
+pub async fn follow_replication(node: Rc<RefCell<Node>>, cluster: Arc<dyn Cluster>) {
+    let mut after = node.borrow().journal.durable();
+    while let Some(seq) = cluster.replicated_after(after).await {
+        after = seq;
+        node.borrow_mut().on_replicated(seq);
+    }
+}
+
 /// Under `fsync = "always"`, a task on the hot core: marks durable what each of the journal's
 /// syncs covers (waking the answers that wait for it and releasing their orders to the venue),
 /// until the journal closes.
@@ -624,7 +662,7 @@ pub async fn follow_syncs(node: Rc<RefCell<Node>>) {
             n.journal.synced_after(n.journal.durable())
         };
         match synced.await {
-            Some(seq) => node.borrow_mut().on_durable(seq),
+            Some(seq) => node.borrow_mut().on_local(seq),
             None => break,
         }
     }

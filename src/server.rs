@@ -254,21 +254,37 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     // This thread builds the hot core's state and feeds, the hot executor runs them: their large
     // tables take their page faults when they are made, not during a signal.
     crate::alloc::map_large_blocks_on_this_thread();
-    let (mut node, mut public_api, demo, (directory, stats)) = build_node(&cfg, opts, admin_token, demo_hash)?;
+    // Under `ack = "replicated"` nothing is acknowledged before Redis has it.
+    let replicated = membership
+        .as_ref()
+        .filter(|_| cfg.cluster.ack == crate::config::Ack::Replicated)
+        .map(crate::cluster::Membership::replicated);
+    let (mut node, mut public_api, demo, (directory, stats)) =
+        build_node(&cfg, opts, admin_token, demo_hash, replicated)?;
     // A cluster node publishes its accounts and keys, then follows its journal into the registry,
     // and takes quotes from the cluster's one stream of them.
-    let (_registry, _market, cluster, quotes_in) = match &membership {
+    let (_registry, _market, cluster, quotes_in, _replicator) = match &membership {
         Some(m) => {
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
+            let replicator = crate::cluster::replicate::Replicator::start(
+                &cfg,
+                &node.engine,
+                node.journal.watermarks(),
+                m.status(),
+            )?;
             let (market, quotes_in) =
                 crate::cluster::market::Market::start(&cfg.cluster.redis_url, cfg.symbols.len(), m.status())?;
             let handle = crate::cluster::forward::Handle { status: m.status(), registry: registry.shared() };
-            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(handle.clone(), market.publisher())));
+            node.cluster = Some(Arc::new(crate::cluster::forward::Gateway::new(
+                handle.clone(),
+                market.publisher(),
+                replicator.shared(),
+            )));
             public_api.cluster = Some(m.status());
-            (Some(registry), Some(market), Some(handle), Some(quotes_in))
+            (Some(registry), Some(market), Some(handle), Some(quotes_in), Some(replicator))
         }
-        None => (None, None, None, None),
+        None => (None, None, None, None, None),
     };
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
@@ -321,7 +337,8 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         Ok(Ok(())) => {
             // After the replay (which cut any torn tail): the followers read what the writer adds.
             let core = follower_core(&cfg);
-            _snapshots = spawn_snapshots(&cfg, marks.clone(), offload.clone(), snapshot_health)
+            let replicated = membership.as_ref().map(crate::cluster::Membership::status);
+            _snapshots = spawn_snapshots(&cfg, marks.clone(), offload.clone(), replicated, snapshot_health)
                 .map_err(|e| format!("cannot start the snapshot thread: {e}"))?;
             if let Some(shared) = offload {
                 _offloader = Some(
@@ -347,6 +364,9 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
     for f in fanouts {
         let _ = f.join();
     }
+    if membership.as_ref().is_some_and(|m| m.status().stale()) {
+        return Err("cluster: stopped because another node took accounts of this node (see the log)".into());
+    }
     match hot_result {
         Ok(()) => {
             log::info!("stopped cleanly");
@@ -357,11 +377,12 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
 }
 
 /// Starts the snapshot thread (unless snapshots are off): it prunes only what PostgreSQL has,
-/// when there is one.
+/// when there is one, and what Redis has, on a cluster node.
 fn spawn_snapshots(
     cfg: &Config,
     marks: Arc<journal::Watermarks>,
     offload: Option<Arc<crate::postgres::offload::Shared>>,
+    replicated: Option<Arc<crate::cluster::Status>>,
     health: Arc<journal::snapshot::Health>,
 ) -> std::io::Result<Option<journal::snapshot::Follower>> {
     let settings = journal::snapshot::Settings {
@@ -376,7 +397,10 @@ fn spawn_snapshots(
     };
     let engine_cfg = cfg.clone();
     let engine = move || crate::node::follower_engine(&engine_cfg);
-    let prune_floor = move || offload.as_ref().map_or(u64::MAX, |o| o.prune_floor());
+    let prune_floor = move || {
+        let offloaded = offload.as_ref().map_or(u64::MAX, |o| o.prune_floor());
+        offloaded.min(replicated.as_ref().map_or(u64::MAX, |s| s.replicated()))
+    };
     journal::snapshot::Follower::spawn(settings, engine, marks, prune_floor, health)
 }
 
@@ -412,10 +436,11 @@ fn build_node(
     opts: RunOptions,
     admin_token: String,
     demo_hash: Option<[u8; 32]>,
+    replicated: Option<u64>,
 ) -> Result<(Node, api::Public, Demo, StreamStart), String> {
     let now = crate::clock::now();
     let replay_started = std::time::Instant::now();
-    let (mut node, replayed) = Node::open(cfg, admin_token, now, opts.repair_journal)?;
+    let (mut node, replayed) = Node::open(cfg, admin_token, now, opts.repair_journal, replicated)?;
     log::info!(
         "journal: rebuilt state up to seq {} ({} events replayed) in {:.3} s; {} accounts, {} open orders",
         replayed.last_seq,
@@ -451,6 +476,19 @@ fn build_node(
 /// the topology pins: the first fan-out core.
 fn follower_core(cfg: &Config) -> Option<usize> {
     cfg.topology.pin.then(|| cfg.topology.fanout[0])
+}
+
+/// Drains the node once it finds that another node took some of its accounts: it must not act
+/// for them, and its next start leaves them to their owner.
+async fn stop_when_stale(cluster: Arc<dyn crate::node::Cluster>, shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        if cluster.stale() {
+            log::error!("cluster: another node took accounts of this node; it stops");
+            shutdown.trigger();
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Batches of quotes from the cluster's stream, in its order.
@@ -490,6 +528,15 @@ async fn hot_main(
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
     if let Some(quotes) = quotes_in {
         let _ = spawn_bg(Box::pin(apply_cluster_quotes(node.clone(), quotes, shutdown.clone())));
+    }
+    let cluster = node.borrow().cluster.clone();
+    if let Some(cluster) = cluster {
+        if cfg.cluster.ack == crate::config::Ack::Replicated {
+            let _ =
+                glommio::spawn_local_into(crate::node::follow_replication(node.clone(), cluster.clone()), http_queue)
+                    .map(|t| t.detach());
+        }
+        let _ = spawn_bg(Box::pin(stop_when_stale(cluster, shutdown.clone())));
     }
     let ws_sides: Result<Vec<_>, _> = ws_links
         .into_iter()

@@ -97,10 +97,15 @@ fn three_nodes_join_see_each_other_and_see_a_dead_one_leave() {
         "signalgate_cluster_redis_up 1",
         "signalgate_cluster_member_up{node=\"a\"} 1",
         "signalgate_cluster_member_up{node=\"b\"} 1",
-        "signalgate_cluster_registry_lag_events 0",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+    // Both followers of the journal keep up with it (quotes keep coming: catch them at rest).
+    within_5s(|| {
+        let lags =
+            (c.metric("signalgate_cluster_registry_lag_events"), c.metric("signalgate_cluster_replication_lag_events"));
+        same(lags, (0, 0))
+    });
     assert!(
         c.metric("signalgate_cluster_lease_renewals_total") > 0 || {
             std::thread::sleep(Duration::from_millis(500));
@@ -196,7 +201,15 @@ fn cluster_settings_without_redis_or_with_a_demo_account_are_configuration_error
 
 /// Three members of one cluster, each seeing all three alive.
 fn three(redis: &Redis) -> Vec<Node> {
-    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|id| member(redis, id)).collect();
+    three_with(redis, &[])
+}
+
+/// Like [`three`], each node with `extra` settings.
+fn three_with(redis: &Redis, extra: &[(&str, &str)]) -> Vec<Node> {
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|id| try_member(redis, id, extra).unwrap_or_else(|e| panic!("node {id} did not join: {e}")))
+        .collect();
     for n in &nodes {
         wait_members(n, &[("a", true), ("b", true), ("c", true)]);
     }
@@ -311,7 +324,8 @@ fn a_per_key_limit_holds_across_the_nodes() {
 #[test]
 fn an_owner_down_is_503_for_its_accounts_only_and_redis_away_refuses_admin_changes_only() {
     let mut redis = Redis::start();
-    let mut nodes = three(&redis);
+    // Answers that wait for Redis would wait here; see the replication tests for those.
+    let mut nodes = three_with(&redis, &[("SIGNALGATE_CLUSTER_ACK", "local")]);
     let mut keys = std::collections::HashMap::new();
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -707,4 +721,122 @@ fn a_forwarded_answer_never_shows_what_the_owners_crash_takes_back() {
         assert_eq!(r.header("idempotent-replay"), Some("true"), "signal {id} answered 201 and lost: {}", r.body);
         assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
     }
+}
+
+/// The entries of an account's stream in Redis: each one's `seq` field, and the sequence number
+/// its journal record (the `event` field) carries.
+fn stream_of(redis: &Redis, account: u64) -> Vec<(u64, u64)> {
+    let mut con = redis.connection();
+    let entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
+        redis::cmd("XRANGE").arg(format!("signalgate:events:{account}")).arg("-").arg("+").query(&mut con).unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let seq: u64 = String::from_utf8(fields["seq"].clone()).unwrap().parse().unwrap();
+            // A journal record: length, checksum, then the sequence number (little-endian).
+            let record = &fields["event"];
+            (seq, u64::from_le_bytes(record[8..16].try_into().unwrap()))
+        })
+        .collect()
+}
+
+/// The sequence numbers of `account`'s events in a stopped node's journal.
+fn journal_events_of(dir: &std::path::Path, account: u64) -> Vec<u64> {
+    let out = std::process::Command::new(support::binary())
+        .args(["journal", "inspect", "--json", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let e: Value = serde_json::from_str(l).unwrap();
+            let d = &e["data"];
+            let of = d["account"].as_u64().or(d["order"]["account"].as_u64());
+            (of == Some(account)).then(|| e["seq"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn every_event_of_an_account_reaches_its_stream_and_under_replicated_answers_wait_for_redis() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let (id, key) = nodes[0].account("pro", "100000", serde_json::json!({}));
+    let owner = nodes.iter().position(|n| n.admin("GET", &format!("/admin/accounts/{id}"), "").status == 200);
+    let owner = &nodes[owner.expect("an owner")];
+    owner.wait_for_quote(&key, "BTC-USD");
+    for i in 0..20 {
+        let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"r{i}"}}"#);
+        assert_eq!(signal(&nodes[i % 3], &key, &body).status, 201);
+        // Within the tier's 20 orders per second.
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // Redis hangs: an answer waits for it, then comes once it answers again.
+    redis.pause();
+    let started = Instant::now();
+    let waiting = {
+        let (http, key) = (owner.http, key.clone());
+        std::thread::spawn(move || {
+            let mut c = support::Conn::open(http);
+            let body = br#"{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"held"}"#;
+            let auth = bearer(&key);
+            (c.send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], body), Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!waiting.is_finished(), "answered while Redis was hung");
+    redis.resume();
+    let (r, answered) = waiting.join().unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(answered - started >= Duration::from_millis(800));
+    // Every event of the account in its owner's journal is in its stream, once, in order.
+    within_5s(|| same(owner.metric("signalgate_cluster_replication_lag_events"), 0));
+    let owner_index = nodes.iter().position(|n| std::ptr::eq(n, owner)).unwrap();
+    let mut nodes = nodes;
+    let dir = nodes.remove(owner_index).crash();
+    let journal = journal_events_of(dir.path(), id);
+    let stream = stream_of(&redis, id);
+    assert!(journal.len() > 60, "{journal:?}");
+    assert_eq!(stream.iter().map(|(s, _)| *s).collect::<Vec<_>>(), journal);
+    assert!(stream.iter().all(|(field, record)| field == record), "{stream:?}");
+    assert_eq!(redis.query(&["HGET", "signalgate:epochs", &id.to_string()]).unwrap(), "1");
+}
+
+#[test]
+fn under_local_acks_answers_do_not_wait_for_redis() {
+    let redis = Redis::start();
+    let node = try_member(&redis, "a", &[("SIGNALGATE_CLUSTER_ACK", "local")]).unwrap();
+    let (_, key) = node.account("pro", "100000", serde_json::json!({}));
+    node.wait_for_quote(&key, "BTC-USD");
+    redis.pause();
+    let started = Instant::now();
+    let r = signal(&node, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    redis.resume();
+    within_5s(|| same(node.metric("signalgate_cluster_replication_lag_events"), 0));
+}
+
+#[test]
+fn a_node_whose_account_was_taken_under_a_newer_epoch_stops_without_answering_for_it() {
+    let redis = Redis::start();
+    let mut node = member(&redis, "a");
+    let (id, key) = node.account("pro", "100000", serde_json::json!({}));
+    node.wait_for_quote(&key, "BTC-USD");
+    let buy = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
+    assert_eq!(signal(&node, &key, buy).status, 201);
+    // Another node took the account (a takeover raises its epoch): nothing more of node a's
+    // reaches the stream, its answer is never sent, and it stops, saying why.
+    let before = stream_of(&redis, id).len();
+    redis.query(&["HSET", "signalgate:epochs", &id.to_string(), "2"]).unwrap();
+    let mut c = support::Conn::open(node.http);
+    let auth = bearer(&key);
+    let r = c.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], buy.as_bytes());
+    assert!(r.as_ref().map_or(true, |r| r.status != 201), "{r:?}");
+    let status = node.wait(Duration::from_secs(10)).expect("the node stops");
+    assert!(!status.success());
+    assert!(node.log().iter().any(|l| l.contains("belong to another node")), "{:?}", node.log());
+    assert_eq!(stream_of(&redis, id).len(), before);
 }

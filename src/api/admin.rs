@@ -174,7 +174,8 @@ fn admin_route(
                 AdminError::new(Code::RouteNotFound, "this node is standalone: it has no [cluster] section")
             })?;
             let mut text = Vec::new();
-            cluster.write_json(node.journal.durable(), &mut crate::json::Writer::new(&mut text));
+            cluster
+                .write_json((node.journal.durable(), node.journal.local()), &mut crate::json::Writer::new(&mut text));
             serde_json::from_slice(&text).map_err(json_error)
         }
         (_, ["admin", "cluster"]) => not_allowed(resp, "GET"),

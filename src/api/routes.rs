@@ -777,7 +777,7 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
     // Redis only joins the nodes: each stays ready to trade the accounts it owns without it.
     if let Some(c) = &api.cluster {
         w.key("cluster");
-        c.write_json(node.journal.durable(), &mut w);
+        c.write_json((node.journal.durable(), node.journal.local()), &mut w);
     }
     w.end_object();
     Ok(())
@@ -795,7 +795,7 @@ fn render_metrics<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Res
         ws.render_metrics(&mut resp.body);
     }
     if let Some(c) = &api.cluster {
-        c.render_metrics(node.journal.durable(), &mut resp.body);
+        c.render_metrics((node.journal.durable(), node.journal.local()), &mut resp.body);
         node.metrics.render_forwarding(&mut resp.body);
     }
     Ok(())

@@ -94,12 +94,18 @@ pub struct Gateway {
     node_id: String,
     handle: Handle,
     quotes: Arc<super::market::Publisher>,
+    replication: Arc<super::replicate::Shared>,
 }
 
 impl Gateway {
-    /// A gateway over the cluster thread's view, the registry and the quote stream.
-    pub fn new(handle: Handle, quotes: Arc<super::market::Publisher>) -> Gateway {
-        Gateway { node_id: handle.status.node_id().to_string(), handle, quotes }
+    /// A gateway over the cluster thread's view, the registry, the quote stream and the
+    /// replication of the journal.
+    pub fn new(
+        handle: Handle,
+        quotes: Arc<super::market::Publisher>,
+        replication: Arc<super::replicate::Shared>,
+    ) -> Gateway {
+        Gateway { node_id: handle.status.node_id().to_string(), handle, quotes, replication }
     }
 }
 
@@ -163,11 +169,20 @@ impl Cluster for Gateway {
         })
     }
 
+    fn replicated_after(&self, after: u64) -> Pin<Box<dyn Future<Output = Option<u64>>>> {
+        Box::pin(self.replication.replicated_after(after))
+    }
+
+    fn stale(&self) -> bool {
+        self.handle.status.stale()
+    }
+
     fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>> {
-        let registry = self.handle.registry.clone();
+        let (registry, status) = (self.handle.registry.clone(), self.handle.status.clone());
         Box::pin(async move {
             let deadline = Instant::now() + REGISTERED_WAIT;
-            while registry.registered() < seq {
+            // The keys in the registry, and the account's owner in the replication.
+            while registry.registered() < seq || status.replicated() < seq {
                 if Instant::now() >= deadline {
                     return false;
                 }

@@ -15,6 +15,7 @@
 pub mod forward;
 pub mod market;
 pub mod registry;
+pub mod replicate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Ack, Config};
 use crate::json::Writer;
 
 /// Key prefix of everything the cluster keeps in Redis.
@@ -84,6 +85,16 @@ pub struct Status {
     registered: AtomicU64,
     /// Changes published to the registry (accounts and keys).
     published: AtomicU64,
+    /// What answers wait for.
+    ack: Ack,
+    /// Every event of this node's journal up to this sequence number is in Redis's streams.
+    replicated: AtomicU64,
+    /// Events written to the streams.
+    replicated_events: AtomicU64,
+    /// Batches Redis refused because another node owned one of their accounts.
+    refusals: AtomicU64,
+    /// This node found that another node took some of its accounts: it must stop.
+    stale: AtomicBool,
 }
 
 impl Status {
@@ -117,14 +128,39 @@ impl Status {
         durable.saturating_sub(self.registered.load(Ordering::Relaxed))
     }
 
+    /// Redis's streams have this node's journal up to this event.
+    pub fn replicated(&self) -> u64 {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    /// Events durable on this machine and not yet in Redis's streams, when `local` is.
+    fn replication_lag(&self, local: u64) -> u64 {
+        local.saturating_sub(self.replicated.load(Ordering::Relaxed))
+    }
+
+    /// Another node took some of this node's accounts (its lease ran out while it was cut off or
+    /// paused): it must not act for any account any more, and stops.
+    pub fn stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    fn note_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// `"cluster"` for `/ready` and `GET /admin/cluster`: Redis, each member's liveness, and how
-    /// far the registry is behind the journal's `durable` event.
-    pub fn write_json(&self, durable: u64, w: &mut Writer<'_>) {
+    /// far the registry and the replication are behind the journal's `durable` and `local`
+    /// events.
+    pub fn write_json(&self, (durable, local): (u64, u64), w: &mut Writer<'_>) {
         w.begin_object();
         w.key("node_id").str(&self.node_id);
         w.key("redis").str(if self.redis_up() { "ok" } else { "unavailable" });
+        w.key("stale").bool(self.stale());
+        w.key("ack").str(self.ack.as_str());
         w.key("simulator").bool(self.simulating());
         w.key("registry_lag_events").u64(self.registry_lag(durable));
+        w.key("replicated_seq").u64(self.replicated.load(Ordering::Relaxed));
+        w.key("replication_lag_events").u64(self.replication_lag(local));
         w.key("members").begin_array();
         for m in self.members() {
             w.begin_object();
@@ -139,8 +175,8 @@ impl Status {
         w.end_object();
     }
 
-    /// Prometheus lines (`durable`: the journal's durable event).
-    pub fn render_metrics(&self, durable: u64, out: &mut Vec<u8>) {
+    /// Prometheus lines (`durable` and `local`: the journal's marks).
+    pub fn render_metrics(&self, (durable, local): (u64, u64), out: &mut Vec<u8>) {
         use std::io::Write as _;
         let members = self.members();
         let _ = writeln!(out, "# HELP signalgate_cluster_redis_up Whether the last call to Redis succeeded.");
@@ -171,6 +207,35 @@ impl Status {
         );
         let _ = writeln!(out, "# TYPE signalgate_cluster_registry_changes_total counter");
         let _ = writeln!(out, "signalgate_cluster_registry_changes_total {}", self.published.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_replicated_seq Redis's streams have the journal up to this event."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_replicated_seq gauge");
+        let _ = writeln!(out, "signalgate_cluster_replicated_seq {}", self.replicated.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_replication_lag_events Events durable on this node and not yet in Redis's streams."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_replication_lag_events gauge");
+        let _ = writeln!(out, "signalgate_cluster_replication_lag_events {}", self.replication_lag(local));
+        let _ = writeln!(out, "# HELP signalgate_cluster_replicated_events_total Events written to Redis's streams.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_replicated_events_total counter");
+        let _ = writeln!(
+            out,
+            "signalgate_cluster_replicated_events_total {}",
+            self.replicated_events.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_replication_refusals_total Batches Redis refused: another node owned an account."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_replication_refusals_total counter");
+        let _ =
+            writeln!(out, "signalgate_cluster_replication_refusals_total {}", self.refusals.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP signalgate_cluster_stale Whether another node took accounts of this node.");
+        let _ = writeln!(out, "# TYPE signalgate_cluster_stale gauge");
+        let _ = writeln!(out, "signalgate_cluster_stale {}", u8::from(self.stale()));
     }
 }
 
@@ -284,6 +349,14 @@ impl Membership {
             Refusal::Redis(e) => unreachable(e),
             Refusal::Config(why) => why,
         })?;
+        let ids: Vec<String> = redis::cmd("HKEYS").arg(key("members")).query(&mut con).map_err(unreachable)?;
+        let number = crate::config::node_number(&c.node_id);
+        if let Some(other) = ids.iter().find(|id| **id != c.node_id && crate::config::node_number(id) == number) {
+            return Err(format!(
+                "cluster.node_id {:?} gives order ids from the same range ({number}) as member {other:?}: choose another id",
+                c.node_id
+            ));
+        }
         // A node that just died (this one, restarted by its supervisor) holds the lease until it
         // runs out: wait that long. A live node renews it, and keeps it.
         let patience = lease.lease + lease.lease / 3;
@@ -321,6 +394,7 @@ impl Membership {
             std::thread::sleep(Duration::from_millis(20));
         }
         publish(&mut con, &lease).map_err(unreachable)?;
+        let replicated = replicate::replicated_of(&mut con, &c.node_id).map_err(unreachable)?;
         let status = Arc::new(Status {
             node_id: c.node_id.clone(),
             redis_up: AtomicBool::new(true),
@@ -331,6 +405,11 @@ impl Membership {
             simulating: AtomicBool::new(false),
             registered: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            ack: c.ack,
+            replicated: AtomicU64::new(replicated),
+            replicated_events: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
         });
         let mut con = Some(con);
         refresh_members(&mut con, &lease, &status);
@@ -341,6 +420,11 @@ impl Membership {
         };
         log::info!("cluster: joined as {:?} through Redis at {}", c.node_id, c.redis_url);
         Ok(Membership { status, _thread: thread })
+    }
+
+    /// The last event of this node's journal that Redis had when the node joined.
+    pub fn replicated(&self) -> u64 {
+        self.status.replicated()
     }
 
     /// What the cluster thread last saw.

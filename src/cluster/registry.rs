@@ -10,9 +10,10 @@
 //! id; where does a new account go) and keeps pools of ids that Redis hands out, so the hot core
 //! never waits on Redis but for a request another node serves.
 //!
-//! Redis keys (prefix `signalgate:`): `owners` (account → node id), `accounts:{node_id}` (the set
-//! of a node's accounts), `keys` (key hash, hex → account), `key_accounts` (key id → account),
-//! `next_account` and `next_key` (the last ids handed out).
+//! Redis keys (prefix `signalgate:`): `keys` (key hash, hex → account), `key_accounts` (key id →
+//! account), `next_account` and `next_key` (the last ids handed out). Who owns each account
+//! (`owners`, `accounts:{node_id}`) is recorded by the replication of the journal, with the
+//! account's epoch (`cluster::replicate`), and read here.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +100,6 @@ pub struct Registry {
 struct Worker {
     client: redis::Client,
     con: Option<redis::Connection>,
-    node_id: String,
     status: Arc<Status>,
     shared: Arc<Shared>,
     reader: Reader,
@@ -166,7 +166,7 @@ impl Registry {
         let mut all = Vec::with_capacity(accounts.len() + engine.keys().len());
         all.extend(accounts.iter().map(|&a| Change::Account(AccountId(a))));
         all.extend(engine.keys().iter().map(|k| Change::Key { key: k.id, account: k.account, hash: k.hash }));
-        publish_all(&mut con, &c.node_id, &all, (0, 0)).map_err(redis_err)?;
+        publish_all(&mut con, &all, (0, 0)).map_err(redis_err)?;
         let (questions, asked) = std::sync::mpsc::sync_channel(QUESTIONS);
         status.registered.store(engine.last_seq(), Ordering::Release);
         let shared = Arc::new(Shared {
@@ -178,7 +178,6 @@ impl Registry {
         let mut worker = Worker {
             client,
             con: Some(con),
-            node_id: c.node_id.clone(),
             status,
             shared: shared.clone(),
             reader: Reader::new(&cfg.journal.dir, engine.last_seq() + 1, Limit::Durable(marks)),
@@ -203,16 +202,13 @@ impl Registry {
     }
 }
 
-/// Writes `changes` (idempotent: publishing one twice changes nothing).
-fn publish(con: &mut redis::Connection, node_id: &str, changes: &[Change]) -> redis::RedisResult<()> {
+/// Writes `changes` (idempotent: publishing one twice changes nothing). Who owns an account is
+/// the replication's to record (`cluster::replicate`), with its epoch.
+fn publish(con: &mut redis::Connection, changes: &[Change]) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
-    let mine = key(&format!("accounts:{node_id}"));
     for c in changes {
         match *c {
-            Change::Account(a) => {
-                pipe.cmd("HSET").arg(key("owners")).arg(a.0).arg(node_id).ignore();
-                pipe.cmd("SADD").arg(&mine).arg(a.0).ignore();
-            }
+            Change::Account(_) => {}
             Change::Key { key: k, account, hash } => {
                 pipe.cmd("HSET").arg(key("keys")).arg(hex(&hash)).arg(account.0).ignore();
                 pipe.cmd("HSET").arg(key("key_accounts")).arg(k.0).arg(account.0).ignore();
@@ -224,14 +220,9 @@ fn publish(con: &mut redis::Connection, node_id: &str, changes: &[Change]) -> re
 
 /// Writes every change of `all` and raises the id counters past every id this node holds or has
 /// in its pools (`pooled`: the highest account and key ids).
-fn publish_all(
-    con: &mut redis::Connection,
-    node_id: &str,
-    all: &[Change],
-    pooled: (u32, u32),
-) -> redis::RedisResult<()> {
+fn publish_all(con: &mut redis::Connection, all: &[Change], pooled: (u32, u32)) -> redis::RedisResult<()> {
     for chunk in all.chunks(4096) {
-        publish(con, node_id, chunk)?;
+        publish(con, chunk)?;
     }
     let (mut accounts, mut keys) = pooled;
     for c in all {
@@ -281,8 +272,8 @@ impl Worker {
                 Change::Key { key, .. } => pooled.1 = pooled.1.max(key.0),
             }
         }
-        let (node_id, all) = (self.node_id.clone(), std::mem::take(&mut self.all));
-        if self.call(|c| publish_all(c, &node_id, &all, pooled)).is_ok() {
+        let all = std::mem::take(&mut self.all);
+        if self.call(|c| publish_all(c, &all, pooled)).is_ok() {
             self.lost = false;
             log::info!("cluster registry: published this node's {} accounts and keys again", all.len());
         }
@@ -360,8 +351,8 @@ impl Worker {
                 }
             }
         }
-        let (node_id, pending) = (self.node_id.clone(), std::mem::take(&mut self.pending));
-        let done = pending.is_empty() || self.call(|c| publish(c, &node_id, &pending)).is_ok();
+        let pending = std::mem::take(&mut self.pending);
+        let done = pending.is_empty() || self.call(|c| publish(c, &pending)).is_ok();
         if done {
             self.status.published.fetch_add(pending.len() as u64, Ordering::Relaxed);
             self.all.extend_from_slice(&pending);

@@ -48,7 +48,13 @@ pub struct EngineConfig {
     pub idempotency_ttl: Nanos,
     /// Orders remembered per account (open ones are always kept).
     pub orders_per_account: usize,
+    /// Order ids this engine gives are `order_id_base + 1 ..= order_id_base + ORDER_ID_SPAN`
+    /// (0 on a standalone node; a cluster node's range of its own).
+    pub order_id_base: u64,
 }
+
+/// How many order ids one engine gives (see [`EngineConfig::order_id_base`]).
+pub const ORDER_ID_SPAN: u64 = 1 << 40;
 
 /// How much to trade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +173,7 @@ impl<V: Venue> Engine<V> {
             quotes: vec![None; n],
             venue,
             next_seq: 1,
-            next_order: 1,
+            next_order: cfg.order_id_base + 1,
             day: 0,
             events: Vec::with_capacity(4096),
             executions: Vec::with_capacity(1024),
@@ -1132,7 +1138,10 @@ impl<V: Venue> Engine<V> {
     }
 
     fn apply_accepted(&mut self, order: Order, ts: Nanos) {
-        self.next_order = self.next_order.max(order.id.0 + 1);
+        // Orders of other ranges came with an account from another node.
+        if (self.cfg.order_id_base + 1..=self.cfg.order_id_base + ORDER_ID_SPAN).contains(&order.id.0) {
+            self.next_order = self.next_order.max(order.id.0 + 1);
+        }
         let Some(i) = self.index_of(order.account) else { return };
         self.orders.insert(order.id, order);
         let a = &mut self.accounts[i];

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::account::{AccountName, AccountState, LimitOverrides, RiskLimits, StateReason, Tier};
-use super::event::EventKind;
+use super::event::{Event, EventKind};
 use super::market::Quote;
 use super::order::OrderStatus;
 use super::risk::RejectCode;
@@ -63,6 +63,7 @@ fn engine_with(fee_bps: u32, slippage_bps: u32, latency: u64) -> Engine<PaperVen
         idempotency_capacity: 1000,
         idempotency_ttl: DAY,
         orders_per_account: 64,
+        order_id_base: 0,
     };
     let venue = PaperVenue::new(PaperConfig { slippage_bps, fee_bps, latency }, &specs());
     Engine::new(cfg, SymbolTable::new(specs()), vec![Tier { name: "t".into(), limits: limits() }], venue)
@@ -664,7 +665,7 @@ proptest! {
     #[test]
     fn extreme_values_never_wrap(cash in extreme(), steps in proptest::collection::vec(extreme_step(), 1..30)) {
         let wide = SymbolSpec { id: BTC, name: "W".into(), price_decimals: 4, qty_decimals: 4, tick: 1, lot: 1, max_order_qty: i64::MAX };
-        let cfg = EngineConfig { price_collar_bps: u32::MAX, max_quote_age: u64::MAX, idempotency_capacity: 100, idempotency_ttl: DAY, orders_per_account: 64 };
+        let cfg = EngineConfig { price_collar_bps: u32::MAX, max_quote_age: u64::MAX, idempotency_capacity: 100, idempotency_ttl: DAY, orders_per_account: 64, order_id_base: 0 };
         let venue = PaperVenue::new(PaperConfig { slippage_bps: 10_000, fee_bps: 10_000, latency: 0 }, std::slice::from_ref(&wide));
         let unlimited = RiskLimits {
             requests_per_minute: u32::MAX,
@@ -766,4 +767,22 @@ fn accounts_and_keys_keep_the_ids_a_cluster_hands_out_through_events_and_snapsho
     assert_eq!(restored.account(AccountId(7)).map(|a| a.cash), Some(10));
     assert!(restored.key(KeyId(100)).unwrap().revoked);
     assert_eq!(restored.next_key_id(), KeyId(102));
+}
+
+#[test]
+fn a_cluster_node_gives_order_ids_from_its_own_range_whatever_orders_it_replays() {
+    let base = 3 * super::ORDER_ID_SPAN;
+    let venue = || PaperVenue::new(PaperConfig { slippage_bps: 0, fee_bps: 0, latency: 0 }, &specs());
+    let cfg = EngineConfig { order_id_base: base, ..*engine().config() };
+    let mut e = Engine::new(cfg, SymbolTable::new(specs()), vec![Tier { name: "t".into(), limits: limits() }], venue());
+    let a = open(&mut e, 10_000, LimitOverrides::default());
+    quote(&mut e, BTC, 10_000, 10_010, 500, T0);
+    let first = e.signal(a, &spec(BTC, buy(1)), T0).unwrap().answer.order.unwrap().id;
+    assert_eq!(first, OrderId(base + 1));
+    // Orders of another node's range (an account that moved here) leave this node's count alone.
+    let mut foreign = *e.order(first).unwrap();
+    foreign.id = OrderId(7 * super::ORDER_ID_SPAN + 40);
+    e.apply_event(&Event { seq: e.last_seq() + 1, ts: T0, kind: EventKind::OrderAccepted { order: foreign } });
+    let next = e.signal(a, &spec(BTC, buy(1)), T0).unwrap().answer.order.unwrap().id;
+    assert_eq!(next, OrderId(base + 2));
 }

@@ -32,7 +32,10 @@ use crate::engine::Engine;
 pub enum Limit {
     /// Up to what may be acknowledged and sent (a running node's stream and history).
     Durable(Arc<Watermarks>),
-    /// Up to what survives a power loss (what goes to PostgreSQL, and into snapshots).
+    /// Up to what is durable on this machine (what a cluster's replication reads, to confirm it).
+    Local(Arc<Watermarks>),
+    /// Up to what survives a power loss and may be acknowledged (what goes to PostgreSQL, and
+    /// into snapshots).
     Stable(Arc<Watermarks>),
     /// Every record in the files (a stopped node's directory).
     Files,
@@ -42,7 +45,8 @@ impl Limit {
     fn now(&self) -> u64 {
         match self {
             Limit::Durable(w) => w.durable(),
-            Limit::Stable(w) => w.stable(),
+            Limit::Local(w) => w.local(),
+            Limit::Stable(w) => w.stable().min(w.durable()),
             Limit::Files => u64::MAX,
         }
     }

@@ -84,6 +84,10 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Runs on the journal's threads when they start (to pin them to a core).
     pub on_thread_start: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// `Some(n)`: events are acknowledged only once something outside the journal has them
+    /// too (a cluster's replication), which had every event up to `n` when the journal opened;
+    /// see [`Journal::confirm`]. `None`: durable here is enough.
+    pub confirmed: Option<u64>,
 }
 
 /// Bytes mapped for writing ahead of the writer by the prefault thread.
@@ -94,17 +98,63 @@ const PREFAULT_EVERY: Duration = Duration::from_millis(2);
 const NEXT_SEGMENT: &str = "next.seg.tmp";
 
 /// How far the journal is, for any thread: a follower reads events up to [`Watermarks::durable`];
-/// what survives a power loss under the policy is up to [`Watermarks::stable`].
+/// what survives a power loss under the policy is up to [`Watermarks::stable`]; what is durable on
+/// this machine (all a journal without [`Options::confirmed`] waits for) is up to
+/// [`Watermarks::local`], where the follower that confirms events reads.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     durable: AtomicU64,
     stable: AtomicU64,
+    local: AtomicU64,
+    /// A thread sleeps in [`Watermarks::wait_local`]: the writer wakes it.
+    local_waiting: AtomicBool,
+    local_lock: Mutex<()>,
+    local_moved: Condvar,
 }
 
 impl Watermarks {
+    fn at(seq: u64) -> Watermarks {
+        Watermarks {
+            durable: AtomicU64::new(seq),
+            stable: AtomicU64::new(seq),
+            local: AtomicU64::new(seq),
+            ..Watermarks::default()
+        }
+    }
+
     /// Events up to this one may be acknowledged, sent and read by followers.
     pub fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+
+    /// Events up to this one are durable on this machine under the policy.
+    pub fn local(&self) -> u64 {
+        self.local.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`Watermarks::local`] passes `after`, or `timeout` passes; returns it.
+    pub fn wait_local(&self, after: u64, timeout: Duration) -> u64 {
+        let now = self.local();
+        if now > after {
+            return now;
+        }
+        let guard = lock(&self.local_lock);
+        self.local_waiting.store(true, Ordering::SeqCst);
+        let now = self.local.load(Ordering::SeqCst);
+        if now > after {
+            return now;
+        }
+        let _ = self.local_moved.wait_timeout(guard, timeout);
+        self.local()
+    }
+
+    fn set_local(&self, seq: u64) {
+        self.local.store(seq, Ordering::SeqCst);
+        if self.local_waiting.load(Ordering::SeqCst) {
+            let _guard = lock(&self.local_lock);
+            self.local_waiting.store(false, Ordering::Relaxed);
+            self.local_moved.notify_all();
+        }
     }
 
     /// Events up to this one survive a power loss under the policy (synced; under `never`,
@@ -216,6 +266,10 @@ pub struct Journal {
     /// Records with no room yet (no next segment prepared in time): not durable until copied.
     overflow: Vec<u8>,
     appended: u64,
+    /// Durable on this machine.
+    local: u64,
+    /// Confirmed from outside (under [`Options::confirmed`]).
+    confirmed: u64,
     durable: u64,
     closed: bool,
     /// Requests waiting for their events under `always`, lowest sequence number first.
@@ -232,7 +286,10 @@ impl Journal {
     pub fn open(opts: Options, resume: &Resume, last_seq: u64) -> io::Result<Journal> {
         let _ = std::fs::remove_file(opts.dir.join(NEXT_SEGMENT));
         let headroom = (opts.segment_bytes as usize / 4).min(4 << 20);
-        let marks = Arc::new(Watermarks { durable: AtomicU64::new(last_seq), stable: AtomicU64::new(last_seq) });
+        let marks = Arc::new(Watermarks::at(last_seq));
+        // Replayed events an outside party never confirmed are acknowledged once it does.
+        let confirmed = opts.confirmed.map_or(last_seq, |c| c.min(last_seq));
+        marks.durable.store(confirmed, Ordering::Release);
         let shared = Arc::new(Shared {
             opts,
             marks,
@@ -274,7 +331,9 @@ impl Journal {
             scratch: Vec::with_capacity(64 * 1024),
             overflow: Vec::new(),
             appended: last_seq,
-            durable: last_seq,
+            local: last_seq,
+            confirmed,
+            durable: confirmed,
             closed: false,
             waiters: RefCell::new(BinaryHeap::with_capacity(1024)),
             threads: Vec::new(),
@@ -363,11 +422,11 @@ impl Journal {
             }
             FsyncPolicy::Interval => {
                 self.shared.wanted.fetch_max(in_mapping, Ordering::AcqRel);
-                self.mark_durable(in_mapping);
+                self.mark_local(in_mapping);
             }
             FsyncPolicy::Never => {
                 self.shared.marks.stable.fetch_max(in_mapping, Ordering::Release);
-                self.mark_durable(in_mapping);
+                self.mark_local(in_mapping);
             }
         }
     }
@@ -531,6 +590,11 @@ impl Journal {
         self.durable
     }
 
+    /// Last sequence number durable on this machine.
+    pub fn local(&self) -> u64 {
+        self.local
+    }
+
     /// Last sequence number on stable storage.
     pub fn stable(&self) -> u64 {
         self.shared.marks.stable()
@@ -541,8 +605,29 @@ impl Journal {
         self.overflow.len()
     }
 
-    /// Everything up to `seq` may now be acknowledged: wakes the requests waiting for it.
-    pub fn mark_durable(&mut self, seq: u64) {
+    /// Everything up to `seq` is durable on this machine (what a sync under `always` covers): it
+    /// may be acknowledged, unless it must be confirmed as well.
+    pub fn mark_local(&mut self, seq: u64) {
+        if seq > self.local {
+            self.local = seq;
+            self.shared.marks.set_local(seq);
+            self.advance();
+        }
+    }
+
+    /// Under [`Options::confirmed`], the outside party has every event up to `seq`: what is also
+    /// durable here may be acknowledged.
+    pub fn confirm(&mut self, seq: u64) {
+        if seq > self.confirmed {
+            self.confirmed = seq;
+            self.advance();
+        }
+    }
+
+    /// Moves the acknowledged mark to what is both local and (when needed) confirmed, and wakes
+    /// the requests waiting for it.
+    fn advance(&mut self) {
+        let seq = if self.shared.opts.confirmed.is_some() { self.local.min(self.confirmed) } else { self.local };
         if seq > self.durable {
             self.durable = seq;
             self.shared.marks.durable.store(seq, Ordering::Release);
@@ -600,7 +685,7 @@ impl Journal {
                 if self.shared.opts.fsync != FsyncPolicy::Never {
                     self.shared.marks.stable.store(stable, Ordering::Release);
                 }
-                self.mark_durable(self.appended);
+                self.mark_local(self.appended);
             } else {
                 log::error!(
                     "journal: events {}..={} found no room before the node stopped; they were not acknowledged and their orders not sent",
@@ -946,6 +1031,7 @@ mod tests {
             fsync_interval: Duration::from_millis(5),
             segment_bytes: 1 << 20,
             on_thread_start: None,
+            confirmed: None,
         }
     }
 
@@ -957,6 +1043,7 @@ mod tests {
             idempotency_capacity: 16,
             idempotency_ttl: 1,
             orders_per_account: 16,
+            order_id_base: 0,
         };
         let symbols = crate::engine::symbol::SymbolTable::new(vec![]);
         let mut engine = crate::engine::Engine::new(config, symbols, vec![], crate::engine::venue::NoVenue);
@@ -1127,7 +1214,7 @@ mod tests {
         let synced = futures_lite::future::block_on(j.synced_after(0));
         assert_eq!(synced, Some(3));
         assert!(marks.stable() >= 3);
-        j.mark_durable(3);
+        j.mark_local(3);
         assert_eq!(read_all(dir.path(), Limit::Durable(marks)), vec![1, 2, 3]);
         j.close();
         assert_eq!(futures_lite::future::block_on(j.synced_after(3)), None, "a closed journal syncs no more");

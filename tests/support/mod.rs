@@ -622,6 +622,24 @@ impl Redis {
         Ok(text(&v))
     }
 
+    /// A connection, for what [`Redis::query`] cannot show (binary fields).
+    pub fn connection(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_connection_with_timeout(Duration::from_secs(2)).unwrap()
+    }
+
+    /// Stops it with SIGSTOP (a hung Redis: connections open, nothing answered).
+    pub fn pause(&self) {
+        // SAFETY: kill(2) with the pid of a child this struct owns and has not reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGSTOP) }, 0);
+    }
+
+    /// Lets it go on after [`Redis::pause`].
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) }, 0);
+    }
+
     /// Kills it, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
