@@ -116,6 +116,8 @@ codes! {
     ClusterUnavailable => "cluster.unavailable", 503, "the cluster's Redis cannot be reached, so nothing was changed";
     /// The node that owns the account cannot be reached.
     ClusterOwnerUnavailable => "cluster.owner_unavailable", 503, "the node that owns this account cannot be reached (a signal with a signal_id is safe to send again)";
+    /// A cluster node whose lease lapsed cannot tell whether it still owns the account.
+    ClusterNotOwner => "cluster.not_owner", 503, "this node's cluster lease lapsed, so it cannot act for the account now; nothing was changed";
     /// A plain HTTP request on the WebSocket listener.
     WsUpgradeRequired => "ws.upgrade_required", 426, "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket";
     /// No valid `Sec-WebSocket-Key`.
@@ -308,6 +310,10 @@ pub const CLUSTER_UNAVAILABLE: ApiError<'static> =
 /// The owner of the account cannot be reached.
 pub const OWNER_UNAVAILABLE: ApiError<'static> =
     ApiError::with(Code::ClusterOwnerUnavailable, Detail::Unavailable(Code::ClusterOwnerUnavailable.message(), 1));
+
+/// A cluster node whose lease lapsed may no longer own the account.
+pub const NOT_OWNER: ApiError<'static> =
+    ApiError::with(Code::ClusterNotOwner, Detail::Unavailable(Code::ClusterNotOwner.message(), 1));
 
 /// A history query the history thread could not take.
 pub const HISTORY_BUSY: ApiError<'static> =

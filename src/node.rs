@@ -74,6 +74,12 @@ pub trait Cluster: Send + Sync {
 
     /// Another node took some of this node's accounts: it must not act for any, and stops.
     fn stale(&self) -> bool;
+
+    /// Whether this node may act for its accounts now (its lease surely holds, it is not stale).
+    fn acting(&self) -> bool;
+
+    /// Whether accounts that moved here are still on their way to the hot core.
+    fn adopting(&self) -> bool;
 }
 
 /// What a node's quote simulator does.
@@ -276,14 +282,22 @@ impl Node {
             .ok_or(MISSING_KEY)?;
         let hash = hash_key(key);
         let Some(&record) = self.engine.key_by_hash(&hash) else {
-            // A key of another node of the cluster: that node serves the request.
-            if self.cluster.is_some() && !req.forwarded {
-                resp.elsewhere = Some(Elsewhere::Key(hash));
+            match &self.cluster {
+                // A key of another node of the cluster: that node serves the request.
+                Some(_) if !req.forwarded => resp.elsewhere = Some(Elsewhere::Key(hash)),
+                // Sent here as the owner's while the account's history is still on its way.
+                Some(c) if c.adopting() => return Err(crate::error::OWNER_UNAVAILABLE),
+                _ => {}
             }
             return Err(INVALID_KEY);
         };
         if record.revoked {
             return Err(REVOKED_KEY);
+        }
+        // A cluster node whose lease lapsed (paused, cut off) may have lost the account to
+        // another node: it acts for none until it knows.
+        if self.cluster.as_ref().is_some_and(|c| !c.acting()) {
+            return Err(crate::error::NOT_OWNER);
         }
         resp.authenticated = true;
         let limit = self.engine.account(record.account).map_or(0, |a| a.limits.requests_per_minute);

@@ -263,8 +263,11 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         build_node(&cfg, opts, admin_token, demo_hash, replicated)?;
     // A cluster node publishes its accounts and keys, then follows its journal into the registry,
     // and takes quotes from the cluster's one stream of them.
-    let (_registry, _market, cluster, quotes_in, _replicator) = match &membership {
+    let (_registry, _market, cluster, quotes_in, _replicator, _failover, adoptions) = match &membership {
         Some(m) => {
+            // Accounts other nodes took while this one was away are let go of first: neither the
+            // registry nor the replication sees them as this node's.
+            crate::cluster::failover::release_moved(&cfg, &mut node)?;
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
             let replicator = crate::cluster::replicate::Replicator::start(
@@ -282,9 +285,18 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
                 replicator.shared(),
             )));
             public_api.cluster = Some(m.status());
-            (Some(registry), Some(market), Some(handle), Some(quotes_in), Some(replicator))
+            let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status())?;
+            (
+                Some(registry),
+                Some(market),
+                Some(handle),
+                Some(quotes_in),
+                Some(replicator),
+                Some(failover),
+                Some(adoptions),
+            )
         }
-        None => (None, None, None, None, None),
+        None => (None, None, None, None, None, None, None),
     };
     let offload = public_api.offload.clone();
     let snapshot_health = node.snapshots.clone();
@@ -301,7 +313,8 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             .spawn(move || async move {
                 pin_if_asked(&cfg, hot_core, "hot");
                 crate::alloc::map_large_blocks_on_this_thread();
-                hot_main(cfg, (node, public_api, quotes_in), listeners, hot_links, stop, notifier, ready_tx).await;
+                let cluster = (quotes_in, adoptions);
+                hot_main(cfg, (node, public_api, cluster), listeners, hot_links, stop, notifier, ready_tx).await;
             })
             .map_err(|e| format!("cannot start the hot executor on core {hot_core}: {e}"))?
     };
@@ -496,7 +509,7 @@ type ClusterQuotes = tokio::sync::mpsc::Receiver<Vec<crate::engine::market::Quot
 
 async fn hot_main(
     cfg: Config,
-    (node, public_api, quotes_in): (Node, api::Public, Option<ClusterQuotes>),
+    (node, public_api, (quotes_in, adoptions)): (Node, api::Public, (Option<ClusterQuotes>, Option<Adoptions>)),
     (public_fd, admin_fd): (RawFd, RawFd),
     ws_links: Vec<crate::ws::HotLinks>,
     stop: Arc<AtomicBool>,
@@ -528,6 +541,9 @@ async fn hot_main(
     let _ = spawn_bg(Box::pin(housekeeping(cfg.clone(), node.clone(), shutdown.clone())));
     if let Some(quotes) = quotes_in {
         let _ = spawn_bg(Box::pin(apply_cluster_quotes(node.clone(), quotes, shutdown.clone())));
+    }
+    if let (Some(moved), Some(status)) = (adoptions, public_api.cluster.clone()) {
+        let _ = spawn_bg(Box::pin(adopt_accounts(node.clone(), moved, status, shutdown.clone())));
     }
     let cluster = node.borrow().cluster.clone();
     if let Some(cluster) = cluster {
@@ -651,6 +667,44 @@ async fn apply_cluster_quotes(node: Rc<RefCell<Node>>, mut quotes: ClusterQuotes
                 node.apply_quote(q, now);
             }
         }
+    }
+}
+
+/// Accounts that moved here from a node that died, with their history.
+type Adoptions = crate::cluster::failover::Adoptions;
+
+/// Journals each account that moves here, rebuilt from its history, and serves it from then on.
+async fn adopt_accounts(
+    node: Rc<RefCell<Node>>,
+    mut moved: Adoptions,
+    status: Arc<crate::cluster::Status>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let next = futures_lite::future::or(async { moved.recv().await }, async {
+            shutdown.wait().await;
+            None
+        });
+        let Some(a) = next.await else { break };
+        while !node.borrow().journal.accepting() && !shutdown.is_triggered() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let mut n = node.borrow_mut();
+        match n.engine.adopt(a.account, a.epoch, &a.history, crate::clock::now()) {
+            Ok(()) => {
+                n.after_command();
+                n.keys_changed();
+                log::info!(
+                    "cluster: account {} of node {:?} is served here now (epoch {}, {} events replayed)",
+                    a.account,
+                    a.from,
+                    a.epoch,
+                    a.history.len()
+                );
+            }
+            Err(e) => log::error!("cluster: account {} of node {:?} cannot be served here: {e}", a.account, a.from),
+        }
+        status.adopted();
     }
 }
 

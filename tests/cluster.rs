@@ -10,66 +10,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::cluster::*;
 use support::{bearer, Node, Redis, JSON};
-
-/// The environment of cluster node `id` on `redis`.
-fn member_env(redis: &Redis, id: &str) -> Vec<(String, String)> {
-    vec![
-        ("SIGNALGATE_CLUSTER_REDIS_URL".into(), redis.url()),
-        ("SIGNALGATE_CLUSTER_NODE_ID".into(), id.into()),
-        ("SIGNALGATE_CLUSTER_ADDRESS".into(), "127.0.0.1".into()),
-        ("SIGNALGATE_CLUSTER_LEASE_MS".into(), "600".into()),
-        ("SIGNALGATE_DEMO_ENABLED".into(), "false".into()),
-    ]
-}
-
-fn try_member(redis: &Redis, id: &str, extra: &[(&str, &str)]) -> Result<Node, String> {
-    let env = member_env(redis, id);
-    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    all.extend_from_slice(extra);
-    Node::try_start(&all)
-}
-
-fn member(redis: &Redis, id: &str) -> Node {
-    try_member(redis, id, &[]).unwrap_or_else(|e| panic!("node {id} did not join: {e}"))
-}
-
-/// `GET /admin/cluster` of `node`: node id → alive.
-fn members(node: &Node) -> Vec<(String, bool)> {
-    let r = node.admin("GET", "/admin/cluster", "");
-    assert_eq!(r.status, 200, "{}", r.body);
-    let v: Value = r.json();
-    v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["node_id"].as_str().unwrap().to_string(), m["alive"].as_bool().unwrap()))
-        .collect()
-}
-
-/// Polls `check` until it holds, for at most 5 s; panics with what it last said otherwise.
-fn within_5s(mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Err(e) = check() {
-        assert!(Instant::now() < deadline, "not within 5 s: {e}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `Ok` when `got` is `want`, else both, to say.
-fn same<T: PartialEq + std::fmt::Debug>(got: T, want: T) -> Result<(), String> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!("{got:?}, not {want:?}"))
-    }
-}
-
-/// Waits until `node` shows `want` as its members.
-fn wait_members(node: &Node, want: &[(&str, bool)]) {
-    let want: Vec<(String, bool)> = want.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    within_5s(|| same(members(node), want.clone()));
-}
 
 #[test]
 fn three_nodes_join_see_each_other_and_see_a_dead_one_leave() {
@@ -131,8 +73,10 @@ fn a_node_keeps_serving_while_redis_is_away_and_joins_again_when_it_returns() {
     redis.kill();
     within_5s(|| same(a.metric("signalgate_cluster_redis_up"), 0));
     let ready = a.req("GET", "/ready", &[], "");
-    assert_eq!(ready.status, 200, "a node without Redis stays ready to trade what it owns: {}", ready.body);
+    assert_eq!(ready.status, 200, "a node without Redis stays up: {}", ready.body);
     assert_eq!(ready.json()["cluster"]["redis"], "unavailable");
+    // It cannot tell whether its accounts were taken: it acts for none until Redis is back.
+    within_5s(|| same(a.req("GET", "/ready", &[], "").json()["cluster"]["acting"].as_bool(), Some(false)));
     assert!(a.metric("signalgate_cluster_redis_errors_total") > 0);
     // Redis comes back empty: the node takes its lease again and publishes itself.
     let port = redis.port;
@@ -141,6 +85,7 @@ fn a_node_keeps_serving_while_redis_is_away_and_joins_again_when_it_returns() {
     assert!(!redis.query(&["GET", "signalgate:config"]).unwrap().is_empty());
     wait_members(&a, &[("a", true)]);
     assert_eq!(a.metric("signalgate_cluster_redis_up"), 1);
+    within_5s(|| same(a.req("GET", "/ready", &[], "").json()["cluster"]["acting"].as_bool(), Some(true)));
 }
 
 #[test]
@@ -197,32 +142,6 @@ fn cluster_settings_without_redis_or_with_a_demo_account_are_configuration_error
     .err()
     .expect("refused");
     assert!(err.contains("demo.enabled: must be false on a cluster node"), "{err}");
-}
-
-/// Three members of one cluster, each seeing all three alive.
-fn three(redis: &Redis) -> Vec<Node> {
-    three_with(redis, &[])
-}
-
-/// Like [`three`], each node with `extra` settings.
-fn three_with(redis: &Redis, extra: &[(&str, &str)]) -> Vec<Node> {
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|id| try_member(redis, id, extra).unwrap_or_else(|e| panic!("node {id} did not join: {e}")))
-        .collect();
-    for n in &nodes {
-        wait_members(n, &[("a", true), ("b", true), ("c", true)]);
-    }
-    nodes
-}
-
-/// The node id that owns `account`, from the registry.
-fn owner(redis: &Redis, account: u64) -> String {
-    redis.query(&["HGET", "signalgate:owners", &account.to_string()]).unwrap()
-}
-
-fn signal(node: &Node, key: &str, body: &str) -> support::Resp {
-    node.req("POST", "/v1/signals", &[JSON, ("Authorization", &bearer(key))], body)
 }
 
 #[test]
@@ -322,59 +241,61 @@ fn a_per_key_limit_holds_across_the_nodes() {
 }
 
 #[test]
-fn an_owner_down_is_503_for_its_accounts_only_and_redis_away_refuses_admin_changes_only() {
+fn an_owner_down_is_503_until_its_accounts_move_and_redis_away_stops_every_owner_within_a_lease() {
     let mut redis = Redis::start();
-    // Answers that wait for Redis would wait here; see the replication tests for those.
+    // Answers that wait for Redis would wait here; see tests/failover.rs for those.
     let mut nodes = three_with(&redis, &[("SIGNALGATE_CLUSTER_ACK", "local")]);
     let mut keys = std::collections::HashMap::new();
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (id, key) = nodes[0].account("pro", "100000", serde_json::json!({}));
-        let owner = owner(&redis, id);
-        if owner != "c" {
-            ids.push(id);
-        }
-        keys.insert(owner, key);
+        ids.push(id);
+        keys.insert(owner(&redis, id), key);
     }
     assert_eq!(keys.len(), 3, "one account on each node");
     let buy = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
-    // Node c dies: its account answers 503 owner_unavailable through a and b, the others trade on.
+    let code = |r: &support::Resp| (r.status, r.json()["error"]["code"].as_str().map(str::to_string));
+    // Node c dies: its account answers 503 owner_unavailable through a and b until it moves to
+    // one of them (within the lease), the others trade on.
     let c = nodes.pop().unwrap();
     let _ = c.crash();
-    for n in &nodes {
-        let r = signal(n, &keys["c"], buy);
-        assert_eq!(
-            (r.status, r.json()["error"]["code"].as_str()),
-            (503, Some("cluster.owner_unavailable")),
-            "{}",
-            r.body
-        );
+    let unavailable = (503, Some("cluster.owner_unavailable".to_string()));
+    let r = signal(&nodes[0], &keys["c"], buy);
+    if r.status != 201 {
+        assert_eq!(code(&r), unavailable, "{}", r.body);
         assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    for n in &nodes {
         for owner in ["a", "b"] {
             assert_eq!(signal(n, &keys[owner], buy).status, 201);
         }
     }
-    // Redis goes away: owners keep trading, through each other too (they remember the owners),
-    // and an admin change is refused with nothing changed.
-    redis.kill();
-    for n in &nodes {
-        for owner in ["a", "b"] {
-            let r = signal(n, &keys[owner], buy);
-            assert_eq!(r.status, 201, "{}", r.body);
-        }
-    }
-    let r = nodes[0].admin("POST", "/admin/accounts", r#"{"name":"later","tier":"pro","cash":"1"}"#);
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("cluster.unavailable")), "{}", r.body);
+    within_5s(|| same(signal(&nodes[1], &keys["c"], buy).status, 201));
     // With node c down, its accounts cannot be listed.
     let r = nodes[0].admin("GET", "/admin/accounts", "");
-    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("cluster.owner_unavailable")), "{}", r.body);
-    // Redis comes back empty: the live nodes publish their accounts again, and no id of theirs is
-    // given out again. (What a node that is down holds, Redis cannot know: docs/operations.md says
-    // to keep Redis's data, and such a node refuses to start on an account given out twice.)
+    assert_eq!(code(&r), unavailable, "{}", r.body);
+    // Redis goes away: no node can tell any more whether its accounts were taken, so within a
+    // lease each stops acting for them; admin changes are refused with nothing changed.
+    redis.kill();
+    let not_owner = (503, Some("cluster.not_owner".to_string()));
+    within_5s(|| {
+        let r = signal(&nodes[0], &keys["a"], buy);
+        same(code(&r), not_owner.clone())
+    });
+    assert_eq!(code(&signal(&nodes[1], &keys["b"], buy)), not_owner);
+    let r = nodes[0].admin("POST", "/admin/accounts", r#"{"name":"later","tier":"pro","cash":"1"}"#);
+    assert_eq!(code(&r), (503, Some("cluster.unavailable".to_string())), "{}", r.body);
+    // Redis comes back empty: the live nodes take their leases and publish their accounts
+    // again, trade again, and no id of theirs is given out again. (What a node that is down
+    // holds, Redis cannot know: docs/operations.md says to keep Redis's data, and such a node
+    // refuses to start on an account given out twice.)
     let redis = Redis::start_on(redis.port);
-    within_5s(|| same(redis.query(&["HLEN", "signalgate:owners"]).unwrap(), "2".into()));
+    within_5s(|| same(redis.query(&["HLEN", "signalgate:owners"]).unwrap(), "3".into()));
     for n in &nodes {
         wait_members(n, &[("a", true), ("b", true)]);
+    }
+    for owner in ["a", "b", "c"] {
+        within_5s(|| same(signal(&nodes[0], &keys[owner], buy).status, 201));
     }
     let counter: u64 = redis.query(&["GET", "signalgate:next_account"]).unwrap().parse().unwrap();
     assert!(ids.iter().all(|&i| i <= counter), "{ids:?} above the counter {counter}");
@@ -438,9 +359,7 @@ fn a_journal_whose_accounts_another_node_owns_is_refused_and_its_own_node_rejoin
     };
     assert!(err.contains(&format!("account {id} of this node's journal belongs to node")), "{err}");
     // Node a, restarted on it, serves the account again.
-    let env = member_env(&redis, "a");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let a = Node::start_in(dir, &env);
+    let a = restart_member(&redis, "a", dir);
     let r = signal(&a, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
 }
@@ -542,17 +461,6 @@ fn a_stream_on_any_node_carries_the_owners_events_and_resumes_on_another_node() 
         }
         other => panic!("{other:?}"),
     }
-}
-
-/// An account made through `via` whose owner is `node_id`, with its key.
-fn account_on(redis: &Redis, via: &Node, node_id: &str) -> (u64, String) {
-    for _ in 0..10 {
-        let (id, key) = via.account("enterprise", "100000", serde_json::json!({}));
-        if owner(redis, id) == node_id {
-            return (id, key);
-        }
-    }
-    panic!("no account landed on node {node_id}");
 }
 
 /// The bid and ask of `symbol` as the owner of `key` sees them, asked through `node`.
@@ -712,131 +620,11 @@ fn a_forwarded_answer_never_shows_what_the_owners_crash_takes_back() {
     let answered = answered.lock().unwrap().clone();
     assert!(answered.len() > 50, "{} answers before the crash", answered.len());
     // Node a comes back on its journal: every answered signal is there, under the same order.
-    let env = member_env(&redis, "a");
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let a = Node::start_in(dir, &env);
+    let a = restart_member(&redis, "a", dir);
     for (id, order) in &answered {
         let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.0001","signal_id":"{id}"}}"#);
         let r = signal(&a, &key, &body);
         assert_eq!(r.header("idempotent-replay"), Some("true"), "signal {id} answered 201 and lost: {}", r.body);
         assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
     }
-}
-
-/// The entries of an account's stream in Redis: each one's `seq` field, and the sequence number
-/// its journal record (the `event` field) carries.
-fn stream_of(redis: &Redis, account: u64) -> Vec<(u64, u64)> {
-    let mut con = redis.connection();
-    let entries: Vec<(String, std::collections::HashMap<String, Vec<u8>>)> =
-        redis::cmd("XRANGE").arg(format!("signalgate:events:{account}")).arg("-").arg("+").query(&mut con).unwrap();
-    entries
-        .into_iter()
-        .map(|(_, fields)| {
-            let seq: u64 = String::from_utf8(fields["seq"].clone()).unwrap().parse().unwrap();
-            // A journal record: length, checksum, then the sequence number (little-endian).
-            let record = &fields["event"];
-            (seq, u64::from_le_bytes(record[8..16].try_into().unwrap()))
-        })
-        .collect()
-}
-
-/// The sequence numbers of `account`'s events in a stopped node's journal.
-fn journal_events_of(dir: &std::path::Path, account: u64) -> Vec<u64> {
-    let out = std::process::Command::new(support::binary())
-        .args(["journal", "inspect", "--json", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let e: Value = serde_json::from_str(l).unwrap();
-            let d = &e["data"];
-            let of = d["account"].as_u64().or(d["order"]["account"].as_u64());
-            (of == Some(account)).then(|| e["seq"].as_u64().unwrap())
-        })
-        .collect()
-}
-
-#[test]
-fn every_event_of_an_account_reaches_its_stream_and_under_replicated_answers_wait_for_redis() {
-    let redis = Redis::start();
-    let nodes = three(&redis);
-    let (id, key) = nodes[0].account("pro", "100000", serde_json::json!({}));
-    let owner = nodes.iter().position(|n| n.admin("GET", &format!("/admin/accounts/{id}"), "").status == 200);
-    let owner = &nodes[owner.expect("an owner")];
-    owner.wait_for_quote(&key, "BTC-USD");
-    for i in 0..20 {
-        let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"r{i}"}}"#);
-        assert_eq!(signal(&nodes[i % 3], &key, &body).status, 201);
-        // Within the tier's 20 orders per second.
-        std::thread::sleep(Duration::from_millis(60));
-    }
-    // Redis hangs: an answer waits for it, then comes once it answers again.
-    redis.pause();
-    let started = Instant::now();
-    let waiting = {
-        let (http, key) = (owner.http, key.clone());
-        std::thread::spawn(move || {
-            let mut c = support::Conn::open(http);
-            let body = br#"{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"held"}"#;
-            let auth = bearer(&key);
-            (c.send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], body), Instant::now())
-        })
-    };
-    std::thread::sleep(Duration::from_millis(800));
-    assert!(!waiting.is_finished(), "answered while Redis was hung");
-    redis.resume();
-    let (r, answered) = waiting.join().unwrap();
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert!(answered - started >= Duration::from_millis(800));
-    // Every event of the account in its owner's journal is in its stream, once, in order.
-    within_5s(|| same(owner.metric("signalgate_cluster_replication_lag_events"), 0));
-    let owner_index = nodes.iter().position(|n| std::ptr::eq(n, owner)).unwrap();
-    let mut nodes = nodes;
-    let dir = nodes.remove(owner_index).crash();
-    let journal = journal_events_of(dir.path(), id);
-    let stream = stream_of(&redis, id);
-    assert!(journal.len() > 60, "{journal:?}");
-    assert_eq!(stream.iter().map(|(s, _)| *s).collect::<Vec<_>>(), journal);
-    assert!(stream.iter().all(|(field, record)| field == record), "{stream:?}");
-    assert_eq!(redis.query(&["HGET", "signalgate:epochs", &id.to_string()]).unwrap(), "1");
-}
-
-#[test]
-fn under_local_acks_answers_do_not_wait_for_redis() {
-    let redis = Redis::start();
-    let node = try_member(&redis, "a", &[("SIGNALGATE_CLUSTER_ACK", "local")]).unwrap();
-    let (_, key) = node.account("pro", "100000", serde_json::json!({}));
-    node.wait_for_quote(&key, "BTC-USD");
-    redis.pause();
-    let started = Instant::now();
-    let r = signal(&node, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
-    assert_eq!(r.status, 201, "{}", r.body);
-    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
-    redis.resume();
-    within_5s(|| same(node.metric("signalgate_cluster_replication_lag_events"), 0));
-}
-
-#[test]
-fn a_node_whose_account_was_taken_under_a_newer_epoch_stops_without_answering_for_it() {
-    let redis = Redis::start();
-    let mut node = member(&redis, "a");
-    let (id, key) = node.account("pro", "100000", serde_json::json!({}));
-    node.wait_for_quote(&key, "BTC-USD");
-    let buy = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
-    assert_eq!(signal(&node, &key, buy).status, 201);
-    // Another node took the account (a takeover raises its epoch): nothing more of node a's
-    // reaches the stream, its answer is never sent, and it stops, saying why.
-    let before = stream_of(&redis, id).len();
-    redis.query(&["HSET", "signalgate:epochs", &id.to_string(), "2"]).unwrap();
-    let mut c = support::Conn::open(node.http);
-    let auth = bearer(&key);
-    let r = c.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], buy.as_bytes());
-    assert!(r.as_ref().map_or(true, |r| r.status != 201), "{r:?}");
-    let status = node.wait(Duration::from_secs(10)).expect("the node stops");
-    assert!(!status.success());
-    assert!(node.log().iter().any(|l| l.contains("belong to another node")), "{:?}", node.log());
-    assert_eq!(stream_of(&redis, id).len(), before);
 }

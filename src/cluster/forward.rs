@@ -32,6 +32,8 @@ use crate::rate_limit::Admission;
 
 /// How long a forwarded request may take, connection included.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a forwarded request looks whether its owner is still alive.
+const OWNER_CHECK: Duration = Duration::from_millis(50);
 /// How long the hot core remembers which node a key belongs to.
 const REMEMBER: Duration = Duration::from_secs(10);
 /// How long a pooled connection may sit idle and still be used (the other node closes idle ones
@@ -67,18 +69,34 @@ pub enum Listener {
 
 impl Handle {
     /// The address of `which` listener of the node that holds what `to` names, if it is alive.
+    /// A remembered owner that is no longer alive is asked again: its accounts may have moved.
     pub async fn owner_listener(&self, to: Elsewhere, which: Listener) -> Result<String, ApiError<'static>> {
-        let owner = owner(to, &self.registry).await?;
-        let member = self.status.members().into_iter().find(|m| *m.node_id == *owner).ok_or(OWNER_UNAVAILABLE)?;
-        if !member.alive {
-            return Err(OWNER_UNAVAILABLE);
+        self.owner_and_listener(to, which).await.map(|(_, addr)| addr)
+    }
+
+    /// The owner's id, and the address of its `which` listener.
+    async fn owner_and_listener(&self, to: Elsewhere, which: Listener) -> Result<(Rc<str>, String), ApiError<'static>> {
+        for _ in 0..2 {
+            let owner = owner(to, &self.registry).await?;
+            if *owner == *self.status.node_id() && to != Elsewhere::NewAccount {
+                // The account is moving here: its history is on its way to this core.
+                return Err(OWNER_UNAVAILABLE);
+            }
+            let member = self.status.members().into_iter().find(|m| *m.node_id == *owner);
+            match member {
+                Some(m) if m.alive => {
+                    let l = m.listeners;
+                    let addr = match which {
+                        Listener::Http => l.http,
+                        Listener::Admin => l.admin,
+                        Listener::Ws => l.ws,
+                    };
+                    return Ok((owner, addr));
+                }
+                _ => self.forget(to),
+            }
         }
-        let l = member.listeners;
-        Ok(match which {
-            Listener::Http => l.http,
-            Listener::Admin => l.admin,
-            Listener::Ws => l.ws,
-        })
+        Err(OWNER_UNAVAILABLE)
     }
 
     /// Forgets where a key's owner is (it did not answer): the next request asks the registry.
@@ -177,6 +195,14 @@ impl Cluster for Gateway {
         self.handle.status.stale()
     }
 
+    fn acting(&self) -> bool {
+        self.handle.status.acting()
+    }
+
+    fn adopting(&self) -> bool {
+        self.handle.status.adopting()
+    }
+
     fn registered(&self, seq: u64) -> Pin<Box<dyn Future<Output = bool>>> {
         let (registry, status) = (self.handle.registry.clone(), self.handle.status.clone());
         Box::pin(async move {
@@ -233,9 +259,19 @@ async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Respon
         Elsewhere::Account(_) | Elsewhere::KeyId(_) | Elsewhere::NewAccount => Listener::Admin,
         Elsewhere::Everyone => return gather(&wire, handle).await,
     };
-    let addr = handle.owner_listener(to, which).await?;
+    let (owner, addr) = handle.owner_and_listener(to, which).await?;
     let head = matches!(wire.as_slice(), [b'H', b'E', b'A', b'D', b' ', ..]);
-    let answer = exchange(&addr, &wire, head).await;
+    // An owner whose lease runs out while it holds the request (paused, cut off) is given up on
+    // then: its accounts move, and it will act for none of them.
+    let gone = async {
+        loop {
+            glommio::timer::sleep(OWNER_CHECK).await;
+            if !handle.status.members().iter().any(|m| *m.node_id == *owner && m.alive) {
+                return Err(OWNER_UNAVAILABLE);
+            }
+        }
+    };
+    let answer = futures_lite::future::or(exchange(&addr, &wire, head), gone).await;
     if answer.is_err() {
         // The account may have moved.
         handle.forget(to);

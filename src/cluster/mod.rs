@@ -12,6 +12,7 @@
 //! `config` (the symbols and tiers, as JSON), `members` (a hash of node id → its listeners) and
 //! `lease:{node_id}` (a token that expires unless renewed).
 
+pub mod failover;
 pub mod forward;
 pub mod market;
 pub mod registry;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Ack, Config};
+use crate::engine::types::AccountId;
 use crate::json::Writer;
 
 /// Key prefix of everything the cluster keeps in Redis.
@@ -95,6 +97,33 @@ pub struct Status {
     refusals: AtomicU64,
     /// This node found that another node took some of its accounts: it must stop.
     stale: AtomicBool,
+    /// Until when (nanoseconds on [`Status::clock`]) this node surely holds its lease: it was
+    /// renewed by a call that started `lease_ms` before. Past it, other nodes may have taken its
+    /// accounts, and it acts for none.
+    lease_until: AtomicU64,
+    /// How long a lease lasts.
+    lease: Duration,
+    /// Accounts taken for this node whose history the hot core has not journaled yet.
+    adopting: AtomicU64,
+    /// When the status was made: what `lease_until` counts from.
+    born: Instant,
+    /// Events of this node's journal that Redis never had, of accounts other nodes took while
+    /// this one was away: kept in the journal, never merged, shown for an operator.
+    unreplicated: Mutex<Vec<Unreplicated>>,
+}
+
+/// Events of one account that this node journaled and Redis never had, before another node took
+/// the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreplicated {
+    /// The account.
+    pub account: AccountId,
+    /// How many events.
+    pub events: u64,
+    /// The first and last of them (this node's sequence numbers).
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
 }
 
 impl Status {
@@ -116,6 +145,12 @@ impl Status {
     /// Redis was found away by a thread other than the cluster thread.
     fn note_loss(&self) {
         self.losses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_members(&self, members: Vec<Member>) {
+        if let Ok(mut m) = self.members.lock() {
+            *m = members;
+        }
     }
 
     /// The members, as last read (this node included).
@@ -144,8 +179,54 @@ impl Status {
         self.stale.load(Ordering::Acquire)
     }
 
+    /// Whether this node may act for its accounts now: its lease surely holds and it is not
+    /// stale.
+    pub fn acting(&self) -> bool {
+        let now = self.born.elapsed().as_nanos() as u64;
+        now < self.lease_until.load(Ordering::Acquire) && !self.stale()
+    }
+
+    /// The lease was renewed (or taken) by a call that started at `started`.
+    fn renewed(&self, started: Instant) {
+        let until = started.saturating_duration_since(self.born) + self.lease;
+        self.lease_until.fetch_max(until.as_nanos() as u64, Ordering::AcqRel);
+    }
+
+    /// Whether accounts taken for this node are still on their way to its hot core: a request
+    /// forwarded here for a key it does not know yet may be theirs.
+    pub fn adopting(&self) -> bool {
+        self.adopting.load(Ordering::Acquire) > 0
+    }
+
+    /// An account taken for this node reached its hot core (journaled or refused).
+    pub fn adopted(&self) {
+        self.adopting.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn note_stale(&self) {
         self.stale.store(true, Ordering::Release);
+    }
+
+    fn note_unreplicated(&self, account: AccountId, seq: u64) {
+        let Ok(mut list) = self.unreplicated.lock() else { return };
+        match list.iter_mut().find(|u| u.account == account) {
+            Some(u) => {
+                u.events += 1;
+                u.last_seq = seq;
+            }
+            None => {
+                log::warn!(
+                    "cluster: account {account} moved to another node while this one was away; its events from seq {seq} on \
+                     were never replicated: they stay in this node's journal and are not merged (GET /admin/cluster)"
+                );
+                list.push(Unreplicated { account, events: 1, first_seq: seq, last_seq: seq });
+            }
+        }
+    }
+
+    /// What [`Unreplicated`] events this node holds.
+    pub fn unreplicated(&self) -> Vec<Unreplicated> {
+        self.unreplicated.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// `"cluster"` for `/ready` and `GET /admin/cluster`: Redis, each member's liveness, and how
@@ -156,11 +237,22 @@ impl Status {
         w.key("node_id").str(&self.node_id);
         w.key("redis").str(if self.redis_up() { "ok" } else { "unavailable" });
         w.key("stale").bool(self.stale());
+        w.key("acting").bool(self.acting());
         w.key("ack").str(self.ack.as_str());
         w.key("simulator").bool(self.simulating());
         w.key("registry_lag_events").u64(self.registry_lag(durable));
         w.key("replicated_seq").u64(self.replicated.load(Ordering::Relaxed));
         w.key("replication_lag_events").u64(self.replication_lag(local));
+        w.key("unreplicated").begin_array();
+        for u in self.unreplicated() {
+            w.begin_object();
+            w.key("account").u64(u64::from(u.account.0));
+            w.key("events").u64(u.events);
+            w.key("first_seq").u64(u.first_seq);
+            w.key("last_seq").u64(u.last_seq);
+            w.end_object();
+        }
+        w.end_array();
         w.key("members").begin_array();
         for m in self.members() {
             w.begin_object();
@@ -233,6 +325,16 @@ impl Status {
         let _ = writeln!(out, "# TYPE signalgate_cluster_replication_refusals_total counter");
         let _ =
             writeln!(out, "signalgate_cluster_replication_refusals_total {}", self.refusals.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_unreplicated_events Events of accounts that moved away which Redis never had."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_unreplicated_events gauge");
+        let _ = writeln!(
+            out,
+            "signalgate_cluster_unreplicated_events {}",
+            self.unreplicated().iter().map(|u| u.events).sum::<u64>()
+        );
         let _ = writeln!(out, "# HELP signalgate_cluster_stale Whether another node took accounts of this node.");
         let _ = writeln!(out, "# TYPE signalgate_cluster_stale gauge");
         let _ = writeln!(out, "signalgate_cluster_stale {}", u8::from(self.stale()));
@@ -260,6 +362,9 @@ const RENEW: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// Takes the simulator lease for this node, or renews it; 1 when this node holds it.
 const SIMULATOR: &str = r"local h = redis.call('GET', KEYS[1]); if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end";
+/// Takes the lease again after it ran out: 1 when taken, 0 when another node holds it, -1 when
+/// other nodes took accounts of this node meanwhile (`moved:{node_id}` is not empty).
+const RETAKE: &str = r"if redis.call('SCARD', KEYS[2]) > 0 then return -1 end; if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end; return 0";
 /// Lets the lease go when it still holds this node's token.
 const RELEASE: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -362,7 +467,8 @@ impl Membership {
         let patience = lease.lease + lease.lease / 3;
         let deadline = Instant::now() + patience;
         let mut told = false;
-        loop {
+        let joined = loop {
+            let asked = Instant::now();
             let taken: Option<String> = redis::cmd("SET")
                 .arg(&lease.key)
                 .arg(&lease.token)
@@ -372,7 +478,7 @@ impl Membership {
                 .query(&mut con)
                 .map_err(unreachable)?;
             if taken.is_some() {
-                break;
+                break asked;
             }
             if Instant::now() >= deadline {
                 let holder: Option<String> =
@@ -392,7 +498,7 @@ impl Membership {
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         publish(&mut con, &lease).map_err(unreachable)?;
         let replicated = replicate::replicated_of(&mut con, &c.node_id).map_err(unreachable)?;
         let status = Arc::new(Status {
@@ -410,7 +516,13 @@ impl Membership {
             replicated_events: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             stale: AtomicBool::new(false),
+            unreplicated: Mutex::new(Vec::new()),
+            lease_until: AtomicU64::new(0),
+            lease: lease.lease,
+            born: Instant::now(),
+            adopting: AtomicU64::new(0),
         });
+        status.renewed(joined);
         let mut con = Some(con);
         refresh_members(&mut con, &lease, &status);
         elect_simulator(&mut con, &lease, &status);
@@ -496,37 +608,44 @@ fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status,
             continue;
         }
         next += every;
+        let started = Instant::now();
         let renewed: redis::RedisResult<i64> = call(&mut con, &lease, status, |c| {
             redis::Script::new(RENEW).key(&lease.key).arg(&lease.token).arg(lease.lease.as_millis() as u64).invoke(c)
         });
         match renewed {
             Ok(1) => {
                 status.lease_renewals.fetch_add(1, Ordering::Relaxed);
+                status.renewed(started);
             }
             Ok(_) => {
-                // Redis lost the lease (it was away longer than the lease, or restarted empty):
-                // take it back and publish this node again, unless another node took the id.
+                // The lease ran out (this node was paused or cut off longer than the lease, or
+                // Redis restarted empty). Take it back and publish this node again, unless
+                // another node took some of its accounts meanwhile: then this node is stale.
                 status.losses.fetch_add(1, Ordering::Relaxed);
-                let taken: redis::RedisResult<Option<String>> = call(&mut con, &lease, status, |c| {
-                    let taken: Option<String> = redis::cmd("SET")
-                        .arg(&lease.key)
+                let taken: redis::RedisResult<i64> = call(&mut con, &lease, status, |c| {
+                    let taken: i64 = redis::Script::new(RETAKE)
+                        .key(&lease.key)
+                        .key(key(&format!("moved:{}", lease.node_id)))
                         .arg(&lease.token)
-                        .arg("NX")
-                        .arg("PX")
                         .arg(lease.lease.as_millis() as u64)
-                        .query(c)?;
-                    if taken.is_some() {
+                        .invoke(c)?;
+                    if taken == 1 {
                         publish(c, &lease)?;
                     }
                     Ok(taken)
                 });
                 match taken {
-                    Ok(None) => log::error!(
-                        "cluster: another node holds this node's id now; check cluster.node_id of every node"
-                    ),
-                    Ok(Some(_)) => {
+                    Ok(1) => {
+                        status.renewed(started);
                         log::info!("cluster: lease taken again and this node published after Redis lost them")
                     }
+                    Ok(-1) => {
+                        log::error!("cluster: this node's lease ran out and other nodes took some of its accounts");
+                        status.note_stale();
+                    }
+                    Ok(_) => log::error!(
+                        "cluster: another node holds this node's id now; check cluster.node_id of every node"
+                    ),
                     Err(_) => {}
                 }
             }
@@ -598,26 +717,27 @@ fn elect_simulator(con: &mut Option<redis::Connection>, lease: &Lease, status: &
 
 /// Reads the members and whether each lease is alive.
 fn refresh_members(con: &mut Option<redis::Connection>, lease: &Lease, status: &Status) {
-    let read: redis::RedisResult<Vec<Member>> = call(con, lease, status, |c| {
-        let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(key("members")).query(c)?;
-        let mut pipe = redis::pipe();
-        for (id, _) in &all {
-            pipe.cmd("EXISTS").arg(key(&format!("lease:{id}")));
-        }
-        let alive: Vec<bool> = if all.is_empty() { Vec::new() } else { pipe.query(c)? };
-        Ok(all
-            .into_iter()
-            .zip(alive)
-            .filter_map(|((node_id, entry), alive)| {
-                let listeners = serde_json::from_str(&entry).ok()?;
-                Some(Member { node_id, listeners, alive })
-            })
-            .collect())
-    });
-    if let Ok(mut members) = read {
-        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        if let Ok(mut m) = status.members.lock() {
-            *m = members;
-        }
+    if let Ok(members) = call(con, lease, status, read_members) {
+        status.set_members(members);
     }
+}
+
+/// The members, by id, and whether each lease is alive.
+fn read_members(c: &mut redis::Connection) -> redis::RedisResult<Vec<Member>> {
+    let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(key("members")).query(c)?;
+    let mut pipe = redis::pipe();
+    for (id, _) in &all {
+        pipe.cmd("EXISTS").arg(key(&format!("lease:{id}")));
+    }
+    let alive: Vec<bool> = if all.is_empty() { Vec::new() } else { pipe.query(c)? };
+    let mut members: Vec<Member> = all
+        .into_iter()
+        .zip(alive)
+        .filter_map(|((node_id, entry), alive)| {
+            let listeners = serde_json::from_str(&entry).ok()?;
+            Some(Member { node_id, listeners, alive })
+        })
+        .collect();
+    members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(members)
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use super::{connect_to as connect, key, Status};
 use crate::config::Config;
-use crate::engine::event::{Event, EventKind};
+use crate::engine::event::{Adoptions, Event, EventKind};
 use crate::engine::types::{AccountId, KeyId};
 use crate::engine::venue::Venue;
 use crate::engine::Engine;
@@ -178,6 +178,7 @@ impl Replicator {
             Arc::new(Shared { status: status.clone(), waker: Mutex::new(None), stopped: AtomicBool::new(false) });
         let mut worker = Worker {
             losses: status.losses.load(Ordering::Relaxed),
+            adoptions: Adoptions::default(),
             client,
             con: Some(con),
             node_id: c.node_id.clone(),
@@ -248,6 +249,7 @@ struct Worker {
     told: bool,
     /// `Status::losses` when this thread last looked.
     losses: u64,
+    adoptions: Adoptions,
 }
 
 impl Worker {
@@ -296,12 +298,37 @@ impl Worker {
     /// Reads what the journal made durable since the last call into `batch`; the last sequence
     /// number read, `None` when there was nothing new.
     fn read(&mut self) -> Result<Option<u64>, String> {
-        let (mut items, epochs, keys, scratch) = (Vec::new(), &mut self.epochs, &mut self.keys, &mut self.scratch);
-        let n = self.reader.read(u64::MAX, BATCH, |e: &Event, _| {
-            let Some(account) = account_of(e, epochs, keys) else { return Ok(()) };
+        let mut items = Vec::new();
+        let Worker { epochs, keys, scratch, adoptions, status, reader, .. } = self;
+        let n = reader.read(u64::MAX, BATCH, |e: &Event, _| {
+            match e.kind {
+                EventKind::AccountAdopted { account, epoch, .. } => {
+                    epochs.insert(account, epoch);
+                }
+                EventKind::AccountReleased { account, .. } => {
+                    epochs.remove(&account);
+                }
+                _ => {}
+            }
+            if adoptions.imported(e) {
+                // In the account's stream already (it was rebuilt from it).
+                if let EventKind::KeyAdded { key, account, .. } = e.kind {
+                    keys.insert(key, account);
+                }
+                return Ok(());
+            }
+            let Some(account) = account_of(e, keys) else { return Ok(()) };
+            if let EventKind::AccountCreated { .. } = e.kind {
+                epochs.insert(account, 1);
+            }
+            let Some(&epoch) = epochs.get(&account) else {
+                // An event of an account another node took while this one was away, which
+                // Redis never had: it stays in this node's journal, reported, never merged.
+                status.note_unreplicated(account, e.seq);
+                return Ok(());
+            };
             scratch.clear();
             format::encode(scratch, e);
-            let epoch = epochs.get(&account).copied().unwrap_or(1);
             items.push(Item { account, epoch, seq: e.seq, record: scratch.clone() });
             Ok(())
         })?;
@@ -415,18 +442,11 @@ impl Worker {
     }
 }
 
-/// The account an event belongs to, keeping the epochs and keys of the accounts the journal
-/// adds; `None` for events of no account (quotes).
-fn account_of(
-    e: &Event,
-    epochs: &mut HashMap<AccountId, u64>,
-    keys: &mut HashMap<KeyId, AccountId>,
-) -> Option<AccountId> {
+/// The account an event belongs to, keeping the keys the journal adds; `None` for events of no
+/// account (quotes) and for the cluster's own markers.
+fn account_of(e: &Event, keys: &mut HashMap<KeyId, AccountId>) -> Option<AccountId> {
     match e.kind {
-        EventKind::AccountCreated { account, .. } => {
-            epochs.insert(account, 1);
-            Some(account)
-        }
+        EventKind::AccountCreated { account, .. } => Some(account),
         EventKind::KeyAdded { key, account, .. } => {
             keys.insert(key, account);
             Some(account)
@@ -440,7 +460,7 @@ fn account_of(
         | EventKind::SignalAnswered { account, .. }
         | EventKind::Rejected { account, .. } => Some(account),
         EventKind::OrderAccepted { order } => Some(order.account),
-        EventKind::Quote(_) => None,
+        EventKind::Quote(_) | EventKind::AccountAdopted { .. } | EventKind::AccountReleased { .. } => None,
     }
 }
 
@@ -450,7 +470,7 @@ mod tests {
 
     #[test]
     fn an_event_belongs_to_its_account_and_a_revocation_to_its_key_s() {
-        let (mut epochs, mut keys) = (HashMap::new(), HashMap::new());
+        let mut keys = HashMap::new();
         let ev = |kind| Event { seq: 1, ts: 0, kind };
         let created = ev(EventKind::AccountCreated {
             account: AccountId(7),
@@ -459,15 +479,11 @@ mod tests {
             cash: 0,
             overrides: Default::default(),
         });
-        assert_eq!(account_of(&created, &mut epochs, &mut keys), Some(AccountId(7)));
-        assert_eq!(epochs[&AccountId(7)], 1);
+        assert_eq!(account_of(&created, &mut keys), Some(AccountId(7)));
         let added =
             ev(EventKind::KeyAdded { key: KeyId(3), account: AccountId(7), hash: [0; 32], roles: Default::default() });
-        assert_eq!(account_of(&added, &mut epochs, &mut keys), Some(AccountId(7)));
-        assert_eq!(
-            account_of(&ev(EventKind::KeyRevoked { key: KeyId(3) }), &mut epochs, &mut keys),
-            Some(AccountId(7))
-        );
-        assert_eq!(account_of(&ev(EventKind::KeyRevoked { key: KeyId(4) }), &mut epochs, &mut keys), None);
+        assert_eq!(account_of(&added, &mut keys), Some(AccountId(7)));
+        assert_eq!(account_of(&ev(EventKind::KeyRevoked { key: KeyId(3) }), &mut keys), Some(AccountId(7)));
+        assert_eq!(account_of(&ev(EventKind::KeyRevoked { key: KeyId(4) }), &mut keys), None);
     }
 }

@@ -145,6 +145,47 @@ mod kinds {
             /// Why.
             code: RejectCode,
         },
+        /// An account of a cluster node that died moved here: the `events` events that follow
+        /// are its history on that node (read back from the cluster), journaled again so that
+        /// this node holds the account from now on, under `epoch`.
+        AccountAdopted {
+            /// The account.
+            account: AccountId,
+            /// Its epoch here (the cluster's fencing token for its owner).
+            epoch: u64,
+            /// How many of the events after this one are its history.
+            events: u32,
+        },
+        /// An account moved to another cluster node while this one was away: this node no
+        /// longer holds it.
+        AccountReleased {
+            /// The account.
+            account: AccountId,
+            /// Its epoch on its owner now.
+            epoch: u64,
+        },
+    }
+}
+
+/// Tells, event after event, which ones an [`EventKind::AccountAdopted`] brought from another
+/// node (the marker included): history there, not something that happened here.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Adoptions {
+    left: u32,
+}
+
+impl Adoptions {
+    /// Whether `e` is an adoption's marker or one of the events it brought.
+    pub fn imported(&mut self, e: &Event) -> bool {
+        if let EventKind::AccountAdopted { events, .. } = e.kind {
+            self.left = events;
+            return true;
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            return true;
+        }
+        false
     }
 }
 

@@ -71,6 +71,12 @@ impl IdempotencyStore {
         }
     }
 
+    /// Drops every record of `account` (it moved to another node).
+    pub fn forget_account(&mut self, account: AccountId) {
+        self.answers.retain(|k, _| k.0 != account);
+        self.by_age.retain(|(_, k)| k.0 != account);
+    }
+
     /// Every record, oldest first: `(account, signal id, answered at, answer)`.
     pub fn records(&self) -> impl Iterator<Item = (AccountId, SignalKey, Nanos, SignalAnswer)> + '_ {
         self.by_age.iter().filter_map(|(at, key)| {

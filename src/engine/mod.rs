@@ -905,16 +905,53 @@ impl<V: Venue> Engine<V> {
     pub fn resend_open_orders(&mut self, now: Nanos) {
         self.begin();
         for idx in 0..self.accounts.len() {
-            for i in 0..self.accounts[idx].open_orders.len() {
-                let o = self.orders[&self.accounts[idx].open_orders[i]];
-                let spec = self.symbols.get(o.symbol);
-                self.venue.submit(&o, spec, self.quotes[usize::from(o.symbol.0)].as_ref(), now, &mut self.executions);
-                if o.status == OrderStatus::PendingCancel {
-                    self.venue.cancel(&o, now, &mut self.executions);
-                }
-            }
+            self.resend_account(idx, now);
         }
         self.apply_executions(now);
+    }
+
+    fn resend_account(&mut self, idx: usize, now: Nanos) {
+        for i in 0..self.accounts[idx].open_orders.len() {
+            let o = self.orders[&self.accounts[idx].open_orders[i]];
+            let spec = self.symbols.get(o.symbol);
+            self.venue.submit(&o, spec, self.quotes[usize::from(o.symbol.0)].as_ref(), now, &mut self.executions);
+            if o.status == OrderStatus::PendingCancel {
+                self.venue.cancel(&o, now, &mut self.executions);
+            }
+        }
+    }
+
+    /// Takes an account of a cluster node that died, rebuilt from `history` (its events there,
+    /// in order): journals [`EventKind::AccountAdopted`] and each event again, with its time, then
+    /// hands the venue the account's open orders. Refused (with why) when this engine holds the
+    /// account already or the history does not start with its creation.
+    pub fn adopt(&mut self, account: AccountId, epoch: u64, history: &[Event], now: Nanos) -> Result<(), String> {
+        if self.index_of(account).is_some() {
+            return Err(format!("account {account} is here already"));
+        }
+        let creates = matches!(history.first().map(|e| e.kind), Some(EventKind::AccountCreated { account: a, .. }) if a == account);
+        if !creates {
+            return Err(format!("the history of account {account} does not start with its creation"));
+        }
+        self.begin();
+        self.emit(now, EventKind::AccountAdopted { account, epoch, events: history.len() as u32 });
+        for e in history {
+            self.emit(e.ts, e.kind);
+        }
+        if let Some(idx) = self.index_of(account) {
+            self.resend_account(idx, now);
+        }
+        self.apply_executions(now);
+        Ok(())
+    }
+
+    /// Lets go of an account another cluster node owns now (under `epoch`): journals
+    /// [`EventKind::AccountReleased`].
+    pub fn release(&mut self, account: AccountId, epoch: u64, now: Nanos) {
+        self.begin();
+        if self.index_of(account).is_some() {
+            self.emit(now, EventKind::AccountReleased { account, epoch });
+        }
     }
 
     /// `answer` brought up to date: its order and position as they stand now.
@@ -1124,8 +1161,33 @@ impl<V: Venue> Engine<V> {
             EventKind::SignalAnswered { account, signal, answer } => {
                 self.idempotency.insert(account, signal, answer, e.ts);
             }
-            EventKind::Rejected { .. } => {}
+            EventKind::Rejected { .. } | EventKind::AccountAdopted { .. } => {}
+            EventKind::AccountReleased { account, .. } => self.remove_account(account),
         }
+    }
+
+    /// Forgets an account and what hangs on it: its keys stop authenticating here, its orders
+    /// and idempotency records go. Its key records stay (revoked) where they are, so that the
+    /// per-key tables that follow their order keep it.
+    fn remove_account(&mut self, account: AccountId) {
+        let Some(i) = self.index_of(account) else { return };
+        let a = self.accounts.swap_remove(i);
+        if let Some(s) = self.account_slots.get_mut(account.0 as usize - 1) {
+            *s = NO_SLOT;
+        }
+        if let Some(moved) = self.accounts.get(i) {
+            set_slot(&mut self.account_slots, moved.id.0, i);
+        }
+        for k in &a.keys {
+            if let Some(ki) = slot(&self.key_slots, k.0) {
+                self.key_index.remove(&self.keys[ki].hash);
+                self.keys[ki].revoked = true;
+            }
+        }
+        for id in a.open_orders.iter().chain(a.recent_orders.iter()) {
+            self.orders.remove(id);
+        }
+        self.idempotency.forget_account(account);
     }
 
     /// Sizes the order map for `accounts` accounts and at least `orders` orders: room for twice

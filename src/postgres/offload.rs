@@ -26,7 +26,7 @@ use tokio_postgres::Client;
 use super::copy::CopyBuf;
 use super::migrate::describe;
 use crate::config::Config;
-use crate::engine::event::{Event, EventKind};
+use crate::engine::event::{Adoptions, Event, EventKind};
 use crate::engine::order::Order;
 use crate::engine::position::Holding;
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId};
@@ -669,6 +669,7 @@ async fn commit(client: &Client, node: &str, cursor: u64, batch: &Sealed) -> Res
 struct Mirror {
     follower: Follower,
     open: Batch,
+    adoptions: Adoptions,
 }
 
 /// Rows collected for one batch.
@@ -726,16 +727,21 @@ impl Mirror {
         let engine = crate::node::follower_engine(cfg);
         let follower =
             Follower::start(&cfg.journal.dir, engine, follow::Start::After(cursor), Limit::Stable(marks.clone()))?;
-        Ok(Mirror { follower, open: Batch::default() })
+        Ok(Mirror { follower, open: Batch::default(), adoptions: Adoptions::default() })
     }
 
     /// Reads up to `max` stable events (up to `stable`) into the open batch.
     fn read(&mut self, stable: u64, max: usize) -> Result<(), String> {
-        let Mirror { follower, open } = self;
+        let Mirror { follower, open, adoptions } = self;
         if open.events == 0 {
             open.first = follower.next_seq();
         }
-        follower.advance(stable, max, |engine, e| add_event(engine, open, e))?;
+        follower.advance(stable, max, |engine, e| {
+            // What an adoption brought is the old owner's history: that node offloads it.
+            if !adoptions.imported(e) {
+                add_event(engine, open, e);
+            }
+        })?;
         Ok(())
     }
 
@@ -933,6 +939,9 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event) {
                 .text("rejected")
                 .text(code.as_str());
         }
-        EventKind::LimitsSet { .. } | EventKind::DayStarted { .. } => {}
+        EventKind::LimitsSet { .. }
+        | EventKind::DayStarted { .. }
+        | EventKind::AccountAdopted { .. }
+        | EventKind::AccountReleased { .. } => {}
     }
 }

@@ -131,6 +131,11 @@ impl Directory {
                     k.revoked = true;
                 }
             }
+            EventKind::AccountReleased { account, .. } => {
+                // Its owner serves its streams now.
+                self.keys.retain(|_, k| k.account != account);
+                self.tiers.remove(&account);
+            }
             _ => {}
         }
     }
@@ -979,7 +984,11 @@ fn account_of(e: &Event) -> Option<AccountId> {
         | EventKind::SignalAnswered { account, .. }
         | EventKind::Rejected { account, .. } => Some(account),
         EventKind::OrderAccepted { order } => Some(order.account),
-        EventKind::Quote(_) | EventKind::KeyAdded { .. } | EventKind::KeyRevoked { .. } => None,
+        EventKind::Quote(_)
+        | EventKind::KeyAdded { .. }
+        | EventKind::KeyRevoked { .. }
+        | EventKind::AccountAdopted { .. }
+        | EventKind::AccountReleased { .. } => None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and talks to it over plain HTTP/1.1 so tests control every byte on the wire.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -247,12 +248,14 @@ impl Node {
         self.signal("TERM");
     }
 
-    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`, `STOP`, `CONT`).
     pub fn signal(&self, name: &str) {
         let sig = match name {
             "TERM" => libc::SIGTERM,
             "INT" => libc::SIGINT,
             "KILL" => libc::SIGKILL,
+            "STOP" => libc::SIGSTOP,
+            "CONT" => libc::SIGCONT,
             other => panic!("unknown signal {other}"),
         };
         // SAFETY: kill(2) with the pid of a child this struct owns and has not reaped.

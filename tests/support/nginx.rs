@@ -93,6 +93,8 @@ pub struct Nginx {
     child: Child,
     /// Its TLS port on 127.0.0.1.
     pub port: u16,
+    /// The same server without TLS, on 127.0.0.1, for clients of the tests' own (load).
+    pub plain: SocketAddr,
     /// Where its files, certificate and logs are.
     pub dir: tempfile::TempDir,
 }
@@ -105,6 +107,12 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = render(dir.path(), port, nodes, ws, ids);
+        let plain = free_port();
+        let site = dir.path().join("signalgate.conf");
+        let tls = format!("listen 127.0.0.1:{port} ssl;");
+        let text =
+            std::fs::read_to_string(&site).unwrap().replace(&tls, &format!("{tls}\n    listen 127.0.0.1:{plain};"));
+        std::fs::write(&site, text).unwrap();
         let child = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
@@ -115,7 +123,7 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .expect("nginx is required; scripts/test installs it");
-        let nginx = Nginx { child, port, dir };
+        let nginx = Nginx { child, port, plain: SocketAddr::from(([127, 0, 0, 1], plain)), dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "nginx did not listen");

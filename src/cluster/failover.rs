@@ -1,0 +1,273 @@
+//! Failover: the accounts of a node that died move to the live ones, and a node that comes back
+//! leaves them there.
+//!
+//! A thread of its own (`sg-failover`) reads the members and their leases every
+//! [`CHECK`]. Once a member's lease has run out, each of its accounts goes to one live member,
+//! the same one whichever node decides (the highest of a hash of account and node id), and
+//! that member takes it with one script: only while the old owner's lease is still gone, it
+//! raises the account's epoch (the fencing token every write to the account's stream names),
+//! records the new owner, and notes the account in `moved:{old owner}`. It then reads the
+//! account's stream, its whole history, and hands it to the hot core, which journals it again
+//! (`EventKind::AccountAdopted`) and serves the account from then on; the old owner's writes
+//! are refused by Redis from the moment the epoch moved.
+//!
+//! A node takes nothing unless its own lease holds and Redis has answered it for a whole lease:
+//! after Redis was away, every live node first renews its lease, so none is taken for dead.
+//!
+//! A node that comes back finds its moved accounts at start ([`release_moved`]): it journals
+//! `EventKind::AccountReleased` for each, so its requests go to the new owner, and the events
+//! of theirs that Redis never had are reported by the replication, never merged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{connect_to as connect, key, Member, Status};
+use crate::config::Config;
+use crate::engine::event::Event;
+use crate::engine::types::AccountId;
+use crate::journal::format::{self, Version};
+use crate::node::Node;
+
+/// How often the thread looks for members whose lease ran out.
+const CHECK: Duration = Duration::from_millis(100);
+/// Accounts being handed to the hot core at most.
+const QUEUE: usize = 64;
+
+/// Takes an account for this node while its old owner's lease is gone: raises its epoch,
+/// records the new owner, moves it between the owners' sets and notes it as moved; the new epoch,
+/// or nothing when the account is not the old owner's any more or its lease is back. KEYS:
+/// owners, epochs, lease:{old}, accounts:{old}, accounts:{new}, moved:{old}; ARGV: account,
+/// old node id, new node id.
+const TAKE: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return false end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
+local epoch = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('SMOVE', KEYS[4], KEYS[5], ARGV[1])
+redis.call('SADD', KEYS[6], ARGV[1])
+return epoch";
+
+/// An account moved to this node: its epoch here and its history.
+#[derive(Debug)]
+pub struct Adoption {
+    /// The account.
+    pub account: AccountId,
+    /// Its new epoch.
+    pub epoch: u64,
+    /// The node that owned it.
+    pub from: String,
+    /// Its events there, in order, from its creation.
+    pub history: Vec<Event>,
+}
+
+/// Adoptions on their way to the hot core.
+pub type Adoptions = tokio::sync::mpsc::Receiver<Adoption>;
+
+/// The failover thread; dropping it stops the thread.
+pub struct Failover {
+    _thread: super::Background,
+}
+
+impl Failover {
+    /// Starts the thread; what it takes arrives on the receiver, for the hot core.
+    pub fn start(cfg: &Config, status: Arc<Status>) -> Result<(Failover, Adoptions), String> {
+        let client =
+            redis::Client::open(cfg.cluster.redis_url.as_str()).map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let lease = Duration::from_millis(cfg.cluster.lease_ms);
+        let thread = super::Background::spawn("sg-failover", move |stop| {
+            let mut watch = Watch { client, con: None, status, up_since: None, lease, adopted: tx };
+            while !stop.load(Ordering::Acquire) {
+                watch.check(stop);
+                std::thread::park_timeout(CHECK);
+            }
+        })?;
+        Ok((Failover { _thread: thread }, rx))
+    }
+}
+
+struct Watch {
+    client: redis::Client,
+    con: Option<redis::Connection>,
+    status: Arc<Status>,
+    /// Since when Redis has answered without a break.
+    up_since: Option<Instant>,
+    lease: Duration,
+    adopted: tokio::sync::mpsc::Sender<Adoption>,
+}
+
+impl Watch {
+    fn check(&mut self, stop: &AtomicBool) {
+        if self.con.is_none() {
+            self.con = connect(&self.client).ok();
+        }
+        let Some(con) = self.con.as_mut() else {
+            self.up_since = None;
+            return;
+        };
+        let members = match super::read_members(con) {
+            Ok(m) => m,
+            Err(_) => {
+                self.con = None;
+                self.up_since = None;
+                return;
+            }
+        };
+        let up_since = *self.up_since.get_or_insert_with(Instant::now);
+        let me = self.status.node_id().to_string();
+        let live: Vec<&str> = members.iter().filter(|m| m.alive).map(|m| m.node_id.as_str()).collect();
+        let dead: Vec<&Member> = members.iter().filter(|m| !m.alive).collect();
+        // Taking needs this node's own lease, and every live node time to renew since Redis came
+        // back (or since this thread started).
+        let ready = live.contains(&me.as_str()) && up_since.elapsed() >= self.lease && self.status.acting();
+        self.status.set_members(members.clone());
+        if !ready || dead.is_empty() {
+            return;
+        }
+        for d in dead {
+            let accounts: Vec<u32> =
+                match redis::cmd("SMEMBERS").arg(key(&format!("accounts:{}", d.node_id))).query(con) {
+                    Ok(a) => a,
+                    Err(_) => {
+                        self.con = None;
+                        return;
+                    }
+                };
+            for a in accounts {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if taker(a, &live) != Some(me.as_str()) {
+                    continue;
+                }
+                // Counted from before the take: a request forwarded here once Redis names this
+                // node the owner finds it counted.
+                self.status.adopting.fetch_add(1, Ordering::AcqRel);
+                match take(con, AccountId(a), &d.node_id, &me) {
+                    Ok(Some(adoption)) => {
+                        log::warn!(
+                            "cluster: node {:?} is gone; account {a} moves here (epoch {}, {} events to rebuild it from)",
+                            d.node_id,
+                            adoption.epoch,
+                            adoption.history.len()
+                        );
+                        if self.adopted.blocking_send(adoption).is_err() {
+                            self.status.adopted();
+                            return;
+                        }
+                    }
+                    Ok(None) => self.status.adopted(),
+                    Err(e) => {
+                        self.status.adopted();
+                        log::error!("cluster: account {a} of node {:?} could not be taken: {e}", d.node_id);
+                        self.con = None;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The live member an account of a dead node goes to: the same on every node that asks.
+fn taker<'a>(account: u32, live: &[&'a str]) -> Option<&'a str> {
+    live.iter().copied().max_by_key(|id| {
+        let text = format!("{account}/{id}");
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    })
+}
+
+/// Takes `account` from `from` for `me` and reads its history; `None` when it was not to be
+/// taken (any more).
+fn take(con: &mut redis::Connection, account: AccountId, from: &str, me: &str) -> Result<Option<Adoption>, String> {
+    let epoch: Option<u64> = redis::Script::new(TAKE)
+        .key(key("owners"))
+        .key(key("epochs"))
+        .key(key(&format!("lease:{from}")))
+        .key(key(&format!("accounts:{from}")))
+        .key(key(&format!("accounts:{me}")))
+        .key(key(&format!("moved:{from}")))
+        .arg(account.0)
+        .arg(from)
+        .arg(me)
+        .invoke(con)
+        .map_err(|e| e.to_string())?;
+    let Some(epoch) = epoch else { return Ok(None) };
+    let history = read_history(con, account)?;
+    Ok(Some(Adoption { account, epoch, from: from.to_string(), history }))
+}
+
+/// Every event of an account's stream, in order.
+pub fn read_history(con: &mut redis::Connection, account: AccountId) -> Result<Vec<Event>, String> {
+    type Entry = (String, std::collections::HashMap<String, Vec<u8>>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(super::replicate::stream_key(account))
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .map_err(|e| e.to_string())?;
+    entries
+        .iter()
+        .map(|(id, fields)| {
+            let record = fields.get("event").ok_or_else(|| format!("entry {id} has no event"))?;
+            let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("entry {id}: {e}"))?;
+            format::decode(found.payload, Version::V2).map_err(|e| format!("entry {id}: {e}"))
+        })
+        .collect()
+}
+
+/// At start, before the node serves anything or replicates: lets go of the accounts of its
+/// journal that other nodes took while it was away (`moved:{node_id}`), journaling
+/// `AccountReleased` for each, and clears that set. Returns the accounts released. (An account
+/// another node owns that was never taken from this one is refused by the registry.)
+pub fn release_moved(cfg: &Config, node: &mut Node) -> Result<Vec<AccountId>, String> {
+    let c = &cfg.cluster;
+    let redis_err = |e: redis::RedisError| format!("cluster: Redis at {}: {e}", c.redis_url);
+    let client = redis::Client::open(c.redis_url.as_str()).map_err(|e| format!("cluster.redis_url: {e}"))?;
+    let mut con = connect(&client).map_err(redis_err)?;
+    let moved_key = key(&format!("moved:{}", c.node_id));
+    let moved: std::collections::HashSet<u32> =
+        redis::cmd("SMEMBERS").arg(&moved_key).query(&mut con).map_err(redis_err)?;
+    let accounts: Vec<u32> = node.engine.accounts().iter().map(|a| a.id.0).filter(|a| moved.contains(a)).collect();
+    let mut released = Vec::new();
+    if !accounts.is_empty() {
+        let owners: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(key("owners")).arg(&accounts).query(&mut con).map_err(redis_err)?;
+        let epochs: Vec<Option<u64>> =
+            redis::cmd("HMGET").arg(key("epochs")).arg(&accounts).query(&mut con).map_err(redis_err)?;
+        let now = crate::clock::now();
+        for ((&a, owner), epoch) in accounts.iter().zip(owners).zip(epochs) {
+            let Some(owner) = owner.filter(|o| *o != c.node_id) else { continue };
+            log::warn!(
+                "cluster: account {a} moved to node {owner:?} (epoch {}) while this node was away; this node lets it go",
+                epoch.unwrap_or(0)
+            );
+            node.engine.release(AccountId(a), epoch.unwrap_or(0), now);
+            node.after_command();
+            released.push(AccountId(a));
+        }
+    }
+    let _: () = redis::cmd("DEL").arg(&moved_key).query(&mut con).map_err(redis_err)?;
+    Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_picks_the_same_taker_and_accounts_spread_over_the_live_nodes() {
+        let live = ["a", "b", "c"];
+        let mut counts = std::collections::HashMap::new();
+        for account in 1..=300 {
+            let t = taker(account, &live).unwrap();
+            let mut reversed = live;
+            reversed.reverse();
+            assert_eq!(taker(account, &reversed), Some(t));
+            *counts.entry(t).or_insert(0) += 1;
+        }
+        assert!(counts.values().all(|&n| n > 60), "{counts:?}");
+        assert_eq!(taker(1, &[]), None);
+    }
+}

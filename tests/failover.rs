@@ -1,0 +1,404 @@
+//! Failover in a cluster, all real processes: every account event replicated to Redis before
+//! anything shows it (`cluster.ack`), accounts of a node that dies moving to the live nodes with
+//! every acknowledged order, and a node that was paused or cut off acting for none of them.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cluster::*;
+use support::{bearer, Redis, JSON};
+
+#[test]
+fn every_event_of_an_account_reaches_its_stream_and_under_replicated_answers_wait_for_redis() {
+    let redis = Redis::start();
+    let nodes = three(&redis);
+    let (id, key) = nodes[0].account("pro", "100000", serde_json::json!({}));
+    let owner = nodes.iter().position(|n| n.admin("GET", &format!("/admin/accounts/{id}"), "").status == 200);
+    let owner = &nodes[owner.expect("an owner")];
+    owner.wait_for_quote(&key, "BTC-USD");
+    for i in 0..20 {
+        let body = format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"r{i}"}}"#);
+        assert_eq!(signal(&nodes[i % 3], &key, &body).status, 201);
+        // Within the tier's 20 orders per second.
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    // Redis hangs: an answer waits for it, then comes once it answers again.
+    redis.pause();
+    let started = Instant::now();
+    let waiting = {
+        let (http, key) = (owner.http, key.clone());
+        std::thread::spawn(move || {
+            let mut c = support::Conn::open(http);
+            let body = br#"{"symbol":"BTC-USD","action":"buy","qty":"0.001","signal_id":"held"}"#;
+            let auth = bearer(&key);
+            (c.send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], body), Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!waiting.is_finished(), "answered while Redis was hung");
+    redis.resume();
+    let (r, answered) = waiting.join().unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(answered - started >= Duration::from_millis(800));
+    // Every event of the account in its owner's journal is in its stream, once, in order.
+    within_5s(|| same(owner.metric("signalgate_cluster_replication_lag_events"), 0));
+    let owner_index = nodes.iter().position(|n| std::ptr::eq(n, owner)).unwrap();
+    let mut nodes = nodes;
+    let dir = nodes.remove(owner_index).crash();
+    let journal = journal_events_of(dir.path(), id);
+    let stream = stream_of(&redis, id);
+    assert!(journal.len() > 60, "{journal:?}");
+    assert_eq!(stream.iter().map(|(s, _)| *s).collect::<Vec<_>>(), journal);
+    assert!(stream.iter().all(|(field, record)| field == record), "{stream:?}");
+    assert_eq!(redis.query(&["HGET", "signalgate:epochs", &id.to_string()]).unwrap(), "1");
+}
+
+#[test]
+fn under_local_acks_answers_do_not_wait_for_redis() {
+    let redis = Redis::start();
+    let node = try_member(&redis, "a", &[("SIGNALGATE_CLUSTER_ACK", "local")]).unwrap();
+    let (_, key) = node.account("pro", "100000", serde_json::json!({}));
+    node.wait_for_quote(&key, "BTC-USD");
+    redis.pause();
+    let started = Instant::now();
+    let r = signal(&node, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    redis.resume();
+    within_5s(|| same(node.metric("signalgate_cluster_replication_lag_events"), 0));
+}
+
+#[test]
+fn a_node_whose_account_was_taken_under_a_newer_epoch_stops_without_answering_for_it() {
+    let redis = Redis::start();
+    let mut node = member(&redis, "a");
+    let (id, key) = node.account("pro", "100000", serde_json::json!({}));
+    node.wait_for_quote(&key, "BTC-USD");
+    let buy = r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#;
+    assert_eq!(signal(&node, &key, buy).status, 201);
+    // Another node took the account (a takeover raises its epoch): nothing more of node a's
+    // reaches the stream, its answer is never sent, and it stops, saying why.
+    let before = stream_of(&redis, id).len();
+    redis.query(&["HSET", "signalgate:epochs", &id.to_string(), "2"]).unwrap();
+    let mut c = support::Conn::open(node.http);
+    let auth = bearer(&key);
+    let r = c.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], buy.as_bytes());
+    assert!(r.as_ref().map_or(true, |r| r.status != 201), "{r:?}");
+    let status = node.wait(Duration::from_secs(10)).expect("the node stops");
+    assert!(!status.success());
+    assert!(node.log().iter().any(|l| l.contains("belong to another node")), "{:?}", node.log());
+    assert_eq!(stream_of(&redis, id).len(), before);
+}
+
+/// Signals with ids of their own, `buy` of a small quantity, for `key`.
+fn signal_with_id(id: &str) -> String {
+    format!(r#"{{"symbol":"BTC-USD","action":"buy","qty":"0.0001","signal_id":"{id}"}}"#)
+}
+
+/// Sends a signal through `node` until it is answered 201 (503s while the account moves are
+/// retried), for at most 5 s; the answer and when it came.
+fn until_201(node: &support::Node, key: &str, body: &str) -> (support::Resp, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = signal(node, key, body);
+        if r.status == 201 {
+            return (r, Instant::now());
+        }
+        assert!(r.status == 503 && Instant::now() < deadline, "{} {}", r.status, r.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_accounts_of_a_node_that_dies_move_to_the_live_nodes_with_every_answered_order() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    // Two accounts on node a, with answered signals.
+    let accounts: Vec<(u64, String)> = (0..2).map(|_| account_on(&redis, &nodes[1], "a")).collect();
+    nodes[1].wait_for_quote(&accounts[0].1, "BTC-USD");
+    let mut answered = Vec::new();
+    for (i, (_, key)) in accounts.iter().enumerate() {
+        for j in 0..5 {
+            let id = format!("s{i}-{j}");
+            let r = signal(&nodes[j % 3], key, &signal_with_id(&id));
+            assert_eq!(r.status, 201, "{}", r.body);
+            answered.push((key.clone(), id, r.json()["order"]["id"].as_u64().unwrap()));
+        }
+    }
+    // Node a dies: within the lease and a little more, each account answers through b and c,
+    // under epoch 2, on a live owner, and every answered signal is there under its order.
+    let killed = Instant::now();
+    let dir = nodes.remove(0).crash();
+    for (i, (id, key)) in accounts.iter().enumerate() {
+        let (r, at) = until_201(&nodes[i % 2], key, &signal_with_id(&format!("after-{i}")));
+        assert_eq!(r.header("idempotent-replay"), None, "{}", r.body);
+        let took = at - killed;
+        assert!(took < Duration::from_secs(3), "account {id} answered {took:?} after the kill");
+        let now = owner(&redis, *id);
+        assert!(now == "b" || now == "c", "{now}");
+        assert_eq!(redis.query(&["HGET", "signalgate:epochs", &id.to_string()]).unwrap(), "2");
+    }
+    for (key, id, order) in &answered {
+        for n in &nodes {
+            let r = signal(n, key, &signal_with_id(id));
+            assert_eq!(r.header("idempotent-replay"), Some("true"), "{id} lost: {}", r.body);
+            assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
+        }
+    }
+    // Node a comes back on its journal: it lets the accounts go (they stay where they moved) and
+    // serves their requests through their new owners.
+    let a = restart_member(&redis, "a", dir);
+    assert!(
+        a.log_until(Duration::from_secs(5), |l| l.contains("lets it go")).iter().any(|l| l.contains("lets it go")),
+        "{:?}",
+        a.log()
+    );
+    for (key, id, order) in &answered {
+        let r = signal(&a, key, &signal_with_id(id));
+        assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
+    }
+    for (id, _) in &accounts {
+        assert_ne!(owner(&redis, *id), "a");
+    }
+    assert_eq!(a.metric("signalgate_cluster_stale"), 0);
+}
+
+#[test]
+fn a_paused_owner_writes_nothing_for_the_accounts_that_moved_and_stops() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let (id, key) = account_on(&redis, &nodes[0], "b");
+    nodes[0].wait_for_quote(&key, "BTC-USD");
+    assert_eq!(signal(&nodes[1], &key, &signal_with_id("before")).status, 201);
+    let b = nodes.remove(1);
+    b.signal("STOP");
+    // Longer than the lease (600 ms here): the account moves to a or c.
+    let (r, _) = until_201(&nodes[0], &key, &signal_with_id("moved"));
+    assert_eq!(r.status, 201);
+    let stream = stream_of(&redis, id).len();
+    // A signal waits in node b's socket while it is paused; then it goes on.
+    let waiting = {
+        let (http, key) = (b.http, key.clone());
+        std::thread::spawn(move || {
+            let mut c = support::Conn::open(http);
+            let auth = bearer(&key);
+            c.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], signal_with_id("stale").as_bytes())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    b.signal("CONT");
+    let r = waiting.join().unwrap();
+    assert!(r.as_ref().map_or(true, |r| r.status != 201), "the paused node answered for the moved account: {r:?}");
+    let mut b = b;
+    let status = b.wait(Duration::from_secs(10)).expect("the stale node stops");
+    assert!(!status.success());
+    assert!(b.log().iter().any(|l| l.contains("took some of its accounts")), "{:?}", b.log());
+    // Nothing of node b's reached the account's stream after the move, and the signal it held
+    // was never done: sent again to the new owner, it is a new order.
+    assert_eq!(stream_of(&redis, id).len(), stream);
+    let r = signal(&nodes[1], &key, &signal_with_id("stale"));
+    assert_eq!((r.status, r.header("idempotent-replay")), (201, None), "{}", r.body);
+}
+
+/// One answered signal, as a load worker saw it.
+#[derive(Debug, Clone)]
+struct Answered {
+    key: String,
+    signal_id: String,
+    body: String,
+    order: u64,
+    at: Instant,
+    /// Answered 201: placed by the try that was answered.
+    new: bool,
+}
+
+/// The range of order ids of the node that placed `order` (nodes give ids from ranges of their
+/// own, 2^40 wide).
+fn range_of(order: u64) -> u64 {
+    order >> 40
+}
+
+#[test]
+fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_twice() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let redis = Redis::start();
+    let ids = ["a", "b", "c"];
+    // Fixed ports: a node restarted after its kill is where nginx and the others expect it.
+    let ports: Vec<[u16; 3]> = ids.iter().map(|_| [0; 3].map(|_| support::nginx::free_port())).collect();
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let env_of = |i: usize| {
+        let mut env = member_env(&redis, ids[i]);
+        for (name, port) in ["SIGNALGATE_HTTP_ADDR", "SIGNALGATE_ADMIN_ADDR", "SIGNALGATE_WS_ADDR"].iter().zip(ports[i])
+        {
+            env.push((name.to_string(), addr(port)));
+        }
+        env
+    };
+    let start = |i: usize, dir: Option<tempfile::TempDir>| {
+        let env = env_of(i);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        match dir {
+            Some(dir) => support::Node::start_in(dir, &env),
+            None => support::Node::try_start(&env).unwrap(),
+        }
+    };
+    let mut nodes: Vec<Option<support::Node>> = (0..3).map(|i| Some(start(i, None))).collect();
+    let http: Vec<std::net::SocketAddr> = ports.iter().map(|p| addr(p[0]).parse().unwrap()).collect();
+    let ws: Vec<std::net::SocketAddr> = ports.iter().map(|p| addr(p[2]).parse().unwrap()).collect();
+    let nginx = support::nginx::Nginx::start(&http, &ws, &ids);
+    for n in nodes.iter().flatten() {
+        wait_members(n, &[("a", true), ("b", true), ("c", true)]);
+    }
+    // Six accounts, two on each node, allowed the load.
+    let limits =
+        serde_json::json!({"requests_per_minute": 600000, "max_orders_per_second": 1000, "max_open_orders": 1000});
+    let keys: Vec<(u64, String)> =
+        (0..6).map(|_| nodes[0].as_ref().unwrap().account("pro", "1000000", limits.clone())).collect();
+    nodes[0].as_ref().unwrap().wait_for_quote(&keys[0].1, "BTC-USD");
+    // Ten workers at 100 signals/s each through nginx, every signal with an id of its own, sent
+    // again (the same id) until it is answered (201, or 200 when a try it did not hear of was done).
+    let answered = Arc::new(Mutex::new(Vec::<Answered>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..10)
+        .map(|w| {
+            let (keys, answered, stop, plain) = (keys.clone(), answered.clone(), stop.clone(), nginx.plain);
+            std::thread::spawn(move || {
+                let mut conn = support::Conn::open(plain);
+                let mut given_up = 0;
+                let mut i = 0u64;
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = &keys[(w + 10 * i as usize) % keys.len()].1;
+                    let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
+                    let id = format!("w{w}-{i}");
+                    let body = format!(r#"{{"symbol":"BTC-USD","action":"{side}","qty":"0.0001","signal_id":"{id}"}}"#);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        let auth = bearer(key);
+                        let r =
+                            conn.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], body.as_bytes());
+                        match r {
+                            // 201, or 200 for the replay of an earlier try that was done.
+                            Ok(r) if r.status == 201 || r.status == 200 => {
+                                let order = r.json()["order"]["id"].as_u64().unwrap();
+                                let at = Instant::now();
+                                answered.lock().unwrap().push(Answered {
+                                    key: key.clone(),
+                                    signal_id: id.clone(),
+                                    body: body.clone(),
+                                    order,
+                                    at,
+                                    new: r.status == 201,
+                                });
+                                break;
+                            }
+                            // The account moving (503), or its node killed with the request
+                            // in flight (502 from nginx): the outcome is unknown, the id says.
+                            Ok(r) => assert!(matches!(r.status, 502 | 503), "{} {}", r.status, r.body),
+                            Err(_) => conn = support::Conn::open(plain),
+                        }
+                        if Instant::now() > deadline {
+                            given_up += 1;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    i += 1;
+                    // 100 signals a second.
+                    let due = started + Duration::from_micros(10_000 * i);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                given_up
+            })
+        })
+        .collect();
+    // Ten kill -9s at random moments, each node restarted on its journal at once.
+    let mut failovers = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut random = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let load_started = Instant::now();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(300 + random(1200)));
+        // A node that owns accounts (they gather on fewer nodes as they move).
+        let owners: Vec<usize> = (0..3).filter(|&i| keys.iter().any(|(id, _)| owner(&redis, *id) == ids[i])).collect();
+        let victim = owners[random(owners.len() as u64) as usize];
+        let owned: Vec<String> =
+            keys.iter().filter(|(id, _)| owner(&redis, *id) == ids[victim]).map(|(_, k)| k.clone()).collect();
+        let killed = Instant::now();
+        let dir = nodes[victim].take().unwrap().crash();
+        // Its accounts move; then it comes back (and lets them go).
+        within_5s(|| {
+            let left = keys.iter().filter(|(id, _)| owner(&redis, *id) == ids[victim]).count();
+            same(left, 0)
+        });
+        // From the kill to the first order the new owner placed for each account the dead node
+        // owned (told apart by its range of order ids: answers the dead node sent as it died
+        // do not count).
+        let dead_range = {
+            let answered = answered.lock().unwrap();
+            answered.iter().rev().find(|a| a.new && a.at < killed && owned.contains(&a.key)).map(|a| range_of(a.order))
+        };
+        let firsts: Vec<Duration> = within_5s_value(|| {
+            let answered = answered.lock().unwrap();
+            owned
+                .iter()
+                .map(|k| {
+                    answered
+                        .iter()
+                        .find(|a| a.key == *k && a.new && a.at > killed && Some(range_of(a.order)) != dead_range)
+                        .map(|a| a.at - killed)
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| "an account of the dead node not answered by its new owner yet".to_string())
+        });
+        if let Some(longest) = firsts.into_iter().max() {
+            failovers.push(longest);
+        }
+        nodes[victim] = Some(start(victim, Some(dir)));
+        for n in nodes.iter().flatten() {
+            wait_members(n, &[("a", true), ("b", true), ("c", true)]);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let given_up: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let elapsed = load_started.elapsed();
+    let answered = answered.lock().unwrap().clone();
+    let rate = answered.len() as f64 / elapsed.as_secs_f64();
+    failovers.sort();
+    eprintln!(
+        "{} signals answered 201 in {elapsed:?} ({rate:.0}/s), {given_up} given up; kill to first 201 of the dead node's accounts: {failovers:?}",
+        answered.len()
+    );
+    assert_eq!(failovers.len(), 10, "{failovers:?}");
+    assert!(failovers.iter().all(|d| *d < Duration::from_secs(3)), "{failovers:?}");
+    assert_eq!(given_up, 0);
+    // Nothing twice: one order per signal id, and no order for two.
+    let mut by_signal = std::collections::HashMap::new();
+    let mut orders = std::collections::HashSet::new();
+    for a in &answered {
+        assert!(by_signal.insert(a.signal_id.clone(), a.order).is_none(), "{} answered 201 twice", a.signal_id);
+        assert!(orders.insert(a.order), "order {} answered for two signals", a.order);
+    }
+    // Every answered order is on its account's owner now: sent again, each signal id replays it.
+    let mut conn = support::Conn::open(nginx.plain);
+    for a in &answered {
+        let auth = bearer(&a.key);
+        let headers = [JSON, ("Authorization", auth.as_str())];
+        let r = conn.try_send("POST", "/v1/signals", &headers, a.body.as_bytes()).unwrap_or_else(|_| {
+            // nginx closes a kept-alive connection after a while.
+            conn = support::Conn::open(nginx.plain);
+            conn.send("POST", "/v1/signals", &headers, a.body.as_bytes())
+        });
+        assert_eq!(r.header("idempotent-replay"), Some("true"), "{} answered 201 and lost: {}", a.signal_id, r.body);
+        assert_eq!(r.json()["order"]["id"].as_u64(), Some(a.order), "{}", r.body);
+    }
+}
