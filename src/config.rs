@@ -296,6 +296,10 @@ pub struct ClusterConfig {
     /// Redis replicas that must have an event before it counts as replicated (`WAIT`); 0: the
     /// Redis primary alone.
     pub redis_replicas: u32,
+    /// Events of an account in its Redis stream after which the stream is replaced by a
+    /// checkpoint of the account (or twice the last checkpoint's events, when that is more): what
+    /// a node that takes the account over reads.
+    pub checkpoint_events: usize,
 }
 
 /// `cluster.ack`: what an answer waits for.
@@ -327,6 +331,7 @@ impl Default for ClusterConfig {
             lease_ms: 2_000,
             ack: Ack::Replicated,
             redis_replicas: 0,
+            checkpoint_events: 4096,
         }
     }
 }
@@ -1011,6 +1016,12 @@ impl Config {
         }
         if !(300..=60_000).contains(&c.lease_ms) {
             err("cluster.lease_ms", "must be between 300 and 60000".into());
+        }
+        if !(16..=1 << 24).contains(&c.checkpoint_events) {
+            err("cluster.checkpoint_events", "must be between 16 and 16777216".into());
+        }
+        if c.redis_replicas > 64 {
+            err("cluster.redis_replicas", "must be at most 64".into());
         }
         if self.demo.enabled {
             err("demo.enabled", "must be false on a cluster node: create accounts through the admin API".into());

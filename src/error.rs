@@ -116,6 +116,8 @@ codes! {
     ClusterUnavailable => "cluster.unavailable", 503, "the cluster's Redis cannot be reached, so nothing was changed";
     /// The node that owns the account cannot be reached.
     ClusterOwnerUnavailable => "cluster.owner_unavailable", 503, "the node that owns this account cannot be reached (a signal with a signal_id is safe to send again)";
+    /// A request forwarded to a cluster node that does not hold its key (the account moved).
+    ClusterMisdirected => "cluster.misdirected", 421, "this node does not hold the account of this key; ask the cluster for its owner again";
     /// A cluster node whose lease lapsed cannot tell whether it still owns the account.
     ClusterNotOwner => "cluster.not_owner", 503, "this node's cluster lease lapsed, so it cannot act for the account now; nothing was changed";
     /// A plain HTTP request on the WebSocket listener.
@@ -310,6 +312,10 @@ pub const CLUSTER_UNAVAILABLE: ApiError<'static> =
 /// The owner of the account cannot be reached.
 pub const OWNER_UNAVAILABLE: ApiError<'static> =
     ApiError::with(Code::ClusterOwnerUnavailable, Detail::Unavailable(Code::ClusterOwnerUnavailable.message(), 1));
+
+/// A request forwarded here for a key this node does not hold: its sender's idea of the owner is
+/// out of date.
+pub const MISDIRECTED: ApiError<'static> = ApiError::new(Code::ClusterMisdirected, Code::ClusterMisdirected.message());
 
 /// A cluster node whose lease lapsed may no longer own the account.
 pub const NOT_OWNER: ApiError<'static> =

@@ -287,7 +287,9 @@ impl Node {
                 Some(_) if !req.forwarded => resp.elsewhere = Some(Elsewhere::Key(hash)),
                 // Sent here as the owner's while the account's history is still on its way.
                 Some(c) if c.adopting() => return Err(crate::error::OWNER_UNAVAILABLE),
-                _ => {}
+                // Sent here as the owner's by a node that knew an owner before the account moved.
+                Some(_) => return Err(crate::error::MISDIRECTED),
+                None => {}
             }
             return Err(INVALID_KEY);
         };

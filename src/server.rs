@@ -690,16 +690,18 @@ async fn adopt_accounts(
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         let mut n = node.borrow_mut();
+        let started = std::time::Instant::now();
         match n.engine.adopt(a.account, a.epoch, &a.history, crate::clock::now()) {
             Ok(()) => {
                 n.after_command();
                 n.keys_changed();
                 log::info!(
-                    "cluster: account {} of node {:?} is served here now (epoch {}, {} events replayed)",
+                    "cluster: account {} of node {:?} is served here now (epoch {}, {} events replayed in {:?})",
                     a.account,
                     a.from,
                     a.epoch,
-                    a.history.len()
+                    a.history.len(),
+                    started.elapsed()
                 );
             }
             Err(e) => log::error!("cluster: account {} of node {:?} cannot be served here: {e}", a.account, a.from),

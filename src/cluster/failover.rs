@@ -134,36 +134,41 @@ impl Watch {
                         return;
                     }
                 };
-            for a in accounts {
-                if stop.load(Ordering::Acquire) {
+            let mine: Vec<AccountId> =
+                accounts.into_iter().filter(|&a| taker(a, &live) == Some(me.as_str())).map(AccountId).collect();
+            if mine.is_empty() || stop.load(Ordering::Acquire) {
+                continue;
+            }
+            // Counted from before the take: a request forwarded here once Redis names this node
+            // the owner finds it counted.
+            self.status.adopting.fetch_add(mine.len() as u64, Ordering::AcqRel);
+            let started = Instant::now();
+            let taken = take(con, &mine, &d.node_id, &me);
+            let (taken, histories) = match taken {
+                Ok(t) => t,
+                Err(e) => {
+                    for _ in &mine {
+                        self.status.adopted();
+                    }
+                    log::error!("cluster: the accounts of node {:?} could not be taken: {e}", d.node_id);
+                    self.con = None;
                     return;
                 }
-                if taker(a, &live) != Some(me.as_str()) {
-                    continue;
-                }
-                // Counted from before the take: a request forwarded here once Redis names this
-                // node the owner finds it counted.
-                self.status.adopting.fetch_add(1, Ordering::AcqRel);
-                match take(con, AccountId(a), &d.node_id, &me) {
-                    Ok(Some(adoption)) => {
-                        log::warn!(
-                            "cluster: node {:?} is gone; account {a} moves here (epoch {}, {} events to rebuild it from)",
-                            d.node_id,
-                            adoption.epoch,
-                            adoption.history.len()
-                        );
-                        if self.adopted.blocking_send(adoption).is_err() {
-                            self.status.adopted();
-                            return;
-                        }
-                    }
-                    Ok(None) => self.status.adopted(),
-                    Err(e) => {
-                        self.status.adopted();
-                        log::error!("cluster: account {a} of node {:?} could not be taken: {e}", d.node_id);
-                        self.con = None;
-                        return;
-                    }
+            };
+            for _ in taken.len()..mine.len() {
+                self.status.adopted();
+            }
+            let read = started.elapsed();
+            for ((account, epoch), history) in taken.into_iter().zip(histories) {
+                log::warn!(
+                    "cluster: node {:?} is gone; account {account} moves here (epoch {epoch}, {} events to rebuild it from, taken and read in {read:?})",
+                    d.node_id,
+                    history.len(),
+                );
+                let adoption = Adoption { account, epoch, from: d.node_id.clone(), history };
+                if self.adopted.blocking_send(adoption).is_err() {
+                    self.status.adopted();
+                    return;
                 }
             }
         }
@@ -178,41 +183,64 @@ fn taker<'a>(account: u32, live: &[&'a str]) -> Option<&'a str> {
     })
 }
 
-/// Takes `account` from `from` for `me` and reads its history; `None` when it was not to be
-/// taken (any more).
-fn take(con: &mut redis::Connection, account: AccountId, from: &str, me: &str) -> Result<Option<Adoption>, String> {
-    let epoch: Option<u64> = redis::Script::new(TAKE)
-        .key(key("owners"))
-        .key(key("epochs"))
-        .key(key(&format!("lease:{from}")))
-        .key(key(&format!("accounts:{from}")))
-        .key(key(&format!("accounts:{me}")))
-        .key(key(&format!("moved:{from}")))
-        .arg(account.0)
-        .arg(from)
-        .arg(me)
-        .invoke(con)
-        .map_err(|e| e.to_string())?;
-    let Some(epoch) = epoch else { return Ok(None) };
-    let history = read_history(con, account)?;
-    Ok(Some(Adoption { account, epoch, from: from.to_string(), history }))
+/// Takes `accounts` from `from` for `me`, then reads the histories of those it took, in one round
+/// trip: the accounts taken with their new epochs, and their histories in the same order.
+fn take(
+    con: &mut redis::Connection,
+    accounts: &[AccountId],
+    from: &str,
+    me: &str,
+) -> Result<(Vec<(AccountId, u64)>, Vec<Vec<Event>>), String> {
+    let script = redis::Script::new(TAKE);
+    let mut taken = Vec::new();
+    for &account in accounts {
+        let epoch: Option<u64> = script
+            .key(key("owners"))
+            .key(key("epochs"))
+            .key(key(&format!("lease:{from}")))
+            .key(key(&format!("accounts:{from}")))
+            .key(key(&format!("accounts:{me}")))
+            .key(key(&format!("moved:{from}")))
+            .arg(account.0)
+            .arg(from)
+            .arg(me)
+            .invoke(con)
+            .map_err(|e| e.to_string())?;
+        if let Some(epoch) = epoch {
+            taken.push((account, epoch));
+        }
+    }
+    let mut pipe = redis::pipe();
+    for (account, _) in &taken {
+        pipe.cmd("XRANGE").arg(super::replicate::stream_key(*account)).arg("-").arg("+");
+    }
+    let replies: Vec<redis::Value> =
+        if taken.is_empty() { Vec::new() } else { pipe.query(con).map_err(|e| e.to_string())? };
+    let histories = replies.iter().map(history_of).collect::<Result<Vec<_>, _>>()?;
+    Ok((taken, histories))
 }
 
-/// Every event of an account's stream, in order.
-pub fn read_history(con: &mut redis::Connection, account: AccountId) -> Result<Vec<Event>, String> {
-    type Entry = (String, std::collections::HashMap<String, Vec<u8>>);
-    let entries: Vec<Entry> = redis::cmd("XRANGE")
-        .arg(super::replicate::stream_key(account))
-        .arg("-")
-        .arg("+")
-        .query(con)
-        .map_err(|e| e.to_string())?;
+/// The events of an `XRANGE` reply of an account's stream, in order.
+pub fn history_of(reply: &redis::Value) -> Result<Vec<Event>, String> {
+    use redis::Value;
+    let Value::Array(entries) = reply else { return Err("an account's stream is not a list of entries".into()) };
     entries
         .iter()
-        .map(|(id, fields)| {
-            let record = fields.get("event").ok_or_else(|| format!("entry {id} has no event"))?;
-            let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("entry {id}: {e}"))?;
-            format::decode(found.payload, Version::V2).map_err(|e| format!("entry {id}: {e}"))
+        .map(|entry| {
+            // [id, [field, value, field, value, ...]]: the value after `event`.
+            let record = match entry {
+                Value::Array(parts) => match parts.get(1) {
+                    Some(Value::Array(fields)) => fields.chunks(2).find_map(|f| match f {
+                        [Value::BulkString(k), Value::BulkString(v)] if k == b"event" => Some(v),
+                        _ => None,
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let record = record.ok_or("a stream entry without its event")?;
+            let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("a stream entry: {e}"))?;
+            format::decode(found.payload, Version::V2)
         })
         .collect()
 }

@@ -25,7 +25,7 @@ use super::registry::{self, Question};
 use super::Status;
 use crate::engine::market::Quote;
 use crate::engine::types::{AccountId, KeyId};
-use crate::error::{ApiError, CLUSTER_UNAVAILABLE, OWNER_UNAVAILABLE};
+use crate::error::{ApiError, CLUSTER_UNAVAILABLE, MISDIRECTED, OWNER_UNAVAILABLE};
 use crate::node::request::{Method, Request, Response, FORWARDED_HEADER, JSON};
 use crate::node::{Cluster, Elsewhere, Simulator};
 use crate::rate_limit::Admission;
@@ -252,15 +252,38 @@ fn encode(req: &Request<'_>, node_id: &str) -> Vec<u8> {
     out
 }
 
-/// Finds the node that holds what `to` names and has it answer `wire`.
+/// Finds the node that holds what `to` names and has it answer `wire`. A node that answers that
+/// it does not hold the key (421: the account moved since this node learned its owner) is
+/// forgotten, and the owner asked again, once.
 async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Response, ApiError<'static>> {
     let which = match to {
         Elsewhere::Key(_) => Listener::Http,
         Elsewhere::Account(_) | Elsewhere::KeyId(_) | Elsewhere::NewAccount => Listener::Admin,
         Elsewhere::Everyone => return gather(&wire, handle).await,
     };
+    for _ in 0..2 {
+        let answer = forward_once(to, which, &wire, handle).await;
+        match answer {
+            Ok(a) if a.status == MISDIRECTED.status => handle.forget(to),
+            Err(e) => {
+                // The account may have moved.
+                handle.forget(to);
+                return Err(e);
+            }
+            answered => return answered,
+        }
+    }
+    Err(OWNER_UNAVAILABLE)
+}
+
+async fn forward_once(
+    to: Elsewhere,
+    which: Listener,
+    wire: &[u8],
+    handle: &Handle,
+) -> Result<Response, ApiError<'static>> {
     let (owner, addr) = handle.owner_and_listener(to, which).await?;
-    let head = matches!(wire.as_slice(), [b'H', b'E', b'A', b'D', b' ', ..]);
+    let head = matches!(wire, [b'H', b'E', b'A', b'D', b' ', ..]);
     // An owner whose lease runs out while it holds the request (paused, cut off) is given up on
     // then: its accounts move, and it will act for none of them.
     let gone = async {
@@ -271,12 +294,7 @@ async fn forward(to: Elsewhere, wire: Vec<u8>, handle: &Handle) -> Result<Respon
             }
         }
     };
-    let answer = futures_lite::future::or(exchange(&addr, &wire, head), gone).await;
-    if answer.is_err() {
-        // The account may have moved.
-        handle.forget(to);
-    }
-    answer
+    futures_lite::future::or(exchange(&addr, wire, head), gone).await
 }
 
 /// Asks every member for the accounts it owns (`wire`: an admin list request) and answers with

@@ -95,6 +95,8 @@ pub struct Status {
     replicated_events: AtomicU64,
     /// Batches Redis refused because another node owned one of their accounts.
     refusals: AtomicU64,
+    /// Checkpoints that replaced an account's history in its stream.
+    checkpoints: AtomicU64,
     /// This node found that another node took some of its accounts: it must stop.
     stale: AtomicBool,
     /// Until when (nanoseconds on [`Status::clock`]) this node surely holds its lease: it was
@@ -335,6 +337,12 @@ impl Status {
             "signalgate_cluster_unreplicated_events {}",
             self.unreplicated().iter().map(|u| u.events).sum::<u64>()
         );
+        let _ = writeln!(
+            out,
+            "# HELP signalgate_cluster_checkpoints_total Checkpoints that replaced an account's history in its stream."
+        );
+        let _ = writeln!(out, "# TYPE signalgate_cluster_checkpoints_total counter");
+        let _ = writeln!(out, "signalgate_cluster_checkpoints_total {}", self.checkpoints.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP signalgate_cluster_stale Whether another node took accounts of this node.");
         let _ = writeln!(out, "# TYPE signalgate_cluster_stale gauge");
         let _ = writeln!(out, "signalgate_cluster_stale {}", u8::from(self.stale()));
@@ -515,6 +523,7 @@ impl Membership {
             replicated: AtomicU64::new(replicated),
             replicated_events: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             unreplicated: Mutex::new(Vec::new()),
             lease_until: AtomicU64::new(0),

@@ -29,7 +29,7 @@ use crate::engine::event::{Adoptions, Event, EventKind};
 use crate::engine::types::{AccountId, KeyId};
 use crate::engine::venue::Venue;
 use crate::engine::Engine;
-use crate::journal::follow::{Limit, Reader};
+use crate::journal::follow::{Follower, Limit, Start};
 use crate::journal::{format, Watermarks};
 
 /// Events written to Redis in one script call at most.
@@ -76,6 +76,20 @@ for i = 2, #ARGV, 2 do
   end
 end
 return refused";
+
+/// Replaces an account's stream by a checkpoint of it, when this node owns the account under the
+/// epoch given: appends the checkpoint's events, then trims every entry before them; 1 when
+/// written, 0 when this node does not own the account (any more). ARGV: node id, account,
+/// epoch, the last sequence number the checkpoint covers, then its events' records.
+const CHECKPOINT: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[1] or redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+local first = nil
+for i = 5, #ARGV do
+  local id = redis.call('XADD', KEYS[3], '*', 'seq', ARGV[4], 'epoch', ARGV[3], 'event', ARGV[i])
+  if not first then first = id end
+end
+if first then redis.call('XTRIM', KEYS[3], 'MINID', first) end
+return 1";
 
 /// The key of an account's stream.
 pub fn stream_key(account: AccountId) -> String {
@@ -187,7 +201,15 @@ impl Replicator {
             shared: shared.clone(),
             // What the node replayed before `from` was in Redis already; what came after is
             // written again from the journal.
-            reader: Reader::new(&cfg.journal.dir, from + 1, Limit::Local(marks.clone())),
+            follower: Follower::start(
+                &cfg.journal.dir,
+                crate::node::follower_engine(cfg),
+                Start::After(from),
+                Limit::Local(marks.clone()),
+            )?,
+            since_checkpoint: HashMap::new(),
+            checkpoint_script: redis::Script::new(CHECKPOINT),
+            checkpoint_every: c.checkpoint_events,
             marks,
             epochs: accounts.iter().zip(epochs).map(|(&a, e)| (AccountId(a), e.unwrap_or(1))).collect(),
             keys: engine.keys().iter().map(|k| (k.id, k.account)).collect(),
@@ -235,7 +257,14 @@ struct Worker {
     replicas: u32,
     status: Arc<Status>,
     shared: Arc<Shared>,
-    reader: Reader,
+    /// The journal, read behind the hot core, with an engine of its own: what checkpoints are
+    /// made from.
+    follower: Follower,
+    /// Events written to each account's stream since its last checkpoint, and the checkpoint's
+    /// size.
+    since_checkpoint: HashMap<AccountId, (usize, usize)>,
+    checkpoint_script: redis::Script,
+    checkpoint_every: usize,
     marks: Arc<Watermarks>,
     /// The epoch under which this node owns each of its accounts.
     epochs: HashMap<AccountId, u64>,
@@ -254,7 +283,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
-        let mut read_to = self.reader.next_seq() - 1;
+        let mut read_to = self.follower.next_seq() - 1;
         while !stop.load(Ordering::Acquire) {
             let losses = self.status.losses.load(Ordering::Relaxed);
             if losses != self.losses {
@@ -287,8 +316,11 @@ impl Worker {
             match self.write(read_to) {
                 Ok(()) => {
                     self.status.replicated_events.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
-                    self.batch.clear();
+                    for i in std::mem::take(&mut self.batch) {
+                        self.since_checkpoint.entry(i.account).or_default().0 += 1;
+                    }
                     self.shared.advance(read_to);
+                    self.checkpoints();
                 }
                 Err(()) => std::thread::park_timeout(RETRY),
             }
@@ -299,8 +331,8 @@ impl Worker {
     /// number read, `None` when there was nothing new.
     fn read(&mut self) -> Result<Option<u64>, String> {
         let mut items = Vec::new();
-        let Worker { epochs, keys, scratch, adoptions, status, reader, .. } = self;
-        let n = reader.read(u64::MAX, BATCH, |e: &Event, _| {
+        let Worker { epochs, keys, scratch, adoptions, status, follower, .. } = self;
+        let n = follower.advance(u64::MAX, BATCH, |_, e: &Event| {
             match e.kind {
                 EventKind::AccountAdopted { account, epoch, .. } => {
                     epochs.insert(account, epoch);
@@ -315,9 +347,9 @@ impl Worker {
                 if let EventKind::KeyAdded { key, account, .. } = e.kind {
                     keys.insert(key, account);
                 }
-                return Ok(());
+                return;
             }
-            let Some(account) = account_of(e, keys) else { return Ok(()) };
+            let Some(account) = account_of(e, keys) else { return };
             if let EventKind::AccountCreated { .. } = e.kind {
                 epochs.insert(account, 1);
             }
@@ -325,15 +357,14 @@ impl Worker {
                 // An event of an account another node took while this one was away, which
                 // Redis never had: it stays in this node's journal, reported, never merged.
                 status.note_unreplicated(account, e.seq);
-                return Ok(());
+                return;
             };
             scratch.clear();
             format::encode(scratch, e);
             items.push(Item { account, epoch, seq: e.seq, record: scratch.clone() });
-            Ok(())
         })?;
         self.batch = items;
-        Ok((n > 0).then(|| self.reader.next_seq() - 1))
+        Ok((n > 0).then(|| self.follower.next_seq() - 1))
     }
 
     /// Writes `batch` (the journal read up to `last`) in one script call, then waits for the
@@ -387,6 +418,51 @@ impl Worker {
                 }
                 self.away(e.to_string());
                 Err(())
+            }
+        }
+    }
+
+    /// Replaces the history in the stream of each account that had `cluster.checkpoint_events`
+    /// events (or twice its last checkpoint's) since its last checkpoint by a checkpoint of it: the
+    /// account as this node's follower engine has it, after every event the stream holds. A
+    /// failed write is tried again after the next batch.
+    fn checkpoints(&mut self) {
+        let due: Vec<AccountId> = self
+            .since_checkpoint
+            .iter()
+            .filter(|(_, (since, size))| *since >= self.checkpoint_every.max(2 * size))
+            .map(|(a, _)| *a)
+            .collect();
+        for account in due {
+            let (Some(&epoch), Some(events)) = (self.epochs.get(&account), self.follower.engine().checkpoint(account))
+            else {
+                self.since_checkpoint.remove(&account);
+                continue;
+            };
+            let Some(con) = self.con.as_mut() else { return };
+            let mut call = self.checkpoint_script.prepare_invoke();
+            call.key(key("owners"))
+                .key(key("epochs"))
+                .key(stream_key(account))
+                .arg(&self.node_id)
+                .arg(account.0)
+                .arg(epoch)
+                .arg(self.follower.next_seq() - 1);
+            for e in &events {
+                self.scratch.clear();
+                format::encode(&mut self.scratch, e);
+                call.arg(&self.scratch[..]);
+            }
+            match call.invoke::<i64>(con) {
+                Ok(1) => {
+                    self.since_checkpoint.insert(account, (0, events.len()));
+                    self.status.checkpoints.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => self.lost(&[account.0]),
+                Err(e) => {
+                    log::warn!("cluster replication: the checkpoint of account {account} was not written: {e}");
+                    return;
+                }
             }
         }
     }
@@ -459,7 +535,8 @@ fn account_of(e: &Event, keys: &mut HashMap<KeyId, AccountId>) -> Option<Account
         | EventKind::Fill { account, .. }
         | EventKind::SignalAnswered { account, .. }
         | EventKind::Rejected { account, .. } => Some(account),
-        EventKind::OrderAccepted { order } => Some(order.account),
+        EventKind::AccountRestored { account, .. } | EventKind::PositionRestored { account, .. } => Some(account),
+        EventKind::OrderAccepted { order } | EventKind::OrderRestored { order } => Some(order.account),
         EventKind::Quote(_) | EventKind::AccountAdopted { .. } | EventKind::AccountReleased { .. } => None,
     }
 }

@@ -6,7 +6,7 @@
 use super::account::{AccountName, AccountState, LimitOverrides, Roles, StateReason, TierId};
 use super::market::Quote;
 use super::order::{Order, OrderEvent, OrderStatus};
-use super::position::Holding;
+use super::position::{Holding, Position};
 use super::risk::RejectCode;
 use super::types::{AccountId, KeyId, Nanos, OrderId, Side, SignalKey, SymbolId};
 
@@ -155,6 +155,51 @@ mod kinds {
             epoch: u64,
             /// How many of the events after this one are its history.
             events: u32,
+        },
+        /// An account as it stood: the first event of a checkpoint of the account
+        /// (`Engine::checkpoint`), which stands for its history up to then when another node
+        /// rebuilds it. Creates the account when it is not there.
+        AccountRestored {
+            /// The account.
+            account: AccountId,
+            /// Its name.
+            name: AccountName,
+            /// Its tier.
+            tier: TierId,
+            /// Limit overrides.
+            overrides: LimitOverrides,
+            /// Trading state.
+            state: AccountState,
+            /// Why.
+            reason: StateReason,
+            /// Cash (money units).
+            cash: i64,
+            /// Cash at creation.
+            initial_cash: i64,
+            /// Realized P&L, fees not included.
+            realized: i64,
+            /// Fees paid.
+            fees: i64,
+            /// UTC day of `day_start_equity`.
+            day: u32,
+            /// Equity at the start of `day`.
+            day_start_equity: i64,
+            /// When it was created.
+            created_at: Nanos,
+        },
+        /// A position as it stood (in a checkpoint).
+        PositionRestored {
+            /// The account.
+            account: AccountId,
+            /// The symbol.
+            symbol: SymbolId,
+            /// The position, with its open order quantities.
+            position: Position,
+        },
+        /// A remembered order as it stood (in a checkpoint).
+        OrderRestored {
+            /// The order.
+            order: Order,
         },
         /// An account moved to another cluster node while this one was away: this node no
         /// longer holds it.

@@ -929,9 +929,12 @@ impl<V: Venue> Engine<V> {
         if self.index_of(account).is_some() {
             return Err(format!("account {account} is here already"));
         }
-        let creates = matches!(history.first().map(|e| e.kind), Some(EventKind::AccountCreated { account: a, .. }) if a == account);
+        let creates = matches!(
+            history.first().map(|e| e.kind),
+            Some(EventKind::AccountCreated { account: a, .. } | EventKind::AccountRestored { account: a, .. }) if a == account
+        );
         if !creates {
-            return Err(format!("the history of account {account} does not start with its creation"));
+            return Err(format!("the history of account {account} does not start with its creation or a checkpoint"));
         }
         self.begin();
         self.emit(now, EventKind::AccountAdopted { account, epoch, events: history.len() as u32 });
@@ -943,6 +946,51 @@ impl<V: Venue> Engine<V> {
         }
         self.apply_executions(now);
         Ok(())
+    }
+
+    /// The account as it stands, as events that rebuild it on an engine that lacks it: the
+    /// account, its positions, keys, remembered orders and live idempotency records. What another
+    /// node replays instead of the account's history up to now. `None`: no such account.
+    pub fn checkpoint(&self, account: AccountId) -> Option<Vec<Event>> {
+        let a = self.account(account)?;
+        let ev = |ts: Nanos, kind: EventKind| Event { seq: 0, ts, kind };
+        let mut out = vec![ev(
+            a.created_at,
+            EventKind::AccountRestored {
+                account,
+                name: a.name,
+                tier: a.tier,
+                overrides: a.overrides,
+                state: a.state,
+                reason: a.state_reason,
+                cash: a.cash,
+                initial_cash: a.initial_cash,
+                realized: a.realized,
+                fees: a.fees,
+                day: a.day,
+                day_start_equity: a.day_start_equity,
+                created_at: a.created_at,
+            },
+        )];
+        for (i, p) in a.positions.iter().enumerate().filter(|(_, p)| **p != Position::default()) {
+            let symbol = SymbolId(i as u16);
+            out.push(ev(a.created_at, EventKind::PositionRestored { account, symbol, position: *p }));
+        }
+        for k in a.keys.iter().filter_map(|k| self.key(*k)) {
+            out.push(ev(k.created_at, EventKind::KeyAdded { key: k.id, account, hash: k.hash, roles: k.roles }));
+            if k.revoked {
+                out.push(ev(k.created_at, EventKind::KeyRevoked { key: k.id }));
+            }
+        }
+        for o in a.recent_orders.iter().filter_map(|id| self.orders.get(id)) {
+            out.push(ev(o.updated_at, EventKind::OrderRestored { order: *o }));
+        }
+        for (of, signal, at, answer) in self.idempotency.records() {
+            if of == account {
+                out.push(ev(at, EventKind::SignalAnswered { account, signal, answer }));
+            }
+        }
+        Some(out)
     }
 
     /// Lets go of an account another cluster node owns now (under `epoch`): journals
@@ -1161,6 +1209,48 @@ impl<V: Venue> Engine<V> {
             EventKind::SignalAnswered { account, signal, answer } => {
                 self.idempotency.insert(account, signal, answer, e.ts);
             }
+            EventKind::AccountRestored {
+                account,
+                name,
+                tier,
+                overrides,
+                state,
+                reason,
+                cash,
+                initial_cash,
+                realized,
+                fees,
+                day,
+                day_start_equity,
+                created_at,
+            } => {
+                if self.index_of(account).is_none() {
+                    let created = EventKind::AccountCreated { account, name, tier, cash: initial_cash, overrides };
+                    self.apply_event(&Event { seq: e.seq, ts: created_at, kind: created });
+                }
+                if let Some(i) = self.index_of(account) {
+                    let a = &mut self.accounts[i];
+                    (a.state, a.state_reason, a.cash, a.realized, a.fees) = (state, reason, cash, realized, fees);
+                    (a.day, a.day_start_equity, a.created_at) = (day, day_start_equity, created_at);
+                }
+            }
+            EventKind::PositionRestored { account, symbol, position } => {
+                if let Some(p) =
+                    self.index_of(account).and_then(|i| self.accounts[i].positions.get_mut(usize::from(symbol.0)))
+                {
+                    *p = position;
+                }
+            }
+            EventKind::OrderRestored { order } => {
+                self.note_order_id(order.id);
+                let Some(i) = self.index_of(order.account) else { return };
+                self.orders.insert(order.id, order);
+                let a = &mut self.accounts[i];
+                a.recent_orders.push_back(order.id);
+                if order.status.is_open() {
+                    a.open_orders.push(order.id);
+                }
+            }
             EventKind::Rejected { .. } | EventKind::AccountAdopted { .. } => {}
             EventKind::AccountReleased { account, .. } => self.remove_account(account),
         }
@@ -1199,11 +1289,16 @@ impl<V: Venue> Engine<V> {
         self.orders.reserve(room.saturating_sub(self.orders.len()));
     }
 
-    fn apply_accepted(&mut self, order: Order, ts: Nanos) {
-        // Orders of other ranges came with an account from another node.
-        if (self.cfg.order_id_base + 1..=self.cfg.order_id_base + ORDER_ID_SPAN).contains(&order.id.0) {
-            self.next_order = self.next_order.max(order.id.0 + 1);
+    /// Keeps the next order id past `id` when it is of this engine's range (orders of other
+    /// ranges came with an account from another node).
+    fn note_order_id(&mut self, id: OrderId) {
+        if (self.cfg.order_id_base + 1..=self.cfg.order_id_base + ORDER_ID_SPAN).contains(&id.0) {
+            self.next_order = self.next_order.max(id.0 + 1);
         }
+    }
+
+    fn apply_accepted(&mut self, order: Order, ts: Nanos) {
+        self.note_order_id(order.id);
         let Some(i) = self.index_of(order.account) else { return };
         self.orders.insert(order.id, order);
         let a = &mut self.accounts[i];

@@ -6,7 +6,9 @@ use crate::fixed::div_round;
 use super::types::{saturate, Side};
 
 /// Net position of one account in one symbol.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+)]
 pub struct Position {
     /// Signed quantity (quantity units): long > 0, short < 0.
     pub qty: i64,

@@ -786,3 +786,58 @@ fn a_cluster_node_gives_order_ids_from_its_own_range_whatever_orders_it_replays(
     let next = e.signal(a, &spec(BTC, buy(1)), T0).unwrap().answer.order.unwrap().id;
     assert_eq!(next, OrderId(base + 2));
 }
+
+#[test]
+fn an_account_moves_to_another_engine_through_its_checkpoint_and_is_released_by_the_first() {
+    let (mut e, a) = setup();
+    for s in [
+        spec(BTC, buy(100)),
+        limit(BTC, buy(50), 9_950, Tif::Gtc),
+        spec(ETH, Intent::Target(-500)),
+        SignalSpec { signal_id: SignalKey::new("x"), ..spec(BTC, sell(30)) },
+    ] {
+        e.signal(a, &s, T0 + 1).unwrap();
+    }
+    let kept = e.add_key(a, [7; 32], super::account::Roles::default(), T0 + 2).unwrap();
+    let gone = e.add_key(a, [8; 32], super::account::Roles::default(), T0 + 2).unwrap();
+    assert!(e.revoke_key(gone, T0 + 3));
+    // The checkpoint, adopted by an engine that never had the account, rebuilds it: the same
+    // account, positions, orders (open ones included), keys and idempotency records.
+    let checkpoint = e.checkpoint(a).unwrap();
+    let mut other = engine();
+    quote(&mut other, BTC, 10_000, 10_010, 500, T0);
+    other.adopt(a, 2, &checkpoint, T0 + 5).unwrap();
+    assert!(
+        matches!(other.events()[0].kind, EventKind::AccountAdopted { events, .. } if events as usize == checkpoint.len())
+    );
+    let (x, y) = (e.account(a).unwrap(), other.account(a).unwrap());
+    assert_eq!(x.positions, y.positions);
+    assert_eq!(
+        (x.cash, x.realized, x.fees, x.state, x.day_start_equity),
+        (y.cash, y.realized, y.fees, y.state, y.day_start_equity)
+    );
+    assert_eq!((x.name, x.tier, x.created_at, x.initial_cash), (y.name, y.tier, y.created_at, y.initial_cash));
+    assert_eq!(x.open_orders, y.open_orders);
+    assert_eq!(x.open_orders.len(), 1, "the resting limit order");
+    for id in &x.recent_orders {
+        assert_eq!(e.order(*id), other.order(*id));
+    }
+    assert_eq!(other.key_by_hash(&[7; 32]).map(|k| k.id), Some(kept));
+    assert!(other.key(gone).unwrap().revoked);
+    let x_answer = e.idempotency().get(a, &SignalKey::new("x").unwrap(), T0 + 6);
+    assert_eq!(other.idempotency().get(a, &SignalKey::new("x").unwrap(), T0 + 6), x_answer);
+    assert!(x_answer.is_some());
+    // Adopting it twice is refused; so is a history that does not start with the account.
+    assert!(other.adopt(a, 3, &checkpoint, T0 + 7).is_err());
+    assert!(engine().adopt(a, 2, &checkpoint[1..], T0 + 7).is_err());
+    // The first engine lets it go: its keys no longer authenticate, its orders are gone, and
+    // the account can come back later.
+    let order = x.open_orders[0];
+    e.release(a, 2, T0 + 8);
+    assert!(e.account(a).is_none() && e.key_by_hash(&[7; 32]).is_none() && e.order(order).is_none());
+    assert!(e.idempotency().get(a, &SignalKey::new("x").unwrap(), T0 + 8).is_none());
+    let back = other.checkpoint(a).unwrap();
+    e.adopt(a, 3, &back, T0 + 9).unwrap();
+    assert_eq!(e.account(a).unwrap().cash, other.account(a).unwrap().cash);
+    assert_eq!(e.key_by_hash(&[7; 32]).map(|k| k.account), Some(a));
+}

@@ -942,6 +942,9 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event) {
         EventKind::LimitsSet { .. }
         | EventKind::DayStarted { .. }
         | EventKind::AccountAdopted { .. }
-        | EventKind::AccountReleased { .. } => {}
+        | EventKind::AccountReleased { .. }
+        | EventKind::AccountRestored { .. }
+        | EventKind::PositionRestored { .. }
+        | EventKind::OrderRestored { .. } => {}
     }
 }

@@ -119,7 +119,7 @@ impl Directory {
 
     fn apply(&mut self, e: &Event) {
         match e.kind {
-            EventKind::AccountCreated { account, tier, .. } => {
+            EventKind::AccountCreated { account, tier, .. } | EventKind::AccountRestored { account, tier, .. } => {
                 self.tiers.insert(account, tier);
             }
             EventKind::KeyAdded { key, account, hash, roles } => {
@@ -988,7 +988,10 @@ fn account_of(e: &Event) -> Option<AccountId> {
         | EventKind::KeyAdded { .. }
         | EventKind::KeyRevoked { .. }
         | EventKind::AccountAdopted { .. }
-        | EventKind::AccountReleased { .. } => None,
+        | EventKind::AccountReleased { .. }
+        | EventKind::AccountRestored { .. }
+        | EventKind::PositionRestored { .. }
+        | EventKind::OrderRestored { .. } => None,
     }
 }
 

@@ -565,6 +565,28 @@ impl Drop for Postgres {
     }
 }
 
+/// A port on 127.0.0.1 that is free now and outside the kernel's range of ephemeral ports, so
+/// that no outgoing connection takes it before a server that must listen on it again (a node
+/// restarted after a kill) binds it.
+pub fn fixed_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut x =
+        (u64::from(std::process::id()) << 32) ^ now.as_nanos() as u64 ^ call.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + (x % u64::from(low.saturating_sub(10_000).max(1))) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A throwaway Redis server on a free port, without persistence, stopped on drop.
 pub struct Redis {
     child: Child,

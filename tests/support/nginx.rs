@@ -38,7 +38,7 @@ fn per_node(site: &str, ids: &[&str], nodes: &[SocketAddr], ws: &[SocketAddr]) -
     let pair = |name: String, addrs: &[SocketAddr], i: usize, extra: &str| {
         let mut u = format!("upstream {name} {{\n    server {} max_fails=3 fail_timeout=5s;\n", addrs[i]);
         for (_, a) in addrs.iter().enumerate().filter(|(j, _)| *j != i) {
-            u.push_str(&format!("    server {a} backup;\n"));
+            u.push_str(&format!("    server {a} backup max_fails=3 fail_timeout=1s;\n"));
         }
         u.push_str(extra);
         u.push_str("}\n");
