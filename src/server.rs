@@ -285,7 +285,8 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
                 replicator.shared(),
             )));
             public_api.cluster = Some(m.status());
-            let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status())?;
+            let held = node.engine.accounts().iter().map(|a| a.id).collect();
+            let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status(), held)?;
             (
                 Some(registry),
                 Some(market),

@@ -70,14 +70,24 @@ pub struct Failover {
 }
 
 impl Failover {
-    /// Starts the thread; what it takes arrives on the receiver, for the hot core.
-    pub fn start(cfg: &Config, status: Arc<Status>) -> Result<(Failover, Adoptions), String> {
+    /// Starts the thread; what it takes arrives on the receiver, for the hot core, which holds
+    /// the accounts `held` now.
+    pub fn start(cfg: &Config, status: Arc<Status>, held: Vec<AccountId>) -> Result<(Failover, Adoptions), String> {
         let client =
             redis::Client::open(cfg.cluster.redis_url.as_str()).map_err(|e| format!("cluster.redis_url: {e}"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let lease = Duration::from_millis(cfg.cluster.lease_ms);
         let thread = super::Background::spawn("sg-failover", move |stop| {
-            let mut watch = Watch { client, con: None, status, up_since: None, lease, adopted: tx };
+            let mut watch = Watch {
+                client,
+                con: None,
+                status,
+                up_since: None,
+                lease,
+                adopted: tx,
+                taken: Vec::new(),
+                held: Some(held),
+            };
             while !stop.load(Ordering::Acquire) {
                 watch.check(stop);
                 std::thread::park_timeout(CHECK);
@@ -95,6 +105,11 @@ struct Watch {
     up_since: Option<Instant>,
     lease: Duration,
     adopted: tokio::sync::mpsc::Sender<Adoption>,
+    /// Accounts taken for this node whose history it has not read yet: account, epoch, the node
+    /// it was taken from, when.
+    taken: Vec<(AccountId, u64, String, Instant)>,
+    /// The accounts the hot core held at start, until the first check looked for those it lacks.
+    held: Option<Vec<AccountId>>,
 }
 
 impl Watch {
@@ -122,7 +137,18 @@ impl Watch {
         // back (or since this thread started).
         let ready = live.contains(&me.as_str()) && up_since.elapsed() >= self.lease && self.status.acting();
         self.status.set_members(members.clone());
+        if let Some(held) = self.held.take() {
+            // Accounts taken for this node by a run of it that died before it had them.
+            if let Err(e) = self.find_orphans(&held) {
+                self.held = Some(held);
+                log::error!("cluster: cannot read this node's accounts: {e}");
+                self.con = None;
+                return;
+            }
+        }
+        let Some(con) = self.con.as_mut() else { return };
         if !ready || dead.is_empty() {
+            self.hand_over();
             return;
         }
         for d in dead {
@@ -140,36 +166,93 @@ impl Watch {
                 continue;
             }
             // Counted from before the take: a request forwarded here once Redis names this node
-            // the owner finds it counted.
+            // the owner finds it counted (until the hot core has the account).
             self.status.adopting.fetch_add(mine.len() as u64, Ordering::AcqRel);
-            let started = Instant::now();
-            let taken = take(con, &mine, &d.node_id, &me);
-            let (taken, histories) = match taken {
-                Ok(t) => t,
-                Err(e) => {
-                    for _ in &mine {
-                        self.status.adopted();
+            let script = redis::Script::new(TAKE);
+            for (i, &account) in mine.iter().enumerate() {
+                let epoch: redis::RedisResult<Option<u64>> = script
+                    .key(key("owners"))
+                    .key(key("epochs"))
+                    .key(key(&format!("lease:{}", d.node_id)))
+                    .key(key(&format!("accounts:{}", d.node_id)))
+                    .key(key(&format!("accounts:{me}")))
+                    .key(key(&format!("moved:{}", d.node_id)))
+                    .arg(account.0)
+                    .arg(&d.node_id)
+                    .arg(&me)
+                    .invoke(con);
+                match epoch {
+                    Ok(Some(epoch)) => self.taken.push((account, epoch, d.node_id.clone(), Instant::now())),
+                    Ok(None) => self.status.adopted(),
+                    Err(e) => {
+                        for _ in i..mine.len() {
+                            self.status.adopted();
+                        }
+                        log::error!("cluster: account {account} of node {:?} could not be taken: {e}", d.node_id);
+                        self.con = None;
+                        return;
                     }
-                    log::error!("cluster: the accounts of node {:?} could not be taken: {e}", d.node_id);
-                    self.con = None;
-                    return;
+                }
+            }
+        }
+        self.hand_over();
+    }
+
+    /// Notes for the hand-over the accounts Redis gives this node that `held` (the hot core's,
+    /// at start) lacks.
+    fn find_orphans(&mut self, held: &[AccountId]) -> redis::RedisResult<()> {
+        let Some(con) = self.con.as_mut() else { return Ok(()) };
+        let me = self.status.node_id().to_string();
+        let mine: Vec<u32> = redis::cmd("SMEMBERS").arg(key(&format!("accounts:{me}"))).query(con)?;
+        for a in mine.into_iter().map(AccountId).filter(|a| !held.contains(a)) {
+            let epoch: Option<u64> = redis::cmd("HGET").arg(key("epochs")).arg(a.0).query(con)?;
+            let owner: Option<String> = redis::cmd("HGET").arg(key("owners")).arg(a.0).query(con)?;
+            if let (Some(epoch), Some(owner)) = (epoch, owner) {
+                if owner == me {
+                    self.status.adopting.fetch_add(1, Ordering::AcqRel);
+                    self.taken.push((a, epoch, me.clone(), Instant::now()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the histories of the accounts taken, in one round trip, and hands them to the hot
+    /// core; on a failure they are read again at the next check.
+    fn hand_over(&mut self) {
+        if self.taken.is_empty() {
+            return;
+        }
+        let Some(con) = self.con.as_mut() else { return };
+        let mut pipe = redis::pipe();
+        for (account, ..) in &self.taken {
+            pipe.cmd("XRANGE").arg(super::replicate::stream_key(*account)).arg("-").arg("+");
+        }
+        let replies: Vec<redis::Value> = match pipe.query(con) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("cluster: the histories of the accounts taken could not be read: {e}");
+                self.con = None;
+                return;
+            }
+        };
+        for ((account, epoch, from, taken_at), reply) in std::mem::take(&mut self.taken).into_iter().zip(&replies) {
+            let history = match history_of(reply) {
+                Ok(h) => h,
+                Err(e) => {
+                    // Nothing to rebuild it from: it stays unserved here, said loudly.
+                    log::error!("cluster: account {account} of node {from:?} cannot be rebuilt: {e}");
+                    self.status.adopted();
+                    continue;
                 }
             };
-            for _ in taken.len()..mine.len() {
+            log::warn!(
+                "cluster: node {from:?} is gone; account {account} moves here (epoch {epoch}, {} events to rebuild it from, taken and read in {:?})",
+                history.len(),
+                taken_at.elapsed()
+            );
+            if self.adopted.blocking_send(Adoption { account, epoch, from, history }).is_err() {
                 self.status.adopted();
-            }
-            let read = started.elapsed();
-            for ((account, epoch), history) in taken.into_iter().zip(histories) {
-                log::warn!(
-                    "cluster: node {:?} is gone; account {account} moves here (epoch {epoch}, {} events to rebuild it from, taken and read in {read:?})",
-                    d.node_id,
-                    history.len(),
-                );
-                let adoption = Adoption { account, epoch, from: d.node_id.clone(), history };
-                if self.adopted.blocking_send(adoption).is_err() {
-                    self.status.adopted();
-                    return;
-                }
             }
         }
     }
@@ -181,43 +264,6 @@ fn taker<'a>(account: u32, live: &[&'a str]) -> Option<&'a str> {
         let text = format!("{account}/{id}");
         text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
     })
-}
-
-/// Takes `accounts` from `from` for `me`, then reads the histories of those it took, in one round
-/// trip: the accounts taken with their new epochs, and their histories in the same order.
-fn take(
-    con: &mut redis::Connection,
-    accounts: &[AccountId],
-    from: &str,
-    me: &str,
-) -> Result<(Vec<(AccountId, u64)>, Vec<Vec<Event>>), String> {
-    let script = redis::Script::new(TAKE);
-    let mut taken = Vec::new();
-    for &account in accounts {
-        let epoch: Option<u64> = script
-            .key(key("owners"))
-            .key(key("epochs"))
-            .key(key(&format!("lease:{from}")))
-            .key(key(&format!("accounts:{from}")))
-            .key(key(&format!("accounts:{me}")))
-            .key(key(&format!("moved:{from}")))
-            .arg(account.0)
-            .arg(from)
-            .arg(me)
-            .invoke(con)
-            .map_err(|e| e.to_string())?;
-        if let Some(epoch) = epoch {
-            taken.push((account, epoch));
-        }
-    }
-    let mut pipe = redis::pipe();
-    for (account, _) in &taken {
-        pipe.cmd("XRANGE").arg(super::replicate::stream_key(*account)).arg("-").arg("+");
-    }
-    let replies: Vec<redis::Value> =
-        if taken.is_empty() { Vec::new() } else { pipe.query(con).map_err(|e| e.to_string())? };
-    let histories = replies.iter().map(history_of).collect::<Result<Vec<_>, _>>()?;
-    Ok((taken, histories))
 }
 
 /// The events of an `XRANGE` reply of an account's stream, in order.
