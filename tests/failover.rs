@@ -494,3 +494,76 @@ fn streams_are_cut_back_to_checkpoints_and_a_new_owner_rebuilds_the_same_account
         assert_eq!((r.header("idempotent-replay"), r.json()["order"]["id"].as_u64()), (Some("true"), Some(*order)));
     }
 }
+
+#[test]
+fn redis_restarted_in_the_middle_of_a_failover_loses_no_order_answered_under_replicated_acks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut redis = Redis::start_persistent();
+    let mut nodes = three(&redis);
+    let (id, key) = account_on(&redis, &nodes[1], "a");
+    nodes[1].wait_for_quote(&key, "BTC-USD");
+    // Workers send signals with ids of their own through nodes b and c, each again until it is
+    // answered, while node a dies and Redis restarts.
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, key, answered, stop) = (nodes[1 + w % 2].http, key.clone(), answered.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = signal_with_id(&format!("w{w}-{i}"));
+                    i += 1;
+                    while !stop.load(Ordering::Relaxed) {
+                        let auth = bearer(&key);
+                        let r = support::Conn::open(http).try_send(
+                            "POST",
+                            "/v1/signals",
+                            &[JSON, ("Authorization", &auth)],
+                            body.as_bytes(),
+                        );
+                        match r {
+                            Ok(r) if r.status == 201 || r.status == 200 => {
+                                answered
+                                    .lock()
+                                    .unwrap()
+                                    .push((body.clone(), r.json()["order"]["id"].as_u64().unwrap()));
+                                break;
+                            }
+                            Ok(r) => assert_eq!(r.status, 503, "{}", r.body),
+                            Err(_) => {}
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nodes.remove(0).crash();
+    redis.restart();
+    within_10s(|| {
+        let now = redis.query(&["HGET", "signalgate:owners", &id.to_string()]).unwrap_or_default();
+        if now == "b" || now == "c" {
+            Ok(())
+        } else {
+            Err(format!("account {id} is still on {now:?}"))
+        }
+    });
+    assert_eq!(until_answered(&nodes[0], &key, &signal_with_id("after")).0.status, 201);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() > 20, "{} answered", answered.len());
+    for (body, order) in &answered {
+        for n in &nodes {
+            let r = signal(n, &key, body);
+            assert_eq!(r.header("idempotent-replay"), Some("true"), "{body} answered and lost: {}", r.body);
+            assert_eq!(r.json()["order"]["id"].as_u64(), Some(*order), "{}", r.body);
+        }
+    }
+}

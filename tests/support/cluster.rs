@@ -51,7 +51,7 @@ pub fn members(node: &Node) -> Vec<(String, bool)> {
 
 /// Polls `check` until it holds, for at most 5 s; panics with what it last said otherwise.
 pub fn within_5s(check: impl FnMut() -> Result<(), String>) {
-    within_5s_value(check)
+    within(Duration::from_secs(5), check)
 }
 
 /// `Ok` when `got` is `want`, else both, to say.
@@ -142,14 +142,20 @@ pub fn journal_events_of(dir: &std::path::Path, account: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Polls `check` until it gives a value, for at most 5 s; panics with what it last said otherwise.
-pub fn within_5s_value<T>(mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
+/// Polls `check` until it gives a value, for at most `limit`; panics with what it last said
+/// otherwise.
+pub fn within<T>(limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         match check() {
             Ok(v) => return v,
-            Err(e) => assert!(Instant::now() < deadline, "not within 5 s: {e}"),
+            Err(e) => assert!(Instant::now() < deadline, "not within {limit:?}: {e}"),
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Like [`within_5s`], for at most 10 s: what waits for a lease to run out and Redis to come back.
+pub fn within_10s(check: impl FnMut() -> Result<(), String>) {
+    within(Duration::from_secs(10), check)
 }

@@ -587,11 +587,14 @@ pub fn fixed_port() -> u16 {
     }
 }
 
-/// A throwaway Redis server on a free port, without persistence, stopped on drop.
+/// A throwaway Redis server on a free port, stopped on drop: without persistence, or with every
+/// write in its append-only file before it answers ([`Redis::start_persistent`]).
 pub struct Redis {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Where it keeps its append-only file, when it keeps one.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Redis {
@@ -604,13 +607,37 @@ impl Redis {
 
     /// Starts one on `port` (again, after [`Redis::kill`]: empty, as it keeps nothing on disk).
     pub fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        Self::spawn(port, None)
+    }
+
+    /// Starts one that writes every change to its append-only file before it answers
+    /// (`appendfsync always`), as a cluster that acknowledges on replication needs.
+    pub fn start_persistent() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::spawn(port, Some(tempfile::tempdir().unwrap()))
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port and, when it keeps one, the same
+    /// append-only file.
+    pub fn restart(&mut self) {
+        self.kill();
+        let data = self.data.take();
+        *self = Self::spawn(self.port, data);
+    }
+
+    fn spawn(port: u16, data: Option<tempfile::TempDir>) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &data {
+            Some(dir) => cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(dir.path()),
+            None => cmd.args(["--appendonly", "no"]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server: scripts/test installs the redis-server package");
-        let r = Redis { child, port };
+        let r = Redis { child, port, data };
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Err(e) = r.query(&["PING"]) {
             assert!(Instant::now() < deadline, "redis-server on port {port} did not answer within 10 s: {e}");
