@@ -522,22 +522,13 @@ impl Worker {
 /// account (quotes) and for the cluster's own markers.
 fn account_of(e: &Event, keys: &mut HashMap<KeyId, AccountId>) -> Option<AccountId> {
     match e.kind {
-        EventKind::AccountCreated { account, .. } => Some(account),
         EventKind::KeyAdded { key, account, .. } => {
             keys.insert(key, account);
             Some(account)
         }
         EventKind::KeyRevoked { key } => keys.get(&key).copied(),
-        EventKind::LimitsSet { account, .. }
-        | EventKind::AccountStateChanged { account, .. }
-        | EventKind::DayStarted { account, .. }
-        | EventKind::OrderUpdated { account, .. }
-        | EventKind::Fill { account, .. }
-        | EventKind::SignalAnswered { account, .. }
-        | EventKind::Rejected { account, .. } => Some(account),
-        EventKind::AccountRestored { account, .. } | EventKind::PositionRestored { account, .. } => Some(account),
-        EventKind::OrderAccepted { order } | EventKind::OrderRestored { order } => Some(order.account),
-        EventKind::Quote(_) | EventKind::AccountAdopted { .. } | EventKind::AccountReleased { .. } => None,
+        EventKind::AccountAdopted { .. } | EventKind::AccountReleased { .. } => None,
+        kind => kind.account(),
     }
 }
 

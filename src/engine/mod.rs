@@ -929,12 +929,9 @@ impl<V: Venue> Engine<V> {
         if self.index_of(account).is_some() {
             return Err(format!("account {account} is here already"));
         }
-        let creates = matches!(
-            history.first().map(|e| e.kind),
-            Some(EventKind::AccountCreated { account: a, .. } | EventKind::AccountRestored { account: a, .. }) if a == account
-        );
+        let creates = matches!(history.first().map(|e| e.kind), Some(EventKind::AccountCreated { account: a, .. }) if a == account);
         if !creates {
-            return Err(format!("the history of account {account} does not start with its creation or a checkpoint"));
+            return Err(format!("the history of account {account} does not start with its creation"));
         }
         self.begin();
         self.emit(now, EventKind::AccountAdopted { account, epoch, events: history.len() as u32 });
@@ -948,30 +945,29 @@ impl<V: Venue> Engine<V> {
         Ok(())
     }
 
-    /// The account as it stands, as events that rebuild it on an engine that lacks it: the
-    /// account, its positions, keys, remembered orders and live idempotency records. What another
-    /// node replays instead of the account's history up to now. `None`: no such account.
+    /// The account as it stands, as events that rebuild it on an engine that lacks it: its
+    /// creation, balances, positions, keys, remembered orders and live idempotency records. What
+    /// another node replays instead of the account's history up to now. `None`: no such account.
     pub fn checkpoint(&self, account: AccountId) -> Option<Vec<Event>> {
         let a = self.account(account)?;
         let ev = |ts: Nanos, kind: EventKind| Event { seq: 0, ts, kind };
-        let mut out = vec![ev(
-            a.created_at,
-            EventKind::AccountRestored {
-                account,
-                name: a.name,
-                tier: a.tier,
-                overrides: a.overrides,
-                state: a.state,
-                reason: a.state_reason,
-                cash: a.cash,
-                initial_cash: a.initial_cash,
-                realized: a.realized,
-                fees: a.fees,
-                day: a.day,
-                day_start_equity: a.day_start_equity,
-                created_at: a.created_at,
-            },
-        )];
+        let (name, tier, cash, overrides) = (a.name, a.tier, a.initial_cash, a.overrides);
+        let mut out = vec![
+            ev(a.created_at, EventKind::AccountCreated { account, name, tier, cash, overrides }),
+            ev(
+                a.created_at,
+                EventKind::AccountRestored {
+                    account,
+                    state: a.state,
+                    reason: a.state_reason,
+                    cash: a.cash,
+                    realized: a.realized,
+                    fees: a.fees,
+                    day: a.day,
+                    day_start_equity: a.day_start_equity,
+                },
+            ),
+        ];
         for (i, p) in a.positions.iter().enumerate().filter(|(_, p)| **p != Position::default()) {
             let symbol = SymbolId(i as u16);
             out.push(ev(a.created_at, EventKind::PositionRestored { account, symbol, position: *p }));
@@ -1209,29 +1205,11 @@ impl<V: Venue> Engine<V> {
             EventKind::SignalAnswered { account, signal, answer } => {
                 self.idempotency.insert(account, signal, answer, e.ts);
             }
-            EventKind::AccountRestored {
-                account,
-                name,
-                tier,
-                overrides,
-                state,
-                reason,
-                cash,
-                initial_cash,
-                realized,
-                fees,
-                day,
-                day_start_equity,
-                created_at,
-            } => {
-                if self.index_of(account).is_none() {
-                    let created = EventKind::AccountCreated { account, name, tier, cash: initial_cash, overrides };
-                    self.apply_event(&Event { seq: e.seq, ts: created_at, kind: created });
-                }
+            EventKind::AccountRestored { account, state, reason, cash, realized, fees, day, day_start_equity } => {
                 if let Some(i) = self.index_of(account) {
                     let a = &mut self.accounts[i];
                     (a.state, a.state_reason, a.cash, a.realized, a.fees) = (state, reason, cash, realized, fees);
-                    (a.day, a.day_start_equity, a.created_at) = (day, day_start_equity, created_at);
+                    (a.day, a.day_start_equity) = (day, day_start_equity);
                 }
             }
             EventKind::PositionRestored { account, symbol, position } => {

@@ -119,7 +119,7 @@ impl Directory {
 
     fn apply(&mut self, e: &Event) {
         match e.kind {
-            EventKind::AccountCreated { account, tier, .. } | EventKind::AccountRestored { account, tier, .. } => {
+            EventKind::AccountCreated { account, tier, .. } => {
                 self.tiers.insert(account, tier);
             }
             EventKind::KeyAdded { key, account, hash, roles } => {
@@ -970,28 +970,17 @@ impl Hub {
     }
 }
 
-/// The account an event belongs to (orders looked up with `order_account`); `None` for events
-/// no account stream carries (quotes, keys).
-/// The account an event belongs to (`None`: quotes and keys, which go to no account stream).
+/// The account stream an event goes to: its account's, but for keys, the cluster's markers and
+/// checkpoints, which go to none.
 fn account_of(e: &Event) -> Option<AccountId> {
     match e.kind {
-        EventKind::AccountCreated { account, .. }
-        | EventKind::LimitsSet { account, .. }
-        | EventKind::AccountStateChanged { account, .. }
-        | EventKind::DayStarted { account, .. }
-        | EventKind::OrderUpdated { account, .. }
-        | EventKind::Fill { account, .. }
-        | EventKind::SignalAnswered { account, .. }
-        | EventKind::Rejected { account, .. } => Some(account),
-        EventKind::OrderAccepted { order } => Some(order.account),
-        EventKind::Quote(_)
-        | EventKind::KeyAdded { .. }
-        | EventKind::KeyRevoked { .. }
+        EventKind::KeyAdded { .. }
         | EventKind::AccountAdopted { .. }
         | EventKind::AccountReleased { .. }
         | EventKind::AccountRestored { .. }
         | EventKind::PositionRestored { .. }
         | EventKind::OrderRestored { .. } => None,
+        kind => kind.account(),
     }
 }
 
