@@ -1037,6 +1037,11 @@ mod tests {
 
     /// Opens the journal of `dir` the way a node does: replay first, then open after it.
     fn open(dir: &Path, fsync: FsyncPolicy) -> Journal {
+        open_confirmed(dir, fsync, None)
+    }
+
+    /// Like [`open`], with [`Options::confirmed`].
+    fn open_confirmed(dir: &Path, fsync: FsyncPolicy, confirmed: Option<u64>) -> Journal {
         let config = crate::engine::EngineConfig {
             price_collar_bps: 100,
             max_quote_age: 1,
@@ -1048,7 +1053,7 @@ mod tests {
         let symbols = crate::engine::symbol::SymbolTable::new(vec![]);
         let mut engine = crate::engine::Engine::new(config, symbols, vec![], crate::engine::venue::NoVenue);
         let r = replay(&mut engine, dir, false).unwrap();
-        Journal::open(options(dir, fsync), &r.resume, r.last_seq).unwrap()
+        Journal::open(Options { confirmed, ..options(dir, fsync) }, &r.resume, r.last_seq).unwrap()
     }
 
     fn read_all(dir: &Path, limit: Limit) -> Vec<u64> {
@@ -1218,5 +1223,28 @@ mod tests {
         assert_eq!(read_all(dir.path(), Limit::Durable(marks)), vec![1, 2, 3]);
         j.close();
         assert_eq!(futures_lite::future::block_on(j.synced_after(3)), None, "a closed journal syncs no more");
+    }
+
+    #[test]
+    fn a_journal_that_needs_confirmation_acknowledges_only_what_is_both_local_and_confirmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open_confirmed(dir.path(), FsyncPolicy::Never, Some(0));
+        let marks = j.watermarks();
+        j.append(&[quote(1), quote(2), quote(3)]);
+        assert_eq!((j.local(), j.durable()), (3, 0), "durable here, not yet confirmed");
+        assert_eq!(read_all(dir.path(), Limit::Local(marks.clone())), vec![1, 2, 3], "what confirms reads it");
+        assert!(read_all(dir.path(), Limit::Durable(marks.clone())).is_empty(), "no other follower does");
+        assert!(read_all(dir.path(), Limit::Stable(marks.clone())).is_empty());
+        assert_eq!(marks.wait_local(0, Duration::from_secs(1)), 3);
+        j.confirm(2);
+        assert_eq!(j.durable(), 2);
+        j.confirm(5);
+        assert_eq!(j.durable(), 3, "never past what is durable here");
+        j.close();
+        // Reopened with what the outside party had: the rest waits for it again.
+        let mut j = open_confirmed(dir.path(), FsyncPolicy::Never, Some(1));
+        assert_eq!((j.local(), j.durable()), (3, 1));
+        j.confirm(3);
+        assert_eq!(j.durable(), 3);
     }
 }
