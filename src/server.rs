@@ -285,6 +285,12 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
                 replicator.shared(),
             )));
             public_api.cluster = Some(m.status());
+            if let Some(offload) = &public_api.offload {
+                // What this node journaled for accounts that moved away, and Redis never had,
+                // is not merged into the cluster's history.
+                let status = m.status();
+                offload.exclude(Arc::new(move |e| status.is_unreplicated(e)));
+            }
             let held = node.engine.accounts().iter().map(|a| a.id).collect();
             let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status(), held)?;
             (

@@ -567,3 +567,63 @@ fn redis_restarted_in_the_middle_of_a_failover_loses_no_order_answered_under_rep
         }
     }
 }
+
+#[test]
+fn what_a_dead_owner_journaled_and_redis_never_had_is_reported_and_never_reaches_postgresql() {
+    let pg = support::Postgres::start();
+    let mut redis = Redis::start_persistent();
+    let with_pg = [("SIGNALGATE_POSTGRES_URL", pg.url()), ("SIGNALGATE_POSTGRES_MIGRATE", "true".to_string())];
+    let extra: Vec<(&str, &str)> = with_pg.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut nodes = vec![try_member(&redis, "a", &extra).unwrap(), try_member(&redis, "b", &extra).unwrap()];
+    let (id, key) = account_on(&redis, &nodes[1], "a");
+    nodes[0].wait_for_quote(&key, "BTC-USD");
+    for i in 0..3 {
+        assert_eq!(signal(&nodes[0], &key, &signal_with_id(&format!("s{i}"))).status, 201);
+    }
+    // Redis dies: node a journals one more signal, which it cannot acknowledge, and dies too.
+    redis.kill();
+    let held = {
+        let (http, key) = (nodes[0].http, key.clone());
+        std::thread::spawn(move || {
+            let mut c = support::Conn::open(http);
+            let auth = bearer(&key);
+            c.try_send("POST", "/v1/signals", &[JSON, ("Authorization", &auth)], signal_with_id("never").as_bytes())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = nodes.remove(0).crash();
+    assert!(held.join().unwrap().is_err(), "answered without Redis");
+    redis.restart();
+    // The account moves to node b, without the signal Redis never had.
+    within_10s(|| same(owner(&redis, id), "b".to_string()));
+    let (r, _) = until_answered(&nodes[0], &key, &signal_with_id("never"));
+    assert_eq!((r.status, r.header("idempotent-replay")), (201, None), "{}", r.body);
+    // Node a comes back: it lets the account go, reports the event it kept, and its offload
+    // leaves it out of PostgreSQL, where every answered signal is once.
+    let env = member_env(&redis, "a");
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(&extra);
+    let a = support::Node::start_in(dir, &env);
+    within_10s(|| {
+        let c = a.admin("GET", "/admin/cluster", "").json();
+        let listed = c["unreplicated"].as_array().cloned().unwrap_or_default();
+        match listed.iter().find(|u| u["account"] == id) {
+            Some(u) if u["events"].as_u64() > Some(0) => Ok(()),
+            _ => Err(format!("{c}")),
+        }
+    });
+    assert!(a.metric("signalgate_cluster_unreplicated_events") > 0);
+    within_10s(|| {
+        let lag = |n: &support::Node| n.req("GET", "/ready", &[], "").json()["offload_lag_events"].as_u64();
+        same((lag(&a), lag(&nodes[0])), (Some(0), Some(0)))
+    });
+    let count = |signal: &str| {
+        pg.query(&format!("SELECT count(*) FROM signals WHERE account_id = {id} AND signal_id = '{signal}'"))
+    };
+    within_10s(|| {
+        same((count("s0"), count("s1"), count("s2"), count("never")), ("1".into(), "1".into(), "1".into(), "1".into()))
+    });
+    // The one "never" row is node b's: the order it placed.
+    let order = r.json()["order"]["id"].as_u64().unwrap();
+    assert_eq!(pg.query("SELECT order_id FROM signals WHERE signal_id = 'never'"), order.to_string());
+}

@@ -774,7 +774,7 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
             w.key("offload_lag_ms").u64((s.lag_seconds * 1000.0) as u64);
         }
     }
-    // Redis only joins the nodes: each stays ready to trade the accounts it owns without it.
+    // The cluster's state: a node stays up without Redis, and says whether it acts for its accounts.
     if let Some(c) = &api.cluster {
         w.key("cluster");
         c.write_json((node.journal.durable(), node.journal.local()), &mut w);

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Ack, Config};
+use crate::engine::event::Event;
 use crate::engine::types::AccountId;
 use crate::json::Writer;
 
@@ -224,6 +225,13 @@ impl Status {
                 list.push(Unreplicated { account, events: 1, first_seq: seq, last_seq: seq });
             }
         }
+    }
+
+    /// Whether `e` is one of the [`Unreplicated`] events.
+    pub fn is_unreplicated(&self, e: &Event) -> bool {
+        let Some(account) = e.kind.account() else { return false };
+        let Ok(list) = self.unreplicated.lock() else { return false };
+        list.iter().any(|u| u.account == account && (u.first_seq..=u.last_seq).contains(&e.seq))
     }
 
     /// What [`Unreplicated`] events this node holds.

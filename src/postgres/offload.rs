@@ -62,7 +62,13 @@ pub struct Shared {
     last_batch_events: AtomicU64,
     copy_ns: AtomicU64,
     failures: AtomicU64,
+    /// Events that must not reach the database although the journal holds them (a cluster
+    /// node's events that Redis never had, of accounts that moved away).
+    excluded: std::sync::OnceLock<Exclude>,
 }
+
+/// Says whether an event must stay out of the database.
+pub type Exclude = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
 /// The offloader's connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +137,14 @@ impl Shared {
             last_batch_events: AtomicU64::new(0),
             copy_ns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            excluded: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps the events `exclude` names out of the database (set once, before the offload
+    /// starts).
+    pub fn exclude(&self, exclude: Exclude) {
+        let _ = self.excluded.set(exclude);
     }
 
     /// Events up to here may be dropped from the journal (the database has them); 0 until the
@@ -413,7 +426,8 @@ async fn session(
     progress: &mut Progress,
     stop: &AtomicBool,
 ) -> Result<(), Failure> {
-    let node = cfg.node.name.as_str();
+    // Its row in `offload_cursor`: on a cluster node its node id, unique in the cluster.
+    let node = if cfg.cluster.enabled() { cfg.cluster.node_id.as_str() } else { cfg.node.name.as_str() };
     if let Err(e) = client.batch_execute(STAGING).await {
         let mut f = Failure::from(e);
         if f.message.contains("does not exist") {
@@ -544,7 +558,7 @@ fn read_batches(
             continue;
         };
         let stable = shared.marks.stable();
-        if let Err(e) = m.read(stable, cfg.postgres.batch_events - m.open.events) {
+        if let Err(e) = m.read(stable, cfg.postgres.batch_events - m.open.events, shared.excluded.get()) {
             let generation = *generation;
             mirror = None;
             if out.blocking_send((generation, Err(e))).is_err() {
@@ -731,14 +745,14 @@ impl Mirror {
     }
 
     /// Reads up to `max` stable events (up to `stable`) into the open batch.
-    fn read(&mut self, stable: u64, max: usize) -> Result<(), String> {
+    fn read(&mut self, stable: u64, max: usize, excluded: Option<&Exclude>) -> Result<(), String> {
         let Mirror { follower, open, adoptions } = self;
         if open.events == 0 {
             open.first = follower.next_seq();
         }
         follower.advance(stable, max, |engine, e| {
             // What an adoption brought is the old owner's history: that node offloads it.
-            if !adoptions.imported(e) {
+            if !adoptions.imported(e) && !excluded.is_some_and(|x| x(e)) {
                 add_event(engine, open, e);
             }
         })?;
