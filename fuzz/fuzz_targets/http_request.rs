@@ -43,7 +43,7 @@ fn fresh() -> Harness {
     cfg.demo.tier = "enterprise".into();
     cfg.journal.dir = dir.path().to_path_buf();
     cfg.journal.fsync = FsyncPolicy::Never;
-    let (mut node, _) = Node::open(&cfg, ADMIN.into(), START, false).expect("the node");
+    let (mut node, _) = Node::open(&cfg, ADMIN.into(), START, false, None).expect("the node");
     node.create_demo(&cfg, signalgate::auth::hash_key(KEY.as_bytes()), START).expect("the demo account");
     for (symbol, bid) in [(0, 6_500_000), (1, 320_000)] {
         node.apply_quote(
