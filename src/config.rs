@@ -348,11 +348,17 @@ impl ClusterConfig {
     /// exact in any JSON reader.
     pub fn order_id_base(&self) -> u64 {
         if self.enabled() {
-            u64::from(node_number(&self.node_id)) * crate::engine::ORDER_ID_SPAN
+            node_base(&self.node_id)
         } else {
             0
         }
     }
+}
+
+/// Where the ranges of cluster node `node_id` start: its order ids, and the sequence numbers its
+/// events carry in PostgreSQL.
+pub fn node_base(node_id: &str) -> u64 {
+    u64::from(node_number(node_id)) * crate::engine::ORDER_ID_SPAN
 }
 
 /// The number of a cluster node's order id range, 1–8191, derived from its id (FNV-1a): two

@@ -270,11 +270,14 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
             crate::cluster::failover::release_moved(&cfg, &mut node)?;
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
+            let offload = public_api.offload.clone();
+            let offloaded = offload.clone().map(|o| Arc::new(move || o.prune_floor()) as _);
             let replicator = crate::cluster::replicate::Replicator::start(
                 &cfg,
                 &node.engine,
                 node.journal.watermarks(),
                 m.status(),
+                offloaded,
             )?;
             let (market, quotes_in) =
                 crate::cluster::market::Market::start(&cfg.cluster.redis_url, cfg.symbols.len(), m.status())?;
@@ -285,14 +288,15 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
                 replicator.shared(),
             )));
             public_api.cluster = Some(m.status());
-            if let Some(offload) = &public_api.offload {
+            if let Some(offload) = &offload {
                 // What this node journaled for accounts that moved away, and Redis never had,
                 // is not merged into the cluster's history.
                 let status = m.status();
                 offload.exclude(Arc::new(move |e| status.is_unreplicated(e)));
             }
             let held = node.engine.accounts().iter().map(|a| a.id).collect();
-            let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status(), held)?;
+            let import = offload.map(|o| Arc::new(move |account, history| o.import(account, history)) as _);
+            let (failover, adoptions) = crate::cluster::failover::Failover::start(&cfg, m.status(), held, import)?;
             (
                 Some(registry),
                 Some(market),

@@ -224,12 +224,15 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let redis = Redis::start();
+    let pg = support::Postgres::start();
     let ids = ["a", "b", "c"];
     // Fixed ports: a node restarted after its kill is where nginx and the others expect it.
     let ports: Vec<[u16; 3]> = ids.iter().map(|_| [0; 3].map(|_| support::fixed_port())).collect();
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let env_of = |i: usize| {
         let mut env = member_env(&redis, ids[i]);
+        env.push(("SIGNALGATE_POSTGRES_URL".into(), pg.url()));
+        env.push(("SIGNALGATE_POSTGRES_MIGRATE".into(), "true".into()));
         for (name, port) in ["SIGNALGATE_HTTP_ADDR", "SIGNALGATE_ADMIN_ADDR", "SIGNALGATE_WS_ADDR"].iter().zip(ports[i])
         {
             env.push((name.to_string(), addr(port)));
@@ -433,6 +436,33 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
         assert_eq!(r.header("idempotent-replay"), Some("true"), "{} answered 201 and lost: {}", a.signal_id, r.body);
         assert_eq!(r.json()["order"]["id"].as_u64(), Some(a.order), "{}", r.body);
     }
+    // And in PostgreSQL once caught up, whichever node journaled it, and whether it died before
+    // its offload had it or came back to offload it again: each answered signal once, with its
+    // order; no other order, and no fill twice.
+    for n in nodes.iter().flatten() {
+        offloaded_all(n);
+    }
+    within_5s(|| same(redis.query(&["SCARD", "signalgate:pg_pending"]).unwrap(), "0".to_string()));
+    let rows = pg.query(
+        "SELECT signal_id || ' ' || min(order_id) || ' ' || count(*) FROM signals WHERE signal_id IS NOT NULL GROUP BY signal_id",
+    );
+    let in_pg: std::collections::HashMap<&str, (u64, u64)> = rows
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0], (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .collect();
+    for a in &answered {
+        assert_eq!(in_pg.get(a.signal_id.as_str()), Some(&(a.order, 1)), "{} in PostgreSQL", a.signal_id);
+    }
+    assert_eq!(in_pg.len(), answered.len());
+    assert_eq!(pg.query("SELECT count(*) FROM orders"), answered.len().to_string());
+    assert_eq!(
+        pg.query("SELECT count(*) = count(DISTINCT (ts, order_id, qty)) FROM fills"),
+        "t",
+        "a fill in PostgreSQL twice"
+    );
 }
 
 #[test]
@@ -616,4 +646,89 @@ fn what_a_dead_owner_journaled_and_redis_never_had_is_reported_and_never_reaches
     // The one "never" row is node b's: the order it placed.
     let order = r.json()["order"]["id"].as_u64().unwrap();
     assert_eq!(pg.query("SELECT order_id FROM signals WHERE signal_id = 'never'"), order.to_string());
+}
+
+/// Waits until PostgreSQL has every event `node` had journaled when called (quotes go on).
+fn offloaded_all(node: &support::Node) {
+    let last = node.req("GET", "/ready", &[], "").json()["last_seq"].as_u64().unwrap();
+    within_10s(|| {
+        let offloaded = node.metric("signalgate_offload_seq");
+        if offloaded >= last {
+            Ok(())
+        } else {
+            Err(format!("offloaded up to {offloaded}, not {last}"))
+        }
+    });
+}
+
+/// Each answered signal id of `account` in PostgreSQL with its order and how many rows it has,
+/// then whether every fill is there once and how the orders stand.
+fn projection_of(pg: &support::Postgres, account: u64) -> (String, String, String) {
+    let signals = pg.query(&format!(
+        "SELECT string_agg(signal_id || ':' || order_id || 'x' || n, ' ' ORDER BY signal_id) FROM
+         (SELECT signal_id, min(order_id) AS order_id, count(*) AS n FROM signals
+          WHERE account_id = {account} AND signal_id IS NOT NULL GROUP BY signal_id) s"
+    ));
+    let fills = pg.query(&format!(
+        "SELECT count(*) || ' fills, ' || count(DISTINCT (ts, order_id, qty)) || ' distinct' FROM fills WHERE account_id = {account}"
+    ));
+    let orders = pg.query(&format!(
+        "SELECT count(*) || ' orders, ' || count(*) FILTER (WHERE status = 'filled') || ' filled' FROM orders WHERE account_id = {account}"
+    ));
+    (signals, fills, orders)
+}
+
+#[test]
+fn what_a_dead_owner_never_offloaded_reaches_postgresql_once_through_the_node_that_took_its_accounts() {
+    let pg = support::Postgres::start();
+    let redis = Redis::start();
+    let url = pg.url();
+    let small = ("SIGNALGATE_CLUSTER_CHECKPOINT_EVENTS", "16");
+    let with_pg = [("SIGNALGATE_POSTGRES_URL", url.as_str()), ("SIGNALGATE_POSTGRES_MIGRATE", "true"), small];
+    let b = try_member(&redis, "b", &with_pg).unwrap();
+    // Node a's database is out of reach: it offloads nothing before it dies.
+    let a = try_member(&redis, "a", &[("SIGNALGATE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/none"), small])
+        .unwrap();
+    wait_members(&b, &[("a", true), ("b", true)]);
+    let (id, key) = account_on(&redis, &b, "a");
+    a.wait_for_quote(&key, "BTC-USD");
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        let signal_id = format!("s{i:02}");
+        let r = signal(&a, &key, &signal_with_id(&signal_id));
+        assert_eq!(r.status, 201, "{}", r.body);
+        expected.push(format!("{signal_id}:{}x1", r.json()["order"]["id"]));
+    }
+    // Some 80 events, with a checkpoint due every 16: the stream keeps them all, from the
+    // account's creation on, since PostgreSQL has none of them yet.
+    within_5s(|| same(a.metric("signalgate_cluster_replication_lag_events"), 0));
+    assert!(a.metric("signalgate_cluster_checkpoints_total") > 0);
+    let stream = stream_of(&redis, id);
+    assert!(stream.len() > 80 && stream[0].1 > 0, "{stream:?}");
+    assert_eq!(pg.query(&format!("SELECT count(*) FROM signals WHERE account_id = {id}")), "0");
+    let dir = a.crash();
+    // Node b takes the account and writes what node a had not: every answered signal once.
+    within_10s(|| same(owner(&redis, id), "b".to_string()));
+    let r = until_answered(&b, &key, &signal_with_id("s20")).0;
+    expected.push(format!("s20:{}x1", r.json()["order"]["id"]));
+    let want = (expected.join(" "), "21 fills, 21 distinct".to_string(), "21 orders, 21 filled".to_string());
+    within_10s(|| same(projection_of(&pg, id), want.clone()));
+    within_5s(|| same(redis.query(&["SCARD", "signalgate:pg_pending"]).unwrap(), "0".to_string()));
+    // Its earlier owner's events in PostgreSQL, node b's checkpoints cut the stream back again.
+    for i in 21..30 {
+        assert_eq!(signal(&b, &key, &signal_with_id(&format!("s{i}"))).status, 201);
+    }
+    // (A checkpoint's entries carry records numbered 0.)
+    within_5s(|| same(stream_of(&redis, id).first().map(|(_, record)| *record), Some(0)));
+    // Node a comes back, now with the database: its offload of the same events leaves each row
+    // once, and sets no order back.
+    let env = member_env(&redis, "a");
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(&with_pg);
+    let a = support::Node::start_in(dir, &env);
+    offloaded_all(&a);
+    let (signals, fills, orders) = projection_of(&pg, id);
+    assert!(signals.starts_with(&want.0), "{signals}");
+    assert_eq!(signals.matches("x1").count(), 30, "{signals}");
+    assert_eq!((fills, orders), ("30 fills, 30 distinct".to_string(), "30 orders, 30 filled".to_string()));
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{connect_to as connect, key, Member, Status};
 use crate::config::Config;
-use crate::engine::event::Event;
+use crate::engine::event::{Event, EventKind};
 use crate::engine::types::AccountId;
 use crate::journal::format::{self, Version};
 use crate::node::Node;
@@ -35,10 +35,11 @@ const CHECK: Duration = Duration::from_millis(100);
 const QUEUE: usize = 64;
 
 /// Takes an account for this node while its old owner's lease is gone: raises its epoch,
-/// records the new owner, moves it between the owners' sets and notes it as moved; the new epoch,
-/// or nothing when the account is not the old owner's any more or its lease is back. KEYS:
-/// owners, epochs, lease:{old}, accounts:{old}, accounts:{new}, moved:{old}; ARGV: account,
-/// old node id, new node id.
+/// records the new owner, moves it between the owners' sets, notes it as moved and, with
+/// PostgreSQL, as having events to import; the new epoch, or nothing when the account is not
+/// the old owner's any more or its lease is back. KEYS: owners, epochs, lease:{old},
+/// accounts:{old}, accounts:{new}, moved:{old}, pg_pending; ARGV: account, old node id, new
+/// node id, 1 with PostgreSQL.
 const TAKE: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return false end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
@@ -46,7 +47,29 @@ local epoch = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('SMOVE', KEYS[4], KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[6], ARGV[1])
+if ARGV[4] == '1' then redis.call('SADD', KEYS[7], ARGV[1]) end
 return epoch";
+
+/// Takes an account out of `pg_pending` while this node owns it. KEYS: owners, pg_pending; ARGV:
+/// account, node id.
+const IMPORTED: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('SREM', KEYS[2], ARGV[1]) end";
+
+/// An entry of an account's stream: the node that journaled the event (`None` for a checkpoint's
+/// from before nodes were named there), and the event as that node journaled it.
+pub type Entry = (Option<String>, Event);
+
+/// Hands the offload an account's stream, so that PostgreSQL gets the events of its earlier
+/// owners that their offload had not committed; the receiver gets the rows written, or why not.
+pub type Import = Arc<dyn Fn(AccountId, Vec<Entry>) -> Imported + Send + Sync>;
+
+/// Where an import's outcome arrives: the rows written, or why not.
+pub type Imported = std::sync::mpsc::Receiver<Result<usize, String>>;
+
+/// How long an import may take before it is asked again.
+const IMPORT_WAIT: Duration = Duration::from_secs(30);
+/// Pause after an import failed.
+const IMPORT_RETRY: Duration = Duration::from_secs(1);
 
 /// An account moved to this node: its epoch here and its history.
 #[derive(Debug)]
@@ -72,7 +95,15 @@ pub struct Failover {
 impl Failover {
     /// Starts the thread; what it takes arrives on the receiver, for the hot core, which holds
     /// the accounts `held` now.
-    pub fn start(cfg: &Config, status: Arc<Status>, held: Vec<AccountId>) -> Result<(Failover, Adoptions), String> {
+    /// With PostgreSQL, `import` writes there what the earlier owners of the accounts taken had
+    /// not (see [`Import`]): they stay in `pg_pending` until it did, and their streams keep every
+    /// event meanwhile.
+    pub fn start(
+        cfg: &Config,
+        status: Arc<Status>,
+        held: Vec<AccountId>,
+        import: Option<Import>,
+    ) -> Result<(Failover, Adoptions), String> {
         let client =
             redis::Client::open(cfg.cluster.redis_url.as_str()).map_err(|e| format!("cluster.redis_url: {e}"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
@@ -87,9 +118,13 @@ impl Failover {
                 adopted: tx,
                 taken: Vec::new(),
                 held: Some(held),
+                import,
+                importing: None,
+                import_after: Instant::now(),
             };
             while !stop.load(Ordering::Acquire) {
                 watch.check(stop);
+                watch.import_pending();
                 std::thread::park_timeout(CHECK);
             }
         })?;
@@ -110,6 +145,11 @@ struct Watch {
     taken: Vec<(AccountId, u64, String, Instant)>,
     /// The accounts the hot core held at start, until the first check looked for those it lacks.
     held: Option<Vec<AccountId>>,
+    import: Option<Import>,
+    /// The account whose import runs, and since when.
+    importing: Option<(AccountId, Imported, Instant)>,
+    /// No import is started before this.
+    import_after: Instant,
 }
 
 impl Watch {
@@ -177,9 +217,11 @@ impl Watch {
                     .key(key(&format!("accounts:{}", d.node_id)))
                     .key(key(&format!("accounts:{me}")))
                     .key(key(&format!("moved:{}", d.node_id)))
+                    .key(key("pg_pending"))
                     .arg(account.0)
                     .arg(&d.node_id)
                     .arg(&me)
+                    .arg(u8::from(self.import.is_some()))
                     .invoke(con);
                 match epoch {
                     Ok(Some(epoch)) => self.taken.push((account, epoch, d.node_id.clone(), Instant::now())),
@@ -237,8 +279,8 @@ impl Watch {
             }
         };
         for ((account, epoch, from, taken_at), reply) in std::mem::take(&mut self.taken).into_iter().zip(&replies) {
-            let history = match history_of(reply) {
-                Ok(h) => h,
+            let history = match entries_of(reply) {
+                Ok(entries) => since_checkpoint(&entries).iter().map(|(_, e)| *e).collect::<Vec<_>>(),
                 Err(e) => {
                     // Nothing to rebuild it from: it stays unserved here, said loudly.
                     log::error!("cluster: account {account} of node {from:?} cannot be rebuilt: {e}");
@@ -256,6 +298,76 @@ impl Watch {
             }
         }
     }
+
+    /// Imports into PostgreSQL, one account at a time, the events of the accounts in
+    /// `pg_pending` that this node owns (see [`Import`]); an account leaves the set once done.
+    fn import_pending(&mut self) {
+        let Some(import) = self.import.clone() else { return };
+        if let Some((account, rx, since)) = &self.importing {
+            let account = *account;
+            let done = match rx.try_recv() {
+                Ok(r) => r,
+                Err(std::sync::mpsc::TryRecvError::Empty) if since.elapsed() < IMPORT_WAIT => return,
+                Err(_) => Err("the offload did not answer".into()),
+            };
+            self.importing = None;
+            match done {
+                Ok(rows) => {
+                    let Some(con) = self.con.as_mut() else { return };
+                    // Unless the account moved on meanwhile: its next owner imports what this
+                    // node's offload may not have.
+                    let done: redis::RedisResult<()> = redis::Script::new(IMPORTED)
+                        .key(key("owners"))
+                        .key(key("pg_pending"))
+                        .arg(account.0)
+                        .arg(self.status.node_id())
+                        .invoke(con);
+                    match done {
+                        Ok(()) => log::info!(
+                            "cluster: account {account}: the events of its earlier owners that PostgreSQL lacked are there ({rows} rows)"
+                        ),
+                        Err(_) => self.con = None,
+                    }
+                }
+                Err(e) => {
+                    log::warn!("cluster: account {account}: its earlier owners' events are not in PostgreSQL yet ({e}); trying again");
+                    self.import_after = Instant::now() + IMPORT_RETRY;
+                }
+            }
+            return;
+        }
+        if Instant::now() < self.import_after {
+            return;
+        }
+        let Some(con) = self.con.as_mut() else { return };
+        let me = self.status.node_id();
+        let next = (|| -> redis::RedisResult<Option<(AccountId, redis::Value)>> {
+            let pending: Vec<u32> = redis::cmd("SMEMBERS").arg(key("pg_pending")).query(con)?;
+            if pending.is_empty() {
+                return Ok(None);
+            }
+            let owners: Vec<Option<String>> = redis::cmd("HMGET").arg(key("owners")).arg(&pending).query(con)?;
+            let Some(account) =
+                pending.iter().zip(owners).find(|(_, o)| o.as_deref() == Some(me)).map(|(a, _)| AccountId(*a))
+            else {
+                return Ok(None);
+            };
+            let stream =
+                redis::cmd("XRANGE").arg(super::replicate::stream_key(account)).arg("-").arg("+").query(con)?;
+            Ok(Some((account, stream)))
+        })();
+        match next {
+            Ok(Some((account, stream))) => match entries_of(&stream) {
+                Ok(entries) => self.importing = Some((account, import(account, entries), Instant::now())),
+                Err(e) => {
+                    log::error!("cluster: account {account}: its stream cannot be read for PostgreSQL: {e}");
+                    self.import_after = Instant::now() + IMPORT_RETRY;
+                }
+            },
+            Ok(None) => {}
+            Err(_) => self.con = None,
+        }
+    }
 }
 
 /// The live member an account of a dead node goes to: the same on every node that asks.
@@ -266,27 +378,39 @@ fn taker<'a>(account: u32, live: &[&'a str]) -> Option<&'a str> {
     })
 }
 
-/// The events of an `XRANGE` reply of an account's stream, in order.
-pub fn history_of(reply: &redis::Value) -> Result<Vec<Event>, String> {
+/// What rebuilds an account from its stream's entries: its newest checkpoint and the events
+/// after it (or all, without a checkpoint). A checkpoint starts with the account's creation,
+/// numbered 0 (the events of the account's real creation carry their sequence number).
+pub fn since_checkpoint(entries: &[Entry]) -> &[Entry] {
+    let start = entries.iter().rposition(|(_, e)| e.seq == 0 && matches!(e.kind, EventKind::AccountCreated { .. }));
+    &entries[start.unwrap_or(0)..]
+}
+
+/// The entries of an `XRANGE` reply of an account's stream, in order.
+pub fn entries_of(reply: &redis::Value) -> Result<Vec<Entry>, String> {
     use redis::Value;
     let Value::Array(entries) = reply else { return Err("an account's stream is not a list of entries".into()) };
     entries
         .iter()
         .map(|entry| {
-            // [id, [field, value, field, value, ...]]: the value after `event`.
-            let record = match entry {
+            // [id, [field, value, field, value, ...]]
+            let fields = match entry {
                 Value::Array(parts) => match parts.get(1) {
-                    Some(Value::Array(fields)) => fields.chunks(2).find_map(|f| match f {
-                        [Value::BulkString(k), Value::BulkString(v)] if k == b"event" => Some(v),
-                        _ => None,
-                    }),
-                    _ => None,
+                    Some(Value::Array(fields)) => fields.as_slice(),
+                    _ => &[],
                 },
-                _ => None,
+                _ => &[],
             };
-            let record = record.ok_or("a stream entry without its event")?;
+            let field = |name: &[u8]| {
+                fields.chunks(2).find_map(|f| match f {
+                    [Value::BulkString(k), Value::BulkString(v)] if k == name => Some(v),
+                    _ => None,
+                })
+            };
+            let record = field(b"event").ok_or("a stream entry without its event")?;
+            let node = field(b"node").map(|n| String::from_utf8_lossy(n).into_owned());
             let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("a stream entry: {e}"))?;
-            format::decode(found.payload, Version::V2)
+            Ok((node, format::decode(found.payload, Version::V2)?))
         })
         .collect()
 }

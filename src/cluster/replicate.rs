@@ -12,8 +12,16 @@
 //! a batch counts once that many Redis replicas have it too (`WAIT`).
 //!
 //! Redis keys (prefix `signalgate:`): `owners` (account → node id) and `epochs` (account →
-//! epoch), `accounts:{node_id}`, `events:{account}` (fields `seq`, `epoch`, `event`: the
-//! journal record) and `replicated:{node_id}` (the last sequence number Redis has of this node).
+//! epoch), `accounts:{node_id}`, `events:{account}` (fields `seq`, `epoch`, `node`: the node
+//! that journaled it, `event`: the journal record), `checkpoints:{account}` and
+//! `replicated:{node_id}` (the last sequence number Redis has of this node).
+//!
+//! With PostgreSQL, a checkpoint drops only what the database has: the stream keeps the events
+//! since the newest checkpoint this node's offload has passed (so mostly two checkpoints' worth),
+//! and all of an account whose earlier owners' events a takeover has still to import
+//! (`pg_pending`, see `failover`). A node that dies before its offload caught up thus leaves
+//! every event of its accounts in Redis for the node that takes them; that node rebuilds the
+//! account from the newest checkpoint on, and imports the older events.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,7 +61,7 @@ for i = 4, #ARGV, 4 do
     redis.call('SADD', KEYS[4], a)
   end
   if redis.call('HGET', KEYS[1], a) == node and redis.call('HGET', KEYS[2], a) == e then
-    redis.call('XADD', ARGV[3] .. a, '*', 'seq', ARGV[i + 2], 'epoch', e, 'event', ARGV[i + 3])
+    redis.call('XADD', ARGV[3] .. a, '*', 'seq', ARGV[i + 2], 'epoch', e, 'node', node, 'event', ARGV[i + 3])
   else
     refused[#refused + 1] = a
   end
@@ -77,18 +85,36 @@ for i = 2, #ARGV, 2 do
 end
 return refused";
 
-/// Replaces an account's stream by a checkpoint of it, when this node owns the account under the
-/// epoch given: appends the checkpoint's events, then trims every entry before them; 1 when
-/// written, 0 when this node does not own the account (any more). ARGV: node id, account,
-/// epoch, the last sequence number the checkpoint covers, then its events' records.
+/// Adds a checkpoint to an account's stream, when this node owns the account under the epoch
+/// given, and trims the stream to the newest checkpoint before which PostgreSQL has every event
+/// (with no database: the one just added); 1 when written, 0 when this node does not own the
+/// account (any more). The start of each checkpoint kept is listed in `checkpoints:{account}`
+/// (`<entry id> <sequence number it covers> <node id>`). Another node's checkpoints can go once
+/// the account is not in `pg_pending` (their events were imported when it moved here). KEYS:
+/// owners, epochs, the stream, pg_pending, the checkpoint list; ARGV: node id, account, epoch,
+/// the last sequence number the checkpoint covers, how far PostgreSQL has this node's journal
+/// (-1: no database), then the checkpoint's records.
 const CHECKPOINT: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[1] or redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
+local node = ARGV[1]
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= node or redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
 local first = nil
-for i = 5, #ARGV do
-  local id = redis.call('XADD', KEYS[3], '*', 'seq', ARGV[4], 'epoch', ARGV[3], 'event', ARGV[i])
+for i = 6, #ARGV do
+  local id = redis.call('XADD', KEYS[3], '*', 'seq', ARGV[4], 'epoch', ARGV[3], 'node', node, 'event', ARGV[i])
   if not first then first = id end
 end
-if first then redis.call('XTRIM', KEYS[3], 'MINID', first) end
+if not first then return 1 end
+redis.call('RPUSH', KEYS[5], first .. ' ' .. ARGV[4] .. ' ' .. node)
+if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1 then return 1 end
+local offloaded = tonumber(ARGV[5])
+local starts = redis.call('LRANGE', KEYS[5], 0, -1)
+for i = #starts, 1, -1 do
+  local id, covers, by = string.match(starts[i], '^(%S+) (%S+) (%S+)$')
+  if offloaded < 0 or by ~= node or tonumber(covers) <= offloaded then
+    redis.call('XTRIM', KEYS[3], 'MINID', id)
+    redis.call('LTRIM', KEYS[5], i - 1, -1)
+    return 1
+  end
+end
 return 1";
 
 /// The key of an account's stream.
@@ -162,6 +188,9 @@ impl Future for ReplicatedAfter {
     }
 }
 
+/// The last sequence number of this node's journal that PostgreSQL has.
+pub type Offloaded = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The replication thread; dropping it stops the thread.
 pub struct Replicator {
     shared: Arc<Shared>,
@@ -176,6 +205,7 @@ impl Replicator {
         engine: &Engine<V>,
         marks: Arc<Watermarks>,
         status: Arc<Status>,
+        offloaded: Option<Offloaded>,
     ) -> Result<Replicator, String> {
         let from = status.replicated.load(Ordering::Acquire);
         let c = &cfg.cluster;
@@ -210,6 +240,7 @@ impl Replicator {
             since_checkpoint: HashMap::new(),
             checkpoint_script: redis::Script::new(CHECKPOINT),
             checkpoint_every: c.checkpoint_events,
+            offloaded,
             marks,
             epochs: accounts.iter().zip(epochs).map(|(&a, e)| (AccountId(a), e.unwrap_or(1))).collect(),
             keys: engine.keys().iter().map(|k| (k.id, k.account)).collect(),
@@ -265,6 +296,8 @@ struct Worker {
     since_checkpoint: HashMap<AccountId, (usize, usize)>,
     checkpoint_script: redis::Script,
     checkpoint_every: usize,
+    /// How far PostgreSQL has this node's journal, when it has a database.
+    offloaded: Option<Offloaded>,
     marks: Arc<Watermarks>,
     /// The epoch under which this node owns each of its accounts.
     epochs: HashMap<AccountId, u64>,
@@ -422,10 +455,11 @@ impl Worker {
         }
     }
 
-    /// Replaces the history in the stream of each account that had `cluster.checkpoint_events`
-    /// events (or twice its last checkpoint's) since its last checkpoint by a checkpoint of it: the
-    /// account as this node's follower engine has it, after every event the stream holds. A
-    /// failed write is tried again after the next batch.
+    /// Adds a checkpoint to the stream of each account that had `cluster.checkpoint_events`
+    /// events (or twice its last checkpoint's) since its last checkpoint, in place of what came
+    /// before it: the
+    /// account as this node's follower engine has it, after every event the stream holds (see
+    /// [`CHECKPOINT`] for what it trims). A failed write is tried again after the next batch.
     fn checkpoints(&mut self) {
         let due: Vec<AccountId> = self
             .since_checkpoint
@@ -433,6 +467,8 @@ impl Worker {
             .filter(|(_, (since, size))| *since >= self.checkpoint_every.max(2 * size))
             .map(|(a, _)| *a)
             .collect();
+        let covers = self.follower.next_seq() - 1;
+        let offloaded = self.offloaded.as_ref().map_or(-1, |offloaded| offloaded() as i64);
         for account in due {
             let (Some(&epoch), Some(events)) = (self.epochs.get(&account), self.follower.engine().checkpoint(account))
             else {
@@ -444,10 +480,13 @@ impl Worker {
             call.key(key("owners"))
                 .key(key("epochs"))
                 .key(stream_key(account))
+                .key(key("pg_pending"))
+                .key(key(&format!("checkpoints:{}", account.0)))
                 .arg(&self.node_id)
                 .arg(account.0)
                 .arg(epoch)
-                .arg(self.follower.next_seq() - 1);
+                .arg(covers)
+                .arg(offloaded);
             for e in &events {
                 self.scratch.clear();
                 format::encode(&mut self.scratch, e);

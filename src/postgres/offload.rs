@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::engine::event::{Adoptions, Event, EventKind};
 use crate::engine::order::Order;
 use crate::engine::position::Holding;
+use crate::engine::symbol::SymbolTable;
 use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId};
 use crate::engine::venue::NoVenue;
 use crate::engine::Engine;
@@ -65,7 +66,21 @@ pub struct Shared {
     /// Events that must not reach the database although the journal holds them (a cluster
     /// node's events that Redis never had, of accounts that moved away).
     excluded: std::sync::OnceLock<Exclude>,
+    /// Accounts another node owned, whose events there this node writes (see [`Shared::import`]).
+    imports: std::sync::Mutex<Vec<Import>>,
 }
+
+/// Another node's events of an account this node took, for the database (see
+/// [`Shared::import`]).
+struct Import {
+    account: AccountId,
+    history: Vec<Origin>,
+    done: std::sync::mpsc::Sender<Result<usize, String>>,
+}
+
+/// An event of an account's stream in Redis with the node that journaled it (`None`: unknown,
+/// or a checkpoint's, which is state rather than history).
+pub type Origin = (Option<String>, Event);
 
 /// Says whether an event must stay out of the database.
 pub type Exclude = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
@@ -138,7 +153,24 @@ impl Shared {
             copy_ns: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             excluded: std::sync::OnceLock::new(),
+            imports: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Writes the rows of an account that moved here from the events its earlier owners
+    /// journaled (`history`: its stream in Redis, in order) that their offload had not committed:
+    /// what a node that died before its offload caught up would otherwise never bring. Rows are
+    /// merged, so one already there (written by the old owner, back again, or by an earlier
+    /// import) stays once. Done by the offloader's connection between batches; the receiver gets
+    /// the rows written, or why not.
+    pub fn import(&self, account: AccountId, history: Vec<Origin>) -> std::sync::mpsc::Receiver<Result<usize, String>> {
+        let (done, rx) = std::sync::mpsc::channel();
+        if let Ok(mut q) = self.imports.lock() {
+            // One per account: a newer request replaces one still waiting.
+            q.retain(|i| i.account != account);
+            q.push(Import { account, history, done });
+        }
+        rx
     }
 
     /// Keeps the events `exclude` names out of the database (set once, before the offload
@@ -473,6 +505,7 @@ async fn session(
     log::info!("postgres: offloading events after seq {cursor}");
     let mut stopping_since: Option<Instant> = None;
     loop {
+        imports(cfg, shared, client).await?;
         if progress.held.is_none() {
             let received = tokio::select! {
                 r = reader.batches.recv() => r,
@@ -499,7 +532,7 @@ async fn session(
         }
         let Some(batch) = &progress.held else { continue };
         let started = Instant::now();
-        commit(client, node, cursor, batch).await?;
+        commit(client, Some((node, cursor)), batch).await?;
         cursor = batch.last;
         shared.copy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -582,82 +615,205 @@ fn read_batches(
     }
 }
 
+/// Does the imports waiting (see [`Shared::import`]); `Err` when the connection broke.
+async fn imports(cfg: &Config, shared: &Shared, client: &Client) -> Result<(), Failure> {
+    loop {
+        let Some(job) = shared.imports.lock().ok().and_then(|mut q| q.pop()) else { return Ok(()) };
+        let result = import(cfg, client, &job.history).await;
+        let _ = job.done.send(result.as_ref().map(|n| *n).map_err(|f| f.message.clone()));
+        if client.is_closed() {
+            return result.map(|_| ());
+        }
+    }
+}
+
+/// Writes the rows of the events in `history` (an account's stream) that were journaled by
+/// another node and are past that node's offload cursor, merged; the rows written.
+async fn import(cfg: &Config, client: &Client, history: &[Origin]) -> Result<usize, Failure> {
+    let me = cfg.cluster.node_id.as_str();
+    let mut origins: Vec<&str> = history.iter().filter_map(|(o, _)| o.as_deref()).filter(|o| *o != me).collect();
+    origins.sort_unstable();
+    origins.dedup();
+    if origins.is_empty() {
+        return Ok(0);
+    }
+    let cursors: HashMap<String, u64> = client
+        .query("SELECT node, last_seq FROM offload_cursor WHERE node = ANY($1)", &[&origins])
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    // The account as each event left it, from its creation (or its oldest checkpoint) on. A
+    // checkpoint's events are numbered 0: state, not events to write; the later checkpoints
+    // say again what the events before them did.
+    let mut engine = crate::node::follower_engine(cfg);
+    let mut batch = Batch::default();
+    let mut started = false;
+    for (origin, e) in history {
+        if e.seq == 0 && started {
+            continue;
+        }
+        started |= e.seq != 0;
+        engine.apply_event(e);
+        let Some(origin) = origin.as_deref().filter(|o| *o != me) else { continue };
+        if e.seq > cursors.get(origin).copied().unwrap_or(0) {
+            add_event(&engine, &mut batch, &Event { seq: crate::config::node_base(origin) + e.seq, ..*e });
+        }
+    }
+    if batch.events == 0 {
+        return Ok(0);
+    }
+    let sealed = batch.seal(engine.symbols(), &MERGED, 0, 0);
+    commit(client, None, &sealed).await?;
+    Ok(sealed.rows)
+}
+
 async fn read_cursor(client: &Client, node: &str) -> Result<u64, Failure> {
     let row = client.query_one("SELECT last_seq FROM offload_cursor WHERE node = $1", &[&node]).await?;
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// Session-local staging tables for the tables whose rows change (accounts, keys, orders):
-/// their batch rows are copied here, then merged with one upsert.
+/// Session-local staging tables: rows copied here are merged into their table with one upsert
+/// (for the tables whose rows change, and on a cluster node for all of an account's).
 const STAGING: &str = "
 CREATE TEMP TABLE IF NOT EXISTS stage_accounts (LIKE accounts) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_api_keys (LIKE api_keys) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_orders (LIKE orders) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_fills (LIKE fills) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_position_snapshots (LIKE position_snapshots) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_signals (LIKE signals) ON COMMIT DELETE ROWS;
 ";
 
-/// Where each table's rows go: the COPY, and for changing tables the merge after it.
+/// Where each table's rows go: the COPY, and for staged rows the merge after it.
 struct Target {
     copy: &'static str,
     merge: Option<&'static str>,
 }
 
-const ACCOUNTS: Target = Target {
-    copy: "COPY stage_accounts (account_id, name, tier, initial_cash, state, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
-    merge: Some(
-        "INSERT INTO accounts SELECT * FROM stage_accounts ON CONFLICT (account_id) DO UPDATE SET
-         name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
-    ),
-};
-const API_KEYS: Target = Target {
-    copy: "COPY stage_api_keys (key_id, account_id, key_sha256, feed, created_at, revoked_at, seq) FROM STDIN (FORMAT binary)",
-    merge: Some(
-        "INSERT INTO api_keys SELECT * FROM stage_api_keys ON CONFLICT (key_id) DO UPDATE SET
-         feed = EXCLUDED.feed, revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq",
-    ),
-};
-const ORDERS: Target = Target {
-    copy: "COPY stage_orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
-    merge: Some(
-        "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
-         status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
-    ),
-};
-/// Orders accepted in the batch itself: no row can exist yet, so they go straight in.
-const NEW_ORDERS: Target = Target {
-    copy: "COPY orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
-    merge: None,
-};
-const FILLS: Target = Target {
-    copy: "COPY fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
-    merge: None,
-};
-const POSITIONS: Target = Target {
-    copy: "COPY position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
-    merge: None,
-};
-const SIGNALS: Target = Target {
-    copy: "COPY signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
-    merge: None,
-};
-const MARKET_DATA: Target = Target {
-    copy: "COPY market_data (ts, seq, symbol, bid, ask, bid_size, ask_size) FROM STDIN (FORMAT binary)",
-    merge: None,
+/// Where a batch's rows go, table by table.
+struct Targets {
+    accounts: Target,
+    api_keys: Target,
+    /// Orders the batch accepted (None: with the changed ones).
+    new_orders: Option<Target>,
+    orders: Target,
+    fills: Target,
+    positions: Target,
+    signals: Target,
+    market_data: Target,
+}
+
+/// A standalone node's: each event is offloaded once, by this node, in journal order.
+const DIRECT: Targets = Targets {
+    accounts: Target {
+        copy: "COPY stage_accounts (account_id, name, tier, initial_cash, state, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+        merge: Some(
+            "INSERT INTO accounts SELECT * FROM stage_accounts ON CONFLICT (account_id) DO UPDATE SET
+             name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
+        ),
+    },
+    api_keys: Target {
+        copy: "COPY stage_api_keys (key_id, account_id, key_sha256, feed, created_at, revoked_at, seq) FROM STDIN (FORMAT binary)",
+        merge: Some(
+            "INSERT INTO api_keys SELECT * FROM stage_api_keys ON CONFLICT (key_id) DO UPDATE SET
+             feed = EXCLUDED.feed, revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq",
+        ),
+    },
+    // No row can exist yet: straight in.
+    new_orders: Some(Target {
+        copy: "COPY orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+        merge: None,
+    }),
+    orders: Target {
+        copy: "COPY stage_orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
+        merge: Some(
+            "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
+             status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
+        ),
+    },
+    fills: Target {
+        copy: "COPY fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
+        merge: None,
+    },
+    positions: Target {
+        copy: "COPY position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
+        merge: None,
+    },
+    signals: Target {
+        copy: "COPY signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
+        merge: None,
+    },
+    market_data: Target {
+        copy: "COPY market_data (ts, seq, symbol, bid, ask, bid_size, ask_size) FROM STDIN (FORMAT binary)",
+        merge: None,
+    },
 };
 
-/// Writes one batch and moves the cursor from `cursor` to its last event, in one transaction.
-async fn commit(client: &Client, node: &str, cursor: u64, batch: &Sealed) -> Result<(), Failure> {
+/// A cluster node's. An account's events can reach the database from two nodes: the owner that
+/// journaled them, and the node that took the account after it died (see [`Shared::import`]),
+/// or the owner coming back after that. Each event's rows carry the same key from either (its
+/// cluster-wide sequence number, see [`Mirror::at`]), so a row already there is left alone,
+/// and a changing row (an order, an account) is never set back to an older state.
+const MERGED: Targets = Targets {
+    accounts: Target {
+        copy: DIRECT.accounts.copy,
+        merge: Some(
+            "INSERT INTO accounts SELECT * FROM stage_accounts ON CONFLICT (account_id) DO UPDATE SET
+             name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq
+             WHERE accounts.updated_at <= EXCLUDED.updated_at",
+        ),
+    },
+    api_keys: Target {
+        copy: DIRECT.api_keys.copy,
+        // A revocation is for good.
+        merge: Some(
+            "INSERT INTO api_keys SELECT * FROM stage_api_keys ON CONFLICT (key_id) DO UPDATE SET
+             revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq
+             WHERE api_keys.revoked_at IS NULL AND EXCLUDED.revoked_at IS NOT NULL",
+        ),
+    },
+    new_orders: None,
+    orders: Target {
+        copy: DIRECT.orders.copy,
+        merge: Some(
+            "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
+             status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq
+             WHERE orders.updated_at <= EXCLUDED.updated_at",
+        ),
+    },
+    fills: Target {
+        copy: "COPY stage_fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
+        merge: Some("INSERT INTO fills SELECT * FROM stage_fills ON CONFLICT DO NOTHING"),
+    },
+    positions: Target {
+        copy: "COPY stage_position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
+        merge: Some("INSERT INTO position_snapshots SELECT * FROM stage_position_snapshots ON CONFLICT DO NOTHING"),
+    },
+    signals: Target {
+        copy: "COPY stage_signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
+        merge: Some("INSERT INTO signals SELECT * FROM stage_signals ON CONFLICT DO NOTHING"),
+    },
+    // Quotes are each node's own: never written by two.
+    market_data: Target { copy: DIRECT.market_data.copy, merge: None },
+};
+
+/// Writes one batch and, given the node and its cursor, moves the cursor from there to the
+/// batch's last event, in one transaction.
+async fn commit(client: &Client, cursor: Option<(&str, u64)>, batch: &Sealed) -> Result<(), Failure> {
     client.batch_execute("BEGIN").await?;
     let result = async {
-        let moved = client
-            .execute(
-                "UPDATE offload_cursor SET last_seq = $3, updated_at = now() WHERE node = $1 AND last_seq = $2",
-                &[&node, &(cursor as i64), &(batch.last as i64)],
-            )
-            .await?;
-        if moved != 1 {
-            return Err(Failure::journal(format!(
-                "the offload cursor of node {node:?} moved away from seq {cursor}: is another node offloading under the same name?"
-            )));
+        if let Some((node, cursor)) = cursor {
+            let moved = client
+                .execute(
+                    "UPDATE offload_cursor SET last_seq = $3, updated_at = now() WHERE node = $1 AND last_seq = $2",
+                    &[&node, &(cursor as i64), &(batch.last as i64)],
+                )
+                .await?;
+            if moved != 1 {
+                return Err(Failure::journal(format!(
+                    "the offload cursor of node {node:?} moved away from seq {cursor}: is another node offloading under the same name?"
+                )));
+            }
         }
         for (target, rows) in &batch.copies {
             let sink = client.copy_in(target.copy).await?;
@@ -684,6 +840,10 @@ struct Mirror {
     follower: Follower,
     open: Batch,
     adoptions: Adoptions,
+    /// What turns a journal sequence number into the rows' (see [`Mirror::at`]).
+    base: u64,
+    /// Where the rows go.
+    targets: &'static Targets,
 }
 
 /// Rows collected for one batch.
@@ -737,23 +897,31 @@ struct KeyRow {
 impl Mirror {
     /// The engine's state after event `cursor`: the newest snapshot at or before it, then the
     /// journal up to it; reading on, no further than what is stable.
+    ///
+    /// A cluster node's rows carry each event's cluster-wide sequence number: its journal's plus
+    /// the node's base (`ClusterConfig::order_id_base`, a range no other node's numbers reach),
+    /// so that events of two nodes never share a key, and the node that takes an account writes
+    /// the rows of its old owner's events under the keys that node gives them.
     fn at(cfg: &Config, cursor: u64, marks: &Arc<Watermarks>) -> Result<Mirror, String> {
         let engine = crate::node::follower_engine(cfg);
         let follower =
             Follower::start(&cfg.journal.dir, engine, follow::Start::After(cursor), Limit::Stable(marks.clone()))?;
-        Ok(Mirror { follower, open: Batch::default(), adoptions: Adoptions::default() })
+        let targets = if cfg.cluster.enabled() { &MERGED } else { &DIRECT };
+        let base = cfg.cluster.order_id_base();
+        Ok(Mirror { follower, open: Batch::default(), adoptions: Adoptions::default(), base, targets })
     }
 
     /// Reads up to `max` stable events (up to `stable`) into the open batch.
     fn read(&mut self, stable: u64, max: usize, excluded: Option<&Exclude>) -> Result<(), String> {
-        let Mirror { follower, open, adoptions } = self;
+        let Mirror { follower, open, adoptions, base, .. } = self;
         if open.events == 0 {
             open.first = follower.next_seq();
         }
         follower.advance(stable, max, |engine, e| {
-            // What an adoption brought is the old owner's history: that node offloads it.
+            // What an adoption brought is the old owners' history: they offloaded it, or it was
+            // imported when the account moved here.
             if !adoptions.imported(e) && !excluded.is_some_and(|x| x(e)) {
-                add_event(engine, open, e);
+                add_event(engine, open, &Event { seq: *base + e.seq, ..*e });
             }
         })?;
         Ok(())
@@ -761,8 +929,16 @@ impl Mirror {
 
     /// Closes the open batch (which has events); `stable` as of its last read.
     fn seal(&mut self, stable: u64) -> Sealed {
-        let mut b = std::mem::take(&mut self.open);
-        let symbols = self.follower.engine().symbols();
+        let last = self.follower.next_seq() - 1;
+        std::mem::take(&mut self.open).seal(self.follower.engine().symbols(), self.targets, last, stable)
+    }
+}
+
+impl Batch {
+    /// The batch as rows for `targets`: it reads the journal up to `last`, and `stable` was as
+    /// of its last read.
+    fn seal(mut self, symbols: &SymbolTable, targets: &'static Targets, last: u64, stable: u64) -> Sealed {
+        let b = &mut self;
         let mut accounts = CopyBuf::new();
         for (id, a) in &b.accounts {
             accounts
@@ -793,7 +969,7 @@ impl Mirror {
         let (mut new_orders, mut changed_orders) = (CopyBuf::new(), CopyBuf::new());
         for (o, seq, new) in b.orders.values() {
             let spec = symbols.get(o.symbol);
-            let orders = if *new { &mut new_orders } else { &mut changed_orders };
+            let orders = if *new && targets.new_orders.is_some() { &mut new_orders } else { &mut changed_orders };
             orders
                 .row(14)
                 .int8(o.id.0 as i64)
@@ -833,21 +1009,20 @@ impl Mirror {
         let mut copies = Vec::new();
         let mut rows = 0;
         for (target, buf) in [
-            (&ACCOUNTS, &mut accounts),
-            (&API_KEYS, &mut keys),
-            (&NEW_ORDERS, &mut new_orders),
-            (&ORDERS, &mut changed_orders),
-            (&FILLS, &mut b.fills),
-            (&POSITIONS, &mut positions),
-            (&SIGNALS, &mut b.signals),
-            (&MARKET_DATA, &mut b.market_data),
+            (Some(&targets.accounts), &mut accounts),
+            (Some(&targets.api_keys), &mut keys),
+            (targets.new_orders.as_ref(), &mut new_orders),
+            (Some(&targets.orders), &mut changed_orders),
+            (Some(&targets.fills), &mut b.fills),
+            (Some(&targets.positions), &mut positions),
+            (Some(&targets.signals), &mut b.signals),
+            (Some(&targets.market_data), &mut b.market_data),
         ] {
-            if buf.rows() > 0 {
+            if let Some(target) = target.filter(|_| buf.rows() > 0) {
                 rows += buf.rows();
                 copies.push((target, buf.finish()));
             }
         }
-        let last = self.follower.next_seq() - 1;
         let (sealed_at, reached_stable) = (crate::clock::now(), last >= stable);
         Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at, reached_stable }
     }
