@@ -105,10 +105,12 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// The keys and tiers of `engine` as it stands.
+    /// The keys and tiers of `engine` as it stands: of the accounts it holds (not of those it
+    /// let go of, whose owner serves their streams now).
     pub fn of<V: crate::engine::venue::Venue>(engine: &Engine<V>) -> Directory {
-        let keys = engine.keys().iter().map(|k| (k.hash, *k)).collect();
-        let hashes = engine.keys().iter().map(|k| (k.id, k.hash)).collect();
+        let held = || engine.keys().iter().filter(|k| engine.account(k.account).is_some());
+        let keys = held().map(|k| (k.hash, *k)).collect();
+        let hashes = held().map(|k| (k.id, k.hash)).collect();
         let tiers = engine.accounts().iter().map(|a| (a.id, a.tier)).collect();
         Directory { keys, hashes, tiers, last_seq: engine.last_seq() }
     }
