@@ -707,8 +707,12 @@ async fn adopt_accounts(
             continue;
         }
         let started = std::time::Instant::now();
+        // `AccountAdopted`, then each event brought, in order.
+        let marker = n.engine.last_seq() + 1;
         match n.engine.adopt(a.account, a.epoch, &a.history, crate::clock::now()) {
             Ok(()) => {
+                let here = (marker + 1..).zip(&a.seqs).filter(|(_, &seq)| seq > 0).map(|(here, &seq)| (seq, here));
+                status.note_brought(a.account, here);
                 n.after_command();
                 n.keys_changed();
                 log::info!(

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::cluster::*;
@@ -361,31 +361,6 @@ fn a_journal_whose_accounts_another_node_owns_is_refused_and_its_own_node_rejoin
     let a = restart_member(&redis, "a", dir);
     let r = signal(&a, &key, r#"{"symbol":"BTC-USD","action":"buy","qty":"0.001"}"#);
     assert_eq!(r.status, 201, "{}", r.body);
-}
-
-/// Binary messages from `c` until `pred` holds for one, with everything before it.
-fn ws_until(
-    c: &mut signalgate::ws::client::Client,
-    what: &str,
-    pred: impl Fn(&signalgate::ws::protocol::ServerMsg) -> bool,
-) -> Vec<signalgate::ws::protocol::ServerMsg> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = Vec::new();
-    while Instant::now() < deadline {
-        match c.recv() {
-            Ok(signalgate::ws::client::Incoming::Messages(msgs)) => {
-                for m in msgs {
-                    let hit = pred(&m);
-                    seen.push(m);
-                    if hit {
-                        return seen;
-                    }
-                }
-            }
-            other => panic!("waiting for {what}: {other:?} after {seen:?}"),
-        }
-    }
-    panic!("no {what} within 5 s: {seen:?}");
 }
 
 #[test]

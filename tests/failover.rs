@@ -162,6 +162,20 @@ fn the_accounts_of_a_node_that_dies_move_to_the_live_nodes_with_every_answered_o
         assert_ne!(owner(&redis, *id), "a");
     }
     assert_eq!(a.metric("signalgate_cluster_stale"), 0);
+    // Its stream too: opened on node a, it is the new owner's.
+    use signalgate::engine::event::EventKind;
+    use signalgate::ws::protocol::{ClientMsg, ServerBody};
+    let mut c = signalgate::ws::client::Client::connect(a.ws, "", Some(&accounts[0].1)).unwrap();
+    c.set_timeout(Duration::from_secs(5));
+    c.send(&ClientMsg::Subscribe { channels: vec!["account".into()], resume_from: None }).unwrap();
+    ws_until(&mut c, "subscribed", |m| matches!(m.body, ServerBody::Subscribed { .. }));
+    let r = signal(&nodes[0], &accounts[0].1, &signal_with_id("streamed"));
+    let order = r.json()["order"]["id"].as_u64().unwrap();
+    ws_until(
+        &mut c,
+        "the order",
+        |m| matches!(m.body, ServerBody::Event { event: EventKind::OrderAccepted { order: o } } if o.id.0 == order),
+    );
 }
 
 #[test]
@@ -213,6 +227,62 @@ struct Answered {
     new: bool,
 }
 
+/// A stream client of `key`'s account at `addr` until `stop`: subscribes (then says so on
+/// `subscribed`), and whenever the stream ends, connects again and resumes after the last account
+/// message it had (a refused connection, while the account moves, is tried again). The orders
+/// it saw accepted, in order, and how often it connected again; it panics on a refused resume.
+fn watch_stream(
+    addr: std::net::SocketAddr,
+    key: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    subscribed: std::sync::mpsc::Sender<()>,
+) -> (Vec<u64>, u32) {
+    use signalgate::engine::event::EventKind;
+    use signalgate::ws::client::{Client, Incoming};
+    use signalgate::ws::protocol::{ClientMsg, ServerBody};
+    let (mut accepted, mut ends, mut last) = (Vec::new(), Vec::new(), None::<u64>);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let query = last.map(|s| format!("resume_from={s}")).unwrap_or_default();
+        let Ok(mut c) = Client::connect(addr, &query, Some(key)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        c.set_timeout(Duration::from_millis(200));
+        c.send(&ClientMsg::Subscribe { channels: vec!["account".into()], resume_from: None }).unwrap();
+        loop {
+            match c.recv() {
+                Ok(Incoming::Messages(msgs)) => {
+                    for m in msgs {
+                        match m.body {
+                            ServerBody::Subscribed { .. } if last.is_none() => subscribed.send(()).unwrap(),
+                            ServerBody::ResumeFailed { reason, .. } => {
+                                panic!("resume from {last:?} refused after the stream ended {ends:?}: {reason}")
+                            }
+                            ServerBody::Event { event } => {
+                                if let EventKind::OrderAccepted { order } = event {
+                                    accepted.push(order.id.0);
+                                }
+                                last = Some(m.seq);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if e.contains("temporarily unavailable") || e.contains("timed out") => {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (accepted, ends.len() as u32);
+                    }
+                }
+                end => {
+                    ends.push(format!("{end:?}"));
+                    break;
+                }
+            }
+        }
+    }
+    (accepted, ends.len() as u32)
+}
+
 /// The range of order ids of the node that placed `order` (nodes give ids from ranges of their
 /// own, 2^40 wide).
 fn range_of(order: u64) -> u64 {
@@ -260,10 +330,18 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
     let keys: Vec<(u64, String)> =
         (0..6).map(|_| nodes[0].as_ref().unwrap().account("pro", "1000000", limits.clone())).collect();
     nodes[0].as_ref().unwrap().wait_for_quote(&keys[0].1, "BTC-USD");
+    // A stream client of the first account through nginx, from before the load: after each
+    // kill it connects again and resumes after the last account message it had.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+    let watcher = {
+        let (key, stop, plain) = (keys[0].1.clone(), stop.clone(), nginx.plain);
+        std::thread::spawn(move || watch_stream(plain, &key, &stop, subscribed_tx))
+    };
+    subscribed.recv_timeout(Duration::from_secs(10)).unwrap();
     // Twenty workers at 50 signals/s each through nginx, every signal with an id of its own, sent
     // again (the same id) until it is answered (201, or 200 when a try it did not hear of was done).
     let answered = Arc::new(Mutex::new(Vec::<Answered>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..20)
         .map(|w| {
             let (keys, answered, stop, plain) = (keys.clone(), answered.clone(), stop.clone(), nginx.plain);
@@ -405,6 +483,7 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
     }
     stop.store(true, Ordering::Relaxed);
     let given_up: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let (streamed, reconnects) = watcher.join().unwrap();
     let elapsed = load_started.elapsed();
     let answered = answered.lock().unwrap().clone();
     let rate = answered.len() as f64 / elapsed.as_secs_f64();
@@ -416,6 +495,16 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
     // (How long a failover takes is measured by the bench, on a release build: scripts/bench.)
     assert_eq!(failovers.len(), 10, "{failovers:?}");
     assert_eq!(given_up, 0);
+    // The stream client had each order of its account once, whichever node sent it, through
+    // every reconnection (each a resume on the account's owner of the moment).
+    let mut of_first: Vec<u64> = answered.iter().filter(|a| a.key == keys[0].1).map(|a| a.order).collect();
+    let mut seen = streamed.clone();
+    of_first.sort_unstable();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), streamed.len(), "an order streamed twice");
+    assert_eq!(seen, of_first, "the stream and the answers differ ({reconnects} reconnections)");
+    assert!(reconnects > 0);
     // Nothing twice: one order per signal id, and no order for two.
     let mut by_signal = std::collections::HashMap::new();
     let mut orders = std::collections::HashSet::new();
@@ -731,4 +820,87 @@ fn what_a_dead_owner_never_offloaded_reaches_postgresql_once_through_the_node_th
     assert!(signals.starts_with(&want.0), "{signals}");
     assert_eq!(signals.matches("x1").count(), 30, "{signals}");
     assert_eq!((fills, orders), ("30 fills, 30 distinct".to_string(), "30 orders, 30 filled".to_string()));
+}
+
+#[test]
+fn a_stream_client_of_a_moved_account_resumes_on_its_new_owner_without_a_gap_or_a_duplicate() {
+    use signalgate::engine::event::EventKind;
+    use signalgate::ws::client::Client;
+    use signalgate::ws::protocol::{ClientMsg, ServerBody, ServerMsg};
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let (id, key) = account_on(&redis, &nodes[1], "a");
+    nodes[0].wait_for_quote(&key, "BTC-USD");
+    // Each order the messages accept or fill, in order.
+    let orders_in = |msgs: &[ServerMsg]| -> Vec<(&str, u64)> {
+        msgs.iter()
+            .filter_map(|m| match m.body {
+                ServerBody::Event { event: EventKind::OrderAccepted { order } } => Some(("accepted", order.id.0)),
+                ServerBody::Event { event: EventKind::Fill { order, .. } } => Some(("filled", order.0)),
+                _ => None,
+            })
+            .collect()
+    };
+    let subscribe = |c: &mut Client| {
+        c.send(&ClientMsg::Subscribe { channels: vec!["account".into()], resume_from: None }).unwrap();
+    };
+    // On node a, the owner: five orders, each accepted and filled.
+    let mut c = Client::connect(nodes[0].ws, "", Some(&key)).unwrap();
+    c.set_timeout(Duration::from_secs(5));
+    ws_until(&mut c, "welcome", |m| matches!(m.body, ServerBody::Welcome { .. }));
+    subscribe(&mut c);
+    ws_until(&mut c, "subscribed", |m| matches!(m.body, ServerBody::Subscribed { .. }));
+    let mut orders = Vec::new();
+    for i in 0..5 {
+        let r = signal(&nodes[0], &key, &signal_with_id(&format!("s{i}")));
+        assert_eq!(r.status, 201, "{}", r.body);
+        orders.push(r.json()["order"]["id"].as_u64().unwrap());
+    }
+    let last = orders[4];
+    let got = ws_until(
+        &mut c,
+        "the fifth fill",
+        |m| matches!(m.body, ServerBody::Event { event: EventKind::Fill { order, .. } } if order.0 == last),
+    );
+    // The client processed up to the third fill, then lost node a.
+    let third = got
+        .iter()
+        .find(|m| matches!(m.body, ServerBody::Event { event: EventKind::Fill { order, .. } } if order.0 == orders[2]))
+        .unwrap()
+        .seq;
+    drop(c);
+    let _ = nodes.remove(0).crash();
+    for i in 5..7 {
+        let (r, _) = until_answered(&nodes[0], &key, &signal_with_id(&format!("s{i}")));
+        assert_eq!(r.status, 201, "{}", r.body);
+        orders.push(r.json()["order"]["id"].as_u64().unwrap());
+    }
+    // On node c, whichever node took the account: resumed after the third fill, the rest of
+    // node a's events and the new owner's, each once, in order.
+    let mut c = Client::connect(nodes[1].ws, &format!("resume_from={third}"), Some(&key)).unwrap();
+    c.set_timeout(Duration::from_secs(5));
+    ws_until(&mut c, "welcome", |m| matches!(m.body, ServerBody::Welcome { .. }));
+    subscribe(&mut c);
+    let got = ws_until(&mut c, "resumed", |m| matches!(m.body, ServerBody::Resumed { .. }));
+    let want: Vec<(&str, u64)> = orders[3..].iter().flat_map(|&o| [("accepted", o), ("filled", o)]).collect();
+    assert_eq!(orders_in(&got), want, "{got:?}");
+    let seqs: Vec<u64> = got.iter().filter(|m| matches!(m.body, ServerBody::Event { .. })).map(|m| m.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Live messages follow, numbered after them.
+    let r = signal(&nodes[1], &key, &signal_with_id("s7"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let next =
+        ws_until(&mut c, "the next fill", |m| matches!(m.body, ServerBody::Event { event: EventKind::Fill { .. } }));
+    assert!(next.iter().all(|m| m.seq > *seqs.last().unwrap()), "{next:?}");
+    // A sequence number node a gave to no event of the account that moved is refused, clearly.
+    let foreign = signalgate::config::node_base("a") + 1;
+    let mut c = Client::connect(nodes[0].ws, &format!("resume_from={foreign}"), Some(&key)).unwrap();
+    c.set_timeout(Duration::from_secs(5));
+    subscribe(&mut c);
+    let got = ws_until(&mut c, "resume_failed", |m| matches!(m.body, ServerBody::ResumeFailed { .. }));
+    assert!(
+        matches!(&got.last().unwrap().body, ServerBody::ResumeFailed { reason, .. } if reason.contains("another node")),
+        "{got:?}"
+    );
+    let _ = id;
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::{connect_to as connect, key, Member, Status};
 use crate::config::Config;
-use crate::engine::event::{Event, EventKind};
+use crate::engine::event::Event;
 use crate::engine::types::AccountId;
 use crate::journal::format::{self, Version};
 use crate::node::Node;
@@ -80,8 +80,10 @@ pub struct Adoption {
     pub epoch: u64,
     /// The node that owned it.
     pub from: String,
-    /// Its events there, in order, from its creation.
+    /// Its events there, in order, from its creation (or its oldest checkpoint kept).
     pub history: Vec<Event>,
+    /// The cluster-wide sequence number of each event of `history` (0 for a checkpoint's).
+    pub seqs: Vec<u64>,
 }
 
 /// Adoptions on their way to the hot core.
@@ -279,8 +281,8 @@ impl Watch {
             }
         };
         for ((account, epoch, from, taken_at), reply) in std::mem::take(&mut self.taken).into_iter().zip(&replies) {
-            let history = match entries_of(reply) {
-                Ok(entries) => since_checkpoint(&entries).iter().map(|(_, e)| *e).collect::<Vec<_>>(),
+            let (history, seqs): (Vec<Event>, Vec<u64>) = match entries_of(reply) {
+                Ok(entries) => replayable(entries).iter().map(|(node, e)| (*e, cluster_seq(node, e))).unzip(),
                 Err(e) => {
                     // Nothing to rebuild it from: it stays unserved here, said loudly.
                     log::error!("cluster: account {account} of node {from:?} cannot be rebuilt: {e}");
@@ -293,7 +295,7 @@ impl Watch {
                 history.len(),
                 taken_at.elapsed()
             );
-            if self.adopted.blocking_send(Adoption { account, epoch, from, history }).is_err() {
+            if self.adopted.blocking_send(Adoption { account, epoch, from, history, seqs }).is_err() {
                 self.status.adopted();
             }
         }
@@ -358,7 +360,7 @@ impl Watch {
         })();
         match next {
             Ok(Some((account, stream))) => match entries_of(&stream) {
-                Ok(entries) => self.importing = Some((account, import(account, entries), Instant::now())),
+                Ok(entries) => self.importing = Some((account, import(account, replayable(entries)), Instant::now())),
                 Err(e) => {
                     log::error!("cluster: account {account}: its stream cannot be read for PostgreSQL: {e}");
                     self.import_after = Instant::now() + IMPORT_RETRY;
@@ -378,12 +380,29 @@ fn taker<'a>(account: u32, live: &[&'a str]) -> Option<&'a str> {
     })
 }
 
-/// What rebuilds an account from its stream's entries: its newest checkpoint and the events
-/// after it (or all, without a checkpoint). A checkpoint starts with the account's creation,
-/// numbered 0 (the events of the account's real creation carry their sequence number).
-pub fn since_checkpoint(entries: &[Entry]) -> &[Entry] {
-    let start = entries.iter().rposition(|(_, e)| e.seq == 0 && matches!(e.kind, EventKind::AccountCreated { .. }));
-    &entries[start.unwrap_or(0)..]
+/// What rebuilds an account from its stream's entries: its creation or oldest checkpoint kept,
+/// then every event after it, without the later checkpoints (whose events, numbered 0, say
+/// again what the events before them did). Rebuilt from the oldest, the account brings every
+/// event the stream kept: what its stream clients resume from, and what PostgreSQL may lack.
+pub fn replayable(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut started = false;
+    entries
+        .into_iter()
+        .filter(|(_, e)| {
+            let keep = e.seq != 0 || !started;
+            started |= e.seq != 0;
+            keep
+        })
+        .collect()
+}
+
+/// The cluster-wide sequence number of a stream entry's event: what its node gave it, in that
+/// node's range (0 for a checkpoint's, which no client ever saw).
+fn cluster_seq(node: &Option<String>, e: &Event) -> u64 {
+    match node {
+        Some(node) if e.seq > 0 => crate::config::node_base(node) + e.seq,
+        _ => 0,
+    }
 }
 
 /// The entries of an `XRANGE` reply of an account's stream, in order.

@@ -18,6 +18,7 @@ pub mod market;
 pub mod registry;
 pub mod replicate;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,10 @@ pub struct Status {
     /// Events of this node's journal that Redis never had, of accounts other nodes took while
     /// this one was away: kept in the journal, never merged, shown for an operator.
     unreplicated: Mutex<Vec<Unreplicated>>,
+    /// For each account taken from another node: the sequence number under which this node
+    /// journaled each event it brought, by the cluster-wide one its stream gave it (what that
+    /// node's stream clients saw), so that they resume here.
+    brought: Mutex<HashMap<AccountId, HashMap<u64, u64>>>,
 }
 
 /// Events of one account that this node journaled and Redis never had, before another node took
@@ -204,6 +209,20 @@ impl Status {
     /// An account taken for this node reached its hot core (journaled or refused).
     pub fn adopted(&self) {
         self.adopting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Notes where the events an adoption brought are in this node's journal: `(cluster-wide
+    /// sequence number there, sequence number here)`.
+    pub fn note_brought(&self, account: AccountId, seqs: impl Iterator<Item = (u64, u64)>) {
+        if let Ok(mut b) = self.brought.lock() {
+            b.insert(account, seqs.collect());
+        }
+    }
+
+    /// This node's sequence number of an event of `account` that another node journaled under
+    /// the cluster-wide `seq`, when the account came here with it.
+    pub fn brought_seq(&self, account: AccountId, seq: u64) -> Option<u64> {
+        self.brought.lock().ok()?.get(&account)?.get(&seq).copied()
     }
 
     fn note_stale(&self) {
@@ -534,6 +553,7 @@ impl Membership {
             checkpoints: AtomicU64::new(0),
             stale: AtomicBool::new(false),
             unreplicated: Mutex::new(Vec::new()),
+            brought: Mutex::new(HashMap::new()),
             lease_until: AtomicU64::new(0),
             lease: lease.lease,
             born: Instant::now(),

@@ -16,12 +16,14 @@
 //! that journaled it, `event`: the journal record), `checkpoints:{account}` and
 //! `replicated:{node_id}` (the last sequence number Redis has of this node).
 //!
-//! With PostgreSQL, a checkpoint drops only what the database has: the stream keeps the events
-//! since the newest checkpoint this node's offload has passed (so mostly two checkpoints' worth),
-//! and all of an account whose earlier owners' events a takeover has still to import
-//! (`pg_pending`, see `failover`). A node that dies before its offload caught up thus leaves
-//! every event of its accounts in Redis for the node that takes them; that node rebuilds the
-//! account from the newest checkpoint on, and imports the older events.
+//! A stream keeps the events since the checkpoint before the newest (about two checkpoints'
+//! worth: what a stream client resumes from on the node that takes the account). With
+//! PostgreSQL, a checkpoint drops only what the database has: the stream keeps the events since
+//! a checkpoint this node's offload has passed, and all of an account whose earlier owners'
+//! events a takeover has still to import (`pg_pending`, see `failover`). A node that dies before
+//! its offload caught up thus leaves every event of its accounts in Redis for the node that
+//! takes them, which rebuilds the account from the oldest checkpoint kept and imports what
+//! PostgreSQL lacks.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -86,8 +88,9 @@ end
 return refused";
 
 /// Adds a checkpoint to an account's stream, when this node owns the account under the epoch
-/// given, and trims the stream to the newest checkpoint before which PostgreSQL has every event
-/// (with no database: the one just added); 1 when written, 0 when this node does not own the
+/// given, and trims the stream to the newest earlier checkpoint before which PostgreSQL has every
+/// event (with no database: the one before the one just added, so that the events since it stay
+/// for stream clients to resume from); 1 when written, 0 when this node does not own the
 /// account (any more). The start of each checkpoint kept is listed in `checkpoints:{account}`
 /// (`<entry id> <sequence number it covers> <node id>`). Another node's checkpoints can go once
 /// the account is not in `pg_pending` (their events were imported when it moved here). KEYS:
@@ -107,7 +110,7 @@ redis.call('RPUSH', KEYS[5], first .. ' ' .. ARGV[4] .. ' ' .. node)
 if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1 then return 1 end
 local offloaded = tonumber(ARGV[5])
 local starts = redis.call('LRANGE', KEYS[5], 0, -1)
-for i = #starts, 1, -1 do
+for i = #starts - 1, 1, -1 do
   local id, covers, by = string.match(starts[i], '^(%S+) (%S+) (%S+)$')
   if offloaded < 0 or by ~= node or tonumber(covers) <= offloaded then
     redis.call('XTRIM', KEYS[3], 'MINID', id)

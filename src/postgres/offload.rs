@@ -158,7 +158,8 @@ impl Shared {
     }
 
     /// Writes the rows of an account that moved here from the events its earlier owners
-    /// journaled (`history`: its stream in Redis, in order) that their offload had not committed:
+    /// journaled (`history`: its stream in Redis as it rebuilds the account, from its creation or
+    /// a checkpoint on) that their offload had not committed:
     /// what a node that died before its offload caught up would otherwise never bring. Rows are
     /// merged, so one already there (written by the old owner, back again, or by an earlier
     /// import) stays once. Done by the offloader's connection between batches; the receiver gets
@@ -643,17 +644,11 @@ async fn import(cfg: &Config, client: &Client, history: &[Origin]) -> Result<usi
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
         .collect();
-    // The account as each event left it, from its creation (or its oldest checkpoint) on. A
-    // checkpoint's events are numbered 0: state, not events to write; the later checkpoints
-    // say again what the events before them did.
+    // The account as each event left it, from its creation (or a checkpoint, whose events are
+    // numbered 0: state, not events to write) on.
     let mut engine = crate::node::follower_engine(cfg);
     let mut batch = Batch::default();
-    let mut started = false;
     for (origin, e) in history {
-        if e.seq == 0 && started {
-            continue;
-        }
-        started |= e.seq != 0;
         engine.apply_event(e);
         let Some(origin) = origin.as_deref().filter(|o| *o != me) else { continue };
         if e.seq > cursors.get(origin).copied().unwrap_or(0) {

@@ -157,6 +157,7 @@ const INVALID_KEY: AuthError = AuthError { close: close::AUTH, code: Code::AuthI
 const REVOKED_KEY: AuthError = AuthError { close: close::AUTH, code: Code::AuthKeyRevoked };
 const NODE_FULL: AuthError = AuthError { close: close::TOO_MANY, code: Code::WsNodeFull };
 const KEY_FULL: AuthError = AuthError { close: close::TOO_MANY, code: Code::WsTooManyConnections };
+const OWNER_MOVING: AuthError = AuthError { close: close::TRY_AGAIN, code: Code::ClusterOwnerUnavailable };
 
 /// Control frames (pongs) a connection may have waiting.
 const MAX_CONTROL_BYTES: usize = 64 * 1024;
@@ -329,6 +330,11 @@ pub struct Hub {
     entry: Vec<u8>,
     /// The cluster (a cluster node only): streams of keys it does not hold are relayed.
     pub cluster: Option<crate::cluster::forward::Handle>,
+    /// What turns a journal sequence number into the stream's `seq`: 0 on a standalone node; on
+    /// a cluster node its range (`ClusterConfig::order_id_base`), so that a `seq` names one
+    /// event in the whole cluster and a client resumes with it on whichever node owns its
+    /// account next.
+    base: u64,
 }
 
 impl Hub {
@@ -366,6 +372,7 @@ impl Hub {
             frame: Vec::with_capacity(64 * 1024),
             entry: Vec::with_capacity(1024),
             cluster: None,
+            base: cfg.cluster.order_id_base(),
         }
     }
 
@@ -393,8 +400,32 @@ impl Hub {
         crate::clock::now()
     }
 
-    fn msg(&self, body: ServerBody) -> ServerMsg {
-        ServerMsg { seq: self.last_seq(), ts: self.now_ns(), body }
+    /// A message of the hub's, as of the last event it took in.
+    pub fn msg(&self, body: ServerBody) -> ServerMsg {
+        ServerMsg { seq: self.base + self.last_seq(), ts: self.now_ns(), body }
+    }
+
+    /// The message of an event.
+    fn event_msg(&self, e: &Event, body: ServerBody) -> ServerMsg {
+        ServerMsg { seq: self.base + e.seq, ts: e.ts, body }
+    }
+
+    /// The journal's sequence number of `from`, a stream `seq` a client of `account` saw: one
+    /// this node gave, or (on a cluster node, then with `true`) one another node gave an event
+    /// it brought here when the account moved.
+    fn local_seq(&self, account: AccountId, from: u64) -> Result<(u64, bool), String> {
+        if self.base == 0 || from == 0 {
+            return Ok((from, false));
+        }
+        if (self.base..self.base + crate::engine::ORDER_ID_SPAN).contains(&from) {
+            return Ok((from - self.base, false));
+        }
+        let brought = self.cluster.as_ref().and_then(|c| c.status.brought_seq(account, from));
+        brought.map(|seq| (seq, true)).ok_or_else(|| {
+            format!(
+                "sequence number {from} was given by another node, to an event this node did not bring when the account moved here"
+            )
+        })
     }
 
     /// Registers a new connection (not yet authenticated).
@@ -455,7 +486,11 @@ impl Hub {
             // A key created an instant ago may still be on its way from the hot core.
             self.pump();
         }
-        let record = *self.directory.key_by_hash(&hash).ok_or(INVALID_KEY)?;
+        let Some(&record) = self.directory.key_by_hash(&hash) else {
+            // Maybe the key of an account this node is taking from a dead one, not here yet.
+            let adopting = self.cluster.as_ref().is_some_and(|c| c.status.adopting());
+            return Err(if adopting { OWNER_MOVING } else { INVALID_KEY });
+        };
         if record.revoked {
             return Err(REVOKED_KEY);
         }
@@ -595,6 +630,9 @@ impl Hub {
         let msg = self.msg(ServerBody::Subscribed { channels: channels.to_vec() });
         self.send(conn, &msg);
         if account {
+            // Everything durable first (an account just taken brings its events in one go), and
+            // before the connection is a subscriber: what it resumes, it does not also get live.
+            self.pump();
             let resume = {
                 let mut st = conn.st.borrow_mut();
                 let was = st.account;
@@ -660,16 +698,24 @@ impl Hub {
 
     /// Sends `conn` its account's events after `from`: from the window, and from the journal
     /// for what the window no longer holds.
-    fn resume(&mut self, conn: &Conn, account: AccountId, from: u64) {
-        let last = self.last_seq();
+    fn resume(&mut self, conn: &Conn, account: AccountId, given: u64) {
+        let (last, base) = (self.last_seq(), self.base);
         let failed = |hub: &mut Hub, reason: String| {
             hub.stats.resume_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let oldest = hub.window_from.saturating_sub(1);
-            let msg = hub.msg(ServerBody::ResumeFailed { from, oldest, reason });
+            let oldest = base + hub.window_from.saturating_sub(1);
+            let msg = hub.msg(ServerBody::ResumeFailed { from: given, oldest, reason });
             hub.send(conn, &msg);
         };
+        let from = match self.local_seq(account, given) {
+            Ok((from, true)) if from > last => {
+                // The account is moving here: its events are not all durable yet.
+                return conn.close(close::TRY_AGAIN, "the account is moving to this node; resume again");
+            }
+            Ok((from, _)) => from,
+            Err(reason) => return failed(self, reason),
+        };
         if from > last {
-            return failed(self, format!("sequence number {from} is beyond the node's last ({last})"));
+            return failed(self, format!("sequence number {given} is beyond the node's last ({})", base + last));
         }
         let mut out = Vec::new();
         let mut count = 0u64;
@@ -692,7 +738,7 @@ impl Hub {
                     return Err("the events to resume were journaled before the current format".into());
                 }
                 if account_of(e) == Some(account) {
-                    let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
+                    let msg = ServerMsg { seq: base + e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
                     encode_queued(&mut out, &msg, json);
                     count += 1;
                     if out.len() > limit {
@@ -723,7 +769,7 @@ impl Hub {
             st.pending.extend_from_slice(&out);
             st.pending_msgs += count as usize;
         }
-        let msg = self.msg(ServerBody::Resumed { from, upto: last, count });
+        let msg = self.msg(ServerBody::Resumed { from: given, upto: base + last, count });
         self.send(conn, &msg);
     }
 
@@ -774,8 +820,8 @@ impl Hub {
             }
             _ => {
                 let Some(account) = account else { return };
-                let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
-                self.publish(account, msg);
+                let msg = self.event_msg(e, ServerBody::Event { event: e.kind });
+                self.publish(account, e.seq, msg);
                 if let EventKind::Fill { account, symbol, position: p, .. } = e.kind {
                     let body = ServerBody::Position {
                         account: account.0,
@@ -785,7 +831,8 @@ impl Hub {
                         realized: p.realized,
                         fees: p.fees,
                     };
-                    self.publish(account, ServerMsg { seq: e.seq, ts: e.ts, body });
+                    let msg = self.event_msg(e, body);
+                    self.publish(account, e.seq, msg);
                 }
             }
         }
@@ -797,8 +844,8 @@ impl Hub {
         // mode nobody here reads is never taken from `latest`.
         let json = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| c.json));
         let binary = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| !c.json));
+        let msg = self.event_msg(e, ServerBody::Event { event: e.kind });
         let slot = self.latest[sym].get_or_insert_with(|| (Vec::with_capacity(128), Vec::with_capacity(256)));
-        let msg = ServerMsg { seq: e.seq, ts: e.ts, body: ServerBody::Event { event: e.kind } };
         slot.0.clear();
         if binary {
             encode_queued(&mut slot.0, &msg, false);
@@ -819,8 +866,9 @@ impl Hub {
         }
     }
 
-    /// Keeps an account message for resume and queues it for the account's subscribers.
-    fn publish(&mut self, account: AccountId, msg: ServerMsg) {
+    /// Keeps an account message (of the event journaled under `seq`) for resume and queues it
+    /// for the account's subscribers.
+    fn publish(&mut self, account: AccountId, seq: u64, msg: ServerMsg) {
         // Encoded at most once per mode, for the first subscriber that reads it.
         let (mut bin, mut json) = (Vec::new(), Vec::new());
         if let Some(subs) = self.by_account.get(&account) {
@@ -833,7 +881,6 @@ impl Hub {
                 self.enqueue(c, entry);
             }
         }
-        let seq = msg.seq;
         self.window.push_back(Kept { seq, account, msg });
         while self.window.len() > self.settings.resume_events {
             if let Some(k) = self.window.pop_front() {

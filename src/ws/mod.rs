@@ -31,7 +31,7 @@ use crate::node::{Node, Routes};
 use crate::shutdown::Shutdown;
 use frame::{HttpRefusal, Kind};
 use hub::{Conn, Hub};
-use protocol::{close, ClientMsg, ServerBody, ServerMsg};
+use protocol::{close, ClientMsg, ServerBody};
 
 /// What the fan-out executors share: the stream's counters (read by `/metrics` on the hot core)
 /// and the node-wide connection places. The places are taken and given back only when a
@@ -464,11 +464,7 @@ fn deliver_answer(hub: &RefCell<Hub>, a: WsAnswer) {
     // fills and position) ahead of the answer that reports them.
     hub.pump();
     let body = String::from_utf8(a.body).unwrap_or_default();
-    let msg = ServerMsg {
-        seq: hub.last_seq(),
-        ts: crate::clock::now(),
-        body: ServerBody::SignalResult { request_id: a.request_id, status: a.status, body },
-    };
+    let msg = hub.msg(ServerBody::SignalResult { request_id: a.request_id, status: a.status, body });
     hub.send(&conn, &msg);
 }
 
@@ -888,7 +884,7 @@ fn on_message(
         ClientMsg::Subscribe { channels, resume_from } => hub.subscribe(conn, &channels, resume_from),
         ClientMsg::Unsubscribe { channels } => hub.unsubscribe(conn, &channels),
         ClientMsg::Ping { id } => {
-            let msg = ServerMsg { seq: hub.last_seq(), ts: crate::clock::now(), body: ServerBody::Pong { id } };
+            let msg = hub.msg(ServerBody::Pong { id });
             hub.send(conn, &msg);
         }
         ClientMsg::Signal { request_id, body } => {
@@ -900,11 +896,7 @@ fn on_message(
                 let mut body = Vec::new();
                 refused.write(&mut body);
                 let body = String::from_utf8(body).unwrap_or_default();
-                let msg = ServerMsg {
-                    seq: hub.last_seq(),
-                    ts: crate::clock::now(),
-                    body: ServerBody::SignalResult { request_id, status: refused.status, body },
-                };
+                let msg = hub.msg(ServerBody::SignalResult { request_id, status: refused.status, body });
                 hub.send(conn, &msg);
             }
         }

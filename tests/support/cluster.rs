@@ -159,3 +159,28 @@ pub fn within<T>(limit: Duration, mut check: impl FnMut() -> Result<T, String>) 
 pub fn within_10s(check: impl FnMut() -> Result<(), String>) {
     within(Duration::from_secs(10), check)
 }
+
+/// Binary messages from `c` until `pred` holds for one, with everything before it.
+pub fn ws_until(
+    c: &mut signalgate::ws::client::Client,
+    what: &str,
+    pred: impl Fn(&signalgate::ws::protocol::ServerMsg) -> bool,
+) -> Vec<signalgate::ws::protocol::ServerMsg> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match c.recv() {
+            Ok(signalgate::ws::client::Incoming::Messages(msgs)) => {
+                for m in msgs {
+                    let hit = pred(&m);
+                    seen.push(m);
+                    if hit {
+                        return seen;
+                    }
+                }
+            }
+            other => panic!("waiting for {what}: {other:?} after {seen:?}"),
+        }
+    }
+    panic!("no {what} within 5 s: {seen:?}");
+}
