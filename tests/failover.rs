@@ -494,6 +494,8 @@ fn under_load_through_nginx_ten_kill_9s_lose_no_answered_order_and_do_nothing_tw
     );
     // (How long a failover takes is measured by the bench, on a release build: scripts/bench.)
     assert_eq!(failovers.len(), 10, "{failovers:?}");
+    // A release build keeps up with the load (scripts/test runs this test on one too).
+    assert!(cfg!(debug_assertions) || rate >= 900.0, "{rate:.0} signals/s, not 1,000");
     assert_eq!(given_up, 0);
     // The stream client had each order of its account once, whichever node sent it, through
     // every reconnection (each a resume on the account's owner of the moment).
