@@ -55,8 +55,8 @@ return epoch";
 const IMPORTED: &str = r"
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('SREM', KEYS[2], ARGV[1]) end";
 
-/// An entry of an account's stream: the node that journaled the event (`None` for a checkpoint's
-/// from before nodes were named there), and the event as that node journaled it.
+/// An entry of an account's stream: the node that journaled the event or made the checkpoint
+/// (`None` for an entry written before streams named it), and the event as that node wrote it.
 pub type Entry = (Option<String>, Event);
 
 /// Hands the offload an account's stream, so that PostgreSQL gets the events of its earlier
@@ -486,5 +486,22 @@ mod tests {
         }
         assert!(counts.values().all(|&n| n > 60), "{counts:?}");
         assert_eq!(taker(1, &[]), None);
+    }
+
+    #[test]
+    fn an_account_is_rebuilt_from_its_oldest_checkpoint_and_every_event_after_it() {
+        use crate::engine::event::EventKind;
+        use crate::engine::types::KeyId;
+        let entry = |seq: u64| {
+            let kind = EventKind::KeyRevoked { key: KeyId(seq as u32) };
+            (Some("a".to_string()), Event { seq, ts: 0, kind })
+        };
+        // A checkpoint (two entries numbered 0), three events, a later checkpoint, one event.
+        let stream: Vec<Entry> = [0, 0, 5, 6, 8, 0, 0, 9].into_iter().map(entry).collect();
+        let kept: Vec<u64> = replayable(stream).iter().map(|(_, e)| e.seq).collect();
+        assert_eq!(kept, [0, 0, 5, 6, 8, 9]);
+        let seqs: Vec<u64> = replayable(vec![entry(0), entry(7)]).iter().map(|(n, e)| cluster_seq(n, e)).collect();
+        assert_eq!(seqs, [0, crate::config::node_base("a") + 7]);
+        assert_eq!(cluster_seq(&None, &entry(7).1), 0);
     }
 }

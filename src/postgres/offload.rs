@@ -78,8 +78,8 @@ struct Import {
     done: std::sync::mpsc::Sender<Result<usize, String>>,
 }
 
-/// An event of an account's stream in Redis with the node that journaled it (`None`: unknown,
-/// or a checkpoint's, which is state rather than history).
+/// An event of an account's stream in Redis with the node that wrote it (`None`: an entry from
+/// before streams named nodes). A checkpoint's events are numbered 0: state, not history.
 pub type Origin = (Option<String>, Event);
 
 /// Says whether an event must stay out of the database.
