@@ -459,10 +459,9 @@ impl Worker {
     }
 
     /// Adds a checkpoint to the stream of each account that had `cluster.checkpoint_events`
-    /// events (or twice its last checkpoint's) since its last checkpoint, in place of what came
-    /// before it: the
-    /// account as this node's follower engine has it, after every event the stream holds (see
-    /// [`CHECKPOINT`] for what it trims). A failed write is tried again after the next batch.
+    /// events (or twice its last checkpoint's) since its last checkpoint: the account as this
+    /// node's follower engine has it, after every event the stream holds (see [`CHECKPOINT`] for
+    /// what it trims). A failed write is tried again after the next batch.
     fn checkpoints(&mut self) {
         let due: Vec<AccountId> = self
             .since_checkpoint
