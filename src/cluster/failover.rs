@@ -405,33 +405,45 @@ fn cluster_seq(node: &Option<String>, e: &Event) -> u64 {
     }
 }
 
-/// The entries of an `XRANGE` reply of an account's stream, in order.
+/// The entries of an `XRANGE` reply of an account's stream, in order, each event once: a batch
+/// the replication wrote again after Redis had it but its answer was lost is in the stream
+/// twice, and an owner's events under one epoch are numbered upwards, so an entry numbered no
+/// higher than one before it of the same node and epoch is such a copy.
 pub fn entries_of(reply: &redis::Value) -> Result<Vec<Entry>, String> {
     use redis::Value;
     let Value::Array(entries) = reply else { return Err("an account's stream is not a list of entries".into()) };
-    entries
-        .iter()
-        .map(|entry| {
-            // [id, [field, value, field, value, ...]]
-            let fields = match entry {
-                Value::Array(parts) => match parts.get(1) {
-                    Some(Value::Array(fields)) => fields.as_slice(),
-                    _ => &[],
-                },
+    let mut highest: std::collections::HashMap<(Option<String>, Vec<u8>), u64> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        // [id, [field, value, field, value, ...]]
+        let fields = match entry {
+            Value::Array(parts) => match parts.get(1) {
+                Some(Value::Array(fields)) => fields.as_slice(),
                 _ => &[],
-            };
-            let field = |name: &[u8]| {
-                fields.chunks(2).find_map(|f| match f {
-                    [Value::BulkString(k), Value::BulkString(v)] if k == name => Some(v),
-                    _ => None,
-                })
-            };
-            let record = field(b"event").ok_or("a stream entry without its event")?;
-            let node = field(b"node").map(|n| String::from_utf8_lossy(n).into_owned());
-            let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("a stream entry: {e}"))?;
-            Ok((node, format::decode(found.payload, Version::V2)?))
-        })
-        .collect()
+            },
+            _ => &[],
+        };
+        let field = |name: &[u8]| {
+            fields.chunks(2).find_map(|f| match f {
+                [Value::BulkString(k), Value::BulkString(v)] if k == name => Some(v),
+                _ => None,
+            })
+        };
+        let record = field(b"event").ok_or("a stream entry without its event")?;
+        let node = field(b"node").map(|n| String::from_utf8_lossy(n).into_owned());
+        let found = format::read_at(record, 0, Version::V2).map_err(|e| format!("a stream entry: {e}"))?;
+        let event = format::decode(found.payload, Version::V2)?;
+        if event.seq > 0 {
+            let epoch = field(b"epoch").cloned().unwrap_or_default();
+            let last = highest.entry((node.clone(), epoch)).or_insert(0);
+            if event.seq <= *last {
+                continue;
+            }
+            *last = event.seq;
+        }
+        out.push((node, event));
+    }
+    Ok(out)
 }
 
 /// At start, before the node serves anything or replicates: lets go of the accounts of its
@@ -503,5 +515,46 @@ mod tests {
         let seqs: Vec<u64> = replayable(vec![entry(0), entry(7)]).iter().map(|(n, e)| cluster_seq(n, e)).collect();
         assert_eq!(seqs, [0, crate::config::node_base("a") + 7]);
         assert_eq!(cluster_seq(&None, &entry(7).1), 0);
+    }
+
+    #[test]
+    fn an_event_written_to_a_stream_twice_is_read_once() {
+        use crate::engine::event::EventKind;
+        use crate::engine::types::KeyId;
+        use redis::Value;
+        let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+        let entry = |seq: u64, epoch: &str, node: &str| {
+            let mut record = Vec::new();
+            format::encode(&mut record, &Event { seq, ts: 0, kind: EventKind::KeyRevoked { key: KeyId(1) } });
+            let fields = vec![
+                bulk(b"seq"),
+                bulk(seq.to_string().as_bytes()),
+                bulk(b"epoch"),
+                bulk(epoch.as_bytes()),
+                bulk(b"node"),
+                bulk(node.as_bytes()),
+                bulk(b"event"),
+                bulk(&record),
+            ];
+            Value::Array(vec![bulk(b"0-1"), Value::Array(fields)])
+        };
+        // Node a's batch 5, 6 written twice (its answer lost), then 7; node b under epoch 2,
+        // numbering from its own journal; a checkpoint (0) twice stays.
+        let stream = Value::Array(vec![
+            entry(5, "1", "a"),
+            entry(6, "1", "a"),
+            entry(5, "1", "a"),
+            entry(6, "1", "a"),
+            entry(7, "1", "a"),
+            entry(0, "2", "b"),
+            entry(0, "2", "b"),
+            entry(3, "2", "b"),
+            entry(3, "2", "b"),
+            entry(4, "2", "b"),
+        ]);
+        let read: Vec<(String, u64)> =
+            entries_of(&stream).unwrap().into_iter().map(|(n, e)| (n.unwrap(), e.seq)).collect();
+        let want = [("a", 5), ("a", 6), ("a", 7), ("b", 0), ("b", 0), ("b", 3), ("b", 4)];
+        assert_eq!(read, want.map(|(n, s)| (n.to_string(), s)));
     }
 }
