@@ -630,19 +630,20 @@ impl Hub {
         let msg = self.msg(ServerBody::Subscribed { channels: channels.to_vec() });
         self.send(conn, &msg);
         if account {
-            // Everything durable first (an account just taken brings its events in one go), and
-            // before the connection is a subscriber: what it resumes, it does not also get live.
-            self.pump();
-            let resume = {
+            let (was, resume) = {
                 let mut st = conn.st.borrow_mut();
-                let was = st.account;
-                st.account = true;
                 let resume = resume_from.or(st.resume_from.take());
-                if !was {
-                    self.by_account.entry(key.account).or_default().push(conn.id);
-                }
-                resume
+                (std::mem::replace(&mut st.account, true), resume)
             };
+            if resume.is_some() {
+                // Everything durable first (an account just taken brings its events in one go),
+                // before the connection is a subscriber: what it resumes, it does not also get
+                // live.
+                self.pump();
+            }
+            if !was {
+                self.by_account.entry(key.account).or_default().push(conn.id);
+            }
             if let Some(from) = resume {
                 self.resume(conn, key.account, from);
             }
