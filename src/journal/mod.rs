@@ -1163,12 +1163,17 @@ mod tests {
         let marks = j.watermarks();
         append(&mut j, 1, 10);
         let (faults, syncs) = (minor_faults_of_this_thread(), j.counters().fsyncs.load(Ordering::Relaxed));
-        // 10,000 records of 88 bytes over about 50 syncs, all in the first 1 MiB segment, whose
-        // pages were mapped ahead of the writer.
+        // 10,000 records of 88 bytes, all in the first 1 MiB segment, whose pages were mapped
+        // ahead of the writer, with a sync after every 200 (waited for: on a busy machine the
+        // sync thread's turn comes late).
         for seq in 11..=10_010 {
             j.append(&[quote(seq)]);
             if seq % 200 == 0 {
-                std::thread::sleep(Duration::from_millis(5));
+                let before = j.counters().fsyncs.load(Ordering::Relaxed);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while j.counters().fsyncs.load(Ordering::Relaxed) == before && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
         let faults = minor_faults_of_this_thread() - faults;
