@@ -711,10 +711,7 @@ fn what_a_dead_owner_journaled_and_redis_never_had_is_reported_and_never_reaches
     assert_eq!((r.status, r.header("idempotent-replay")), (201, None), "{}", r.body);
     // Node a comes back: it lets the account go, reports the event it kept, and its offload
     // leaves it out of PostgreSQL, where every answered signal is once.
-    let env = member_env(&redis, "a");
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend_from_slice(&extra);
-    let a = support::Node::start_in(dir, &env);
+    let a = restart_member_with(&redis, "a", dir, &extra);
     within_10s(|| {
         let c = a.admin("GET", "/admin/cluster", "").json();
         let listed = c["unreplicated"].as_array().cloned().unwrap_or_default();
@@ -811,10 +808,7 @@ fn what_a_dead_owner_never_offloaded_reaches_postgresql_once_through_the_node_th
     within_5s(|| same(stream_of(&redis, id).first().map(|(_, record)| *record), Some(0)));
     // Node a comes back, now with the database: its offload of the same events leaves each row
     // once, and sets no order back.
-    let env = member_env(&redis, "a");
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend_from_slice(&with_pg);
-    let a = support::Node::start_in(dir, &env);
+    let a = restart_member_with(&redis, "a", dir, &with_pg);
     offloaded_all(&a);
     let (signals, fills, orders) = projection_of(&pg, id);
     assert!(signals.starts_with(&want.0), "{signals}");
@@ -829,7 +823,7 @@ fn a_stream_client_of_a_moved_account_resumes_on_its_new_owner_without_a_gap_or_
     use signalgate::ws::protocol::{ClientMsg, ServerBody, ServerMsg};
     let redis = Redis::start();
     let mut nodes = three(&redis);
-    let (id, key) = account_on(&redis, &nodes[1], "a");
+    let (_, key) = account_on(&redis, &nodes[1], "a");
     nodes[0].wait_for_quote(&key, "BTC-USD");
     // Each order the messages accept or fill, in order.
     let orders_in = |msgs: &[ServerMsg]| -> Vec<(&str, u64)> {
@@ -902,5 +896,4 @@ fn a_stream_client_of_a_moved_account_resumes_on_its_new_owner_without_a_gap_or_
         matches!(&got.last().unwrap().body, ServerBody::ResumeFailed { reason, .. } if reason.contains("another node")),
         "{got:?}"
     );
-    let _ = id;
 }

@@ -20,8 +20,14 @@ pub fn member_env(redis: &Redis, id: &str) -> Vec<(String, String)> {
 
 /// Starts cluster node `id` again on its data directory.
 pub fn restart_member(redis: &Redis, id: &str, dir: tempfile::TempDir) -> Node {
+    restart_member_with(redis, id, dir, &[])
+}
+
+/// Like [`restart_member`], with `extra` settings.
+pub fn restart_member_with(redis: &Redis, id: &str, dir: tempfile::TempDir, extra: &[(&str, &str)]) -> Node {
     let env = member_env(redis, id);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend_from_slice(extra);
     Node::start_in(dir, &env)
 }
 
