@@ -584,7 +584,15 @@ fn a_forwarded_answer_never_shows_what_the_owners_crash_takes_back() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Some answers first (however long a busy machine takes for them), then the crash.
+    within_5s(|| {
+        let n = answered.lock().unwrap().len();
+        if n > 50 {
+            Ok(())
+        } else {
+            Err(format!("{n} answers"))
+        }
+    });
     let dir = nodes.remove(0).crash();
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
