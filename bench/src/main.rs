@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use load::{pin_current, Load, Measured};
 use node::NodeLatency;
-use watch::{now_ns, subscription, Feeder, Watcher, Watchers};
+use watch::{now_ns, subscription, Feeder, Proto, Watcher, Watchers};
 
 /// Load-testing harness for signalgate nodes.
 #[derive(Parser)]
@@ -63,9 +63,41 @@ enum Command {
     Soak(mixed::SoakArgs),
 }
 
+/// The server `ws-fanout` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    /// The node.
+    Signalgate,
+    /// `bench/peers/ws-server.js` (Node.js, `ws` 8).
+    Ws,
+    /// `bench/peers/socketio-server.js` (Node.js, Socket.IO 4.8).
+    Socketio,
+}
+
+/// The node's stream format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Binary,
+    Json,
+}
+
 #[derive(Args, Clone)]
 struct FanoutArgs {
-    /// The node's public API (quotes are sent there).
+    /// The server to measure: the node, or one of the Node.js broadcast servers of
+    /// `bench/peers` (which take the same `POST /v1/market/ticks` and need no key).
+    #[arg(long, value_enum, default_value = "signalgate")]
+    peer: Peer,
+    /// The node's stream format.
+    #[arg(long, value_enum, default_value = "binary")]
+    format: Format,
+    /// A peer's symbols: S00-USD, S01-USD, … (the node's come from its welcome).
+    #[arg(long, default_value_t = 100)]
+    symbols: usize,
+    /// The server's RSS is sampled once this many subscribers are connected and again with all
+    /// of them: memory per connection is the growth between the two over the connections added.
+    #[arg(long, default_value_t = 1000)]
+    memory_base: usize,
+    /// The node's (or peer's) public API (quotes are sent there).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
     /// The node's WebSocket listener.
@@ -98,7 +130,7 @@ struct FanoutArgs {
     /// Core to pin the harness to.
     #[arg(long)]
     cpu: Option<usize>,
-    /// The node's pid: its RSS is sampled before and after the subscribers connect.
+    /// The server's pid: its RSS is sampled as the subscribers connect (see --memory-base).
     #[arg(long)]
     node_pid: Option<u32>,
     /// Write the results and the run's parameters as JSON to this file.
@@ -117,49 +149,38 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
         pin_current(cpu)?;
     }
     let (http, _) = node::parse_url(&a.target)?;
-    let key = match &a.key {
-        Some(k) => k.clone(),
-        None => {
-            let (admin, _) = node::parse_url(&a.admin)?;
-            let token =
-                a.admin_token.as_deref().ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) or --key is needed")?;
-            node::create_accounts(admin, token, 1, true)?.remove(0)
+    let (key, symbols, proto) = match a.peer {
+        Peer::Signalgate => {
+            let (key, symbols) = node_feed(a)?;
+            (key, symbols, if a.format == Format::Json { Proto::Json } else { Proto::Binary })
+        }
+        peer => {
+            let symbols = (0..a.symbols).map(|i| format!("S{i:02}-USD")).collect();
+            (String::new(), symbols, if peer == Peer::Ws { Proto::Ws } else { Proto::SocketIo })
         }
     };
-    // The node's symbols, from a welcome message.
-    let mut probe = signalgate::ws::client::Client::connect(a.ws, "", Some(&key)).map_err(|e| e.to_string())?;
-    probe.set_timeout(Duration::from_secs(5));
-    let symbols = match probe.recv()? {
-        signalgate::ws::client::Incoming::Messages(m) => match m.into_iter().next().map(|m| m.body) {
-            Some(signalgate::ws::protocol::ServerBody::Welcome { symbols, .. }) => {
-                symbols.into_iter().map(|s| s.name).collect::<Vec<_>>()
-            }
-            other => return Err(format!("expected a welcome, got {other:?}")),
-        },
-        other => return Err(format!("expected a welcome, got {other:?}")),
-    };
-    probe.close();
     println!(
-        "ws-fanout: {} subscribers × {} of {} symbols, {} quotes/s for {} s (after {} s warm-up) at {}",
+        "ws-fanout: {} subscribers × {} of {} symbols, {} quotes/s for {} s (after {} s warm-up) at {} ({:?})",
         a.clients,
         a.per_client,
         symbols.len(),
         a.rate,
         a.duration,
         a.warmup,
-        a.ws
+        a.ws,
+        proto
     );
-    let rss_before = a.node_pid.and_then(watch::rss);
-    let subscribers = (0..a.clients)
-        .map(|c| Watcher {
-            key: key.clone(),
-            quotes: subscription(c, a.per_client, symbols.len()),
-            account: false,
-            group: 0,
-        })
-        .collect();
-    let watchers = Watchers::connect(a.ws, &symbols, subscribers)?;
-    let rss = rss_before.zip(a.node_pid.and_then(watch::rss));
+    let subscriber = |c| Watcher {
+        key: key.clone(),
+        quotes: subscription(c, a.per_client, symbols.len()),
+        account: false,
+        group: 0,
+    };
+    let base = a.memory_base.min(a.clients);
+    let mut watchers = Watchers::connect(a.ws, proto, &symbols, (0..base).map(subscriber).collect())?;
+    let rss_base = a.node_pid.and_then(settled_rss);
+    watchers.add((base..a.clients).map(subscriber).collect())?;
+    let rss = rss_base.zip(a.node_pid.and_then(settled_rss)).filter(|_| a.clients > base);
     let start = now_ns() + 100_000_000;
     let from = start + (a.warmup * 1e9) as u64;
     let until = from + (a.duration * 1e9) as u64;
@@ -181,10 +202,10 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
         w.quotes_delivered as f64 / a.duration
     );
     println!("feeder errors: {}, subscriber disconnects: {}", fed.errors, w.disconnects);
-    let per_conn = rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / a.clients.max(1) as f64);
+    let per_conn = rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / (a.clients - base) as f64);
     if let (Some((before, idle)), Some(per)) = (rss, per_conn) {
         println!(
-            "node RSS: {:.1} MiB before, {:.1} MiB with {} idle subscribers: {:.1} KiB per connection",
+            "server RSS: {:.1} MiB with {base} idle subscribers, {:.1} MiB with {}: {:.1} KiB per connection",
             before as f64 / 1048576.0,
             idle as f64 / 1048576.0,
             a.clients,
@@ -194,18 +215,60 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     if let Some(path) = &a.json {
         let v = json!({
             "scenario": "ws-fanout",
-            "parameters": {"ws": a.ws.to_string(), "clients": a.clients, "per_client": a.per_client, "rate": a.rate,
+            "parameters": {"peer": format!("{:?}", a.peer).to_lowercase(), "format": format!("{:?}", a.format).to_lowercase(),
+                           "ws": a.ws.to_string(), "clients": a.clients, "memory_base": base, "per_client": a.per_client, "rate": a.rate,
                            "duration_s": a.duration, "warmup_s": a.warmup, "cpu": a.cpu},
             "latency_us": latency_json(&w.quotes),
             "quotes_sent": ticks, "messages_expected": expected, "messages_delivered": w.quotes_delivered,
             "feeder_errors": fed.errors, "disconnects": w.disconnects,
-            "node_rss_bytes": rss.map(|(b, i)| json!({"before": b, "idle": i})),
+            "server_rss_bytes": rss.map(|(b, i)| json!({"base": b, "idle": i})),
             "rss_per_connection_bytes": per_conn,
         });
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(if loss > a.max_loss || fed.errors > 0 || w.disconnects > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The node's feed key (made with an account, unless given) and its symbols, from a welcome.
+fn node_feed(a: &FanoutArgs) -> Result<(String, Vec<String>), String> {
+    let key = match &a.key {
+        Some(k) => k.clone(),
+        None => {
+            let (admin, _) = node::parse_url(&a.admin)?;
+            let token =
+                a.admin_token.as_deref().ok_or("--admin-token (or SIGNALGATE_ADMIN_TOKEN) or --key is needed")?;
+            node::create_accounts(admin, token, 1, true)?.remove(0)
+        }
+    };
+    let mut probe = signalgate::ws::client::Client::connect(a.ws, "", Some(&key)).map_err(|e| e.to_string())?;
+    probe.set_timeout(Duration::from_secs(5));
+    let symbols = match probe.recv()? {
+        signalgate::ws::client::Incoming::Messages(m) => match m.into_iter().next().map(|m| m.body) {
+            Some(signalgate::ws::protocol::ServerBody::Welcome { symbols, .. }) => {
+                symbols.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => return Err(format!("expected a welcome, got {other:?}")),
+        },
+        other => return Err(format!("expected a welcome, got {other:?}")),
+    };
+    probe.close();
+    Ok((key, symbols))
+}
+
+/// A server's RSS once connections have stopped changing it: sampled until two samples 200 ms
+/// apart agree within 1%, for at most 3 s.
+fn settled_rss(pid: u32) -> Option<u64> {
+    let mut last = watch::rss(pid)?;
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = watch::rss(pid)?;
+        if now.abs_diff(last) * 100 <= last {
+            return Some(now);
+        }
+        last = now;
+    }
+    Some(last)
 }
 
 #[derive(Args, Clone)]

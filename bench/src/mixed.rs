@@ -210,6 +210,7 @@ pub fn run(a: &MixedArgs, soak: Option<&SoakArgs>) -> Result<ExitCode, String> {
     );
     let watchers = Watchers::connect(
         a.ws,
+        watch::Proto::Binary,
         &s.symbols,
         (0..a.watchers)
             .map(|w| Watcher {

@@ -1,7 +1,9 @@
 //! WebSocket watchers and the quote feeder, shared by `ws-fanout`, `mixed` and `soak`.
 //!
 //! Watchers are many subscribers on one thread (tokio, non-blocking), each on some `quotes:`
-//! channels and optionally its account's `account` channel. The feeder sends quotes open-loop
+//! channels and optionally its account's `account` channel. They speak the node's binary or JSON
+//! stream, or (for `ws-fanout --peer`) the protocol of one of the Node.js broadcast servers in
+//! `bench/peers`: the same subscriptions, the same feed and the same clock for all. The feeder sends quotes open-loop
 //! through `POST /v1/market/ticks`, each stamped with its intended send time, so a quote's latency
 //! is its arrival minus that stamp: a feeder or a node that falls behind shows up as latency, not
 //! as a quietly lower rate. An account message's latency is its arrival minus the node's time on
@@ -45,6 +47,33 @@ pub struct Watcher {
     pub group: usize,
 }
 
+/// What a watcher speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// The node's binary stream (`/v1/ws`).
+    Binary,
+    /// The node's JSON stream (`/v1/ws?format=json`).
+    Json,
+    /// `bench/peers/ws-server.js`: JSON text frames, one quote per message.
+    Ws,
+    /// `bench/peers/socketio-server.js`: Socket.IO 4 (Engine.IO 4) over a WebSocket.
+    SocketIo,
+}
+
+impl Proto {
+    fn path(self) -> &'static str {
+        match self {
+            Proto::Binary | Proto::Ws => "/v1/ws",
+            Proto::Json => "/v1/ws?format=json",
+            Proto::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+        }
+    }
+}
+
+/// Handshakes in progress at once: a flood of connections beyond this would only make the
+/// server's handshake queue (and the node's bound on unauthenticated connections) the subject.
+const CONNECTING: usize = 256;
+
 struct Shared {
     /// Quote latency (µs) from the intended send time.
     quotes: Histogram<u64>,
@@ -57,6 +86,7 @@ struct Shared {
     /// Measured account messages, per watcher.
     account_msgs: Vec<u64>,
     subscribed: usize,
+    connecting: usize,
     disconnects: u64,
     first_error: Option<String>,
 }
@@ -66,6 +96,9 @@ pub struct Watchers {
     rt: tokio::runtime::Runtime,
     local: tokio::task::LocalSet,
     shared: Rc<RefCell<Shared>>,
+    ws: SocketAddr,
+    proto: Proto,
+    symbols: Vec<String>,
     groups: Vec<usize>,
     /// Subscribers per symbol.
     per_symbol: Vec<u64>,
@@ -90,26 +123,50 @@ pub struct WatchResult {
 
 impl Watchers {
     /// Connects every watcher and waits until each has its subscriptions confirmed.
-    pub fn connect(ws: SocketAddr, symbols: &[String], watchers: Vec<Watcher>) -> Result<Watchers, String> {
+    pub fn connect(
+        ws: SocketAddr,
+        proto: Proto,
+        symbols: &[String],
+        watchers: Vec<Watcher>,
+    ) -> Result<Watchers, String> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-        let local = tokio::task::LocalSet::new();
-        let n = watchers.len();
         let shared = Rc::new(RefCell::new(Shared {
             quotes: latency_histogram(),
             account: latency_histogram(),
             from_ns: u64::MAX,
             until_ns: u64::MAX,
             quotes_delivered: 0,
-            account_msgs: vec![0; n],
+            account_msgs: Vec::new(),
             subscribed: 0,
+            connecting: 0,
             disconnects: 0,
             first_error: None,
         }));
-        let mut per_symbol = vec![0u64; symbols.len()];
-        let groups = watchers.iter().map(|w| w.group).collect();
+        let mut w = Watchers {
+            rt,
+            local: tokio::task::LocalSet::new(),
+            shared,
+            ws,
+            proto,
+            symbols: symbols.to_vec(),
+            groups: Vec::new(),
+            per_symbol: vec![0; symbols.len()],
+        };
+        w.add(watchers)?;
+        Ok(w)
+    }
+
+    /// Connects more watchers and waits until each has its subscriptions confirmed.
+    pub fn add(&mut self, watchers: Vec<Watcher>) -> Result<(), String> {
+        let (first, n) = (self.groups.len(), watchers.len());
+        let total = first + n;
+        self.shared.borrow_mut().account_msgs.resize(total, 0);
+        self.groups.extend(watchers.iter().map(|w| w.group));
         let deadline = Instant::now() + Duration::from_secs(10 + n as u64 / 500);
-        local.block_on(&rt, async {
-            for (id, w) in watchers.into_iter().enumerate() {
+        let (ws, proto, shared) = (self.ws, self.proto, &self.shared);
+        let (symbols, per_symbol) = (&self.symbols, &mut self.per_symbol);
+        self.local.block_on(&self.rt, async {
+            for (i, w) in watchers.into_iter().enumerate() {
                 let mut channels: Vec<String> = w.quotes.iter().map(|&s| format!("quotes:{}", symbols[s])).collect();
                 for &s in &w.quotes {
                     per_symbol[s] += 1;
@@ -117,33 +174,33 @@ impl Watchers {
                 if w.account {
                     channels.push("account".into());
                 }
+                while shared.borrow().connecting >= CONNECTING && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                shared.borrow_mut().connecting += 1;
                 let shared = shared.clone();
                 tokio::task::spawn_local(async move {
-                    if let Err(e) = watch(ws, &w.key, channels, id, &shared).await {
+                    if let Err(e) = watch(ws, proto, &w.key, channels, first + i, &shared).await {
                         let mut sh = shared.borrow_mut();
                         sh.first_error.get_or_insert(e);
                         sh.disconnects += 1;
                     }
                 });
-                if id % 200 == 199 {
-                    tokio::task::yield_now().await;
-                }
             }
             let settled = || {
                 let sh = shared.borrow();
-                sh.subscribed + sh.disconnects as usize >= n
+                sh.subscribed + sh.disconnects as usize >= total
             };
             while !settled() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
-        let sh = shared.borrow();
-        if sh.subscribed < n {
+        let sh = self.shared.borrow();
+        if sh.subscribed < total {
             let why = sh.first_error.clone().unwrap_or_else(|| "no subscription confirmed in time".into());
-            return Err(format!("{} of {n} watchers did not subscribe: {why}", n - sh.subscribed));
+            return Err(format!("{} of {total} watchers did not subscribe: {why}", total - sh.subscribed));
         }
-        drop(sh);
-        Ok(Watchers { rt, local, shared, groups, per_symbol })
+        Ok(())
     }
 
     /// Subscribers of each symbol.
@@ -204,19 +261,105 @@ impl Watchers {
     }
 }
 
+/// Takes a watcher off the count of handshakes in progress when its handshake ends, however.
+struct Handshake<'a>(&'a Rc<RefCell<Shared>>, bool);
+
+impl Handshake<'_> {
+    fn done(&mut self) {
+        if !std::mem::replace(&mut self.1, true) {
+            self.0.borrow_mut().connecting -= 1;
+        }
+    }
+}
+
+impl Drop for Handshake<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// A text message of the JSON stream, of the `ws` peer, or inside a Socket.IO event: only what
+/// the watcher looks at.
+#[derive(serde::Deserialize)]
+struct TextMsg<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: &'a str,
+    #[serde(default)]
+    ts: u64,
+    #[serde(default, borrow)]
+    event: Option<TextEvent<'a>>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    data: Option<QuoteData>,
+}
+
+#[derive(serde::Deserialize)]
+struct QuoteData {
+    #[serde(default)]
+    ts: u64,
+}
+
+/// What one server message is to a watcher.
+enum Seen {
+    /// A quote stamped with its intended send time.
+    Quote(u64),
+    /// An account message and the node's time on its event.
+    Account(u64),
+    Subscribed,
+    Other,
+}
+
+impl Seen {
+    fn of_binary(m: signalgate::ws::protocol::ServerMsg) -> Result<Seen, String> {
+        Ok(match m.body {
+            ServerBody::Event { event: EventKind::Quote(q) } => Seen::Quote(q.ts),
+            ServerBody::Event { .. } | ServerBody::Position { .. } => Seen::Account(m.ts),
+            ServerBody::Subscribed { .. } => Seen::Subscribed,
+            ServerBody::Error { code, message } => return Err(format!("{code}: {message}")),
+            _ => Seen::Other,
+        })
+    }
+
+    fn of_text(m: TextMsg<'_>) -> Result<Seen, String> {
+        Ok(match (m.kind, m.event) {
+            // The `ws` peer's quote.
+            ("quote", _) => Seen::Quote(m.ts),
+            ("event", Some(TextEvent { kind: "quote", data })) => Seen::Quote(data.map_or(0, |d| d.ts)),
+            ("event" | "position", _) => Seen::Account(m.ts),
+            ("subscribed", _) => Seen::Subscribed,
+            ("error", _) => {
+                return Err(format!("{}: {}", m.code.unwrap_or_default(), m.message.unwrap_or_default()));
+            }
+            _ => Seen::Other,
+        })
+    }
+}
+
 /// One watcher's connection: upgrade, subscribe, then read until the connection ends.
 async fn watch(
     ws: SocketAddr,
+    proto: Proto,
     key: &str,
     channels: Vec<String>,
     id: usize,
     shared: &Rc<RefCell<Shared>>,
 ) -> Result<(), String> {
+    let mut handshake = Handshake(shared, false);
     let mut s = tokio::net::TcpStream::connect(ws).await.map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
     let req = format!(
-        "GET /v1/ws HTTP/1.1\r\nHost: {ws}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: {key}\r\n\r\n"
+        "GET {} HTTP/1.1\r\nHost: {ws}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-API-Key: {key}\r\n\r\n",
+        proto.path()
     );
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(4096);
@@ -231,59 +374,109 @@ async fn watch(
             break p + 4;
         }
     };
+    handshake.done();
     if !buf.starts_with(b"HTTP/1.1 101") {
         return Err(String::from_utf8_lossy(&buf[..head]).trim().to_string());
     }
     buf.drain(..head);
-    let sub = encode_client(&ClientMsg::Subscribe { channels, resume_from: None });
-    s.write_all(&client_frame(2, &sub, MASK)).await.map_err(|e| e.to_string())?;
+    let text_subscribe = || serde_json::json!({"type": "subscribe", "channels": &channels}).to_string();
+    match proto {
+        Proto::Binary => {
+            let sub = encode_client(&ClientMsg::Subscribe { channels: channels.clone(), resume_from: None });
+            s.write_all(&client_frame(2, &sub, MASK)).await.map_err(|e| e.to_string())?;
+        }
+        Proto::Json | Proto::Ws => {
+            s.write_all(&client_frame(1, text_subscribe().as_bytes(), MASK)).await.map_err(|e| e.to_string())?;
+        }
+        // After the server's open packet: connect to the main namespace, then subscribe once
+        // it is connected.
+        Proto::SocketIo => {}
+    }
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
     loop {
         // Whole frames at the start of `buf`.
+        let mut used = 0;
         loop {
-            if buf.len() < 2 {
+            let f = &buf[used..];
+            if f.len() < 2 {
                 break;
             }
-            let (len, hdr) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap_or_default()) as usize, 10),
+            let (len, hdr) = match f[1] & 0x7f {
+                126 if f.len() >= 4 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
+                127 if f.len() >= 10 => (u64::from_be_bytes(f[2..10].try_into().unwrap_or_default()) as usize, 10),
                 126 | 127 => break,
                 n => (n as usize, 2),
             };
-            if buf.len() < hdr + len {
+            if f.len() < hdr + len {
                 break;
             }
-            let op = buf[0] & 0x0f;
+            let (op, payload) = (f[0] & 0x0f, &f[hdr..hdr + len]);
             let arrived = now_ns();
-            if op == 2 {
-                let msgs = decode_frame(&buf[hdr..hdr + len])?;
+            match (op, proto) {
+                (2, Proto::Binary) => {
+                    for m in decode_frame(payload)? {
+                        seen.push(Seen::of_binary(m)?);
+                    }
+                }
+                (1, Proto::Json) => {
+                    let msgs: Vec<TextMsg<'_>> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+                    for m in msgs {
+                        seen.push(Seen::of_text(m)?);
+                    }
+                }
+                (1, Proto::Ws) => {
+                    seen.push(Seen::of_text(serde_json::from_slice(payload).map_err(|e| e.to_string())?)?);
+                }
+                (1, Proto::SocketIo) => match payload {
+                    // Engine.IO ping: pong.
+                    b"2" => out.extend_from_slice(&client_frame(1, b"3", MASK)),
+                    [b'0', ..] => out.extend_from_slice(&client_frame(1, b"40", MASK)),
+                    [b'4', b'0', ..] => {
+                        let sub = format!("42[\"subscribe\",{}]", serde_json::to_string(&channels).unwrap_or_default());
+                        out.extend_from_slice(&client_frame(1, sub.as_bytes(), MASK));
+                    }
+                    [b'4', b'2', event @ ..] if event.starts_with(b"[\"quote\",") => {
+                        let (_, m): (&str, TextMsg<'_>) = serde_json::from_slice(event).map_err(|e| e.to_string())?;
+                        seen.push(Seen::Quote(m.ts));
+                    }
+                    [b'4', b'2', event @ ..] if event.starts_with(b"[\"subscribed\"") => seen.push(Seen::Subscribed),
+                    _ => {}
+                },
+                (9, _) => out.extend_from_slice(&client_frame(0xa, payload, MASK)),
+                (8, _) => {
+                    let code = payload.get(..2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default());
+                    return Err(format!("closed by the server: {code} {reason}"));
+                }
+                (1 | 2, _) => return Err(format!("unexpected frame (opcode {op}) for {proto:?}")),
+                _ => {}
+            }
+            if !seen.is_empty() {
                 let mut sh = shared.borrow_mut();
                 let window = sh.from_ns..sh.until_ns;
                 let us = |ts: u64| arrived.saturating_sub(ts).div_ceil(1000).max(1);
-                for m in msgs {
-                    match m.body {
-                        ServerBody::Event { event: EventKind::Quote(q) } if window.contains(&q.ts) => {
+                for m in seen.drain(..) {
+                    match m {
+                        Seen::Quote(ts) if window.contains(&ts) => {
                             sh.quotes_delivered += 1;
-                            let _ = sh.quotes.record(us(q.ts));
+                            let _ = sh.quotes.record(us(ts));
                         }
-                        ServerBody::Event { event: EventKind::Quote(_) } => {}
-                        ServerBody::Event { .. } | ServerBody::Position { .. } if window.contains(&m.ts) => {
+                        Seen::Account(ts) if window.contains(&ts) => {
                             sh.account_msgs[id] += 1;
-                            let _ = sh.account.record(us(m.ts));
+                            let _ = sh.account.record(us(ts));
                         }
-                        ServerBody::Subscribed { .. } => sh.subscribed += 1,
-                        ServerBody::Error { code, message } => return Err(format!("{code}: {message}")),
+                        Seen::Subscribed => sh.subscribed += 1,
                         _ => {}
                     }
                 }
-            } else if op == 9 {
-                let pong = client_frame(0xa, &buf[hdr..hdr + len], MASK);
-                s.write_all(&pong).await.map_err(|e| e.to_string())?;
-            } else if op == 8 {
-                let code = buf.get(hdr..hdr + 2).map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
-                let reason = String::from_utf8_lossy(buf.get(hdr + 2..hdr + len).unwrap_or_default());
-                return Err(format!("closed by the node: {code} {reason}"));
             }
-            buf.drain(..hdr + len);
+            used += hdr + len;
+        }
+        buf.drain(..used);
+        if !out.is_empty() {
+            s.write_all(&out).await.map_err(|e| e.to_string())?;
+            out.clear();
         }
         let mut chunk = [0u8; 4096];
         let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
