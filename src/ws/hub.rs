@@ -7,8 +7,14 @@
 //!
 //! Each event is encoded once; subscribers get a copy of the same bytes in their queue. Account
 //! events are queued in full and never dropped; a quote only marks its symbol as changed for
-//! each subscriber, and the connection's writer sends the newest quote of each changed symbol
-//! when it next writes — so a client that lags gets conflated quotes, never a growing queue.
+//! each subscriber, and the newest quote of each changed symbol goes out with the connection's
+//! next write — so a client that lags gets conflated quotes, never a growing queue.
+//!
+//! Writes happen in passes: each time the hub takes in the feed, it writes to every connection
+//! that got something, once, straight from the pass (one `send` of everything ready for it, no
+//! task woken). A connection with a single new quote and nothing else is sent that quote's frame
+//! as built once for all its subscribers. Only what the socket does not take at once (and
+//! control frames, closes, answers outside a pass) goes through the connection's writer task.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -161,6 +167,8 @@ const OWNER_MOVING: AuthError = AuthError { close: close::TRY_AGAIN, code: Code:
 
 /// Control frames (pongs) a connection may have waiting.
 const MAX_CONTROL_BYTES: usize = 64 * 1024;
+/// Capacity a connection's queue or control buffer keeps once it is empty.
+const IDLE_BUFFER: usize = 256;
 /// Events taken in between looks at the connections.
 const PUMP_BATCH: usize = 4096;
 
@@ -201,6 +209,8 @@ pub struct ConnState {
     control: Vec<u8>,
     /// Bytes handed to the socket and not yet written.
     pub in_flight: usize,
+    /// On the hub's list of connections to write to at the end of the pass.
+    ready: bool,
     /// Set when the connection must close: code and reason.
     pub closing: Option<(u16, String)>,
     closing_since: Option<Instant>,
@@ -233,6 +243,7 @@ impl Conn {
                 pending_msgs: 0,
                 control: Vec::new(),
                 in_flight: 0,
+                ready: false,
                 closing: None,
                 closing_since: None,
                 opened: now,
@@ -312,10 +323,18 @@ pub struct Hub {
     /// Unauthenticated connections, oldest first, each with what closes it.
     anonymous: BTreeMap<u64, Shutdown>,
     next_anonymous: u64,
-    by_symbol: Vec<Vec<u64>>,
+    /// Each symbol's subscribers.
+    by_symbol: Vec<Vec<Rc<Conn>>>,
     by_account: HashMap<AccountId, Vec<u64>>,
     /// The newest quote of each symbol, encoded (binary, JSON).
     latest: Vec<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The same quote as a WebSocket frame of its own (binary, JSON): the very bytes every
+    /// subscriber with nothing else to send gets.
+    framed: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Connections that got something during the pass under way.
+    ready: RefCell<Vec<Rc<Conn>>>,
+    /// What a pass writes to one connection.
+    out: Vec<u8>,
     /// The next sequence number to take from the journal.
     next_seq: u64,
     /// Account events after `window_from - 1`, oldest first.
@@ -364,6 +383,9 @@ impl Hub {
             by_symbol: vec![Vec::new(); n],
             by_account: HashMap::new(),
             latest: vec![None; n],
+            framed: vec![(Vec::new(), Vec::new()); n],
+            ready: RefCell::new(Vec::new()),
+            out: Vec::with_capacity(64 * 1024),
             next_seq: last + 1,
             window: VecDeque::new(),
             window_from: last + 1,
@@ -465,7 +487,7 @@ impl Hub {
         let st = conn.st.borrow();
         for (sym, subs) in self.by_symbol.iter_mut().enumerate() {
             if bit(&st.quotes, sym) {
-                subs.retain(|&c| c != conn.id);
+                subs.retain(|c| c.id != conn.id);
             }
         }
         if let Some(k) = st.key {
@@ -579,16 +601,18 @@ impl Hub {
     pub fn send(&mut self, conn: &Conn, msg: &ServerMsg) {
         self.entry.clear();
         encode_queued(&mut self.entry, msg, conn.json);
-        self.enqueue(conn, &self.entry);
+        if self.enqueue(conn, &self.entry) {
+            conn.wake();
+        }
     }
 
     /// Queues one encoded entry; past the queue bound the connection is closed as a slow
-    /// consumer instead.
-    fn enqueue(&self, conn: &Conn, entry: &[u8]) {
+    /// consumer instead. Whether it was queued.
+    fn enqueue(&self, conn: &Conn, entry: &[u8]) -> bool {
         let over = {
             let mut st = conn.st.borrow_mut();
             if st.closing.is_some() {
-                return;
+                return false;
             }
             st.pending.extend_from_slice(entry);
             st.pending_msgs += 1;
@@ -597,9 +621,85 @@ impl Hub {
         if over {
             self.stats.slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             conn.close(close::SLOW_CONSUMER, "slow consumer");
-        } else {
+        }
+        !over
+    }
+
+    /// `conn` got something in the pass under way: written to once the pass has taken in the feed.
+    fn mark_ready(&self, conn: &Rc<Conn>) {
+        if !std::mem::replace(&mut conn.st.borrow_mut().ready, true) {
+            self.ready.borrow_mut().push(conn.clone());
+        }
+    }
+
+    /// Writes to every connection that got something in the pass: everything ready for it in
+    /// one `send`, or its quote's shared frame when that is all it has. What the socket does
+    /// not take at once, and anything its writer task must do (control frames, a close, a write
+    /// still under way), is left to that task.
+    fn write_ready(&mut self) {
+        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        for conn in &ready {
+            conn.st.borrow_mut().ready = false;
+            self.write_now(conn);
+        }
+        let mut list = self.ready.borrow_mut();
+        if list.is_empty() {
+            // Kept for the next pass, without the references.
+            *list = ready;
+            list.clear();
+        }
+    }
+
+    fn write_now(&mut self, conn: &Conn) {
+        let single = {
+            let st = conn.st.borrow();
+            if st.in_flight > 0 || st.closing.is_some() || !st.control.is_empty() {
+                drop(st);
+                return conn.wake();
+            }
+            if st.pending_msgs == 0 && st.any_dirty {
+                single_bit(&st.dirty)
+            } else {
+                None
+            }
+        };
+        let mut out = std::mem::take(&mut self.out);
+        let (bytes, more) = match single.and_then(|sym| self.shared_frame(sym, conn.json).map(|f| (sym, f))) {
+            Some((sym, frame)) => {
+                let mut st = conn.st.borrow_mut();
+                set_bit(&mut st.dirty, sym, false);
+                st.any_dirty = false;
+                self.stats.messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (frame, false)
+            }
+            None => {
+                out.clear();
+                self.next_frames(conn, &mut out);
+                (&out[..], conn.has_work())
+            }
+        };
+        // SAFETY: `fd` is the connection's open socket (closed only after its tasks end and it
+        // is removed from the hub); `bytes` is valid for its length.
+        let sent =
+            unsafe { libc::send(conn.fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let sent = usize::try_from(sent).unwrap_or(0);
+        if sent < bytes.len() {
+            // The writer sends the rest first (the socket is full, or failed: the writer's own
+            // write then ends the connection).
+            conn.st.borrow_mut().control.extend_from_slice(&bytes[sent..]);
+            conn.wake();
+        } else if more {
             conn.wake();
         }
+        self.out = out;
+    }
+
+    /// The shared frame of `sym`'s newest quote in the connection's format.
+    fn shared_frame(&self, sym: usize, json: bool) -> Option<&[u8]> {
+        let (bin, text) = self.framed.get(sym)?;
+        let f = if json { text } else { bin };
+        (!f.is_empty()).then_some(&f[..])
     }
 
     /// Queues an error message.
@@ -620,11 +720,12 @@ impl Hub {
             }
         }
         let Some(key) = conn.st.borrow().key else { return };
+        let Some(this) = self.conns.get(&conn.id).cloned() else { return };
         for sym in symbols {
             let mut st = conn.st.borrow_mut();
             if !bit(&st.quotes, sym) {
                 set_bit(&mut st.quotes, sym, true);
-                self.by_symbol[sym].push(conn.id);
+                self.by_symbol[sym].push(this.clone());
             }
         }
         let msg = self.msg(ServerBody::Subscribed { channels: channels.to_vec() });
@@ -666,7 +767,7 @@ impl Hub {
                 Some(sym) if bit(&st.quotes, sym) => {
                     set_bit(&mut st.quotes, sym, false);
                     set_bit(&mut st.dirty, sym, false);
-                    self.by_symbol[sym].retain(|&c| c != conn.id);
+                    self.by_symbol[sym].retain(|c| c.id != conn.id);
                 }
                 Some(_) => {}
                 None if st.account => {
@@ -803,6 +904,7 @@ impl Hub {
             }
         }
         self.reader = Some(reader);
+        self.write_ready();
     }
 
     /// Takes in one event.
@@ -841,29 +943,24 @@ impl Hub {
 
     fn on_quote(&mut self, e: &Event, sym: usize) {
         let Some(subs) = self.by_symbol.get(sym).filter(|s| !s.is_empty()) else { return };
-        // Encoded once per mode in use: a dirty bit is only set for the subscribers below, so a
-        // mode nobody here reads is never taken from `latest`.
-        let json = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| c.json));
-        let binary = subs.iter().any(|id| self.conns.get(id).is_some_and(|c| !c.json));
+        // Encoded once in each mode (an encoding costs less than a single delivery): a dirty bit
+        // is only set for the subscribers below.
         let msg = self.event_msg(e, ServerBody::Event { event: e.kind });
         let slot = self.latest[sym].get_or_insert_with(|| (Vec::with_capacity(128), Vec::with_capacity(256)));
-        slot.0.clear();
-        if binary {
-            encode_queued(&mut slot.0, &msg, false);
+        let framed = &mut self.framed[sym];
+        for (json, entry, frame) in [(false, &mut slot.0, &mut framed.0), (true, &mut slot.1, &mut framed.1)] {
+            entry.clear();
+            encode_queued(entry, &msg, json);
+            frame.clear();
+            single_frame(frame, &mut self.frame, json, &entry[4..]);
         }
-        slot.1.clear();
-        if json {
-            encode_queued(&mut slot.1, &msg, true);
-        }
-        for id in subs {
-            if let Some(c) = self.conns.get(id) {
-                {
-                    let mut st = c.st.borrow_mut();
-                    set_bit(&mut st.dirty, sym, true);
-                    st.any_dirty = true;
-                }
-                c.wake();
+        for c in subs {
+            {
+                let mut st = c.st.borrow_mut();
+                set_bit(&mut st.dirty, sym, true);
+                st.any_dirty = true;
             }
+            self.mark_ready(c);
         }
     }
 
@@ -879,7 +976,9 @@ impl Hub {
                 if entry.is_empty() {
                     encode_queued(entry, &msg, c.json);
                 }
-                self.enqueue(c, entry);
+                if self.enqueue(c, entry) {
+                    self.mark_ready(c);
+                }
             }
         }
         self.window.push_back(Kept { seq, account, msg });
@@ -900,7 +999,12 @@ impl Hub {
     /// `out` is written.
     pub fn next_frames(&mut self, conn: &Conn, out: &mut Vec<u8>) -> bool {
         let mut st = conn.st.borrow_mut();
-        out.append(&mut st.control);
+        out.extend_from_slice(&st.control);
+        if st.control.capacity() > IDLE_BUFFER {
+            st.control = Vec::new();
+        } else {
+            st.control.clear();
+        }
         if let Some((code, reason)) = st.closing.clone() {
             frame::write_close(out, code, &reason);
             return false;
@@ -909,24 +1013,11 @@ impl Hub {
             return true;
         }
         let (max_msgs, max_bytes) = (self.settings.frame_messages, self.settings.frame_bytes);
-        self.frame.clear();
-        if conn.json {
-            self.frame.push(b'[');
-        } else {
-            self.frame.extend_from_slice(&VERSION.to_le_bytes());
-            self.frame.extend_from_slice(&[0, 0]);
-        }
+        let json = conn.json;
+        start_frame(&mut self.frame, json);
         let mut count = 0usize;
         let add = |frame: &mut Vec<u8>, count: &mut usize, bytes: &[u8]| {
-            if conn.json {
-                if *count > 0 {
-                    frame.push(b',');
-                }
-                frame.extend_from_slice(bytes);
-            } else {
-                frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                frame.extend_from_slice(bytes);
-            }
+            add_message(frame, json, *count, bytes);
             *count += 1;
         };
         let mut used = 0;
@@ -940,7 +1031,10 @@ impl Hub {
             st.pending_msgs -= 1;
         }
         st.pending.drain(..used);
-        if st.pending.capacity() > 64 * 1024 && st.pending.len() < 16 * 1024 {
+        if st.pending.is_empty() && st.pending.capacity() > IDLE_BUFFER {
+            // An idle connection holds no buffer worth the name (a welcome lists every symbol).
+            st.pending = Vec::new();
+        } else if st.pending.capacity() > 64 * 1024 && st.pending.len() < 16 * 1024 {
             st.pending.shrink_to(16 * 1024);
         }
         if st.pending_msgs == 0 && st.any_dirty {
@@ -967,13 +1061,7 @@ impl Hub {
             }
             st.any_dirty = left;
         }
-        if conn.json {
-            self.frame.push(b']');
-            frame::write_frame(out, Kind::Text, &self.frame);
-        } else {
-            self.frame[2..FRAME_HEADER].copy_from_slice(&(count as u16).to_le_bytes());
-            frame::write_frame(out, Kind::Binary, &self.frame);
-        }
+        finish_frame(out, &mut self.frame, json, count);
         self.stats.messages.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         self.stats.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
@@ -1034,6 +1122,47 @@ fn account_of(e: &Event) -> Option<AccountId> {
     }
 }
 
+/// Starts a data frame's payload in `frame`: `[` of a JSON array, or the binary header.
+fn start_frame(frame: &mut Vec<u8>, json: bool) {
+    frame.clear();
+    if json {
+        frame.push(b'[');
+    } else {
+        frame.extend_from_slice(&VERSION.to_le_bytes());
+        frame.extend_from_slice(&[0, 0]);
+    }
+}
+
+/// Adds message number `index` (its encoded bytes) to a payload begun with [`start_frame`].
+fn add_message(frame: &mut Vec<u8>, json: bool, index: usize, msg: &[u8]) {
+    if json {
+        if index > 0 {
+            frame.push(b',');
+        }
+    } else {
+        frame.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    }
+    frame.extend_from_slice(msg);
+}
+
+/// Closes a payload of `count` messages and appends it to `out` as a WebSocket frame.
+fn finish_frame(out: &mut Vec<u8>, frame: &mut Vec<u8>, json: bool, count: usize) {
+    if json {
+        frame.push(b']');
+        frame::write_frame(out, Kind::Text, frame);
+    } else {
+        frame[2..FRAME_HEADER].copy_from_slice(&(count as u16).to_le_bytes());
+        frame::write_frame(out, Kind::Binary, frame);
+    }
+}
+
+/// Appends a data frame of the one message `msg` to `out`, its payload built in `scratch`.
+fn single_frame(out: &mut Vec<u8>, scratch: &mut Vec<u8>, json: bool, msg: &[u8]) {
+    start_frame(scratch, json);
+    add_message(scratch, json, 0, msg);
+    finish_frame(out, scratch, json, 1);
+}
+
 /// Appends `msg` as a queue entry: `u32 length ‖ message`, the message in rkyv or JSON.
 fn encode_queued(out: &mut Vec<u8>, msg: &ServerMsg, json: bool) {
     if json {
@@ -1045,6 +1174,19 @@ fn encode_queued(out: &mut Vec<u8>, msg: &ServerMsg, json: bool) {
     } else {
         encode_entry(out, msg);
     }
+}
+
+/// The one bit set in `words`, if exactly one is.
+fn single_bit(words: &[u64]) -> Option<usize> {
+    let mut found = None;
+    for (w, &word) in words.iter().enumerate() {
+        match (word.count_ones(), found) {
+            (0, _) => {}
+            (1, None) => found = Some(w * 64 + word.trailing_zeros() as usize),
+            _ => return None,
+        }
+    }
+    found
 }
 
 fn bit(words: &[u64], i: usize) -> bool {

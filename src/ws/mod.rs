@@ -733,10 +733,9 @@ async fn write_loop(conn: Rc<Conn>, mut stream: Shared, hub: Rc<RefCell<Hub>>) {
         conn.st.borrow_mut().in_flight = out.len();
         let written = stream.write_all(&out).await;
         conn.st.borrow_mut().in_flight = 0;
-        out.clear();
-        if out.capacity() > 64 * 1024 {
-            out = Vec::new();
-        }
+        // Writes come from the hub's passes unless a socket is full: an idle connection keeps
+        // no buffer here.
+        out = Vec::new();
         if written.is_err() || !keep {
             break;
         }
