@@ -41,7 +41,7 @@ def figures(scenarios):
             out[f"p50_{n}"], out[f"p99_{n}"] = lat["p50"] / 1000, lat["p99"] / 1000
             expected = r["messages_expected"] or 1
             out[f"delivered_{n}"] = 100 * r["messages_delivered"] / expected
-    per = (scenarios.get("5000") or {}).get("rss_per_connection_bytes")
+    per = (scenarios.get("5000") or {}).get("rss_anon_per_connection_bytes")
     if per is not None:
         out["kib"] = per / 1024
     return out

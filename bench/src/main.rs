@@ -93,8 +93,9 @@ struct FanoutArgs {
     /// A peer's symbols: S00-USD, S01-USD, … (the node's come from its welcome).
     #[arg(long, default_value_t = 100)]
     symbols: usize,
-    /// The server's RSS is sampled once this many subscribers are connected and again with all
-    /// of them: memory per connection is the growth between the two over the connections added.
+    /// The server's anonymous resident memory (RssAnon: its heap, not the file pages it maps) is
+    /// sampled once this many subscribers are connected and again with all of them: memory per
+    /// connection is the growth between the two over the connections added.
     #[arg(long, default_value_t = 1000)]
     memory_base: usize,
     /// The node's (or peer's) public API (quotes are sent there).
@@ -205,7 +206,7 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     let per_conn = rss.map(|(before, idle)| (idle.saturating_sub(before)) as f64 / (a.clients - base) as f64);
     if let (Some((before, idle)), Some(per)) = (rss, per_conn) {
         println!(
-            "server RSS: {:.1} MiB with {base} idle subscribers, {:.1} MiB with {}: {:.1} KiB per connection",
+            "server RssAnon: {:.1} MiB with {base} idle subscribers, {:.1} MiB with {}: {:.1} KiB per connection",
             before as f64 / 1048576.0,
             idle as f64 / 1048576.0,
             a.clients,
@@ -221,8 +222,8 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
             "latency_us": latency_json(&w.quotes),
             "quotes_sent": ticks, "messages_expected": expected, "messages_delivered": w.quotes_delivered,
             "feeder_errors": fed.errors, "disconnects": w.disconnects,
-            "server_rss_bytes": rss.map(|(b, i)| json!({"base": b, "idle": i})),
-            "rss_per_connection_bytes": per_conn,
+            "server_rss_anon_bytes": rss.map(|(b, i)| json!({"base": b, "idle": i})),
+            "rss_anon_per_connection_bytes": per_conn,
         });
         std::fs::write(path, serde_json::to_string_pretty(&v).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -256,13 +257,13 @@ fn node_feed(a: &FanoutArgs) -> Result<(String, Vec<String>), String> {
     Ok((key, symbols))
 }
 
-/// A server's RSS once connections have stopped changing it: sampled until two samples 200 ms
-/// apart agree within 1%, for at most 3 s.
+/// A server's anonymous resident memory once connections have stopped changing it: sampled
+/// until two samples 200 ms apart agree within 1%, for at most 3 s.
 fn settled_rss(pid: u32) -> Option<u64> {
-    let mut last = watch::rss(pid)?;
+    let mut last = watch::rss_anon(pid)?;
     for _ in 0..15 {
         std::thread::sleep(Duration::from_millis(200));
-        let now = watch::rss(pid)?;
+        let now = watch::rss_anon(pid)?;
         if now.abs_diff(last) * 100 <= last {
             return Some(now);
         }

@@ -593,8 +593,18 @@ impl Feeder {
 
 /// Resident memory of a process (bytes), from `/proc/PID/status`.
 pub fn rss(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of a process (bytes): its heap, without the file pages it maps
+/// (the node's journal segments are resident as they are written and read).
+pub fn rss_anon(pid: u32) -> Option<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
