@@ -617,6 +617,41 @@ pub fn open_fds(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Quotes as each server sends them: the intended send time is what the watcher measures from.
+    #[test]
+    fn quotes_are_read_in_every_protocol() {
+        use signalgate::engine::market::Quote;
+        use signalgate::engine::types::SymbolId;
+        use signalgate::ws::protocol::ServerMsg;
+        let q =
+            Quote { symbol: SymbolId(3), bid: 100_000, ask: 100_010, bid_size: 0, ask_size: 0, ts: 1_700_000_000_123 };
+        let msg = ServerMsg { seq: 9, ts: 1_700_000_000_999, body: ServerBody::Event { event: EventKind::Quote(q) } };
+        let quote = |s: Seen| match s {
+            Seen::Quote(ts) => ts,
+            _ => panic!("not a quote"),
+        };
+        // The node's binary and JSON modes.
+        assert_eq!(quote(Seen::of_binary(msg.clone()).unwrap()), 1_700_000_000_123);
+        let mut json = b"[".to_vec();
+        signalgate::ws::protocol::encode_json(&mut json, &msg);
+        json.push(b']');
+        let msgs: Vec<TextMsg<'_>> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(msgs.into_iter().map(|m| quote(Seen::of_text(m).unwrap())).collect::<Vec<_>>(), [1_700_000_000_123]);
+        // The `ws` peer's quote, and the same inside a Socket.IO event.
+        let peer = br#"{"type":"quote","symbol":"S03-USD","bid":"1000.00","ask":"1000.10","ts":1700000000123}"#;
+        assert_eq!(quote(Seen::of_text(serde_json::from_slice(peer).unwrap()).unwrap()), 1_700_000_000_123);
+        let event = [&b"[\"quote\","[..], peer, b"]"].concat();
+        let (_, m): (&str, TextMsg<'_>) = serde_json::from_slice(&event).unwrap();
+        assert_eq!(quote(Seen::of_text(m).unwrap()), 1_700_000_000_123);
+        // Not quotes.
+        let subscribed: TextMsg<'_> =
+            serde_json::from_slice(br#"{"type":"subscribed","channels":["quotes:S03-USD"]}"#).unwrap();
+        assert!(matches!(Seen::of_text(subscribed), Ok(Seen::Subscribed)));
+        let error: TextMsg<'_> =
+            serde_json::from_slice(br#"{"type":"error","code":"ws.unknown_channel","message":"no"}"#).unwrap();
+        assert!(Seen::of_text(error).is_err());
+    }
+
     #[test]
     fn subscriptions_spread_evenly() {
         let mut count = vec![0; 100];
