@@ -155,32 +155,38 @@ fn a_closed_loop_run_and_setup_errors() {
 fn a_ws_fanout_run_counts_every_quote_to_every_subscriber() {
     // Without the simulator, only the harness's own quotes reach the subscribers.
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("out.json");
-    let turn = harness_turn();
-    let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
-        .arg("ws-fanout")
-        .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
-        .args(["--ws", &node.ws.to_string(), "--admin-token", ADMIN_TOKEN])
-        .args(["--clients", "20", "--per-client", "1", "--rate", "40", "--duration", "1", "--warmup", "0.5"])
-        .args(["--node-pid", &node.node_pid().to_string(), "--json", json_path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    drop(turn);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    assert_eq!(r["scenario"], "ws-fanout");
-    assert_eq!(r["parameters"]["clients"], 20);
-    // 40 quotes in the measured second, alternating over the two symbols, 10 subscribers each.
-    let sent = r["quotes_sent"].as_u64().unwrap();
-    assert!((38..=41).contains(&sent), "{r}");
-    assert_eq!(r["messages_expected"].as_u64(), Some(sent * 10), "{r}");
-    assert_eq!(r["messages_delivered"], r["messages_expected"], "{r}");
-    assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
-    assert!(r["rss_per_connection_bytes"].as_f64().is_some(), "{r}");
-    assert_eq!(r["disconnects"], 0);
-    assert!(text.contains("account messages"), "a live progress line: {text}");
+    for format in ["binary", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json_path = dir.path().join("out.json");
+        let turn = harness_turn();
+        let out = Command::new(env!("CARGO_BIN_EXE_signalgate-bench"))
+            .arg("ws-fanout")
+            .args(["--target", &format!("http://{}", node.http), "--admin", &format!("http://{}", node.admin)])
+            .args(["--ws", &node.ws.to_string(), "--admin-token", ADMIN_TOKEN, "--format", format])
+            .args(["--clients", "20", "--per-client", "1", "--rate", "40", "--duration", "1", "--warmup", "0.5"])
+            .args(["--memory-base", "10", "--node-pid", &node.node_pid().to_string()])
+            .args(["--json", json_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        drop(turn);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        assert_eq!(r["scenario"], "ws-fanout");
+        assert_eq!(r["parameters"]["clients"], 20);
+        assert_eq!(r["parameters"]["format"], format);
+        // 40 quotes in the measured second, alternating over the two symbols, 10 subscribers each.
+        let sent = r["quotes_sent"].as_u64().unwrap();
+        assert!((38..=41).contains(&sent), "{r}");
+        assert_eq!(r["messages_expected"].as_u64(), Some(sent * 10), "{r}");
+        assert_eq!(r["messages_delivered"], r["messages_expected"], "{r}");
+        assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+        // Sampled with 10 and with 20 subscribers.
+        assert_eq!(r["parameters"]["memory_base"], 10);
+        assert!(r["rss_anon_per_connection_bytes"].as_f64().is_some(), "{r}");
+        assert_eq!(r["disconnects"], 0);
+        assert!(text.contains("account messages"), "a live progress line: {text}");
+    }
 }
 
 /// `signalgate-bench SCENARIO` against `node` with a JSON report; (exit code, report, output).

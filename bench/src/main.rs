@@ -183,7 +183,10 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     watchers.add((base..a.clients).map(subscriber).collect())?;
     let rss = rss_base.zip(a.node_pid.and_then(settled_rss)).filter(|_| a.clients > base);
     let start = now_ns() + 100_000_000;
-    let from = start + (a.warmup * 1e9) as u64;
+    // Half a quote's interval past the warm-up: no quote is stamped on a bound of the window, so
+    // the feeder and the subscribers count the same quotes in it even when a server carries the
+    // stamp as a JavaScript number (a double holds a Unix time in ns only to 256 ns).
+    let from = start + (a.warmup * 1e9) as u64 + (0.5e9 / a.rate) as u64;
     let until = from + (a.duration * 1e9) as u64;
     watchers.measure(from, until);
     let feed = Feeder { http, key, symbols, rate: a.rate }.spawn(start, (from, until));

@@ -679,18 +679,21 @@ impl Hub {
                 (&out[..], conn.has_work())
             }
         };
-        // SAFETY: `fd` is the connection's open socket (closed only after its tasks end and it
-        // is removed from the hub); `bytes` is valid for its length.
-        let sent =
-            unsafe { libc::send(conn.fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        let sent = usize::try_from(sent).unwrap_or(0);
-        if sent < bytes.len() {
-            // The writer sends the rest first (the socket is full, or failed: the writer's own
-            // write then ends the connection).
-            conn.st.borrow_mut().control.extend_from_slice(&bytes[sent..]);
-            conn.wake();
-        } else if more {
-            conn.wake();
+        if !bytes.is_empty() {
+            // SAFETY: `fd` is the connection's open socket (closed only after its tasks end and
+            // it is removed from the hub); `bytes` is valid for its length.
+            let sent = unsafe {
+                libc::send(conn.fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            let sent = usize::try_from(sent).unwrap_or(0);
+            if sent < bytes.len() {
+                // The writer sends the rest first (the socket is full, or failed: the writer's
+                // own write then ends the connection).
+                conn.st.borrow_mut().control.extend_from_slice(&bytes[sent..]);
+                conn.wake();
+            } else if more {
+                conn.wake();
+            }
         }
         self.out = out;
     }
