@@ -3,12 +3,12 @@
 //! Watchers are many subscribers on one thread (tokio, non-blocking), each on some `quotes:`
 //! channels and optionally its account's `account` channel. They speak the node's binary or JSON
 //! stream, or (for `ws-fanout --peer`) the protocol of one of the Node.js broadcast servers in
-//! `bench/peers`: the same subscriptions, the same feed and the same clock for all. The feeder sends quotes open-loop
-//! through `POST /v1/market/ticks`, each stamped with its intended send time, so a quote's latency
-//! is its arrival minus that stamp: a feeder or a node that falls behind shows up as latency, not
-//! as a quietly lower rate. An account message's latency is its arrival minus the node's time on
-//! the event (the moment the hot core made it), which covers the journal write and the fan-out.
-//! Frames are decoded with the crate's protocol module.
+//! `bench/peers`: the same subscriptions, the same feed and the same clock for all. The feeder
+//! sends quotes open-loop through `POST /v1/market/ticks`, each stamped with its intended send
+//! time, so a quote's latency is its arrival minus that stamp: a feeder or a server that falls
+//! behind shows up as latency, not as a quietly lower rate. An account message's latency is its
+//! arrival minus the node's time on the event (the moment the hot core made it), which covers the
+//! journal write and the fan-out. The node's frames are decoded with the crate's protocol module.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
