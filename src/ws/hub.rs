@@ -205,6 +205,8 @@ pub struct ConnState {
     /// Entries (`u32 length ‖ message`) waiting to be sent, in order.
     pending: Vec<u8>,
     pending_msgs: usize,
+    /// The rest of a frame a pass's `send` did not finish: written before anything else.
+    unsent: Vec<u8>,
     /// Control frames to send first (pongs, pings).
     control: Vec<u8>,
     /// Bytes handed to the socket and not yet written.
@@ -241,6 +243,7 @@ impl Conn {
                 any_dirty: false,
                 pending: Vec::new(),
                 pending_msgs: 0,
+                unsent: Vec::new(),
                 control: Vec::new(),
                 in_flight: 0,
                 ready: false,
@@ -285,7 +288,7 @@ impl Conn {
     /// Whether the writer has something to do.
     pub fn has_work(&self) -> bool {
         let st = self.st.borrow();
-        st.closing.is_some() || !st.control.is_empty() || st.pending_msgs > 0 || st.any_dirty
+        st.closing.is_some() || !st.unsent.is_empty() || !st.control.is_empty() || st.pending_msgs > 0 || st.any_dirty
     }
 
     /// Queues a control frame; a client that sends pings without reading the pongs is a slow
@@ -653,7 +656,7 @@ impl Hub {
     fn write_now(&mut self, conn: &Conn) {
         let single = {
             let st = conn.st.borrow();
-            if st.in_flight > 0 || st.closing.is_some() || !st.control.is_empty() {
+            if st.in_flight > 0 || st.closing.is_some() || !st.unsent.is_empty() || !st.control.is_empty() {
                 drop(st);
                 return conn.wake();
             }
@@ -689,7 +692,7 @@ impl Hub {
             if sent < bytes.len() {
                 // The writer sends the rest first (the socket is full, or failed: the writer's
                 // own write then ends the connection).
-                conn.st.borrow_mut().control.extend_from_slice(&bytes[sent..]);
+                conn.st.borrow_mut().unsent.extend_from_slice(&bytes[sent..]);
                 conn.wake();
             } else if more {
                 conn.wake();
@@ -996,18 +999,14 @@ impl Hub {
         }
     }
 
-    /// Builds the next frames for `conn` into `out` (WebSocket frames, ready to write): control
-    /// frames, then queued messages and changed quotes, at most one data frame's bound per call
-    /// unless control frames came first. Returns `false` when the connection must close after
-    /// `out` is written.
+    /// Builds the next frames for `conn` into `out` (WebSocket frames, ready to write): the rest
+    /// of a frame a pass began, control frames, then queued messages and changed quotes in at
+    /// most one data frame. Returns `false` when the connection must close after `out` is
+    /// written.
     pub fn next_frames(&mut self, conn: &Conn, out: &mut Vec<u8>) -> bool {
         let mut st = conn.st.borrow_mut();
-        out.extend_from_slice(&st.control);
-        if st.control.capacity() > IDLE_BUFFER {
-            st.control = Vec::new();
-        } else {
-            st.control.clear();
-        }
+        drain_into(out, &mut st.unsent);
+        drain_into(out, &mut st.control);
         if let Some((code, reason)) = st.closing.clone() {
             frame::write_close(out, code, &reason);
             return false;
@@ -1176,6 +1175,16 @@ fn encode_queued(out: &mut Vec<u8>, msg: &ServerMsg, json: bool) {
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     } else {
         encode_entry(out, msg);
+    }
+}
+
+/// Moves the bytes of `buf` to the end of `out`; `buf` keeps no more than [`IDLE_BUFFER`].
+fn drain_into(out: &mut Vec<u8>, buf: &mut Vec<u8>) {
+    out.extend_from_slice(buf);
+    if buf.capacity() > IDLE_BUFFER {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
     }
 }
 
