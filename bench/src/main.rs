@@ -131,7 +131,7 @@ struct FanoutArgs {
     /// Core to pin the harness to.
     #[arg(long)]
     cpu: Option<usize>,
-    /// The server's pid: its RSS is sampled as the subscribers connect (see --memory-base).
+    /// The server's pid: its memory is sampled as the subscribers connect (see --memory-base).
     #[arg(long)]
     node_pid: Option<u32>,
     /// Write the results and the run's parameters as JSON to this file.
@@ -179,9 +179,9 @@ fn ws_fanout(a: &FanoutArgs) -> Result<ExitCode, String> {
     };
     let base = a.memory_base.min(a.clients);
     let mut watchers = Watchers::connect(a.ws, proto, &symbols, (0..base).map(subscriber).collect())?;
-    let rss_base = a.node_pid.and_then(settled_rss);
+    let rss_base = a.node_pid.and_then(settled_memory);
     watchers.add((base..a.clients).map(subscriber).collect())?;
-    let rss = rss_base.zip(a.node_pid.and_then(settled_rss)).filter(|_| a.clients > base);
+    let rss = rss_base.zip(a.node_pid.and_then(settled_memory)).filter(|_| a.clients > base);
     let start = now_ns() + 100_000_000;
     // Half a quote's interval past the warm-up: no quote is stamped on a bound of the window, so
     // the feeder and the subscribers count the same quotes in it even when a server carries the
@@ -262,7 +262,7 @@ fn node_feed(a: &FanoutArgs) -> Result<(String, Vec<String>), String> {
 
 /// A server's anonymous resident memory once connections have stopped changing it: sampled
 /// until two samples 200 ms apart agree within 1%, for at most 3 s.
-fn settled_rss(pid: u32) -> Option<u64> {
+fn settled_memory(pid: u32) -> Option<u64> {
     let mut last = watch::rss_anon(pid)?;
     for _ in 0..15 {
         std::thread::sleep(Duration::from_millis(200));

@@ -307,6 +307,27 @@ impl Conn {
     }
 }
 
+/// A symbol's newest quote in one mode: a data frame of its own (the very bytes every subscriber
+/// with nothing else to send gets) and where in it the message is (what a frame of several
+/// messages takes).
+#[derive(Debug, Clone, Default)]
+struct LatestQuote {
+    frame: Vec<u8>,
+    msg: std::ops::Range<usize>,
+}
+
+impl LatestQuote {
+    /// The frame, once there is a quote.
+    fn frame(&self) -> Option<&[u8]> {
+        (!self.frame.is_empty()).then_some(&self.frame[..])
+    }
+
+    /// The message, once there is a quote.
+    fn msg(&self) -> Option<&[u8]> {
+        (!self.frame.is_empty()).then(|| &self.frame[self.msg.clone()])
+    }
+}
+
 /// An account message kept for resume: its sequence number, account and the message.
 struct Kept {
     seq: u64,
@@ -329,11 +350,8 @@ pub struct Hub {
     /// Each symbol's subscribers.
     by_symbol: Vec<Vec<Rc<Conn>>>,
     by_account: HashMap<AccountId, Vec<u64>>,
-    /// The newest quote of each symbol, encoded (binary, JSON).
-    latest: Vec<Option<(Vec<u8>, Vec<u8>)>>,
-    /// The same quote as a WebSocket frame of its own (binary, JSON): the very bytes every
-    /// subscriber with nothing else to send gets.
-    framed: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The newest quote of each symbol, binary and JSON.
+    latest: Vec<[LatestQuote; 2]>,
     /// Connections that got something during the pass under way.
     ready: RefCell<Vec<Rc<Conn>>>,
     /// What a pass writes to one connection.
@@ -385,8 +403,7 @@ impl Hub {
             next_anonymous: 0,
             by_symbol: vec![Vec::new(); n],
             by_account: HashMap::new(),
-            latest: vec![None; n],
-            framed: vec![(Vec::new(), Vec::new()); n],
+            latest: vec![Default::default(); n],
             ready: RefCell::new(Vec::new()),
             out: Vec::with_capacity(64 * 1024),
             next_seq: last + 1,
@@ -640,17 +657,14 @@ impl Hub {
     /// not take at once, and anything its writer task must do (control frames, a close, a write
     /// still under way), is left to that task.
     fn write_ready(&mut self) {
-        let ready = std::mem::take(&mut *self.ready.borrow_mut());
+        // Nothing is marked ready while the pass writes; the list's room is kept for the next.
+        let mut ready = std::mem::take(&mut *self.ready.borrow_mut());
         for conn in &ready {
             conn.st.borrow_mut().ready = false;
             self.write_now(conn);
         }
-        let mut list = self.ready.borrow_mut();
-        if list.is_empty() {
-            // Kept for the next pass, without the references.
-            *list = ready;
-            list.clear();
-        }
+        ready.clear();
+        *self.ready.borrow_mut() = ready;
     }
 
     fn write_now(&mut self, conn: &Conn) {
@@ -667,7 +681,8 @@ impl Hub {
             }
         };
         let mut out = std::mem::take(&mut self.out);
-        let (bytes, more) = match single.and_then(|sym| self.shared_frame(sym, conn.json).map(|f| (sym, f))) {
+        let shared = single.and_then(|sym| Some((sym, self.latest.get(sym)?[usize::from(conn.json)].frame()?)));
+        let (bytes, more) = match shared {
             Some((sym, frame)) => {
                 let mut st = conn.st.borrow_mut();
                 set_bit(&mut st.dirty, sym, false);
@@ -699,13 +714,6 @@ impl Hub {
             }
         }
         self.out = out;
-    }
-
-    /// The shared frame of `sym`'s newest quote in the connection's format.
-    fn shared_frame(&self, sym: usize, json: bool) -> Option<&[u8]> {
-        let (bin, text) = self.framed.get(sym)?;
-        let f = if json { text } else { bin };
-        (!f.is_empty()).then_some(&f[..])
     }
 
     /// Queues an error message.
@@ -952,13 +960,15 @@ impl Hub {
         // Encoded once in each mode (an encoding costs less than a single delivery): a dirty bit
         // is only set for the subscribers below.
         let msg = self.event_msg(e, ServerBody::Event { event: e.kind });
-        let slot = self.latest[sym].get_or_insert_with(|| (Vec::with_capacity(128), Vec::with_capacity(256)));
-        let framed = &mut self.framed[sym];
-        for (json, entry, frame) in [(false, &mut slot.0, &mut framed.0), (true, &mut slot.1, &mut framed.1)] {
-            entry.clear();
-            encode_queued(entry, &msg, json);
-            frame.clear();
-            single_frame(frame, &mut self.frame, json, &entry[4..]);
+        for json in [false, true] {
+            self.entry.clear();
+            encode_queued(&mut self.entry, &msg, json);
+            let latest = &mut self.latest[sym][usize::from(json)];
+            latest.frame.clear();
+            single_frame(&mut latest.frame, &mut self.frame, json, &self.entry[4..]);
+            // The message ends the payload, but for the `]` of a JSON array.
+            let end = latest.frame.len() - usize::from(json);
+            latest.msg = end - (self.entry.len() - 4)..end;
         }
         for c in subs {
             {
@@ -1045,8 +1055,7 @@ impl Hub {
                 while st.dirty[w] != 0 {
                     let b = st.dirty[w].trailing_zeros() as usize;
                     let sym = w * 64 + b;
-                    let encoded = self.latest[sym].as_ref().map(|(bin, json)| if conn.json { json } else { bin });
-                    let Some(bytes) = encoded.and_then(|e| e.get(4..)) else {
+                    let Some(bytes) = self.latest[sym][usize::from(conn.json)].msg() else {
                         st.dirty[w] &= !(1 << b);
                         continue;
                     };
