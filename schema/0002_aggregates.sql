@@ -15,8 +15,11 @@ DO $migration$
 DECLARE
     timescale boolean;
 BEGIN
+    -- Installed but not preloaded (shared_preload_libraries), TimescaleDB cannot be created:
+    -- the database stays plain PostgreSQL.
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')
-       AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
+       AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND current_setting('shared_preload_libraries') ~ 'timescaledb' THEN
         CREATE EXTENSION IF NOT EXISTS timescaledb;
     END IF;
     timescale := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb');

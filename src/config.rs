@@ -267,11 +267,28 @@ pub struct PostgresConfig {
     pub batch_events: usize,
     /// Longest an offload batch waits to fill before it is written (ms).
     pub batch_ms: u64,
+    /// A read replica of `url` (same forms) that serves the history API; empty = the primary.
+    pub read_url: String,
+    /// Replication lag beyond which history reads go to the primary instead (ms).
+    pub read_max_lag_ms: u64,
+    /// Connections the history reads keep to each database (not counting the offloader's one).
+    pub read_pool_size: usize,
+    /// Longest a history query may take (ms): the server stops it then (`statement_timeout`).
+    pub read_timeout_ms: u64,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: String::new(), migrate: false, batch_events: 50_000, batch_ms: 100 }
+        PostgresConfig {
+            url: String::new(),
+            migrate: false,
+            batch_events: 50_000,
+            batch_ms: 100,
+            read_url: String::new(),
+            read_max_lag_ms: 5_000,
+            read_pool_size: 4,
+            read_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -834,10 +851,18 @@ impl Config {
         if self.postgres.migrate && self.postgres.url.is_empty() {
             err("postgres.migrate", "needs postgres.url".into());
         }
-        if !self.postgres.url.is_empty() {
-            if let Err(e) = self.postgres.url.parse::<tokio_postgres::Config>() {
-                err("postgres.url", format!("is not a valid connection string: {e}"));
-            }
+        // The connection strings themselves: `server::validate`, which knows PostgreSQL.
+        if !self.postgres.read_url.is_empty() && self.postgres.url.is_empty() {
+            err("postgres.read_url", "needs postgres.url (the primary it replicates)".into());
+        }
+        if !(100..=3_600_000).contains(&self.postgres.read_max_lag_ms) {
+            err("postgres.read_max_lag_ms", "must be between 100 and 3600000".into());
+        }
+        if !(1..=256).contains(&self.postgres.read_pool_size) {
+            err("postgres.read_pool_size", "must be between 1 and 256".into());
+        }
+        if !(100..=600_000).contains(&self.postgres.read_timeout_ms) {
+            err("postgres.read_timeout_ms", "must be between 100 and 600000".into());
         }
         if !(1..=1_000_000).contains(&self.postgres.batch_events) {
             err("postgres.batch_events", "must be between 1 and 1000000".into());

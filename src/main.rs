@@ -106,7 +106,7 @@ fn environment() -> impl Iterator<Item = (String, String)> {
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, Vec<String>> {
     let cfg = Config::load(path, environment()).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let problems = cfg.validate(&server::host_cores());
+    let problems = server::validate(&cfg);
     if problems.is_empty() {
         Ok(cfg)
     } else {

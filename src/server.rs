@@ -172,9 +172,24 @@ pub struct RunOptions {
     pub repair_journal: bool,
 }
 
+/// What is wrong with `cfg` on this host: [`Config::validate`], and the PostgreSQL connection
+/// strings (their TLS settings and root certificate files included).
+pub fn validate(cfg: &Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = cfg.validate(&host_cores());
+    for (key, url) in [("postgres.url", &cfg.postgres.url), ("postgres.read_url", &cfg.postgres.read_url)] {
+        if let Err(e) =
+            Some(url).filter(|u| !u.is_empty()).map(|u| crate::postgres::connect::Target::parse(u)).transpose()
+        {
+            let message = format!("is not a valid connection string: {e}");
+            errors.push(crate::config::ConfigError { key: key.into(), message });
+        }
+    }
+    errors
+}
+
 /// Runs a node until SIGTERM or SIGINT; returns once it has drained.
 pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
-    let errors = cfg.validate(&host_cores());
+    let errors = validate(&cfg);
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         return Err(format!("invalid configuration:\n  {}", list.join("\n  ")));

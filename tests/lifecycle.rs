@@ -61,6 +61,16 @@ fn check_config_accepts_the_example_and_explains_errors() {
     assert!(err.contains("SIGNALGATE_HTTP_MAX_BODY_BYTES"), "{err}");
     let (code, _, _) = run(&["check-config", "/does/not/exist.toml"], &[]);
     assert_eq!(code, 1);
+
+    // PostgreSQL's TLS settings, checked before any connection.
+    let env = [
+        ("SIGNALGATE_POSTGRES_URL", "host=db sslmode=verify-full sslrootcert=/no/such/ca.pem"),
+        ("SIGNALGATE_POSTGRES_READ_URL", "postgresql://replica/db?sslmode=sometimes"),
+    ];
+    let (code, _, err) = run(&["check-config", example], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("postgres.url") && err.contains("/no/such/ca.pem"), "{err}");
+    assert!(err.contains("postgres.read_url") && err.contains("\"sometimes\" is not one of"), "{err}");
 }
 
 #[test]

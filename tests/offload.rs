@@ -1,7 +1,8 @@
-//! The journal offloaded to a real PostgreSQL started on a free port: every journaled event in
-//! the tables exactly once (compared with `signalgate journal inspect`), through a PostgreSQL
-//! crash mid-load and a node killed with SIGKILL mid-offload; and the node trading on while
-//! PostgreSQL is unreachable or refuses it.
+//! The journal offloaded to a real PostgreSQL started on a free port, plain and with TimescaleDB:
+//! every journaled event in the tables exactly once (compared with `signalgate journal
+//! inspect`), through a PostgreSQL crash mid-load and a node killed with SIGKILL mid-offload; the
+//! node trading on while PostgreSQL is unreachable or refuses it; the history API's answers,
+//! candles and performance equal to a computation from the rows.
 
 mod support;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{bearer, binary, Node, Postgres, JSON};
+use support::{bearer, binary, Flavor, Node, Postgres, JSON};
 
 fn unlimited() -> Value {
     json!({"requests_per_minute": 1_000_000, "max_orders_per_second": 100_000, "max_open_orders": 1000})
@@ -132,46 +133,9 @@ fn trim(decimal: &str) -> String {
     }
 }
 
-fn ready(node: &Node) -> (u16, Value) {
-    let r = node.req("GET", "/ready", &[], "");
-    (r.status, r.json())
-}
-
-/// Waits until PostgreSQL has every stable event.
-fn wait_caught_up(node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Every event so far, once stable (synced), then offloaded.
-    let last = ready(node).1["last_seq"].as_u64().unwrap();
-    loop {
-        let (_, r) = ready(node);
-        if r["postgres"] == "ok" && r["offload_lag_events"] == 0 && r["stable_seq"].as_u64().unwrap() >= last {
-            return;
-        }
-        assert!(Instant::now() < deadline, "offload did not catch up: {r}; log: {:?}", node.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Two traders and a quote feed, until `stop`; returns the count of 201 answers.
-/// Quotes for both symbols, from the demo key (which has the feed role).
-fn post_ticks(node: &Node) {
-    let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3000.00","ask":"3000.50"}]}"#;
-    let r = node.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&node.demo_key)), JSON], ticks);
-    assert_eq!(r.status, 200, "{}", r.body);
-}
-
-/// Quotes, then `n` market signals alternating symbols (two buys, one sell), each filled.
-fn trade(node: &Node, key: &str, n: usize) {
-    post_ticks(node);
-    for i in 0..n {
-        let (symbol, side) = (["BTC-USD", "ETH-USD"][i % 2], ["buy", "sell"][i % 3 / 2]);
-        let body = format!(r#"{{"symbol":"{symbol}","action":"{side}","qty":"0.01"}}"#);
-        assert_eq!(node.req("POST", "/v1/signals", &[("Authorization", &bearer(key)), JSON], &body).status, 201);
-    }
-}
-
 fn load(node: &Node, keys: &[String], stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<usize>> {
-    post_ticks(node);
+    node.post_ticks();
     let mut threads = Vec::new();
     for (t, key) in keys.iter().enumerate() {
         let (addr, auth, stop) = (node.http, bearer(key), stop.clone());
@@ -228,8 +192,17 @@ fn start(dir: Option<tempfile::TempDir>, env: &[(&'static str, String)]) -> Node
 }
 
 #[test]
-fn every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill() {
-    let pg = Postgres::start();
+fn every_event_reaches_plain_postgresql_once_through_a_postgres_crash_and_a_node_kill() {
+    every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill(Flavor::Plain);
+}
+
+#[test]
+fn every_event_reaches_timescaledb_once_through_a_postgres_crash_and_a_node_kill() {
+    every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill(Flavor::Timescale);
+}
+
+fn every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill(flavor: Flavor) {
+    let pg = Postgres::start_flavor(flavor);
     let env = node_env(&pg.url());
     let node = start(None, &env);
     let (account, key) = node.account("enterprise", "10000000", unlimited());
@@ -243,7 +216,7 @@ fn every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill() 
     pg.kill();
     let deadline = Instant::now() + Duration::from_secs(10);
     let degraded = loop {
-        let (status, r) = ready(&node);
+        let (status, r) = node.ready();
         assert_eq!(status, 200, "PostgreSQL is not needed to trade: {r}");
         if r["postgres"] == "degraded" && r["offload_lag_events"].as_u64().unwrap() > 0 {
             break r;
@@ -253,14 +226,14 @@ fn every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill() 
     };
     assert_eq!(degraded["postgres_reason"], "postgres.unreachable", "{degraded}");
     std::thread::sleep(Duration::from_millis(700));
-    let (_, r) = ready(&node);
+    let (_, r) = node.ready();
     assert!(r["offload_lag_ms"].as_u64().unwrap() >= 500, "the lag in time grows while PostgreSQL is away: {r}");
     pg.start_again();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let acked: usize = traders.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(acked > 100, "{acked}");
-    wait_caught_up(&node);
+    node.wait_offloaded();
     assert!(
         node.log().iter().any(|l| l.contains("postgres: offload stopped") && l.contains("node keeps trading")),
         "the outage is logged: {:?}",
@@ -288,7 +261,7 @@ fn every_event_reaches_postgres_once_through_a_postgres_crash_and_a_node_kill() 
         let _ = t.join();
     }
     let node = start(Some(dir), &env);
-    wait_caught_up(&node);
+    node.wait_offloaded();
     assert_offloaded_exactly_once(&pg, node.data_dir());
     assert_matches_node(&pg, &node, account, &key);
 }
@@ -316,7 +289,7 @@ fn an_unreachable_or_refusing_postgres_degrades_the_report_not_the_trading() {
         assert_eq!(r.status, 201, "{}", r.body);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, r) = ready(&node);
+            let (status, r) = node.ready();
             assert_eq!(status, 200, "{r}");
             // The lag counts synced events (fsync = interval): it shows once the first sync is done.
             if r["postgres"] == "degraded"
@@ -339,8 +312,8 @@ fn an_unreachable_or_refusing_postgres_degrades_the_report_not_the_trading() {
     pg.query("INSERT INTO offload_cursor VALUES ('signalgate', 1000000, now())");
     let node = Node::start(&[("SIGNALGATE_POSTGRES_URL", &pg.url())]);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while ready(&node).1["postgres_reason"] != "postgres.journal_mismatch" {
-        assert!(Instant::now() < deadline, "{} {:?}", ready(&node).1, node.log());
+    while node.ready().1["postgres_reason"] != "postgres.journal_mismatch" {
+        assert!(Instant::now() < deadline, "{} {:?}", node.ready().1, node.log());
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
@@ -352,12 +325,18 @@ fn an_unreachable_or_refusing_postgres_degrades_the_report_not_the_trading() {
 
     // Without PostgreSQL configured, /ready says so.
     let node = Node::start(&[]);
-    assert_eq!(ready(&node).1["postgres"], "off");
+    assert_eq!(node.ready().1["postgres"], "off");
 }
 
 #[test]
 fn a_graceful_stop_offloads_what_the_journal_holds() {
-    let pg = Postgres::start();
+    for flavor in Flavor::ALL {
+        a_graceful_stop_offloads_what_the_journal_holds_on(flavor);
+    }
+}
+
+fn a_graceful_stop_offloads_what_the_journal_holds_on(flavor: Flavor) {
+    let pg = Postgres::start_flavor(flavor);
     let mut env = node_env(&pg.url());
     // Batches close only on size or at the stop.
     env.push(("SIGNALGATE_POSTGRES_BATCH_MS", "60000".into()));
@@ -370,7 +349,7 @@ fn a_graceful_stop_offloads_what_the_journal_holds() {
     for t in traders {
         t.join().unwrap();
     }
-    let (_, r) = ready(&node);
+    let (_, r) = node.ready();
     assert!(r["offload_lag_events"].as_u64().unwrap() > 0, "nothing offloaded before the stop: {r}");
     let dir = node.stop();
     let j = journal(dir.path());
@@ -379,13 +358,22 @@ fn a_graceful_stop_offloads_what_the_journal_holds() {
 }
 
 #[test]
-fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags() {
-    let pg = Postgres::start();
+fn history_routes_answer_from_plain_postgresql_with_pages_fields_cache_headers_and_etags() {
+    history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags(Flavor::Plain);
+}
+
+#[test]
+fn history_routes_answer_from_timescaledb_with_pages_fields_cache_headers_and_etags() {
+    history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags(Flavor::Timescale);
+}
+
+fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags(flavor: Flavor) {
+    let pg = Postgres::start_flavor(flavor);
     let node = start(None, &node_env(&pg.url()));
     let (account, key) = node.account("pro", "1000000", unlimited());
     let auth = bearer(&key);
-    trade(&node, &key, 25);
-    wait_caught_up(&node);
+    node.trade(&key, 25);
+    node.wait_offloaded();
     let get = |query: &str, headers: &[(&str, &str)]| {
         let mut h = vec![("Authorization", auth.as_str())];
         h.extend_from_slice(headers);
@@ -498,6 +486,8 @@ fn history_routes_answer_from_postgres_with_pages_fields_cache_headers_and_etags
     let r = candles("/v1/market/BTC-USD/candles?interval=1d&from=2020-01-01T00:00:00Z&to=2020-02-01T00:00:00Z");
     assert_eq!((r.status, r.header("cache-control")), (200, Some("public, max-age=86400")));
     assert_eq!(r.json()["candles"].as_array().unwrap().len(), 0);
+    let r = candles("/v1/market/BTC-USD/candles?interval=1w");
+    assert_eq!(r.json()["candles"][0]["quotes"].as_i64().unwrap(), quotes, "{}", r.body);
     let r = candles("/v1/market/BTC-USD/candles?interval=5m");
     assert_eq!((r.status, r.code()), (400, "request.invalid_field".to_string()));
     assert_eq!(candles("/v1/market/DOGE-USD/candles").status, 404);
@@ -508,7 +498,7 @@ fn without_postgres_history_comes_from_the_journal_in_the_same_shapes() {
     let node = Node::start(&[("SIGNALGATE_MARKET_SIMULATOR", "false")]);
     let (_, key) = node.account("pro", "1000000", unlimited());
     let auth = bearer(&key);
-    trade(&node, &key, 12);
+    node.trade(&key, 12);
     let j = journal(node.data_dir());
     let fills = seqs(&j, &["fill"]);
     let get = |path: &str| {
@@ -546,6 +536,11 @@ fn without_postgres_history_comes_from_the_journal_in_the_same_shapes() {
     let c = r.json();
     assert_eq!(c["candles"].as_array().unwrap().len(), 1, "{c}");
     assert_eq!((c["candles"][0]["open"].as_str(), c["candles"][0]["quotes"].as_i64()), (Some("65000.5"), Some(1)));
+    let week = get("/v1/market/BTC-USD/candles?interval=1w").json();
+    assert_eq!(week["candles"][0]["quotes"], 1, "{week}");
+    let monday = week["candles"][0]["t"].as_str().unwrap().to_string();
+    let weekday = Command::new("date").args(["-u", "-d", &monday, "+%u"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&weekday.stdout).trim(), "1", "weeks start on Monday: {monday}");
     assert_eq!(r.header("cache-control"), Some("public, max-age=5"));
     let etag = r.header("etag").unwrap().to_string();
     let again = node.req(
@@ -561,4 +556,132 @@ fn without_postgres_history_comes_from_the_journal_in_the_same_shapes() {
     let old = get("/v1/trades?to=2020-01-01T00:00:00Z");
     assert_eq!(old.header("cache-control"), Some("public, max-age=86400"));
     assert_eq!(old.json()["trades"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn candles_and_performance_equal_a_computation_from_the_rows_on_plain_postgresql() {
+    candles_and_performance_equal_a_computation_from_the_rows(Flavor::Plain);
+}
+
+#[test]
+fn candles_and_performance_equal_a_computation_from_the_rows_on_timescaledb() {
+    candles_and_performance_equal_a_computation_from_the_rows(Flavor::Timescale);
+}
+
+/// The history API's candles (every width) and performance against the same computed from the
+/// raw quotes and fills: quotes over two weeks (some of the same microsecond, some in chunks
+/// TimescaleDB compressed), fills that gain and lose, read while part of the aggregates is
+/// materialized and part is not.
+fn candles_and_performance_equal_a_computation_from_the_rows(flavor: Flavor) {
+    let pg = Postgres::start_flavor(flavor);
+    let node = start(None, &node_env(&pg.url()));
+    let (account, key) = node.account("pro", "1000000", unlimited());
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let (minute, hour, day) = (60_000_000_000u64, 3_600_000_000_000u64, 86_400_000_000_000u64);
+    // Quotes at given times (0: now, as the node stamps it).
+    let feed = |ticks: &[(u64, u64)]| {
+        let ticks: Vec<Value> = ticks
+            .iter()
+            .map(|(ts, bid)| {
+                let mut t = json!({"symbol": "BTC-USD", "bid": format!("{bid}.25"), "ask": format!("{}.50", bid + 1)});
+                if *ts > 0 {
+                    t["ts"] = json!(ts);
+                }
+                t
+            })
+            .collect();
+        let r = node.req(
+            "POST",
+            "/v1/market/ticks",
+            &[("Authorization", &bearer(&node.demo_key)), JSON],
+            &json!({ "ticks": ticks }).to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // Two weeks back to now, every 97 minutes; 10 days ago, a burst every 7 s; pairs of the same
+    // microsecond, whose open and close go by sequence number.
+    let mut t = now_ns - 14 * day;
+    let mut i = 0;
+    while t < now_ns {
+        feed(&[(t, 60_000 + i % 700)]);
+        t += 97 * minute + 1_234_567;
+        i += 1;
+    }
+    for k in 0..40 {
+        feed(&[(now_ns - 10 * day + k * 7_000_000_000, 61_000 + (k * 37) % 300)]);
+    }
+    for k in 0..5u64 {
+        let at = now_ns - 3 * hour + k * 11 * minute;
+        feed(&[(at, 62_000 + k), (at, 63_000 - k)]);
+    }
+    // Fills at the node's quotes: buys, then sells higher and lower.
+    for (bid, side) in [(64_000, "buy"), (64_000, "buy"), (64_500, "sell"), (63_000, "sell"), (63_500, "buy")] {
+        feed(&[(0, bid)]);
+        let body = format!(r#"{{"symbol":"BTC-USD","action":"{side}","qty":"0.01"}}"#);
+        assert_eq!(node.req("POST", "/v1/signals", &[("Authorization", &bearer(&key)), JSON], &body).status, 201);
+    }
+    node.wait_offloaded();
+    if flavor == Flavor::Timescale {
+        // Part materialized (up to 6 hours ago, and old chunks compressed), part not.
+        for view in ["candles_1m", "candles_1h", "candles_1d", "pnl_hourly"] {
+            pg.query(&format!("CALL refresh_continuous_aggregate('{view}', NULL, now() - interval '6 hours')"));
+        }
+        pg.query("SELECT compress_chunk(c) FROM show_chunks('market_data', older_than => now() - interval '7 days') c");
+    }
+
+    let auth = bearer(&key);
+    let get = |path: &str| {
+        let r = node.req("GET", path, &[("Authorization", &auth)], "");
+        assert_eq!(r.status, 200, "{path}: {} {:?}", r.body, node.log());
+        r.json()
+    };
+    for (interval, unit) in [("1m", "minute"), ("1h", "hour"), ("1d", "day"), ("1w", "week")] {
+        let windows: Vec<(String, String)> = vec![
+            ("2000-01-01T00:00:00Z".into(), "2100-01-01T00:00:00Z".into()),
+            // Bounds inside buckets: only the candles that start in the window.
+            (
+                pg.query("SELECT to_char((now() - interval '10 days 30 seconds') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"),
+                pg.query("SELECT to_char((now() - interval '2 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"),
+            ),
+        ];
+        for (from, to) in windows {
+            let api = get(&format!("/v1/market/BTC-USD/candles?interval={interval}&from={from}&to={to}"));
+            let raw = pg.query(&format!(
+                "SELECT coalesce(json_agg(json_build_object('t', to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                        'open', trim_scale(open)::text, 'high', trim_scale(high)::text, 'low', trim_scale(low)::text, \
+                        'close', trim_scale(close)::text, 'quotes', quotes) ORDER BY b), '[]') \
+                 FROM (SELECT date_trunc('{unit}', ts, 'UTC') AS b, \
+                              (array_agg((bid + ask) / 2 ORDER BY ts, seq))[1] AS open, max((bid + ask) / 2) AS high, \
+                              min((bid + ask) / 2) AS low, (array_agg((bid + ask) / 2 ORDER BY ts DESC, seq DESC))[1] AS close, \
+                              count(*) AS quotes \
+                       FROM market_data WHERE symbol = 'BTC-USD' GROUP BY 1) c \
+                 WHERE b >= '{from}' AND b < '{to}'"
+            ));
+            let raw: Value = serde_json::from_str(&raw).unwrap();
+            assert_eq!(api["candles"], raw, "{interval} candles from {from} to {to}");
+            assert!(!raw.as_array().unwrap().is_empty(), "{interval} from {from} to {to}: some candles");
+        }
+    }
+
+    let p = get("/v1/performance?period=90d");
+    let raw = pg.query(&format!(
+        "SELECT trim_scale(sum(realized))::text || '|' || trim_scale(sum(fee))::text || '|' || \
+                trim_scale(sum(realized) - sum(fee))::text || '|' || count(*) || '|' || \
+                count(*) FILTER (WHERE realized > 0) || '|' || count(*) FILTER (WHERE realized < 0) \
+         FROM fills WHERE account_id = {account}"
+    ));
+    let wins_losses: Vec<u64> = raw.split('|').skip(4).map(|n| n.parse().unwrap()).collect();
+    assert!(wins_losses[0] > 0 && wins_losses[1] > 0, "fills that gained and lost: {raw}");
+    let shown = format!(
+        "{}|{}|{}|{}|{}|{}",
+        p["realized_pnl"].as_str().unwrap(),
+        p["fees"].as_str().unwrap(),
+        p["net_pnl"].as_str().unwrap(),
+        p["trades"],
+        (p["win_rate"].as_f64().unwrap() * (wins_losses[0] + wins_losses[1]) as f64).round(),
+        wins_losses[1],
+    );
+    assert_eq!(shown, raw, "{p}");
+    assert_eq!(p["daily"].as_array().unwrap().len(), 90);
+    assert_eq!(p["daily"][89]["net_pnl"], p["net_pnl"], "all of it today: {p}");
 }

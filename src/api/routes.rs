@@ -349,7 +349,7 @@ fn performance<'a>(api: &Public, node: &mut Node, req: &Request<'a>, resp: &mut 
     api.ask(Route::Performance, Query::Performance(Performance { account: key.account.0, days }), resp)
 }
 
-/// `GET /v1/market/{symbol}/candles?interval=1m|1h|1d&from=&to=`, answered by the history
+/// `GET /v1/market/{symbol}/candles?interval=1m|1h|1d|1w&from=&to=`, answered by the history
 /// thread.
 fn candles<'a>(
     api: &Public,
@@ -370,7 +370,8 @@ fn candles<'a>(
         None | Some("1m") => "1m",
         Some("1h") => "1h",
         Some("1d") => "1d",
-        Some(_) => return Err(ApiError::invalid("interval", "must be 1m, 1h or 1d")),
+        Some("1w") => "1w",
+        Some(_) => return Err(ApiError::invalid("interval", "must be 1m, 1h, 1d or 1w")),
     };
     let (from, to) = (history_param(req, "from")?, history_param(req, "to")?);
     api.ask(Route::Candles, Query::Candles(Candles { symbol: spec.name.clone(), interval, from, to }), resp)
@@ -772,6 +773,15 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
             }
             w.key("offload_lag_events").u64(s.lag_events);
             w.key("offload_lag_ms").u64((s.lag_seconds * 1000.0) as u64);
+            // Where history reads go: the replica while it is up and close enough.
+            if let Some((replica, lag_ms)) = api.history.as_ref().and_then(|h| h.replica()) {
+                let history = if replica == crate::history::Replica::Ok { "replica" } else { "primary" };
+                w.key("history").str(history);
+                if replica != crate::history::Replica::None {
+                    w.key("replica").str(replica.as_str());
+                    w.key("replica_lag_ms").u64(lag_ms);
+                }
+            }
         }
     }
     // The cluster's state: a node stays up without Redis, and says whether it acts for its accounts.

@@ -8,7 +8,8 @@ mod postgres;
 mod recent;
 
 use std::sync::Arc;
-use std::time::Duration;
+
+pub use postgres::{ReadStatus, Replica};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +21,6 @@ use crate::postgres::offload::Shared;
 
 /// Queries waiting for the history thread beyond which the API answers 503.
 const QUEUE: usize = 256;
-/// A query that takes longer is cancelled and answered 503.
-pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The columns of `GET /v1/trades`, in answer order.
 pub const TRADE_FIELDS: [&str; 10] =
@@ -51,11 +50,11 @@ pub struct Trades {
 pub struct Candles {
     /// The symbol.
     pub symbol: String,
-    /// `1m`, `1h` or `1d`.
+    /// `1m`, `1h`, `1d` or `1w`.
     pub interval: &'static str,
-    /// From this time (RFC 3339), inclusive; default: 500 intervals before `to`.
+    /// Candles that start from this time (RFC 3339) on; default: 500 intervals before `to`.
     pub from: Option<String>,
-    /// Up to this time (RFC 3339), exclusive; default: now.
+    /// Candles that start before this time (RFC 3339); default: now.
     pub to: Option<String>,
 }
 
@@ -88,6 +87,8 @@ type Job = (Query, oneshot::Sender<Answer>);
 /// The hot core's handle on the history thread.
 pub struct History {
     jobs: mpsc::Sender<Job>,
+    /// Where reads go, on PostgreSQL.
+    reads: Option<Arc<ReadStatus>>,
 }
 
 impl History {
@@ -101,20 +102,26 @@ impl History {
         core: Option<usize>,
     ) -> std::io::Result<History> {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        let cfg = cfg.clone();
+        let reads = offload.is_some().then(|| Arc::new(ReadStatus::default()));
+        let (cfg, status) = (cfg.clone(), reads.clone());
         std::thread::Builder::new().name("sg-history".into()).spawn(move || {
             if let Some(core) = core {
                 crate::cores::pin_current_thread(core);
             }
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => match offload {
-                    Some(o) => rt.block_on(postgres::serve(&cfg.postgres.url, &o, rx)),
-                    None => rt.block_on(recent::serve(&cfg, marks, rx)),
+                Ok(rt) => match (offload, status) {
+                    (Some(o), Some(s)) => rt.block_on(postgres::serve(&cfg.postgres, o, s, rx)),
+                    _ => rt.block_on(recent::serve(&cfg, marks, rx)),
                 },
                 Err(e) => log::error!("history: cannot start the runtime: {e}"),
             }
         })?;
-        Ok(History { jobs })
+        Ok(History { jobs, reads })
+    }
+
+    /// On PostgreSQL, where reads go: the replica's state and lag (ms).
+    pub fn replica(&self) -> Option<(Replica, u64)> {
+        self.reads.as_ref().map(|r| r.replica())
     }
 
     /// Queues a query; `None` when the queue is full (the caller answers 503).

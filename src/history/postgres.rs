@@ -1,70 +1,331 @@
-//! The history thread on PostgreSQL: one connection, one query at a time.
+//! The history thread on PostgreSQL: a pool of connections to the primary (`postgres.url`) and,
+//! when there is one, to a read replica (`postgres.read_url`), never the offloader's connection.
+//!
+//! Each query runs as a task of its own on a pooled connection, within `postgres.read_timeout_ms`
+//! (the server stops the statement then: `statement_timeout`). All connections busy for a second,
+//! the database down, a query too slow: `503 history.unavailable`, saying which.
+//!
+//! Reads go to the replica while it is up and its replication lag is within
+//! `postgres.read_max_lag_ms`, to the primary otherwise; [`watch`] measures the lag twice a
+//! second, and `/ready` shows it. Candles and performance read `candles_*` and `pnl_daily`:
+//! continuous aggregates on TimescaleDB, views over the offloader's rollups on plain PostgreSQL
+//! (`schema/`), the same names and columns either way.
 
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
-use super::{
-    error, finish, Answer, Candles, Job, Performance, Query, Stats, Trades, MAX_CANDLES, QUERY_TIMEOUT, TRADE_FIELDS,
-};
+use super::{error, finish, Answer, Candles, Job, Performance, Query, Stats, Trades, MAX_CANDLES, TRADE_FIELDS};
+use crate::config::PostgresConfig;
 use crate::error::Code;
+use crate::postgres::connect::Target;
 use crate::postgres::migrate::describe;
 use crate::postgres::offload::Shared;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a query waits for a free connection (less when `postgres.read_timeout_ms` is less):
+/// all of them busy that long, the API answers 503 at once rather than queueing.
+const POOL_WAIT: Duration = Duration::from_secs(1);
+/// What a query is given beyond `statement_timeout`, for the server's own cancellation to
+/// arrive; past it the connection is closed.
+const BACKSTOP: Duration = Duration::from_secs(1);
+/// How often the replica's lag is measured.
+const WATCH: Duration = Duration::from_millis(500);
 
-pub(super) async fn serve(url: &str, offload: &Shared, mut jobs: mpsc::Receiver<Job>) {
-    let mut client: Option<Client> = None;
-    while let Some((q, reply)) = jobs.recv().await {
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = connect(url).await.map_err(|e| log::warn!("history: {e}")).ok();
+/// The read replica's state, for `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replica {
+    /// No replica configured.
+    None = 0,
+    /// Not measured yet: reads go to the primary.
+    Connecting = 1,
+    /// Up and within the lag bound: reads go to it.
+    Ok = 2,
+    /// Up but behind by more than the bound: reads go to the primary.
+    Lagging = 3,
+    /// Cannot be reached: reads go to the primary.
+    Down = 4,
+}
+
+impl Replica {
+    /// Its name in `/ready`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replica::None => "off",
+            Replica::Connecting => "connecting",
+            Replica::Ok => "ok",
+            Replica::Lagging => "lagging",
+            Replica::Down => "down",
         }
-        let answer = match &client {
-            None => error(Code::HistoryUnavailable, "PostgreSQL cannot be reached; try again later"),
-            Some(c) => match tokio::time::timeout(QUERY_TIMEOUT, answer(c, &q, offload)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
-                    error(Code::RequestInvalidField, "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
-                }
-                Ok(Err(e)) => {
-                    log::warn!("history: query failed: {}", describe(&e));
-                    error(Code::HistoryUnavailable, "the history query failed; try again later")
-                }
-                Err(_) => {
-                    // The connection may still be busy with it: start a new one next time.
-                    client = None;
-                    error(Code::HistoryUnavailable, "the history query took too long")
-                }
-            },
-        };
-        let _ = reply.send(answer);
     }
 }
 
-async fn connect(url: &str) -> Result<Client, String> {
-    let config: tokio_postgres::Config = url.parse().map_err(|e| format!("postgres.url: {e}"))?;
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tokio_postgres::NoTls))
-        .await
-        .map_err(|_| "cannot connect to PostgreSQL in time".to_string())?
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", describe(&e)))?;
-    tokio::spawn(connection);
-    Ok(client)
+/// Where history reads stand; read by `/ready` on the hot core.
+#[derive(Debug, Default)]
+pub struct ReadStatus {
+    replica: AtomicU8,
+    lag_ms: AtomicU64,
 }
 
-async fn answer(c: &Client, q: &Query, offload: &Shared) -> Result<Answer, tokio_postgres::Error> {
+impl ReadStatus {
+    /// The replica's state and its last measured lag (ms).
+    pub fn replica(&self) -> (Replica, u64) {
+        let state = match self.replica.load(Ordering::Acquire) {
+            1 => Replica::Connecting,
+            2 => Replica::Ok,
+            3 => Replica::Lagging,
+            4 => Replica::Down,
+            _ => Replica::None,
+        };
+        (state, self.lag_ms.load(Ordering::Acquire))
+    }
+
+    fn set(&self, state: Replica, lag_ms: u64) {
+        self.lag_ms.store(lag_ms, Ordering::Release);
+        self.replica.store(state as u8, Ordering::Release);
+    }
+}
+
+/// The pools and what picks between them.
+struct Reads {
+    primary: Pool,
+    replica: Option<Pool>,
+    status: Arc<ReadStatus>,
+    max_lag_ms: u64,
+    timeout: Duration,
+    pool_size: usize,
+}
+
+pub(super) async fn serve(
+    cfg: &PostgresConfig,
+    offload: Arc<Shared>,
+    status: Arc<ReadStatus>,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    let reads = match Reads::new(cfg, status) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            // check-config refuses this; here for a URL from the environment.
+            log::error!("history: {e}; history queries are answered 503");
+            while let Some((_, reply)) = jobs.recv().await {
+                let _ = reply.send(error(Code::HistoryUnavailable, "the history database is not configured correctly"));
+            }
+            return;
+        }
+    };
+    if reads.replica.is_some() {
+        tokio::spawn(watch(reads.clone()));
+    }
+    while let Some((q, reply)) = jobs.recv().await {
+        let (reads, offload) = (reads.clone(), offload.clone());
+        tokio::spawn(async move {
+            let _ = reply.send(reads.answer(&q, &offload).await);
+        });
+    }
+}
+
+/// Why a read failed.
+enum Failed {
+    /// No connection within the time: all busy.
+    Busy,
+    /// The query took too long.
+    Slow,
+    /// The database cannot be reached.
+    Down(String),
+    /// The query failed.
+    Query(tokio_postgres::Error),
+}
+
+impl Reads {
+    fn new(cfg: &PostgresConfig, status: Arc<ReadStatus>) -> Result<Reads, String> {
+        let timeout = Duration::from_millis(cfg.read_timeout_ms);
+        let pool = |name: &str, url: &str| -> Result<Pool, String> {
+            let mut target = Target::parse(url).map_err(|e| format!("{name} is not a valid connection string: {e}"))?;
+            // Reads only, and never longer than the API waits for them.
+            let options = format!(
+                "{} -c default_transaction_read_only=on -c statement_timeout={} -c TimeZone=UTC",
+                target.config.get_options().unwrap_or_default(),
+                cfg.read_timeout_ms
+            );
+            target.config.options(options.trim_start()).connect_timeout(CONNECT_TIMEOUT);
+            let manager = Manager::from_config(
+                target.config,
+                target.tls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(cfg.read_pool_size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(timeout.min(POOL_WAIT)))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let primary = pool("postgres.url", &cfg.url)?;
+        let replica = (!cfg.read_url.is_empty()).then(|| pool("postgres.read_url", &cfg.read_url)).transpose()?;
+        status.set(if replica.is_some() { Replica::Connecting } else { Replica::None }, 0);
+        Ok(Reads { primary, replica, status, max_lag_ms: cfg.read_max_lag_ms, timeout, pool_size: cfg.read_pool_size })
+    }
+
+    /// The replica with its lag (s) when reads go there.
+    fn replica(&self) -> Option<(&Pool, f64)> {
+        let (state, lag_ms) = self.status.replica();
+        self.replica.as_ref().filter(|_| state == Replica::Ok).map(|p| (p, lag_ms as f64 / 1e3))
+    }
+
+    async fn answer(&self, q: &Query, offload: &Shared) -> Answer {
+        let mut result = None;
+        if let Some((replica, lag)) = self.replica() {
+            match self.read(replica, q, offload, lag).await {
+                // The replica went away since it was last measured: the primary answers.
+                Err(Failed::Down(e)) => {
+                    log::warn!("history: the read replica cannot be reached ({e}); reading from the primary");
+                    self.status.set(Replica::Down, 0);
+                }
+                other => result = Some(other),
+            }
+        }
+        let result = match result {
+            Some(r) => r,
+            None => self.read(&self.primary, q, offload, 0.0).await,
+        };
+        match result {
+            Ok(answer) => answer,
+            Err(Failed::Busy) => error(
+                Code::HistoryUnavailable,
+                &format!("all {} history connections are busy; try again later", self.pool_size),
+            ),
+            Err(Failed::Down(e)) => {
+                log::warn!("history: {e}");
+                error(Code::HistoryUnavailable, "PostgreSQL cannot be reached; try again later")
+            }
+            Err(Failed::Query(e)) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+                error(Code::RequestInvalidField, "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
+            }
+            // 57014: cancelled by statement_timeout.
+            Err(Failed::Slow) => error(Code::HistoryUnavailable, "the history query took too long"),
+            Err(Failed::Query(e)) if e.code().is_some_and(|c| c.code() == "57014") => {
+                error(Code::HistoryUnavailable, "the history query took too long")
+            }
+            Err(Failed::Query(e)) => {
+                log::warn!("history: query failed: {}", describe(&e));
+                error(Code::HistoryUnavailable, "the history query failed; try again later")
+            }
+        }
+    }
+
+    /// Answers `q` on a connection of `pool`; `lag`: how far (s) that database is behind the
+    /// primary.
+    async fn read(&self, pool: &Pool, q: &Query, offload: &Shared, lag: f64) -> Result<Answer, Failed> {
+        let client = match pool.get().await {
+            Ok(c) => c,
+            Err(PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => return Err(Failed::Busy),
+            Err(PoolError::Timeout(_)) => return Err(Failed::Down("cannot connect in time".into())),
+            Err(PoolError::Backend(e)) => return Err(Failed::Down(format!("cannot connect: {}", describe(&e)))),
+            Err(e) => return Err(Failed::Down(e.to_string())),
+        };
+        // Given back to the pool only when the query finished: dropped half-way, the connection
+        // may still be busy with it.
+        let mut guard = Unfinished(Some(client));
+        let result = tokio::time::timeout(self.timeout + BACKSTOP, answer(guard.client(), q, offload, lag))
+            .await
+            .map_err(|_| Failed::Slow)?;
+        let closed = guard.client().is_closed();
+        if !closed {
+            guard.0.take(); // back to the pool
+        }
+        result.map_err(|e| if closed { Failed::Down(describe(&e)) } else { Failed::Query(e) })
+    }
+}
+
+/// A pooled connection that is closed, not reused, unless taken out of it.
+struct Unfinished(Option<Object>);
+
+impl Unfinished {
+    fn client(&self) -> &Client {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(Object::take(c));
+        }
+    }
+}
+
+/// Measures the replica's lag, twice a second, for [`Reads::replica`] and `/ready`: none when
+/// it has replayed all the primary had written a moment before, otherwise the age of the last
+/// transaction it replayed (an upper bound).
+async fn watch(reads: Arc<Reads>) {
+    let Some(replica) = reads.replica.as_ref() else { return };
+    let mut last = Replica::Connecting;
+    loop {
+        let measured = tokio::time::timeout(reads.timeout, async {
+            let primary_lsn = match reads.primary.get().await {
+                Ok(c) => {
+                    c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.ok().map(|r| r.get::<_, String>(0))
+                }
+                Err(_) => None,
+            };
+            let c = replica.get().await.map_err(|e| e.to_string())?;
+            let row = c
+                .query_one(
+                    "SELECT pg_is_in_recovery(),
+                            coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8,
+                            coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)::float8",
+                    &[&primary_lsn],
+                )
+                .await
+                .map_err(|e| describe(&e))?;
+            let (recovering, behind, age) = (row.get::<_, bool>(0), row.get::<_, f64>(1), row.get::<_, f64>(2));
+            // A replica that replayed everything the primary had is not behind, however long ago
+            // its last transaction; the primary down, it is the best there is.
+            let lag = if !recovering || (behind <= 0.0 && primary_lsn.is_some()) { 0.0 } else { age };
+            Ok::<_, String>((lag * 1e3).max(0.0) as u64)
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer in time".into()));
+        let state = match &measured {
+            Ok(lag) if *lag > reads.max_lag_ms => Replica::Lagging,
+            Ok(_) => Replica::Ok,
+            Err(_) => Replica::Down,
+        };
+        reads.status.set(state, *measured.as_ref().unwrap_or(&0));
+        if state != last {
+            match (&measured, state) {
+                (Err(e), _) => {
+                    log::warn!("history: the read replica cannot be reached ({e}); reading from the primary")
+                }
+                (Ok(lag), Replica::Lagging) => {
+                    log::warn!("history: the read replica is {lag} ms behind; reading from the primary")
+                }
+                _ => log::info!("history: reading from the replica"),
+            }
+            last = state;
+        }
+        tokio::time::sleep(WATCH).await;
+    }
+}
+
+async fn answer(c: &Client, q: &Query, offload: &Shared, lag: f64) -> Result<Answer, tokio_postgres::Error> {
     let (body, to) = match q {
         Query::Trades(t) => (trades(c, t).await?, &t.to),
         Query::Candles(k) => (candles(c, k).await?, &k.to),
         // The window always includes today.
         Query::Performance(p) => (performance(c, p).await?, &None),
     };
-    // A window that ended more than 15 minutes ago (and before what the offload still owes)
-    // does not change any more.
+    // A window that ended more than 15 minutes ago (and before what the offload and the
+    // replication still owe) does not change any more.
     let settled = match to {
         Some(to) => {
-            let lag = offload.status(crate::clock::now()).lag_seconds;
+            let lag = offload.status(crate::clock::now()).lag_seconds + lag;
             let sql = "SELECT $1::text::timestamptz < now() - interval '15 minutes' - $2::float8 * interval '1 second'";
             c.query_one(sql, &[to, &lag]).await?.get::<_, bool>(0)
         }
@@ -118,38 +379,35 @@ async fn trades(c: &Client, q: &Trades) -> Result<Vec<u8>, tokio_postgres::Error
     Ok(serde_json::json!({"trades": trades, "next_cursor": next}).to_string().into_bytes())
 }
 
-/// OHLC of the mid price per interval, from the quotes, oldest first. The window's bounds are
-/// scalar subqueries, computed once: written inline, the casts would be evaluated again for every
-/// row the index's time ranges let through.
+/// The candles of one width whose interval starts in the window, oldest first, from the
+/// aggregate of that width. The window's bounds are scalar subqueries, computed once.
 async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Error> {
-    let unit = match q.interval {
-        "1m" => "minute",
-        "1h" => "hour",
-        _ => "day",
+    macro_rules! from {
+        ($view:literal) => {
+            concat!(
+                "WITH w AS (
+                     SELECT coalesce($2::text::timestamptz, now()) AS upto, $3::text::interval AS step
+                 ), b AS (
+                     SELECT coalesce($1::text::timestamptz, upto - 500 * step) AS lo, upto AS hi FROM w
+                 )
+                 SELECT to_char(bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        trim_scale(open)::text, trim_scale(high)::text, trim_scale(low)::text,
+                        trim_scale(close)::text, quotes
+                 FROM ",
+                $view,
+                " WHERE symbol = $4 AND bucket >= (SELECT lo FROM b) AND bucket < (SELECT hi FROM b)
+                 ORDER BY bucket
+                 LIMIT $5"
+            )
+        };
+    }
+    let (sql, step) = match q.interval {
+        "1m" => (from!("candles_1m"), "1 minute"),
+        "1h" => (from!("candles_1h"), "1 hour"),
+        "1d" => (from!("candles_1d"), "1 day"),
+        _ => (from!("candles_1w"), "1 week"),
     };
-    let rows = c
-        .query(
-            "WITH w AS (
-                 SELECT coalesce($3::text::timestamptz, now()) AS upto, ('1 ' || $4)::interval AS step
-             ), b AS (
-                 SELECT coalesce($2::text::timestamptz, upto - 500 * step) AS lo, upto AS hi FROM w
-             )
-             SELECT to_char(date_trunc($4, ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    trim_scale((array_agg((bid + ask) / 2 ORDER BY ts, seq))[1])::text,
-                    trim_scale(max((bid + ask) / 2))::text,
-                    trim_scale(min((bid + ask) / 2))::text,
-                    trim_scale((array_agg((bid + ask) / 2 ORDER BY ts DESC, seq DESC))[1])::text,
-                    count(*)
-             FROM market_data
-             WHERE symbol = $1
-               AND ts >= (SELECT lo FROM b)
-               AND ts < (SELECT hi FROM b)
-             GROUP BY date_trunc($4, ts)
-             ORDER BY date_trunc($4, ts)
-             LIMIT $5",
-            &[&q.symbol, &q.from, &q.to, &unit, &MAX_CANDLES],
-        )
-        .await?;
+    let rows = c.query(sql, &[&q.from, &q.to, &step, &q.symbol, &MAX_CANDLES]).await?;
     let candles: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -164,56 +422,47 @@ async fn candles(c: &Client, q: &Candles) -> Result<Vec<u8>, tokio_postgres::Err
 }
 
 /// Realized P&L, fees, trade count, win rate, max drawdown and Sharpe ratio of an account over
-/// its last `days` calendar days, from its daily net P&L (days without fills count as 0).
+/// its last `days` calendar days (UTC), from its daily P&L (`pnl_daily`; days without fills
+/// count as 0).
 async fn performance(c: &Client, q: &Performance) -> Result<Vec<u8>, tokio_postgres::Error> {
     let rows = c
         .query(
             "WITH days AS (
-                 SELECT generate_series(date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day',
-                                        date_trunc('day', now() AT TIME ZONE 'UTC'), interval '1 day') AS day
-             ), f AS (
-                 SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AS day, sum(realized) AS realized, sum(fee) AS fees,
-                        count(*) AS fills, count(*) FILTER (WHERE realized > 0) AS wins,
-                        count(*) FILTER (WHERE realized < 0) AS losses
-                 FROM fills
-                 WHERE account_id = $1
-                   AND ts >= (date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day') AT TIME ZONE 'UTC'
-                 GROUP BY 1
+                 SELECT generate_series(date_trunc('day', now(), 'UTC') - ($2 - 1) * interval '1 day',
+                                        date_trunc('day', now(), 'UTC'), interval '1 day') AS day
+             ), p AS (
+                 SELECT bucket AS day, realized, fees, fills, winning_fills, losing_fills
+                 FROM pnl_daily
+                 WHERE account_id = $1 AND bucket >= date_trunc('day', now(), 'UTC') - ($2 - 1) * interval '1 day'
              )
-             SELECT to_char(days.day, 'YYYY-MM-DD'), coalesce(f.realized, 0)::text, coalesce(f.fees, 0)::text,
-                    coalesce(f.realized - f.fees, 0)::float8, coalesce(f.fills, 0), coalesce(f.wins, 0),
-                    coalesce(f.losses, 0), trim_scale(coalesce(f.realized - f.fees, 0))::text
-             FROM days LEFT JOIN f USING (day)
+             SELECT to_char(days.day AT TIME ZONE 'UTC', 'YYYY-MM-DD'), coalesce(p.realized - p.fees, 0)::float8,
+                    coalesce(p.fills, 0)::int8, coalesce(p.winning_fills, 0)::int8, coalesce(p.losing_fills, 0)::int8,
+                    trim_scale(coalesce(p.realized - p.fees, 0))::text,
+                    trim_scale(coalesce(sum(p.realized) OVER (), 0))::text,
+                    trim_scale(coalesce(sum(p.fees) OVER (), 0))::text,
+                    trim_scale(coalesce(sum(p.realized - p.fees) OVER (), 0))::text
+             FROM days LEFT JOIN p USING (day)
              ORDER BY days.day",
             &[&(q.account as i32), &(q.days as i32)],
         )
         .await?;
-    let sums = c
-        .query_one(
-            "SELECT trim_scale(coalesce(sum(realized), 0))::text, trim_scale(coalesce(sum(fee), 0))::text,
-                    trim_scale(coalesce(sum(realized) - sum(fee), 0))::text
-             FROM fills
-             WHERE account_id = $1
-               AND ts >= (date_trunc('day', now() AT TIME ZONE 'UTC') - ($2 - 1) * interval '1 day') AT TIME ZONE 'UTC'",
-            &[&(q.account as i32), &(q.days as i32)],
-        )
-        .await?;
-    let daily: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(3)).collect();
+    let daily: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(1)).collect();
     let (trades, wins, losses) = rows
         .iter()
-        .fold((0, 0, 0), |(t, w, l), r| (t + r.get::<_, i64>(4), w + r.get::<_, i64>(5), l + r.get::<_, i64>(6)));
+        .fold((0, 0, 0), |(t, w, l), r| (t + r.get::<_, i64>(2), w + r.get::<_, i64>(3), l + r.get::<_, i64>(4)));
     let stats = Stats::of(&daily);
+    let sum = |i: usize| rows.first().map_or_else(|| "0".to_string(), |r| r.get::<_, String>(i));
     let body = serde_json::json!({
         "period": format!("{}d", q.days),
         "from": rows.first().map(|r| r.get::<_, String>(0)),
-        "realized_pnl": sums.get::<_, String>(0),
-        "fees": sums.get::<_, String>(1),
-        "net_pnl": sums.get::<_, String>(2),
+        "realized_pnl": sum(6),
+        "fees": sum(7),
+        "net_pnl": sum(8),
         "trades": trades,
         "win_rate": (wins + losses > 0).then(|| wins as f64 / (wins + losses) as f64),
         "max_drawdown": format!("{:.8}", stats.max_drawdown).trim_end_matches('0').trim_end_matches('.'),
         "sharpe": stats.sharpe,
-        "daily": rows.iter().map(|r| serde_json::json!({"day": r.get::<_, String>(0), "net_pnl": r.get::<_, String>(7)})).collect::<Vec<_>>(),
+        "daily": rows.iter().map(|r| serde_json::json!({"day": r.get::<_, String>(0), "net_pnl": r.get::<_, String>(5)})).collect::<Vec<_>>(),
     });
     Ok(body.to_string().into_bytes())
 }

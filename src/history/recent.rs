@@ -230,17 +230,21 @@ impl Recent {
     }
 
     fn candles(&self, q: &Candles, from: Option<Nanos>, to: Nanos) -> Vec<u8> {
-        let step = match q.interval {
-            "1m" => MINUTE,
-            "1h" => 60 * MINUTE,
-            _ => DAY,
+        let (step, offset) = match q.interval {
+            "1m" => (MINUTE, 0),
+            "1h" => (60 * MINUTE, 0),
+            "1d" => (DAY, 0),
+            // Weeks start on Monday; 1970-01-01 was a Thursday.
+            _ => (7 * DAY, 4 * DAY),
         };
         let from = from.unwrap_or(to.saturating_sub(500 * step));
         let spec = self.symbols.find(&q.symbol);
         let minutes = spec.and_then(|s| self.candles.get(usize::from(s.id.0)));
         let mut out: Vec<Candle> = Vec::new();
-        for c in minutes.into_iter().flatten().filter(|c| c.start >= from - from % MINUTE && c.start < to) {
-            let start = c.start - c.start % step;
+        // The candles that start in the window, whole.
+        let starts =
+            minutes.into_iter().flatten().map(|c| ((c.start + step - offset) / step * step - step + offset, c));
+        for (start, c) in starts.filter(|(start, _)| *start >= from && *start < to) {
             let full = out.len() as i64 == MAX_CANDLES;
             match out.last_mut() {
                 Some(o) if o.start == start => {

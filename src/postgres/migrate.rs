@@ -20,6 +20,9 @@ pub struct Migration {
     pub name: &'static str,
     /// Its SQL.
     pub sql: &'static str,
+    /// SHA-256 of its earlier texts, whose fixes change nothing where they were applied: a
+    /// database that applied one of them is up to date.
+    pub earlier: &'static [&'static str],
 }
 
 impl Migration {
@@ -35,26 +38,52 @@ impl Migration {
     fn checksum(&self) -> String {
         Sha256::digest(self.sql.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    fn matches(&self, recorded: &str) -> bool {
+        recorded == self.checksum() || self.earlier.contains(&recorded)
+    }
 }
 
 /// The migrations, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "0001_core.sql", sql: include_str!("../../schema/0001_core.sql") },
-    Migration { version: 2, name: "0002_aggregates.sql", sql: include_str!("../../schema/0002_aggregates.sql") },
+    Migration { version: 1, name: "0001_core.sql", sql: include_str!("../../schema/0001_core.sql"), earlier: &[] },
+    Migration {
+        version: 2,
+        name: "0002_aggregates.sql",
+        sql: include_str!("../../schema/0002_aggregates.sql"),
+        // Before it left TimescaleDB alone where it is installed but not preloaded (where the
+        // earlier text failed: no database applied it there).
+        earlier: &["955d045f71c6537937bb7b8688fb1c429c5e808dfe94d5fac7607585199309f4"],
+    },
     Migration {
         version: 3,
         name: "0003_timescale_aggregates.sql",
         sql: include_str!("../../schema/0003_timescale_aggregates.sql"),
+        earlier: &[],
     },
     Migration {
         version: 4,
         name: "0004_market_data_key.sql",
         sql: include_str!("../../schema/0004_market_data_key.sql"),
+        earlier: &[],
     },
     Migration {
         version: 5,
         name: "0005_market_data_brin.sql",
         sql: include_str!("../../schema/0005_market_data_brin.sql"),
+        earlier: &[],
+    },
+    Migration {
+        version: 6,
+        name: "0006_rollups.sql",
+        sql: include_str!("../../schema/0006_rollups.sql"),
+        earlier: &[],
+    },
+    Migration {
+        version: 7,
+        name: "0007_timescale_hierarchy.sql",
+        sql: include_str!("../../schema/0007_timescale_hierarchy.sql"),
+        earlier: &[],
     },
 ];
 
@@ -111,7 +140,7 @@ async fn apply(client: &mut Client) -> Result<Report, String> {
         let recorded = rows.iter().find(|r| r.get::<_, i32>(0) == m.version);
         let skipped_before = recorded.is_some_and(|r| r.get::<_, &str>(3) == "skipped");
         if let Some(r) = recorded {
-            if r.get::<_, &str>(2) != m.checksum() {
+            if !m.matches(r.get::<_, &str>(2)) {
                 return Err(format!(
                     "migration {} was applied as {} and has changed since; migrations are never edited once \
                      released: add a new one instead",
@@ -183,14 +212,23 @@ fn statements(sql: &str) -> Vec<&str> {
     out
 }
 
-/// A PostgreSQL error with the server's message and detail when there is one.
+/// A PostgreSQL error with the server's message and detail when there is one, otherwise with
+/// its causes (a TLS handshake's says what was wrong with the certificate).
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{} ({detail})", db.message()),
             None => db.message().to_string(),
         },
-        None => e.to_string(),
+        None => {
+            let mut out = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                out = format!("{out}: {c}");
+                cause = c.source();
+            }
+            out
+        }
     }
 }
 
@@ -205,7 +243,7 @@ mod tests {
             assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
         }
         let flagged: Vec<&str> = MIGRATIONS.iter().filter(|m| m.needs_timescale()).map(|m| m.name).collect();
-        assert_eq!(flagged, vec!["0003_timescale_aggregates.sql"]);
+        assert_eq!(flagged, vec!["0003_timescale_aggregates.sql", "0007_timescale_hierarchy.sql"]);
     }
 
     #[test]

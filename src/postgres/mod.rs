@@ -2,11 +2,14 @@
 //! thread with a tokio current-thread runtime.
 //!
 //! [`migrate`] applies `schema/` (`signalgate migrate`, and `[postgres] migrate = true` at
-//! start); [`offload`] copies the journal into those tables.
+//! start); [`offload`] copies the journal into those tables, and on plain PostgreSQL keeps the
+//! [`rollup`]s of candles and P&L that TimescaleDB's continuous aggregates keep otherwise.
 
+pub mod connect;
 mod copy;
 pub mod migrate;
 pub mod offload;
+mod rollup;
 
 use std::time::Duration;
 
@@ -16,23 +19,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects to `url` and applies the missing migrations, on the calling thread (with its own
 /// runtime). Errors name what failed: the connection, a statement, a changed migration.
 pub fn migrate_blocking(url: &str) -> Result<migrate::Report, String> {
-    let config: tokio_postgres::Config =
-        url.parse().map_err(|e| format!("postgres.url is not a valid connection string: {e}"))?;
+    let target =
+        connect::Target::parse(url).map_err(|e| format!("postgres.url is not a valid connection string: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the PostgreSQL runtime: {e}"))?;
     runtime.block_on(async move {
-        let connect = config.connect(tokio_postgres::NoTls);
-        let (mut client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| format!("cannot connect to PostgreSQL within {} s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("cannot connect to PostgreSQL: {}", migrate::describe(&e)))?;
-        let driver = tokio::spawn(connection);
-        let report = migrate::migrate(&mut client).await;
-        drop(client);
-        let _ = driver.await;
-        report
+        let mut client = target.connect(CONNECT_TIMEOUT).await?;
+        migrate::migrate(&mut client).await
     })
 }
 

@@ -25,6 +25,7 @@ use tokio_postgres::Client;
 
 use super::copy::CopyBuf;
 use super::migrate::describe;
+use super::rollup;
 use crate::config::Config;
 use crate::engine::event::{Adoptions, Event, EventKind};
 use crate::engine::order::Order;
@@ -390,8 +391,8 @@ struct Progress {
 }
 
 async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool, mut reader: Reader) {
-    let config: tokio_postgres::Config = match cfg.postgres.url.parse() {
-        Ok(c) => c,
+    let target = match super::connect::Target::parse(&cfg.postgres.url) {
+        Ok(t) => t,
         Err(e) => {
             // check-config refuses this; here for a URL from the environment.
             log::error!("postgres: postgres.url is not a valid connection string ({e}); nothing is offloaded");
@@ -404,7 +405,7 @@ async fn run(cfg: &Config, shared: &Shared, stop: &AtomicBool, mut reader: Reade
     let mut last_error = String::new();
     loop {
         let outcome = async {
-            let connect = config.connect(tokio_postgres::NoTls);
+            let connect = target.config.connect(target.tls.clone());
             let (client, connection) =
                 tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| Failure {
                     reason: Reason::Unreachable,
@@ -683,7 +684,17 @@ CREATE TEMP TABLE IF NOT EXISTS stage_signals (LIKE signals) ON COMMIT DELETE RO
 struct Target {
     copy: &'static str,
     merge: Option<&'static str>,
+    /// Where the database keeps rollups (plain PostgreSQL, see [`rollup`]): how the rows go
+    /// instead, when not as above.
+    rolled: Option<&'static Target>,
 }
+
+/// Fills where the database keeps rollups: staged, then merged with their P&L.
+const FILLS_ROLLED: Target = Target {
+    copy: "COPY stage_fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
+    merge: Some(rollup::FILLS),
+    rolled: None,
+};
 
 /// Where a batch's rows go, table by table.
 struct Targets {
@@ -706,6 +717,7 @@ const DIRECT: Targets = Targets {
             "INSERT INTO accounts SELECT * FROM stage_accounts ON CONFLICT (account_id) DO UPDATE SET
              name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
         ),
+        rolled: None,
     },
     api_keys: Target {
         copy: "COPY stage_api_keys (key_id, account_id, key_sha256, feed, created_at, revoked_at, seq) FROM STDIN (FORMAT binary)",
@@ -713,11 +725,13 @@ const DIRECT: Targets = Targets {
             "INSERT INTO api_keys SELECT * FROM stage_api_keys ON CONFLICT (key_id) DO UPDATE SET
              feed = EXCLUDED.feed, revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq",
         ),
+        rolled: None,
     },
     // No row can exist yet: straight in.
     new_orders: Some(Target {
         copy: "COPY orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
         merge: None,
+        rolled: None,
     }),
     orders: Target {
         copy: "COPY stage_orders (order_id, account_id, symbol, side, order_type, tif, qty, limit_price, strategy, status, filled_qty, created_at, updated_at, seq) FROM STDIN (FORMAT binary)",
@@ -725,22 +739,27 @@ const DIRECT: Targets = Targets {
             "INSERT INTO orders SELECT * FROM stage_orders ON CONFLICT (order_id) DO UPDATE SET
              status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq",
         ),
+        rolled: None,
     },
     fills: Target {
         copy: "COPY fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
         merge: None,
+        rolled: Some(&FILLS_ROLLED),
     },
     positions: Target {
         copy: "COPY position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
         merge: None,
+        rolled: None,
     },
     signals: Target {
         copy: "COPY signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
         merge: None,
+        rolled: None,
     },
     market_data: Target {
         copy: "COPY market_data (ts, seq, symbol, bid, ask, bid_size, ask_size) FROM STDIN (FORMAT binary)",
         merge: None,
+        rolled: None,
     },
 };
 
@@ -757,6 +776,7 @@ const MERGED: Targets = Targets {
              name = EXCLUDED.name, tier = EXCLUDED.tier, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq
              WHERE accounts.updated_at <= EXCLUDED.updated_at",
         ),
+        rolled: None,
     },
     api_keys: Target {
         copy: DIRECT.api_keys.copy,
@@ -766,6 +786,7 @@ const MERGED: Targets = Targets {
              revoked_at = EXCLUDED.revoked_at, seq = EXCLUDED.seq
              WHERE api_keys.revoked_at IS NULL AND EXCLUDED.revoked_at IS NOT NULL",
         ),
+        rolled: None,
     },
     new_orders: None,
     orders: Target {
@@ -775,21 +796,25 @@ const MERGED: Targets = Targets {
              status = EXCLUDED.status, filled_qty = EXCLUDED.filled_qty, updated_at = EXCLUDED.updated_at, seq = EXCLUDED.seq
              WHERE orders.updated_at <= EXCLUDED.updated_at",
         ),
+        rolled: None,
     },
     fills: Target {
-        copy: "COPY stage_fills (ts, seq, order_id, account_id, symbol, side, qty, price, notional, fee, realized) FROM STDIN (FORMAT binary)",
+        copy: FILLS_ROLLED.copy,
         merge: Some("INSERT INTO fills SELECT * FROM stage_fills ON CONFLICT DO NOTHING"),
+        rolled: Some(&FILLS_ROLLED),
     },
     positions: Target {
         copy: "COPY stage_position_snapshots (ts, seq, account_id, symbol, qty, cost, realized, fees) FROM STDIN (FORMAT binary)",
         merge: Some("INSERT INTO position_snapshots SELECT * FROM stage_position_snapshots ON CONFLICT DO NOTHING"),
+        rolled: None,
     },
     signals: Target {
         copy: "COPY stage_signals (ts, seq, account_id, signal_id, order_id, outcome, reject_code) FROM STDIN (FORMAT binary)",
         merge: Some("INSERT INTO signals SELECT * FROM stage_signals ON CONFLICT DO NOTHING"),
+        rolled: None,
     },
     // Quotes are each node's own: never written by two.
-    market_data: Target { copy: DIRECT.market_data.copy, merge: None },
+    market_data: Target { copy: DIRECT.market_data.copy, merge: None, rolled: None },
 };
 
 /// Writes one batch and, given the node and its cursor, moves the cursor from there to the
@@ -797,6 +822,11 @@ const MERGED: Targets = Targets {
 async fn commit(client: &Client, cursor: Option<(&str, u64)>, batch: &Sealed) -> Result<(), Failure> {
     client.batch_execute("BEGIN").await?;
     let result = async {
+        // The cursor's table first: a migration that makes the rollups holds it while it fills
+        // them (schema/0006_rollups.sql), so that what comes next sees whether they exist.
+        if cursor.is_none() {
+            client.batch_execute("LOCK TABLE offload_cursor IN ROW EXCLUSIVE MODE").await?;
+        }
         if let Some((node, cursor)) = cursor {
             let moved = client
                 .execute(
@@ -810,7 +840,9 @@ async fn commit(client: &Client, cursor: Option<(&str, u64)>, batch: &Sealed) ->
                 )));
             }
         }
+        let rollups = rollup::kept(client).await?;
         for (target, rows) in &batch.copies {
+            let target = if rollups { target.rolled.unwrap_or(target) } else { target };
             let sink = client.copy_in(target.copy).await?;
             futures_util::pin_mut!(sink);
             sink.send(rows.clone()).await?;
@@ -818,6 +850,9 @@ async fn commit(client: &Client, cursor: Option<(&str, u64)>, batch: &Sealed) ->
             if let Some(merge) = target.merge {
                 client.execute(merge, &[]).await?;
             }
+        }
+        if let Some(candles) = batch.candles.as_ref().filter(|_| rollups) {
+            rollup::merge(client, candles).await?;
         }
         client.batch_execute("COMMIT").await?;
         Ok(())
@@ -855,6 +890,8 @@ struct Batch {
     positions: HashMap<(AccountId, SymbolId), (Holding, u64, Nanos)>,
     signals: CopyBuf,
     market_data: CopyBuf,
+    /// The quotes' one-minute candles, for the rollups.
+    minutes: rollup::Minutes,
 }
 
 /// A batch ready to commit (kept until it is, to retry after a broken connection).
@@ -868,6 +905,8 @@ struct Sealed {
     events: usize,
     rows: usize,
     copies: Vec<(&'static Target, Bytes)>,
+    /// The quotes' candles, for the rollups.
+    candles: Option<rollup::Candles>,
 }
 
 struct AccountRow {
@@ -1018,8 +1057,9 @@ impl Batch {
                 copies.push((target, buf.finish()));
             }
         }
+        let candles = std::mem::take(&mut b.minutes).seal(symbols);
         let (sealed_at, reached_stable) = (crate::clock::now(), last >= stable);
-        Sealed { first: b.first, last, events: b.events, rows, copies, sealed_at, reached_stable }
+        Sealed { first: b.first, last, events: b.events, rows, copies, candles, sealed_at, reached_stable }
     }
 }
 
@@ -1103,6 +1143,7 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event) {
                 .numeric(q.ask, spec.price_decimals)
                 .numeric(q.bid_size, spec.qty_decimals)
                 .numeric(q.ask_size, spec.qty_decimals);
+            b.minutes.quote(q.symbol, q.ts, e.seq, q.bid, q.ask);
         }
         EventKind::SignalAnswered { account, signal, answer } => {
             b.signals.row(7).timestamptz(e.ts).int8(e.seq as i64).int4(account.0 as i32).text(signal.as_str());

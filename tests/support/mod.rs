@@ -45,6 +45,45 @@ pub fn binary() -> &'static str {
 }
 
 impl Node {
+    /// `GET /ready`: its status and body.
+    pub fn ready(&self) -> (u16, Value) {
+        let r = self.req("GET", "/ready", &[], "");
+        (r.status, r.json())
+    }
+
+    /// Waits until PostgreSQL has every event journaled so far.
+    pub fn wait_offloaded(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // Every event so far, once stable (synced), then offloaded.
+        let last = self.ready().1["last_seq"].as_u64().unwrap();
+        loop {
+            let (_, r) = self.ready();
+            if r["postgres"] == "ok" && r["offload_lag_events"] == 0 && r["stable_seq"].as_u64().unwrap() >= last {
+                return;
+            }
+            assert!(Instant::now() < deadline, "offload did not catch up: {r}; log: {:?}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Quotes for BTC-USD and ETH-USD, from the demo key (which has the feed role).
+    pub fn post_ticks(&self) {
+        let ticks = r#"{"ticks":[{"symbol":"BTC-USD","bid":"65000.00","ask":"65001.00"},{"symbol":"ETH-USD","bid":"3000.00","ask":"3000.50"}]}"#;
+        let r = self.req("POST", "/v1/market/ticks", &[("Authorization", &bearer(&self.demo_key)), JSON], ticks);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    /// Quotes, then `n` market signals of `key` alternating symbols (two buys, one sell), each
+    /// filled.
+    pub fn trade(&self, key: &str, n: usize) {
+        self.post_ticks();
+        for i in 0..n {
+            let (symbol, side) = (["BTC-USD", "ETH-USD"][i % 2], ["buy", "sell"][i % 3 / 2]);
+            let body = format!(r#"{{"symbol":"{symbol}","action":"{side}","qty":"0.01"}}"#);
+            assert_eq!(self.req("POST", "/v1/signals", &[("Authorization", &bearer(key)), JSON], &body).status, 201);
+        }
+    }
+
     /// Starts a node on the embedded default with free ports and the given extra environment.
     pub fn start(env: &[(&str, &str)]) -> Node {
         Self::try_start(env).unwrap_or_else(|e| panic!("node did not start: {e}"))
@@ -473,9 +512,33 @@ pub struct Postgres {
     pub port: u16,
 }
 
+/// Which PostgreSQL a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Debian's PostgreSQL as it comes.
+    Plain,
+    /// With TimescaleDB loaded (`scripts/test` builds it with `../shared/third_party/build-timescaledb`).
+    Timescale,
+}
+
+impl Flavor {
+    /// Both, for tests that must hold on either.
+    pub const ALL: [Flavor; 2] = [Flavor::Plain, Flavor::Timescale];
+}
+
 impl Postgres {
     /// Starts one; panics with what is missing when it cannot (scripts/test installs it).
     pub fn start() -> Postgres {
+        Self::start_flavor(Flavor::Plain)
+    }
+
+    /// Starts one with TimescaleDB loaded.
+    pub fn start_timescale() -> Postgres {
+        Self::start_flavor(Flavor::Timescale)
+    }
+
+    /// Starts one of `flavor`.
+    pub fn start_flavor(flavor: Flavor) -> Postgres {
         let bin = Self::bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
@@ -484,6 +547,23 @@ impl Postgres {
         let pg = Postgres { dir, bin, port };
         let data = pg.data();
         pg.as_postgres("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        if flavor == Flavor::Timescale {
+            let lib = pg.bin.parent().unwrap().join("lib").join("timescaledb.so");
+            assert!(
+                lib.exists(),
+                "TimescaleDB is not installed for this PostgreSQL ({}): scripts/test builds it with \
+                 ../shared/third_party/build-timescaledb",
+                lib.display()
+            );
+            let conf = pg.dir.path().join("data").join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            // Policies run in background workers: room for all of them at once.
+            text.push_str(
+                "\nshared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n\
+                 max_worker_processes = 32\ntimescaledb.max_background_workers = 24\n",
+            );
+            std::fs::write(&conf, text).unwrap();
+        }
         pg.start_again();
         pg
     }
@@ -513,6 +593,41 @@ impl Postgres {
             format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
         let log = self.dir.path().join("log").to_str().unwrap().to_string();
         self.as_postgres("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &opts, "-w", "-t", "60", "start"]);
+    }
+
+    /// A streaming replica of this server (`pg_basebackup -R`), started on a port of its own.
+    pub fn start_replica(&self) -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
+        assert!(chown.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let replica = Postgres { dir, bin: self.bin.clone(), port };
+        let (data, primary) = (replica.data(), self.port.to_string());
+        let args = ["-h", "127.0.0.1", "-p", &primary, "-U", "postgres", "-D", &data, "-R", "-c", "fast", "--no-sync"];
+        replica.as_postgres("pg_basebackup", &args);
+        replica.start_again();
+        replica
+    }
+
+    /// Adds settings to `postgresql.conf` and restarts the server.
+    pub fn reconfigure(&self, settings: &str, hba: Option<&str>) {
+        let data = self.dir.path().join("data");
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push('\n');
+        conf.push_str(settings);
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().unwrap();
+        assert!(chown.success());
+        self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        self.start_again();
+    }
+
+    /// Where its data directory is (files put there are readable by the server).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Stops the server the hard way (`pg_ctl stop -m immediate`), as a crash would.
@@ -563,6 +678,47 @@ impl Drop for Postgres {
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
             .output();
     }
+}
+
+/// A throwaway certificate authority in `dir`: `name.crt` and `name.key`.
+pub fn certificate_authority(dir: &std::path::Path, name: &str) {
+    openssl(
+        dir,
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &format!("/CN={name}")],
+        name,
+    );
+}
+
+/// A server certificate for `san` (`IP:127.0.0.1`, `DNS:db.example`) signed by the authority
+/// `ca` in `dir`: `name.crt` and `name.key`.
+pub fn server_certificate(dir: &std::path::Path, ca: &str, name: &str, san: &str) {
+    openssl(dir, &["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=server"], name);
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey"])
+        .args([&format!("{ca}.key"), "-CAcreateserial", "-days", "1", "-out", &format!("{name}.crt")])
+        .args(["-extfile", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(format!("subjectAltName={san}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl is required; scripts/test installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str], name: &str) {
+    let out_file = if args.contains(&"-x509") { format!("{name}.crt") } else { format!("{name}.csr") };
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .args(["-keyout", &format!("{name}.key"), "-out", &out_file])
+        .output()
+        .expect("openssl is required; scripts/test installs it");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A port on 127.0.0.1 that is free now and outside the kernel's range of ephemeral ports, so
