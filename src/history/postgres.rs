@@ -179,18 +179,18 @@ impl Reads {
     }
 
     async fn answer(&self, q: &Query, offload: &Shared) -> Answer {
-        let mut result = None;
-        if let Some((replica, lag)) = self.replica() {
-            match self.read(replica, q, offload, lag).await {
-                // The replica went away since it was last measured: the primary answers.
-                Err(Failed::Down(e)) => {
-                    log::warn!("history: the read replica cannot be reached ({e}); reading from the primary");
+        let from_replica = match self.replica() {
+            Some((replica, lag)) => match self.read(replica, q, offload, lag).await {
+                // Gone since it was last measured: the primary answers ([`watch`] logs it).
+                Err(Failed::Down(_)) => {
                     self.status.set(Replica::Down, 0);
+                    None
                 }
-                other => result = Some(other),
-            }
-        }
-        let result = match result {
+                other => Some(other),
+            },
+            None => None,
+        };
+        let result = match from_replica {
             Some(r) => r,
             None => self.read(&self.primary, q, offload, 0.0).await,
         };
@@ -207,11 +207,11 @@ impl Reads {
             Err(Failed::Query(e)) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
                 error(Code::RequestInvalidField, "from and to must be RFC 3339 times, e.g. 2026-11-23T10:00:00Z")
             }
-            // 57014: cancelled by statement_timeout.
-            Err(Failed::Slow) => error(Code::HistoryUnavailable, "the history query took too long"),
+            // 57014: stopped by statement_timeout.
             Err(Failed::Query(e)) if e.code().is_some_and(|c| c.code() == "57014") => {
                 error(Code::HistoryUnavailable, "the history query took too long")
             }
+            Err(Failed::Slow) => error(Code::HistoryUnavailable, "the history query took too long"),
             Err(Failed::Query(e)) => {
                 log::warn!("history: query failed: {}", describe(&e));
                 error(Code::HistoryUnavailable, "the history query failed; try again later")
@@ -286,24 +286,25 @@ async fn watch(reads: Arc<Reads>) {
                 .map_err(|e| describe(&e))?;
             let (recovering, behind, age) = (row.get::<_, bool>(0), row.get::<_, f64>(1), row.get::<_, f64>(2));
             // A replica that replayed everything the primary had is not behind, however long ago
-            // its last transaction; the primary down, it is the best there is.
+            // its last transaction.
             let lag = if !recovering || (behind <= 0.0 && primary_lsn.is_some()) { 0.0 } else { age };
-            Ok::<_, String>((lag * 1e3).max(0.0) as u64)
+            Ok::<_, String>(((lag * 1e3).max(0.0) as u64, primary_lsn.is_some()))
         })
         .await
         .unwrap_or_else(|_| Err("no answer in time".into()));
         let state = match &measured {
-            Ok(lag) if *lag > reads.max_lag_ms => Replica::Lagging,
+            // The primary down, the replica is the best there is, however far behind.
+            Ok((lag, true)) if *lag > reads.max_lag_ms => Replica::Lagging,
             Ok(_) => Replica::Ok,
             Err(_) => Replica::Down,
         };
-        reads.status.set(state, *measured.as_ref().unwrap_or(&0));
+        reads.status.set(state, measured.as_ref().map_or(0, |(lag, _)| *lag));
         if state != last {
             match (&measured, state) {
                 (Err(e), _) => {
                     log::warn!("history: the read replica cannot be reached ({e}); reading from the primary")
                 }
-                (Ok(lag), Replica::Lagging) => {
+                (Ok((lag, _)), Replica::Lagging) => {
                     log::warn!("history: the read replica is {lag} ms behind; reading from the primary")
                 }
                 _ => log::info!("history: reading from the replica"),
