@@ -72,14 +72,17 @@ impl Target {
         Ok(Target { config, tls: MakeRustlsConnect::new(tls) })
     }
 
-    /// Connects within `timeout` and drives the connection on the current runtime.
-    pub async fn connect(&self, timeout: Duration) -> Result<Client, String> {
+    /// Connects within `timeout` and drives the connection on the current runtime (the task
+    /// ends once the client is dropped).
+    pub async fn connect(&self, timeout: Duration) -> Result<(Client, tokio::task::JoinHandle<()>), String> {
         let (client, connection) = tokio::time::timeout(timeout, self.config.connect(self.tls.clone()))
             .await
             .map_err(|_| format!("cannot connect to PostgreSQL within {} s", timeout.as_secs()))?
             .map_err(|e| format!("cannot connect to PostgreSQL: {}", super::migrate::describe(&e)))?;
-        tokio::spawn(connection);
-        Ok(client)
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, driver))
     }
 }
 

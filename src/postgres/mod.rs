@@ -26,8 +26,12 @@ pub fn migrate_blocking(url: &str) -> Result<migrate::Report, String> {
         .build()
         .map_err(|e| format!("cannot start the PostgreSQL runtime: {e}"))?;
     runtime.block_on(async move {
-        let mut client = target.connect(CONNECT_TIMEOUT).await?;
-        migrate::migrate(&mut client).await
+        let (mut client, driver) = target.connect(CONNECT_TIMEOUT).await?;
+        let report = migrate::migrate(&mut client).await;
+        // The connection ends cleanly (Terminate) before the runtime goes.
+        drop(client);
+        let _ = driver.await;
+        report
     })
 }
 
