@@ -555,14 +555,11 @@ impl Postgres {
                  ../shared/third_party/build-timescaledb",
                 lib.display()
             );
-            let conf = pg.dir.path().join("data").join("postgresql.conf");
-            let mut text = std::fs::read_to_string(&conf).unwrap();
             // Policies run in background workers: room for all of them at once.
-            text.push_str(
-                "\nshared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n\
+            pg.append_conf(
+                "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n\
                  max_worker_processes = 32\ntimescaledb.max_background_workers = 24\n",
             );
-            std::fs::write(&conf, text).unwrap();
         }
         pg.start_again();
         pg
@@ -609,17 +606,22 @@ impl Postgres {
         replica
     }
 
-    /// Adds settings to `postgresql.conf` and restarts the server.
+    fn append_conf(&self, settings: &str) {
+        let conf = self.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push('\n');
+        text.push_str(settings);
+        std::fs::write(&conf, text).unwrap();
+    }
+
+    /// Adds settings to `postgresql.conf` (and replaces `pg_hba.conf`, given one) and restarts
+    /// the server.
     pub fn reconfigure(&self, settings: &str, hba: Option<&str>) {
-        let data = self.dir.path().join("data");
-        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-        conf.push('\n');
-        conf.push_str(settings);
-        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        self.append_conf(settings);
         if let Some(hba) = hba {
-            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+            std::fs::write(self.data_dir().join("pg_hba.conf"), hba).unwrap();
         }
-        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().unwrap();
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(self.data_dir()).status().unwrap();
         assert!(chown.success());
         self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
         self.start_again();
