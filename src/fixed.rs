@@ -176,6 +176,13 @@ pub fn write_decimal(out: &mut Vec<u8>, raw: i64, decimals: u8, min_decimals: u8
     out.extend_from_slice(digits);
 }
 
+/// `raw` at `decimals` as text, without trailing zeros (`write_decimal` into a new string).
+pub fn decimal_string(raw: i64, decimals: u8) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_decimal(&mut out, raw, decimals, 0);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Converts `value` from `from` decimals to `to` decimals, rounding half away from zero.
 pub fn rescale(value: i128, from: u8, to: u8) -> i128 {
     if to >= from {

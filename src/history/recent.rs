@@ -14,9 +14,10 @@ use crate::config::Config;
 use crate::engine::event::EventKind;
 use crate::engine::types::{Nanos, Side, SymbolId, DAY, SECOND};
 use crate::error::Code;
-use crate::fixed::{write_decimal, MONEY_DECIMALS};
+use crate::fixed::{decimal_string as decimal, MONEY_DECIMALS};
 use crate::journal::follow::{Follower, Limit, Start};
 use crate::journal::Watermarks;
+use crate::time::{civil_from_days, days_from_civil};
 
 /// Fills kept per account.
 pub const FILLS_PER_ACCOUNT: usize = 10_000;
@@ -307,34 +308,6 @@ impl Recent {
         });
         body.to_string().into_bytes()
     }
-}
-
-fn decimal(raw: i64, decimals: u8) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_decimal(&mut out, raw, decimals, 0);
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-}
-
-/// The date of a day number since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn format_day(ns: Nanos) -> String {

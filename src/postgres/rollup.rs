@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 
 use crate::engine::symbol::SymbolTable;
 use crate::engine::types::{Nanos, SymbolId, DAY};
-use crate::fixed::write_decimal;
+use crate::fixed::decimal_string;
 
 const MINUTE: Nanos = 60_000_000_000;
 const HOUR: Nanos = 60 * MINUTE;
@@ -88,11 +88,7 @@ impl Minutes {
         let mut out = Candles::default();
         for ((symbol, width, bucket), c) in all {
             let spec = symbols.get(symbol);
-            let decimal = |v: i64| {
-                let mut s = Vec::with_capacity(24);
-                write_decimal(&mut s, v, spec.price_decimals, 0);
-                String::from_utf8(s).unwrap_or_default()
-            };
+            let decimal = |v: i64| decimal_string(v, spec.price_decimals);
             out.width.push(WIDTHS[width].0);
             out.symbol.push(spec.name.clone());
             out.bucket.push((bucket / 1_000) as i64);
