@@ -1,5 +1,6 @@
 //! The hot path allocates nothing in steady state: a counting allocator watches the thread that
-//! serves signals in-process (parse → auth → rate limit → risk → order → paper fill → answer).
+//! serves signals in-process (parse → auth → rate limit → risk → order → paper fill → answer),
+//! and the FIX codec writing an order and reading an execution report.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -79,4 +80,32 @@ fn signals_allocate_nothing_in_steady_state() {
     assert_eq!(n, 0, "allocations on the signal path in steady state");
     // The counter does see allocations: a guard against a test that cannot fail.
     assert!(counted(|| drop(std::hint::black_box(vec![1u8; 64]))) > 0);
+}
+
+#[test]
+fn the_fix_codec_allocates_nothing() {
+    use signalgate::venue::fix::codec::{frame, Encoder, Message};
+    let mut out = Vec::with_capacity(1024);
+    let mut report = Vec::new();
+    let mut e = Encoder::new(&mut report, b"8");
+    e.str(49, "VENUE").str(56, "SG").int(34, 7).timestamp(52, 1_796_660_914_500_000_000);
+    e.str(37, "X1").str(11, "42").str(17, "E9").char(150, b'F').char(39, b'2').str(55, "BTCUSD").char(54, b'1');
+    e.decimal(38, 5, 1).decimal(32, 5, 1).decimal(31, 6_500_025, 2).decimal(151, 0, 0).decimal(14, 5, 1);
+    e.finish();
+    let mut checksum = 0i64;
+    let mut round = |i: i64| {
+        out.clear();
+        let mut e = Encoder::new(&mut out, b"D");
+        e.str(49, "SG").str(56, "VENUE").int(34, i).timestamp(52, 1_796_660_914_500_000_000 + i as u64);
+        e.int(11, i).char(21, b'1').str(55, "BTCUSD").char(54, b'1').timestamp(60, 1_796_660_914_500_000_000);
+        e.decimal(38, 5_000 + i, 4).char(40, b'2').decimal(44, 6_500_025, 2).char(59, b'1');
+        let n = e.finish();
+        let m = Message::parse(&report[..frame(&report).unwrap().unwrap()]).unwrap();
+        checksum += m.decimal(31, 2).unwrap().unwrap() + m.uint(34).unwrap().unwrap() as i64 + n as i64;
+        checksum += m.timestamp(52).unwrap().unwrap() as i64 % 7 + i64::from(m.char(39).unwrap().unwrap());
+    };
+    round(0);
+    let n = counted(|| (1..10_000).for_each(&mut round));
+    assert!(checksum > 0);
+    assert_eq!(n, 0, "allocations writing a NewOrderSingle and reading an ExecutionReport");
 }

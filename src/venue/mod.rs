@@ -4,6 +4,7 @@
 //! reports executions into a buffer the engine hands it. A venue that talks to the outside world
 //! reports asynchronously, through later calls, instead of at once.
 
+pub mod fix;
 mod gate;
 mod paper;
 

@@ -1,0 +1,9 @@
+//! FIX 4.4, the protocol brokers and exchanges take orders in: [`codec`] reads and writes its
+//! tag=value messages without allocating.
+//!
+//! The codec is our own. The Rust FIX crates either build a message as maps of owned fields
+//! (allocations per message, on the hot core) or are young and unsettled; a FIX 4.4 order-entry
+//! client needs a small, fixed part of the standard, written here and fuzzed
+//! (`fuzz/fuzz_targets/fix_messages.rs`).
+
+pub mod codec;
