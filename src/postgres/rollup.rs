@@ -39,7 +39,7 @@ type Order = (u64, u64);
 
 /// A candle of `bid + ask` (twice the mid: exact), in the symbol's price units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candle {
+struct Candle {
     open: (Order, i64),
     close: (Order, i64),
     high: i64,
