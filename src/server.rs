@@ -497,7 +497,7 @@ fn build_node(
         None => Demo::Off,
     };
     // The paper venue keeps its book in memory: give it back the open orders the journal holds.
-    node.engine.resend_open_orders(now);
+    node.engine.recover_venue(now);
     node.after_command();
     let marks = node.journal.watermarks();
     let offload =

@@ -9,6 +9,7 @@ use super::order::{Order, OrderEvent, OrderStatus};
 use super::position::{Holding, Position};
 use super::risk::RejectCode;
 use super::types::{AccountId, KeyId, Nanos, OrderId, Side, SignalKey, SymbolId};
+use super::venue::VenueReason;
 
 /// One state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize)]
@@ -199,6 +200,23 @@ mod kinds {
             /// Its epoch on its owner now.
             epoch: u64,
         },
+        /// Why the venue refused an order, right after the order's `reject` update.
+        OrderRejectReason {
+            /// The order.
+            order: OrderId,
+            /// Its account.
+            account: AccountId,
+            /// The venue's reason.
+            reason: VenueReason,
+        },
+        /// How far the session with a remote venue has got (see
+        /// [`crate::engine::venue::Execution::Session`]): a restart resumes it from here.
+        VenueSession {
+            /// The next sequence number expected from the venue.
+            inbound: u64,
+            /// The first sequence number no outgoing message has been promised.
+            outbound: u64,
+        },
     }
 }
 
@@ -217,10 +235,11 @@ impl EventKind {
             | EventKind::Rejected { account, .. }
             | EventKind::AccountAdopted { account, .. }
             | EventKind::AccountReleased { account, .. }
+            | EventKind::OrderRejectReason { account, .. }
             | EventKind::AccountRestored { account, .. }
             | EventKind::PositionRestored { account, .. } => Some(account),
             EventKind::OrderAccepted { order } | EventKind::OrderRestored { order } => Some(order.account),
-            EventKind::KeyRevoked { .. } | EventKind::Quote(_) => None,
+            EventKind::KeyRevoked { .. } | EventKind::Quote(_) | EventKind::VenueSession { .. } => None,
         }
     }
 }

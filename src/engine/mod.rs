@@ -33,7 +33,7 @@ use types::{
 };
 
 use crate::fixed::div_round;
-use venue::{Execution, Venue};
+use venue::{Execution, Venue, VenueReason};
 
 /// Engine settings that are not per account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +126,10 @@ pub struct EngineState {
     pub quotes: Vec<Option<Quote>>,
     /// Idempotency records, oldest first: account, signal id, time, answer.
     pub idempotency: Vec<(AccountId, SignalKey, Nanos, SignalAnswer)>,
+    /// Where the session with a remote venue got: next inbound, first unpromised outbound.
+    pub venue_session: (u64, u64),
+    /// Why the venue refused the remembered orders it refused, by order id.
+    pub venue_reasons: Vec<(OrderId, VenueReason)>,
 }
 
 /// The engine. `V` is the venue orders go to.
@@ -148,6 +152,12 @@ pub struct Engine<V> {
     quotes: Vec<Option<Quote>>,
     idempotency: IdempotencyStore,
     venue: V,
+    /// Where the session with a remote venue got (see [`EventKind::VenueSession`]).
+    venue_session: (u64, u64),
+    /// The event that last reserved outgoing sequence numbers for that session.
+    venue_reserved_at: u64,
+    /// Why the venue refused orders it refused, for as long as the orders are remembered.
+    venue_reasons: HashMap<OrderId, VenueReason, IdHash>,
     next_seq: u64,
     next_order: u64,
     day: u32,
@@ -172,6 +182,9 @@ impl<V: Venue> Engine<V> {
             orders: griddle::HashMap::default(),
             quotes: vec![None; n],
             venue,
+            venue_session: (0, 0),
+            venue_reserved_at: 0,
+            venue_reasons: HashMap::default(),
             next_seq: 1,
             next_order: cfg.order_id_base + 1,
             day: 0,
@@ -195,6 +208,8 @@ impl<V: Venue> Engine<V> {
             orders,
             quotes: self.quotes.clone(),
             idempotency: self.idempotency.records().collect(),
+            venue_session: self.venue_session,
+            venue_reasons: self.venue_reasons.iter().map(|(id, r)| (*id, *r)).collect(),
         }
     }
 
@@ -240,6 +255,8 @@ impl<V: Venue> Engine<V> {
         for (account, signal, at, answer) in state.idempotency {
             self.idempotency.insert(account, signal, answer, at);
         }
+        self.venue_session = state.venue_session;
+        self.venue_reasons = state.venue_reasons.into_iter().collect();
         Ok(())
     }
 
@@ -313,6 +330,17 @@ impl<V: Venue> Engine<V> {
     /// One order, if still remembered.
     pub fn order(&self, id: OrderId) -> Option<&Order> {
         self.orders.get(&id)
+    }
+
+    /// The sequence number of the event that last reserved outgoing sequence numbers for the
+    /// session with a remote venue: nothing is sent under them before it is durable.
+    pub fn venue_reserved_at(&self) -> u64 {
+        self.venue_reserved_at
+    }
+
+    /// Why the venue refused a remembered order, when it said.
+    pub fn venue_reason(&self, id: OrderId) -> Option<VenueReason> {
+        self.venue_reasons.get(&id).copied()
     }
 
     /// Orders remembered in the engine.
@@ -899,25 +927,25 @@ impl<V: Venue> Engine<V> {
         self.apply_executions(now);
     }
 
-    /// Hands every open order to the venue again, with the cancels still asked for: after a
-    /// restart, a venue that lost its state (the paper simulator) learns the book the journal
-    /// rebuilt. Acknowledgements of orders already working change nothing.
-    pub fn resend_open_orders(&mut self, now: Nanos) {
+    /// After a restart: hands the venue where its session got, then every open order with its
+    /// status ([`Venue::recover`]): a venue that lost its state (the paper simulator) learns the
+    /// book the journal rebuilt, a remote one finds out what became of the orders.
+    /// Acknowledgements of orders already working change nothing.
+    pub fn recover_venue(&mut self, now: Nanos) {
         self.begin();
+        let (inbound, outbound) = self.venue_session;
+        self.venue.resume_session(inbound, outbound);
         for idx in 0..self.accounts.len() {
-            self.resend_account(idx, now);
+            self.recover_account(idx, now);
         }
         self.apply_executions(now);
     }
 
-    fn resend_account(&mut self, idx: usize, now: Nanos) {
+    fn recover_account(&mut self, idx: usize, now: Nanos) {
         for i in 0..self.accounts[idx].open_orders.len() {
             let o = self.orders[&self.accounts[idx].open_orders[i]];
             let spec = self.symbols.get(o.symbol);
-            self.venue.submit(&o, spec, self.quotes[usize::from(o.symbol.0)].as_ref(), now, &mut self.executions);
-            if o.status == OrderStatus::PendingCancel {
-                self.venue.cancel(&o, now, &mut self.executions);
-            }
+            self.venue.recover(&o, spec, self.quotes[usize::from(o.symbol.0)].as_ref(), now, &mut self.executions);
         }
     }
 
@@ -939,7 +967,7 @@ impl<V: Venue> Engine<V> {
             self.emit(e.ts, e.kind);
         }
         if let Some(idx) = self.index_of(account) {
-            self.resend_account(idx, now);
+            self.recover_account(idx, now);
         }
         self.apply_executions(now);
         Ok(())
@@ -1031,12 +1059,31 @@ impl<V: Venue> Engine<V> {
         let mut executions = std::mem::take(&mut self.executions);
         for ex in executions.drain(..) {
             match ex {
-                Execution::Ack { order } => self.order_event(order, OrderEvent::Ack, now),
-                Execution::Canceled { order } => self.order_event(order, OrderEvent::Canceled, now),
-                Execution::Rejected { order } => self.order_event(order, OrderEvent::Reject, now),
-                Execution::Fill { order, qty, price, fee } => {
+                Execution::Ack { order } => {
+                    self.order_event(order, OrderEvent::Ack, now);
+                }
+                Execution::Canceled { order } => {
+                    self.order_event(order, OrderEvent::Canceled, now);
+                }
+                Execution::Expired { order } => {
+                    self.order_event(order, OrderEvent::Expire, now);
+                }
+                Execution::Rejected { order, reason } => {
+                    if let Some(account) = self.order_event(order, OrderEvent::Reject, now) {
+                        if let Some(reason) = reason {
+                            self.emit(now, EventKind::OrderRejectReason { order, account, reason });
+                        }
+                    }
+                }
+                Execution::Session { inbound, outbound } => {
+                    if (inbound, outbound) != self.venue_session {
+                        self.emit(now, EventKind::VenueSession { inbound, outbound });
+                    }
+                }
+                Execution::Fill { order, qty, price, fee, cum_qty } => {
                     let Some(&o) = self.orders.get(&order) else { continue };
-                    let qty = qty.min(o.qty - o.filled_qty);
+                    // A report sent again (or one the journal had already) fills nothing twice.
+                    let qty = qty.min(o.qty - o.filled_qty).min(cum_qty.map_or(i64::MAX, |c| c - o.filled_qty));
                     if qty <= 0 || transition(o.status, OrderEvent::PartialFill).is_none() {
                         continue;
                     }
@@ -1082,12 +1129,12 @@ impl<V: Venue> Engine<V> {
         }
     }
 
-    fn order_event(&mut self, order: OrderId, event: OrderEvent, now: Nanos) {
-        if let Some(&o) = self.orders.get(&order) {
-            if transition(o.status, event).is_some() {
-                self.emit(now, EventKind::OrderUpdated { order, account: o.account, event });
-            }
-        }
+    /// Applies `event` to the order when its status allows: the order's account if it did.
+    fn order_event(&mut self, order: OrderId, event: OrderEvent, now: Nanos) -> Option<AccountId> {
+        let o = *self.orders.get(&order)?;
+        transition(o.status, event)?;
+        self.emit(now, EventKind::OrderUpdated { order, account: o.account, event });
+        Some(o.account)
     }
 
     // ----- state changes -----
@@ -1229,6 +1276,17 @@ impl<V: Venue> Engine<V> {
                     a.open_orders.push(order.id);
                 }
             }
+            EventKind::OrderRejectReason { order, reason, .. } => {
+                if self.orders.contains_key(&order) {
+                    self.venue_reasons.insert(order, reason);
+                }
+            }
+            EventKind::VenueSession { inbound, outbound } => {
+                if outbound != self.venue_session.1 {
+                    self.venue_reserved_at = e.seq;
+                }
+                self.venue_session = (inbound, outbound);
+            }
             EventKind::Rejected { .. } | EventKind::AccountAdopted { .. } => {}
             EventKind::AccountReleased { account, .. } => self.remove_account(account),
         }
@@ -1254,6 +1312,7 @@ impl<V: Venue> Engine<V> {
         }
         for id in a.open_orders.iter().chain(a.recent_orders.iter()) {
             self.orders.remove(id);
+            self.venue_reasons.remove(id);
         }
         self.idempotency.forget_account(account);
     }
@@ -1298,6 +1357,7 @@ impl<V: Venue> Engine<V> {
                 Some(o) if o.status.is_open() => a.recent_orders.push_back(old),
                 _ => {
                     self.orders.remove(&old);
+                    self.venue_reasons.remove(&old);
                 }
             }
         }

@@ -8,8 +8,9 @@
 //! the newest two, and deletes segments wholly covered by the newest when
 //! `journal.keep_covered_segments` allows.
 //!
-//! File format: `SGSNAP01`, u64 seq, u64 payload length, u32 CRC32C of the payload, 4 bytes
-//! zero, then the rkyv-encoded [`EngineState`] (little-endian, unaligned).
+//! File format: `SGSNAP02`, u64 seq, u64 payload length, u32 CRC32C of the payload, 4 bytes
+//! zero, then the rkyv-encoded [`EngineState`] (little-endian, unaligned). `SGSNAP01` snapshots,
+//! written before the state held the venue's session, still read (as [`StateV1`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +24,8 @@ use super::Watermarks;
 use crate::engine::venue::NoVenue;
 use crate::engine::{Engine, EngineState};
 
-const MAGIC: &[u8; 8] = b"SGSNAP01";
+const MAGIC: &[u8; 8] = b"SGSNAP02";
+const MAGIC_V1: &[u8; 8] = b"SGSNAP01";
 const HEADER: usize = 32;
 /// Snapshots kept; older ones are deleted once a new one is safely written.
 const KEEP: usize = 2;
@@ -45,13 +47,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 /// Writes `state` as a snapshot in `dir`, durably; returns its path.
 pub fn write(dir: &Path, state: &EngineState) -> std::io::Result<PathBuf> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(state).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(HEADER + payload.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&state.last_seq.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    bytes.extend_from_slice(&[0; 4]);
-    bytes.extend_from_slice(&payload);
+    let bytes = framed(MAGIC, state.last_seq, &payload);
     let path = dir.join(name(state.last_seq));
     let tmp = dir.join(format!("{}.tmp", name(state.last_seq)));
     {
@@ -64,6 +60,18 @@ pub fn write(dir: &Path, state: &EngineState) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// A snapshot's bytes: the header, then `payload`.
+fn framed(magic: &[u8; 8], seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&seq.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 /// Reads and checks a snapshot.
 pub fn read(path: &Path) -> Result<EngineState, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -74,9 +82,11 @@ pub fn read(path: &Path) -> Result<EngineState, String> {
 pub fn decode(bytes: &[u8]) -> Result<EngineState, String> {
     let bad = |what: &str| what.to_string();
     let header = bytes.get(..HEADER).ok_or_else(|| bad("shorter than its header"))?;
-    if &header[..8] != MAGIC {
-        return Err(bad("bad magic"));
-    }
+    let v1 = match &header[..8] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_V1 => true,
+        _ => return Err(bad("bad magic")),
+    };
     let seq = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
     let len = u64::from_le_bytes(header[16..24].try_into().unwrap_or_default());
     let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or_default());
@@ -84,11 +94,54 @@ pub fn decode(bytes: &[u8]) -> Result<EngineState, String> {
     if crc32c::crc32c(payload) != crc {
         return Err(bad("checksum mismatch"));
     }
-    let state = rkyv::from_bytes::<EngineState, rkyv::rancor::Error>(payload).map_err(|e| bad(&e.to_string()))?;
+    let state = if v1 {
+        rkyv::from_bytes::<StateV1, rkyv::rancor::Error>(payload).map(EngineState::from)
+    } else {
+        rkyv::from_bytes::<EngineState, rkyv::rancor::Error>(payload)
+    }
+    .map_err(|e| bad(&e.to_string()))?;
     if state.last_seq != seq {
         return Err(bad("header and contents disagree on the sequence number"));
     }
     Ok(state)
+}
+
+/// [`EngineState`] as `SGSNAP01` snapshots hold it: without the venue's session, which starts
+/// from nothing (a node of that version only had the paper venue).
+#[derive(rkyv::Archive, rkyv::Deserialize, rkyv::Serialize)]
+struct StateV1 {
+    last_seq: u64,
+    next_order: u64,
+    day: u32,
+    accounts: Vec<crate::engine::account::Account>,
+    keys: Vec<crate::engine::account::KeyRecord>,
+    orders: Vec<crate::engine::order::Order>,
+    quotes: Vec<Option<crate::engine::market::Quote>>,
+    idempotency: Vec<IdempotencyRecord>,
+}
+
+type IdempotencyRecord = (
+    crate::engine::types::AccountId,
+    crate::engine::types::SignalKey,
+    crate::engine::types::Nanos,
+    crate::engine::event::SignalAnswer,
+);
+
+impl From<StateV1> for EngineState {
+    fn from(s: StateV1) -> Self {
+        EngineState {
+            last_seq: s.last_seq,
+            next_order: s.next_order,
+            day: s.day,
+            accounts: s.accounts,
+            keys: s.keys,
+            orders: s.orders,
+            quotes: s.quotes,
+            idempotency: s.idempotency,
+            venue_session: (0, 0),
+            venue_reasons: Vec::new(),
+        }
+    }
 }
 
 /// The newest snapshot that reads back whole, with a warning for each newer one that does not.
@@ -312,6 +365,31 @@ mod tests {
             std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn snapshots_of_the_first_format_still_read() {
+        let old = StateV1 {
+            last_seq: 7,
+            next_order: 3,
+            day: 20_000,
+            accounts: Vec::new(),
+            keys: Vec::new(),
+            orders: Vec::new(),
+            quotes: vec![None, None],
+            idempotency: Vec::new(),
+        };
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        let state = decode(&framed(MAGIC_V1, 7, &payload)).unwrap();
+        assert_eq!((state.last_seq, state.next_order, state.day, state.quotes.len()), (7, 3, 20_000, 2));
+        assert_eq!(state.venue_session, (0, 0));
+        // The current format keeps the venue's session.
+        let dir = tempfile::tempdir().unwrap();
+        let state = EngineState { venue_session: (12, 4_097), ..state };
+        let back = read(&write(dir.path(), &state).unwrap()).unwrap();
+        assert_eq!(back.venue_session, (12, 4_097));
+        // A v1 header over a v2 payload (or the reverse) does not read as something else.
+        assert!(decode(&framed(MAGIC_V1, 7, &rkyv::to_bytes::<rkyv::rancor::Error>(&state).unwrap())).is_err());
     }
 
     #[test]

@@ -1170,6 +1170,8 @@ fn add_event(engine: &Engine<NoVenue>, b: &mut Batch, e: &Event) {
         | EventKind::AccountReleased { .. }
         | EventKind::AccountRestored { .. }
         | EventKind::PositionRestored { .. }
-        | EventKind::OrderRestored { .. } => {}
+        | EventKind::OrderRestored { .. }
+        | EventKind::OrderRejectReason { .. }
+        | EventKind::VenueSession { .. } => {}
     }
 }

@@ -75,14 +75,20 @@ impl<V: Venue> Gated<V> {
         self.held.len()
     }
 
-    /// When `order` was handed to the venue, if it was among the last few.
+    /// When `order` was handed to the venue (a remote one: when it went on the wire), if it was
+    /// among the last few.
     pub fn handed_at(&self, order: OrderId) -> Option<Instant> {
-        self.handed.iter().find(|(id, _)| *id == order).and_then(|(_, at)| *at)
+        self.inner.sent_at(order).or_else(|| self.handed.iter().find(|(id, _)| *id == order).and_then(|(_, at)| *at))
     }
 
     /// The venue inside.
     pub fn inner(&self) -> &V {
         &self.inner
+    }
+
+    /// The venue inside, to hand it what its connection received.
+    pub fn inner_mut(&mut self) -> &mut V {
+        &mut self.inner
     }
 }
 
@@ -128,6 +134,30 @@ impl<V: Venue> Venue for Gated<V> {
 
     fn working_orders(&self) -> usize {
         self.inner.working_orders() + self.held.iter().filter(|(_, c)| matches!(c, Call::Submit(_))).count()
+    }
+
+    /// Straight through: a recovered order's events are durable already.
+    fn recover(
+        &mut self,
+        order: &Order,
+        spec: &SymbolSpec,
+        quote: Option<&Quote>,
+        now: Nanos,
+        out: &mut Vec<Execution>,
+    ) {
+        self.inner.recover(order, spec, quote, now, out);
+    }
+
+    fn resume_session(&mut self, inbound: u64, outbound: u64) {
+        self.inner.resume_session(inbound, outbound);
+    }
+
+    fn answers_later(&self) -> bool {
+        self.inner.answers_later()
+    }
+
+    fn reconciling(&self, order: OrderId) -> bool {
+        self.inner.reconciling(order)
     }
 }
 

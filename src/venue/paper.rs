@@ -61,7 +61,7 @@ impl PaperVenue {
 
     fn fill(&self, spec: &SymbolSpec, order: OrderId, qty: i64, price: i64, out: &mut Vec<Execution>) {
         let fee = self.fee(spec, price, qty);
-        out.push(Execution::Fill { order, qty, price, fee });
+        out.push(Execution::Fill { order, qty, price, fee, cum_qty: None });
     }
 
     /// The market price with slippage, rounded to the tick against the taker.
@@ -84,7 +84,7 @@ impl PaperVenue {
         let sym = usize::from(order.symbol.0);
         let spec = &self.specs[sym];
         let Some(q) = self.quotes[sym] else {
-            out.push(Execution::Rejected { order: order.id });
+            out.push(Execution::Rejected { order: order.id, reason: None });
             return;
         };
         out.push(Execution::Ack { order: order.id });
@@ -189,7 +189,7 @@ impl Venue for PaperVenue {
                 r.remaining -= qty;
                 let notional = i128::from(touch) * i128::from(qty) * spec.money_per_unit();
                 let fee = saturate(div_ceil(notional * i128::from(fee_bps), 10_000));
-                out.push(Execution::Fill { order: r.order, qty, price: touch, fee });
+                out.push(Execution::Fill { order: r.order, qty, price: touch, fee, cum_qty: None });
                 if r.remaining == 0 {
                     book.remove(i);
                     continue;
