@@ -198,6 +198,94 @@ pub struct Gauges {
     pub snapshot_last_seq: u64,
 }
 
+/// A histogram of nanoseconds as a Prometheus summary in seconds.
+fn summary(out: &mut Vec<u8>, name: &str, help: &str, h: &Histogram<u64>) -> std::io::Result<()> {
+    writeln!(out, "# HELP {name} {help}")?;
+    writeln!(out, "# TYPE {name} summary")?;
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
+        writeln!(out, "{name}{{quantile=\"{q}\"}} {:.9}", v as f64 / 1e9)?;
+    }
+    let mean_ns = if h.is_empty() { 0.0 } else { h.mean() };
+    writeln!(out, "{name}_sum {:.9}", mean_ns * h.len() as f64 / 1e9)?;
+    writeln!(out, "{name}_count {}", h.len())
+}
+
+/// The session with a FIX venue, as read for one rendering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixSession {
+    /// Its state's name: `disconnected`, `logging_on`, `active` or `logging_out`.
+    pub state: &'static str,
+    /// Messages received.
+    pub received: u64,
+    /// Messages sent.
+    pub sent: u64,
+    /// ResendRequests sent.
+    pub resends_asked: u64,
+    /// ResendRequests answered.
+    pub resends_answered: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Logons completed.
+    pub logons: u64,
+    /// Orders of unknown fate being reconciled.
+    pub reconciling: usize,
+    /// Reports about orders the venue layer does not hold, ignored.
+    pub unmatched: u64,
+    /// Application messages that could not be read, ignored.
+    pub unreadable: u64,
+}
+
+/// The FIX session's metrics; `round_trip`: NewOrderSingle to first ExecutionReport, in ns.
+pub fn render_fix(out: &mut Vec<u8>, s: &FixSession, round_trip: &Histogram<u64>) {
+    let _ = render_fix_inner(out, s, round_trip);
+}
+
+fn render_fix_inner(out: &mut Vec<u8>, s: &FixSession, round_trip: &Histogram<u64>) -> std::io::Result<()> {
+    writeln!(out, "# HELP signalgate_fix_session_state 1 for the state the session with the FIX venue is in.")?;
+    writeln!(out, "# TYPE signalgate_fix_session_state gauge")?;
+    for state in ["disconnected", "logging_on", "active", "logging_out"] {
+        writeln!(out, "signalgate_fix_session_state{{state=\"{state}\"}} {}", u8::from(s.state == state))?;
+    }
+    let counters: [(&str, &str, u64); 8] = [
+        ("fix_messages_received_total", "Messages received from the FIX venue.", s.received),
+        ("fix_messages_sent_total", "Messages sent to the FIX venue.", s.sent),
+        (
+            "fix_resend_requests_sent_total",
+            "Gaps found in the venue's messages (ResendRequests sent).",
+            s.resends_asked,
+        ),
+        (
+            "fix_resend_requests_received_total",
+            "Gaps the venue found in this node's messages (answered with a gap fill).",
+            s.resends_answered,
+        ),
+        (
+            "fix_duplicates_total",
+            "Messages the venue sent again (PossDupFlag) and that were already had.",
+            s.duplicates,
+        ),
+        ("fix_logons_total", "Logons completed.", s.logons),
+        ("fix_reports_unmatched_total", "ExecutionReports about orders not held, ignored.", s.unmatched),
+        ("fix_messages_unreadable_total", "Application messages from the venue that could not be read.", s.unreadable),
+    ];
+    for (name, help, v) in counters {
+        writeln!(out, "# HELP signalgate_{name} {help}\n# TYPE signalgate_{name} counter\nsignalgate_{name} {v}")?;
+    }
+    writeln!(
+        out,
+        "# HELP signalgate_fix_orders_reconciling Orders of unknown fate the venue is being asked about.\n\
+         # TYPE signalgate_fix_orders_reconciling gauge\nsignalgate_fix_orders_reconciling {}",
+        s.reconciling
+    )?;
+    summary(
+        out,
+        "signalgate_fix_order_round_trip_seconds",
+        "From a NewOrderSingle written to the venue's first ExecutionReport on it.",
+        round_trip,
+    )
+}
+
 /// What the journal did, as read from its counters for one rendering.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JournalCounters {
@@ -350,18 +438,12 @@ impl Metrics {
             d.render(out, "signalgate_http_request_duration_seconds", &format!("route=\"{}\",", route.label()))?;
         }
         let h = &self.signal_to_order_ns;
-        writeln!(
+        summary(
             out,
-            "# HELP signalgate_signal_to_order_seconds From a request parsed to its order handed to the venue."
+            "signalgate_signal_to_order_seconds",
+            "From a request parsed to its order handed to the venue (on the wire, for a FIX venue).",
+            h,
         )?;
-        writeln!(out, "# TYPE signalgate_signal_to_order_seconds summary")?;
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let v = if h.is_empty() { 0 } else { h.value_at_quantile(q) };
-            writeln!(out, "signalgate_signal_to_order_seconds{{quantile=\"{q}\"}} {:.9}", v as f64 / 1e9)?;
-        }
-        let mean_ns = if h.is_empty() { 0.0 } else { h.mean() };
-        writeln!(out, "signalgate_signal_to_order_seconds_sum {:.9}", mean_ns * h.len() as f64 / 1e9)?;
-        writeln!(out, "signalgate_signal_to_order_seconds_count {}", h.len())?;
         writeln!(out, "# HELP signalgate_signal_to_order_max_seconds Largest signal-to-order latency seen.")?;
         writeln!(out, "# TYPE signalgate_signal_to_order_max_seconds gauge")?;
         writeln!(

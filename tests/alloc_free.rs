@@ -1,6 +1,7 @@
 //! The hot path allocates nothing in steady state: a counting allocator watches the thread that
 //! serves signals in-process (parse → auth → rate limit → risk → order → paper fill → answer),
-//! and the FIX codec writing an order and reading an execution report.
+//! the FIX codec writing an order and reading an execution report, and the FIX venue doing both
+//! for its orders.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -108,4 +109,85 @@ fn the_fix_codec_allocates_nothing() {
     let n = counted(|| (1..10_000).for_each(&mut round));
     assert!(checksum > 0);
     assert_eq!(n, 0, "allocations writing a NewOrderSingle and reading an ExecutionReport");
+}
+
+#[test]
+fn the_fix_venue_allocates_nothing_per_order() {
+    use signalgate::engine::order::{Order, OrderStatus};
+    use signalgate::engine::symbol::SymbolSpec;
+    use signalgate::engine::types::{AccountId, OrderId, OrderType, Side, SymbolId, Tif};
+    use signalgate::venue::fix::codec::Encoder;
+    use signalgate::venue::fix::session::SessionConfig;
+    use signalgate::venue::{Execution, FixSettings, FixVenue, Venue};
+    const T0: u64 = 1_796_660_914_500_000_000;
+    let spec = SymbolSpec {
+        id: SymbolId(0),
+        name: "BTC-USD".into(),
+        price_decimals: 2,
+        qty_decimals: 4,
+        tick: 1,
+        lot: 1,
+        max_order_qty: 1_000_000,
+    };
+    let session = SessionConfig {
+        sender: "SG".into(),
+        target: "VENUE".into(),
+        heartbeat: 30_000_000_000,
+        logon_timeout: 10_000_000_000,
+    };
+    let settings = FixSettings { session, account: None, symbols: vec!["XBT/USD".into()] };
+    let mut venue = FixVenue::new(settings, std::slice::from_ref(&spec));
+    let from_venue = |bytes: &mut Vec<u8>, msg_type: &[u8], seq: i64, body: &dyn Fn(&mut Encoder<'_>)| {
+        bytes.clear();
+        let mut m = Encoder::new(bytes, msg_type);
+        m.str(49, "VENUE").str(56, "SG").int(34, seq).timestamp(52, T0);
+        body(&mut m);
+        m.finish();
+    };
+    let mut inbound = Vec::with_capacity(1024);
+    let (mut wire, mut orders, mut out) = (Vec::with_capacity(64 * 1024), Vec::with_capacity(1024), Vec::new());
+    out.reserve(1024);
+    venue.connected(T0);
+    from_venue(&mut inbound, b"A", 1, &|m| {
+        m.int(98, 0).int(108, 30);
+    });
+    venue.received(&inbound);
+    venue.poll(T0, &mut out);
+    let mut filled = 0;
+    let mut round = |i: i64| {
+        let order = Order {
+            id: OrderId(i as u64),
+            account: AccountId(1),
+            symbol: SymbolId(0),
+            side: Side::Buy,
+            order_type: OrderType::Market,
+            tif: Tif::Ioc,
+            qty: 100,
+            filled_qty: 0,
+            filled_notional: 0,
+            limit_price: 0,
+            status: OrderStatus::PendingNew,
+            strategy: Default::default(),
+            created_at: T0,
+            updated_at: T0,
+        };
+        out.clear();
+        venue.submit(&order, &spec, None, T0, &mut out);
+        wire.clear();
+        venue.take_output(&mut wire, &mut orders);
+        venue.written(&mut orders, std::time::Instant::now());
+        from_venue(&mut inbound, b"8", i + 1, &|m| {
+            m.int(11, i).str(17, "E").char(150, b'F').char(39, b'2').str(55, "XBT/USD").char(54, b'1');
+            m.decimal(32, 100, 4).decimal(31, 6_500_025, 2).decimal(14, 100, 4).decimal(6, 6_500_025, 2);
+        });
+        venue.received(&inbound);
+        venue.poll(T0, &mut out);
+        filled += out.iter().filter(|e| matches!(e, Execution::Fill { .. })).count();
+    };
+    for i in 1..1_000 {
+        round(i);
+    }
+    let n = counted(|| (1_000..20_000).for_each(&mut round));
+    assert_eq!(filled, 19_999, "every order filled");
+    assert_eq!(n, 0, "allocations sending a NewOrderSingle and applying its ExecutionReport");
 }
