@@ -38,6 +38,7 @@ pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod time;
+pub mod tls;
 pub mod tune;
 pub mod venue;
 pub mod ws;

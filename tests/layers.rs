@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("rate_limit", 0),
     ("shutdown", 0),
     ("time", 0),
+    ("tls", 0),
     // The sans-I/O engine, with its venue port.
     ("engine", 1),
     // What builds on the engine alone.

@@ -189,10 +189,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 fn tls_config(verify: Verify, root: Option<&str>) -> Result<rustls::ClientConfig, String> {
-    // ring: it builds with a C compiler alone (aws-lc-rs, rustls's other provider and the one
-    // with post-quantum key exchange, needs more of a toolchain).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
@@ -202,14 +199,7 @@ fn tls_config(verify: Verify, root: Option<&str>) -> Result<rustls::ClientConfig
             return Err("sslmode verify-ca and verify-full need sslrootcert (a PEM file of CA certificates)".into())
         }
         (_, Some(path)) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = std::fs::read(path).map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            for cert in pem_certificates(&pem).map_err(|e| format!("sslrootcert {path}: {e}"))? {
-                roots.add(cert).map_err(|e| format!("sslrootcert {path}: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("sslrootcert {path}: no certificate in it"));
-            }
+            let roots = crate::tls::roots(path).map_err(|e| format!("sslrootcert {e}"))?;
             let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| format!("sslrootcert {path}: {e}"))?;
@@ -218,12 +208,6 @@ fn tls_config(verify: Verify, root: Option<&str>) -> Result<rustls::ClientConfig
     };
     let verifier = Arc::new(Verifier { webpki, name: verify == Verify::Full, provider });
     Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
-}
-
-/// The certificates of a PEM file.
-fn pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| format!("{e:?}"))
 }
 
 /// Checks the server's certificate as far as `sslmode` asks: not at all (the handshake's
