@@ -232,14 +232,43 @@ pub struct EngineSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VenueConfig {
-    /// Which venue: only `paper` for now.
+    /// Which venue: `paper` (the built-in simulator) or `fix` (a FIX 4.4 counterparty).
     pub kind: String,
-    /// Slippage of market orders, basis points.
+    /// `paper`: slippage of market orders, basis points.
     pub slippage_bps: u32,
-    /// Fee, basis points of notional.
+    /// `paper`: fee, basis points of notional.
     pub fee_bps: u32,
-    /// Simulated venue latency, microseconds.
+    /// `paper`: simulated venue latency, microseconds.
     pub latency_us: u64,
+    /// `fix`: the venue's host name or address.
+    pub host: String,
+    /// `fix`: the venue's port.
+    pub port: u16,
+    /// `fix`: SenderCompID (49), this side.
+    pub sender_comp_id: String,
+    /// `fix`: TargetCompID (56), the venue.
+    pub target_comp_id: String,
+    /// `fix`: HeartBtInt (108), seconds.
+    pub heartbeat_secs: u64,
+    /// `fix`: Account (1) sent on every order; empty: none.
+    pub account: String,
+    /// `fix`: TLS to the venue.
+    pub tls: bool,
+    /// `fix`: PEM file of the certificate authorities the venue's certificate must chain to;
+    /// empty: the system's.
+    pub tls_ca_file: String,
+    /// `fix`: the name the venue's certificate must carry; empty: `host`.
+    pub tls_server_name: String,
+    /// `fix`: first wait before reconnecting, milliseconds; it doubles after each failure up
+    /// to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// `fix`: longest wait before reconnecting, milliseconds.
+    pub reconnect_max_ms: u64,
+    /// `fix`: how long the venue has to answer a Logon, milliseconds.
+    pub logon_timeout_ms: u64,
+    /// `fix`: how long the answer to a signal or order waits for the venue's first word on the
+    /// order (after which it shows the order as `pending_new`), milliseconds.
+    pub answer_timeout_ms: u64,
 }
 
 /// `[market]`
@@ -421,6 +450,9 @@ pub struct SymbolConfig {
     /// Standard step of the simulator's random walk, basis points.
     #[serde(default = "default_volatility")]
     pub volatility_bps: u32,
+    /// Its name at a FIX venue (Symbol, 55); empty: `name`.
+    #[serde(default)]
+    pub venue_symbol: String,
 }
 
 fn default_initial_price() -> Decimal {
@@ -579,7 +611,25 @@ impl Default for EngineSection {
 
 impl Default for VenueConfig {
     fn default() -> Self {
-        VenueConfig { kind: "paper".into(), slippage_bps: 2, fee_bps: 5, latency_us: 0 }
+        VenueConfig {
+            kind: "paper".into(),
+            slippage_bps: 2,
+            fee_bps: 5,
+            latency_us: 0,
+            host: String::new(),
+            port: 0,
+            sender_comp_id: String::new(),
+            target_comp_id: String::new(),
+            heartbeat_secs: 30,
+            account: String::new(),
+            tls: false,
+            tls_ca_file: String::new(),
+            tls_server_name: String::new(),
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            logon_timeout_ms: 10_000,
+            answer_timeout_ms: 2_000,
+        }
     }
 }
 
@@ -606,6 +656,7 @@ fn default_symbols() -> Vec<SymbolConfig> {
             max_order_qty: Decimal::new("50"),
             initial_price: Decimal::new("65000"),
             volatility_bps: 2,
+            venue_symbol: String::new(),
         },
         SymbolConfig {
             name: "ETH-USD".into(),
@@ -616,6 +667,7 @@ fn default_symbols() -> Vec<SymbolConfig> {
             max_order_qty: Decimal::new("500"),
             initial_price: Decimal::new("3200"),
             volatility_bps: 3,
+            venue_symbol: String::new(),
         },
     ]
 }
@@ -791,6 +843,66 @@ impl Config {
         Ok(config)
     }
 
+    /// The checks of `[venue] kind = "fix"`.
+    fn validate_fix(&self, err: &mut impl FnMut(&str, String)) {
+        let v = &self.venue;
+        // FIX text values: printable ASCII, no `=` or SOH, as counterparties expect.
+        let fix_text = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic());
+        if v.host.is_empty() {
+            err("venue.host", "is required for a FIX venue".into());
+        }
+        if v.port == 0 {
+            err("venue.port", "is required for a FIX venue".into());
+        }
+        for (key, value) in [("venue.sender_comp_id", &v.sender_comp_id), ("venue.target_comp_id", &v.target_comp_id)] {
+            if !fix_text(value) {
+                err(key, "is required for a FIX venue: 1 to 64 printable ASCII characters".into());
+            }
+        }
+        if !v.account.is_empty() && !fix_text(&v.account) {
+            err("venue.account", "must be 1 to 64 printable ASCII characters".into());
+        }
+        if !(1..=3_600).contains(&v.heartbeat_secs) {
+            err("venue.heartbeat_secs", "must be from 1 to 3600".into());
+        }
+        if v.reconnect_min_ms == 0 || v.reconnect_min_ms > v.reconnect_max_ms {
+            err("venue.reconnect_min_ms", "must be positive and at most venue.reconnect_max_ms".into());
+        }
+        if v.logon_timeout_ms < 100 {
+            err("venue.logon_timeout_ms", "must be at least 100".into());
+        }
+        if v.answer_timeout_ms > 60_000 {
+            err("venue.answer_timeout_ms", "must be at most 60000".into());
+        }
+        if !v.tls && (!v.tls_ca_file.is_empty() || !v.tls_server_name.is_empty()) {
+            err("venue.tls", "tls_ca_file and tls_server_name need tls = true".into());
+        }
+        if !v.tls_ca_file.is_empty() && !std::path::Path::new(&v.tls_ca_file).is_file() {
+            err("venue.tls_ca_file", format!("{:?} is not a file", v.tls_ca_file));
+        }
+        for (i, s) in self.symbols.iter().enumerate() {
+            if !s.venue_symbol.is_empty() && !fix_text(&s.venue_symbol) {
+                err(&format!("symbols[{i}].venue_symbol"), "must be 1 to 64 printable ASCII characters".into());
+            }
+        }
+        if self.cluster.enabled() {
+            err(
+                "venue.kind",
+                "a FIX venue needs a standalone node: a cluster moves accounts between nodes, and their \
+                 orders' session with the venue would not follow"
+                    .into(),
+            );
+        }
+    }
+
+    /// The venue's name of each symbol, in the symbols' order.
+    pub fn venue_symbols(&self) -> Vec<String> {
+        self.symbols
+            .iter()
+            .map(|s| if s.venue_symbol.is_empty() { s.name.clone() } else { s.venue_symbol.clone() })
+            .collect()
+    }
+
     /// Every semantic problem, each naming its key. `cores` are the ids of the host's cores.
     pub fn validate(&self, cores: &[usize]) -> Vec<ConfigError> {
         let mut errs = Vec::new();
@@ -936,8 +1048,10 @@ impl Config {
         if self.engine.orders_per_account == 0 {
             err("engine.orders_per_account", "must be positive".into());
         }
-        if self.venue.kind != "paper" {
-            err("venue.kind", format!("{:?} is not a known venue; known: \"paper\"", self.venue.kind));
+        match self.venue.kind.as_str() {
+            "paper" => {}
+            "fix" => self.validate_fix(&mut err),
+            other => err("venue.kind", format!("{other:?} is not a known venue; known: \"paper\", \"fix\"")),
         }
         if self.venue.fee_bps > 10_000 || self.venue.slippage_bps > 10_000 {
             err("venue", "fee_bps and slippage_bps must be at most 10000".into());

@@ -116,6 +116,10 @@ codes! {
     ClusterUnavailable => "cluster.unavailable", 503, "the cluster's Redis cannot be reached, so nothing was changed";
     /// The node that owns the account cannot be reached.
     ClusterOwnerUnavailable => "cluster.owner_unavailable", 503, "the node that owns this account cannot be reached (a signal with a signal_id is safe to send again)";
+    /// The session with a FIX venue is down (or logging on).
+    VenueUnavailable => "venue.unavailable", 503, "the session with the venue is down, so nothing was placed";
+    /// The venue refused the order (the order's `reject_reason` says why).
+    VenueRejected => "venue.rejected", 422, "the venue refused the order";
     /// A request forwarded to a cluster node that does not hold its key (the account moved).
     ClusterMisdirected => "cluster.misdirected", 421, "this node does not hold the account of this key; ask the cluster for its owner again";
     /// A cluster node whose lease lapsed cannot tell whether it still owns the account.
@@ -182,6 +186,8 @@ pub enum Detail<'a> {
     Unavailable(&'static str, u32),
     /// A fixed message followed by a value from the request.
     TextWith(&'static str, &'a str),
+    /// An order the venue refused, and why.
+    VenueRefused(u64, &'static str),
 }
 
 impl<'a> ApiError<'a> {
@@ -278,6 +284,10 @@ impl<'a> ApiError<'a> {
             Detail::TextWith(t, v) => {
                 w.begin_string().string_part(t).string_part(v).end_string();
             }
+            Detail::VenueRefused(order, why) => {
+                w.begin_string().string_part("the venue refused order ").string_int(order as i64);
+                w.string_part(": ").string_part(why).end_string();
+            }
         }
         w.end_object().end_object();
     }
@@ -304,6 +314,10 @@ pub const JOURNAL_STOPPED: ApiError<'static> = ApiError::with(
     Code::JournalUnavailable,
     Detail::Unavailable("the node stopped before the journal could write this request; nothing was sent", 1),
 );
+
+/// The session with the venue is down.
+pub const VENUE_UNAVAILABLE: ApiError<'static> =
+    ApiError::with(Code::VenueUnavailable, Detail::Unavailable(Code::VenueUnavailable.message(), 1));
 
 /// A cluster node's registry in Redis cannot be reached.
 pub const CLUSTER_UNAVAILABLE: ApiError<'static> =

@@ -41,4 +41,5 @@ pub mod time;
 pub mod tls;
 pub mod tune;
 pub mod venue;
+pub mod venue_link;
 pub mod ws;

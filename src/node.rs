@@ -22,8 +22,9 @@ use crate::auth::{hash_key, key_from_headers};
 use crate::config::Config;
 use crate::engine::account::{AccountName, KeyRecord, LimitOverrides, Roles, Tier};
 use crate::engine::market::Quote;
+use crate::engine::order::OrderStatus;
 use crate::engine::symbol::{SymbolSpec, SymbolTable};
-use crate::engine::types::{AccountId, KeyId, Nanos, SymbolId, SECOND};
+use crate::engine::types::{AccountId, KeyId, Nanos, OrderId, SymbolId, Tif, SECOND};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Code;
 use crate::error::{ApiError, Detail, CLUSTER_UNAVAILABLE, INVALID_KEY, JOURNAL_STOPPED, MISSING_KEY, REVOKED_KEY};
@@ -32,7 +33,8 @@ use crate::journal::{self, Journal, Replayed};
 use crate::json::JsonStr;
 use crate::metrics::{Gauges, Metrics, Route};
 use crate::rate_limit::SlidingWindow;
-use crate::venue::{Gated, NoVenue, PaperConfig, PaperVenue, Venue};
+use crate::venue::fix::session::SessionConfig;
+use crate::venue::{FixSettings, FixVenue, Gated, NoVenue, NodeVenue, PaperConfig, PaperVenue, Venue};
 pub use request::{Elsewhere, Request, Response};
 
 /// A cluster, as the node uses it: ids for what it creates, the other nodes for what it does not
@@ -94,7 +96,7 @@ pub enum Simulator {
 }
 
 /// The engine type the node runs.
-pub type NodeEngine = Engine<Gated<PaperVenue>>;
+pub type NodeEngine = Engine<Gated<NodeVenue>>;
 
 /// The hot core's state.
 pub struct Node {
@@ -123,6 +125,12 @@ pub struct Node {
     pub snapshots: std::sync::Arc<crate::journal::snapshot::Health>,
     /// The cluster this node is a member of (none: standalone).
     pub cluster: Option<std::sync::Arc<dyn Cluster>>,
+    /// Answers waiting for the venue's first word on their order, woken by each command.
+    venue_waiters: Vec<std::task::Waker>,
+    /// The connection of a remote venue, waiting for bytes to write.
+    link_waiter: Option<std::task::Waker>,
+    /// How long an answer waits for a remote venue's first word on its order.
+    pub(crate) answer_timeout: std::time::Duration,
 }
 
 /// Builds the symbol table from a validated configuration.
@@ -159,6 +167,26 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
         orders_per_account: cfg.engine.orders_per_account,
         order_id_base: cfg.cluster.order_id_base(),
     }
+}
+
+/// The venue of a validated configuration.
+fn node_venue(cfg: &Config, symbols: &SymbolTable) -> NodeVenue {
+    let v = &cfg.venue;
+    if v.kind == "fix" {
+        let settings = FixSettings {
+            session: SessionConfig {
+                sender: v.sender_comp_id.clone(),
+                target: v.target_comp_id.clone(),
+                heartbeat: v.heartbeat_secs * SECOND,
+                logon_timeout: v.logon_timeout_ms * 1_000_000,
+            },
+            account: (!v.account.is_empty()).then(|| v.account.clone()),
+            symbols: cfg.venue_symbols(),
+        };
+        return NodeVenue::Fix(Box::new(FixVenue::new(settings, symbols.all())));
+    }
+    let paper = PaperConfig { slippage_bps: v.slippage_bps, fee_bps: v.fee_bps, latency: v.latency_us * 1_000 };
+    NodeVenue::Paper(PaperVenue::new(paper, symbols.all()))
 }
 
 /// An engine of a follower (snapshots, offload, history, the stream) for a validated
@@ -199,14 +227,7 @@ impl Node {
         replicated: Option<u64>,
     ) -> Result<(Node, Replayed), String> {
         let symbols = symbol_table(cfg);
-        let venue = PaperVenue::new(
-            PaperConfig {
-                slippage_bps: cfg.venue.slippage_bps,
-                fee_bps: cfg.venue.fee_bps,
-                latency: cfg.venue.latency_us * 1_000,
-            },
-            symbols.all(),
-        );
+        let venue = node_venue(cfg, &symbols);
         let gated = Gated::new(venue, symbols.clone());
         let mut engine = Engine::new(engine_config(cfg), symbols, tiers(cfg), gated);
         let replayed = journal::replay(&mut engine, &cfg.journal.dir, repair)?;
@@ -227,6 +248,9 @@ impl Node {
             started_at: now,
             snapshots: std::sync::Arc::default(),
             cluster: None,
+            venue_waiters: Vec::with_capacity(1024),
+            link_waiter: None,
+            answer_timeout: std::time::Duration::from_millis(cfg.venue.answer_timeout_ms),
         };
         node.keys_changed();
         Ok((node, replayed))
@@ -239,8 +263,34 @@ impl Node {
         self.engine.venue_mut().stamp(last);
         let events = self.engine.events();
         self.metrics.events += events.len() as u64;
+        let changed = !events.is_empty();
         self.journal.append(events);
         self.release_to_venue();
+        if changed {
+            for w in self.venue_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        if self.link_waiter.is_some() && self.venue_output_waiting() {
+            if let Some(w) = self.link_waiter.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether a remote venue has bytes to write, or its connection is to be closed.
+    pub fn venue_output_waiting(&mut self) -> bool {
+        self.engine.venue_mut().inner_mut().fix_mut().is_some_and(|f| !f.output().is_empty() || f.broken())
+    }
+
+    /// The connection of a remote venue waits (with `waker`) for bytes to write.
+    pub fn wait_for_venue_output(&mut self, waker: &std::task::Waker) {
+        self.link_waiter = Some(waker.clone());
+    }
+
+    /// Whether new orders can go to the venue now (a FIX venue's session is logged on).
+    pub fn venue_available(&self) -> bool {
+        self.engine.venue().inner().fix().is_none_or(|f| f.available())
     }
 
     /// The journal made everything up to `seq` durable on this machine (a sync completed under
@@ -564,6 +614,11 @@ async fn answer_when_durable<R: Routes + ?Sized>(node: &RefCell<Node>, routes: &
         }
     }
     let mut durable = wait_durable(node, shown).await;
+    if durable {
+        if let Some(order) = resp.pending.as_ref().and_then(request::Pending::order) {
+            wait_venue(node, order).await;
+        }
+    }
     if durable && resp.pending.is_some() {
         let shown = {
             let mut node = node.borrow_mut();
@@ -635,6 +690,33 @@ async fn answer_later(node: &RefCell<Node>, resp: &mut Response, later: request:
     resp.cache_control = answer.cache_control;
     resp.etag = answer.etag;
     resp.no_store = answer.cache_control.is_none();
+}
+
+/// Waits until a venue that answers later has settled what the answer shows of `order`, for at
+/// most `venue.answer_timeout_ms`: an ioc order (market orders are) until it is final, any other
+/// until it is neither `pending_new` nor `pending_cancel`. At once for a venue that answers as it
+/// is handed orders.
+async fn wait_venue(node: &RefCell<Node>, order: OrderId) {
+    let timeout = {
+        let n = node.borrow();
+        if !n.engine.venue().answers_later() {
+            return;
+        }
+        n.answer_timeout
+    };
+    let answered = std::future::poll_fn(|cx| {
+        let mut n = node.borrow_mut();
+        let settled = |o: &crate::engine::order::Order| match o.tif {
+            Tif::Ioc => o.status.is_terminal(),
+            _ => !matches!(o.status, OrderStatus::PendingNew | OrderStatus::PendingCancel),
+        };
+        if n.engine.order(order).is_none_or(settled) {
+            return Poll::Ready(());
+        }
+        n.venue_waiters.push(cx.waker().clone());
+        Poll::Pending
+    });
+    futures_lite::future::or(answered, glommio::timer::sleep(timeout)).await;
 }
 
 /// Waits until the journal has made `seq` durable. `false`: it never will (the journal closed).

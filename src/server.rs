@@ -469,7 +469,7 @@ type StreamStart = (crate::ws::hub::Directory, Arc<crate::ws::WsStats>);
 
 /// Builds the hot core's state from the data directory: replays the journal (blocking file I/O,
 /// done here on the main thread so that no executor ever waits on it) and opens it for
-/// appending, gives the demo account its key, and hands the paper venue back the open orders.
+/// appending, gives the demo account its key, and hands the venue back the open orders.
 fn build_node(
     cfg: &Config,
     opts: RunOptions,
@@ -496,7 +496,8 @@ fn build_node(
         },
         None => Demo::Off,
     };
-    // The paper venue keeps its book in memory: give it back the open orders the journal holds.
+    // The paper venue keeps its book in memory: give it back the open orders the journal holds;
+    // a FIX venue resumes its session and asks about the orders whose fate it does not know.
     node.engine.recover_venue(now);
     node.after_command();
     let marks = node.journal.watermarks();
@@ -602,6 +603,21 @@ async fn hot_main(
         shutdown_grace: Duration::from_millis(cfg.http.shutdown_grace_ms),
     };
     let admin_opts = HttpOptions { max_connections: cfg.admin.max_connections, ..opts };
+    // A FIX venue's connection, on this core: its reports are journaled like requests' events.
+    let link = match (cfg.venue.kind == "fix").then(|| crate::venue_link::Link::new(&cfg.venue)) {
+        None => Ok(None),
+        Some(Ok(link)) => glommio::spawn_local_into(link.run(node.clone(), shutdown.clone()), http_queue)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e),
+    };
+    let link = match link {
+        Ok(link) => link,
+        Err(e) => {
+            let _ = ready.send(Err(format!("the FIX venue cannot start: {e}")));
+            return;
+        }
+    };
     let admin_api = Rc::new(api::Admin { cluster: public_api.cluster.clone() });
     let public_task =
         glommio::spawn_local_into(serve(public, node.clone(), public_api, opts, shutdown.clone()), http_queue);
@@ -632,6 +648,10 @@ async fn hot_main(
     admin_task.await;
     for side in ws_sides {
         side.await;
+    }
+    // The session logs out before the journal closes: what the venue reports meanwhile is kept.
+    if let Some(link) = link {
+        link.await;
     }
     // The requests are answered: the journal syncs what it holds, cuts its segment back, and
     // stops its threads (which ends the task following its syncs).

@@ -39,6 +39,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("history", 5),
     ("http", 5),
     ("postgres", 5),
+    ("venue_link", 5),
     ("ws", 5),
     // Start-up and the command line.
     ("server", 6),

@@ -77,7 +77,8 @@ fn every_metric_in_alerts_and_dashboard_is_exported() {
     let rules = file("tuning/prometheus/signalgate-alerts.yml");
     let names: Vec<String> = metric_names(&rules).into_iter().chain(metric_names(&exprs)).collect();
     assert!(names.len() >= 10, "{names:?}");
-    for name in names {
+    // A FIX venue's metrics exist only on a node that has one: tests/fix.rs checks those.
+    for name in names.into_iter().filter(|n| !n.starts_with("signalgate_fix_")) {
         assert!(
             metrics
                 .lines()

@@ -99,7 +99,14 @@ pub fn order<V: Venue>(w: &mut Writer<'_>, engine: &Engine<V>, o: &Order) {
     } else {
         w.null();
     }
-    w.key("status").str(o.status.as_str());
+    // While the venue is asked what became of the order (after a disconnect or a restart).
+    let status = if engine.venue().reconciling(o.id) { "reconciling" } else { o.status.as_str() };
+    w.key("status").str(status);
+    if let Some(r) = engine.venue_reason(o.id) {
+        w.key("reject_reason").begin_object();
+        w.key("kind").str(r.kind.as_str()).key("code").u64(u64::from(r.code)).key("text").str(r.text());
+        w.end_object();
+    }
     w.key("strategy");
     if o.strategy.is_empty() {
         w.null();

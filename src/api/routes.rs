@@ -8,7 +8,7 @@ use super::body::{decimal, BodyKind, OrderFields};
 use super::{render, Later, Method, Pending, Request, Response};
 use crate::engine::event::EventKind;
 use crate::engine::market::Quote;
-use crate::engine::order::OrderEvent;
+use crate::engine::order::{OrderEvent, OrderStatus};
 use crate::engine::risk::RejectCode;
 use crate::engine::types::{AccountId, Nanos, OrderId, Tif};
 use crate::engine::{Intent, SignalSpec};
@@ -234,6 +234,9 @@ fn submit<'a>(
     let parsed_at = Instant::now();
     let key = node.authenticate(req, fields.passphrase, resp, now)?;
     let spec = fields.resolve(kind, node.engine.symbols())?;
+    if !node.venue_available() {
+        return Err(crate::error::VENUE_UNAVAILABLE);
+    }
     let outcome = run_signal(node, key.account, &spec, now)?;
     Ok((spec, outcome, key.account, parsed_at))
 }
@@ -273,6 +276,13 @@ fn complete(node: &mut Node, resp: &mut Response) {
             (Some(id), parsed_at)
         }
     };
+    // An order the venue refused: the answer is the refusal, with why.
+    if let Some(id) = order.filter(|_| !resp.idempotent_replay) {
+        let refused = node.engine.order(id).filter(|o| o.status == OrderStatus::Rejected);
+        if let Some(reason) = refused.and_then(|_| node.engine.venue_reason(id)) {
+            resp.error(&ApiError::with(Code::VenueRejected, Detail::VenueRefused(id.0, reason.text())));
+        }
+    }
     // A replayed signal placed nothing now: it has no signal-to-order time.
     let handed = order.filter(|_| !resp.idempotent_replay).and_then(|id| node.engine.venue().handed_at(id));
     if let (Some(handed), Some(parsed)) = (handed, parsed_at) {
@@ -741,6 +751,19 @@ fn ready<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Result<'a> {
         w.key("reason").str(journal_refused(r).code.as_str());
         resp.status = 503;
     }
+    // A FIX venue: orders go out only while its session is logged on.
+    if let Some(f) = node.engine.venue().inner().fix() {
+        let s = f.status();
+        if s.state != "active" && resp.status == 200 {
+            w.key("reason").str(Code::VenueUnavailable.as_str());
+            resp.status = 503;
+        }
+        w.key("venue").str("fix");
+        w.key("venue_session").str(s.state);
+        w.key("venue_reconciling").u64(s.reconciling as u64);
+    } else {
+        w.key("venue").str("paper");
+    }
     w.key("journal").str(if journal_ok { "ok" } else { "unavailable" });
     w.key("fsync").str(node.journal.policy().as_str());
     w.key("last_seq").u64(node.engine.last_seq());
@@ -798,6 +821,9 @@ fn render_metrics<'a>(api: &Public, node: &mut Node, resp: &mut Response) -> Res
     resp.content_type = "text/plain; version=0.0.4";
     let g = node.gauges();
     node.metrics.render(&g, &mut resp.body);
+    if let Some(f) = node.engine.venue().inner().fix() {
+        crate::metrics::render_fix(&mut resp.body, &f.status(), f.round_trip());
+    }
     if let Some(o) = &api.offload {
         o.render_metrics(crate::clock::now(), &mut resp.body);
     }

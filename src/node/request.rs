@@ -161,6 +161,16 @@ pub enum Pending {
     },
 }
 
+impl Pending {
+    /// The order the answer shows, if any.
+    pub fn order(&self) -> Option<OrderId> {
+        match *self {
+            Pending::Signal { answer, .. } => answer.order.map(|o| o.id),
+            Pending::Order { id, .. } => Some(id),
+        }
+    }
+}
+
 /// The header a cluster node marks the requests it forwards with (its value: the node's id).
 pub const FORWARDED_HEADER: &str = "x-signalgate-forwarded";
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fix;
 pub mod nginx;
 
 use std::io::{BufRead, BufReader, Read, Write};
