@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
   cfg << "[DEFAULT]\nConnectionType=acceptor\nSocketAcceptPort=" << port << "\nSocketReuseAddress=Y\n"
       << "StartTime=00:00:00\nEndTime=00:00:00\nFileStorePath=" << dir << "/store\nFileLogPath=" << dir
       << "/log\nUseDataDictionary=N\nResetOnLogon=N\nResetOnLogout=N\nResetOnDisconnect=N\n"
-      << "PersistMessages=Y\nCheckLatency=N\n";
+      << "PersistMessages=Y\nCheckLatency=N\nSocketNodelay=Y\n";
   if (argc == 5) {
     cfg << "ServerCertificateFile=" << argv[3] << "\nServerCertificateKeyFile=" << argv[4]
         << "\nSSLProtocol=+TLSv1.2 +TLSv1.3\n";
