@@ -144,6 +144,24 @@ fn orders_fill_rest_cancel_and_are_refused_at_a_real_fix_engine() {
     assert_eq!(refused["status"], "rejected");
     assert_eq!(refused["reject_reason"], json!({"kind": "order_reject", "code": 1, "text": "unknown symbol"}));
 
+    // The venue's application refuses one (BusinessMessageReject), its session another (a
+    // Reject: a field it requires is not there): each answer says why.
+    let btc = r#"{"symbol":"BTC-USD","side":"buy","qty":"0.01","order_type":"market"}"#;
+    venue.command("refuse");
+    let r = post(&node, &key, "/v1/orders", btc);
+    assert_eq!((r.status, r.code().as_str()), (422, "venue.rejected"), "{}", r.body);
+    assert!(r.body.contains(": application not available"), "{}", r.body);
+    venue.command("require 1");
+    let r = post(&node, &key, "/v1/orders", btc);
+    assert_eq!((r.status, r.code().as_str()), (422, "venue.rejected"), "{}", r.body);
+    assert!(r.body.contains(": a value is out of range"), "{}", r.body);
+    venue.command("require 0");
+    let all = node.req("GET", "/v1/orders?status=all", &[("Authorization", &bearer(&key))], "").json();
+    let kinds: Vec<&str> =
+        all["orders"].as_array().unwrap().iter().filter_map(|o| o["reject_reason"]["kind"].as_str()).collect();
+    assert_eq!(kinds, ["session_reject", "business_reject", "order_reject"], "newest first");
+    assert_eq!(btc_position(&node, &key), "0.2600");
+
     // The venue sends its last report again, flagged as a possible duplicate: nothing changes.
     venue.command("dup");
     std::thread::sleep(Duration::from_millis(300));
@@ -270,11 +288,28 @@ fn restarts_keep_the_sequence_numbers_and_kill_9_between_send_and_report_is_reco
     assert_eq!(o["filled_qty"], "0.0500");
     assert_eq!(btc_position(&third, &key), "0.0600");
 
+    // Killed again with an order the venue holds unanswered: after the restart nothing about
+    // it comes again, so the node asks (OrderStatusRequest), shows it as being reconciled, and
+    // holds the account's new orders until the answer.
+    let id = market_buy(&third, &key, "0.01").json()["id"].as_u64().unwrap();
+    venue.wait_for(&format!("held {id}"));
+    let dir = third.crash();
+    venue.wait_for("logout");
+    let config = venue.dir.path().join("node.toml");
+    let fourth = Node::try_start_in(dir, &["--config", config.to_str().unwrap()], &[])
+        .unwrap_or_else(|(e, _)| panic!("node did not restart: {e}"));
+    venue.wait_for("logon");
+    venue.wait_for(&format!("status {id} known"));
+    assert_eq!(order(&fourth, &key, id)["status"], "pending_new");
+    venue.command(&format!("release {id}"));
+    order_until(&fourth, &key, id, |o| o["status"] == "filled");
+    assert_eq!(btc_position(&fourth, &key), "0.0700");
+
     // The venue never saw a number twice or a reset: its session log has no sequence problem.
     let log = venue.session_log();
     assert!(!log.contains("MsgSeqNum too low"), "{log}");
     assert!(!log.contains("ResetSeqNumFlag"), "{log}");
-    assert_eq!(venue.seen.iter().filter(|l| *l == "logon").count(), 3);
+    assert_eq!(venue.seen.iter().filter(|l| *l == "logon").count(), 4);
 }
 
 #[test]

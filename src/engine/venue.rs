@@ -125,6 +125,7 @@ impl VenueReason {
             (ReasonKind::BusinessReject, 2) => "unknown security",
             (ReasonKind::BusinessReject, 3) => "unsupported message type",
             (ReasonKind::BusinessReject, 4) => "application not available",
+            (ReasonKind::BusinessReject, 5) => "a conditionally required field is missing",
             (ReasonKind::BusinessReject, 6) => "not authorized",
             (ReasonKind::BusinessReject, _) => "refused by the venue's application",
             (ReasonKind::UnknownAtVenue, _) => "the order never reached the venue",

@@ -11,11 +11,15 @@
 //
 // Commands on stdin, one per line: `hold` (orders are taken but not answered), `release [ID]`
 // (answer the held orders, or one, now, logged on or not: QuickFIX keeps what it cannot send
-// for the resend), `lose` (the next order is dropped on arrival, as if it never came), `drop`
+// for the resend), `lose` (the next order is dropped on arrival, as if it never came),
+// `require TAG` (orders without field TAG are refused by QuickFIX with a session-level Reject,
+// 0 to stop),
+// `refuse` (the next order gets a BusinessMessageReject, application not available), `drop`
 // (close the connection), `dup` (send the last ExecutionReport again with PossDupFlag),
 // `fill CLORDID` (fill a resting order at its limit), `price SYMBOL P`, `quit`.
 // Events on stdout, one per line: `listening`, `logon`, `logout`, `order CLORDID SYMBOL`,
-// `held CLORDID`, `lost CLORDID`, `cancel CLORDID`, `status CLORDID known|unknown`,
+// `held CLORDID`, `lost CLORDID`, `refused CLORDID`, `cancel CLORDID`,
+// `status CLORDID known|unknown`,
 // `resend FROM` (the initiator asked for messages again), `asks FROM` (this side asked),
 // `ok` (after each command).
 
@@ -75,6 +79,8 @@ std::map<std::string, Order> orders;
 std::vector<std::string> held;
 bool holding = false;
 bool losing = false;
+bool refusing = false;
+int required = 0;
 std::map<std::string, long long> prices;
 FIX::SessionID session;
 FIX::Message last_report;
@@ -165,6 +171,21 @@ class App : public FIX::Application {
     std::lock_guard<std::mutex> lock(mu);
     std::string type = m.getHeader().getField(FIX::FIELD::MsgType);
     if (type == "D") {
+      // IncorrectTagValue: QuickFIX answers with a session-level Reject (value is incorrect).
+      if (required && !m.isSetField(required)) throw FIX::IncorrectTagValue(required);
+      if (refusing) {
+        refusing = false;
+        FIX::Message r;
+        r.getHeader().setField(FIX::FIELD::MsgType, "j");
+        r.setField(FIX::FIELD::RefSeqNum, m.getHeader().getField(FIX::FIELD::MsgSeqNum));
+        r.setField(FIX::FIELD::RefMsgType, "D");
+        r.setField(FIX::FIELD::BusinessRejectRefID, m.getField(FIX::FIELD::ClOrdID));
+        r.setField(FIX::FIELD::BusinessRejectReason, "4");
+        r.setField(FIX::FIELD::Text, "trading is closed");
+        FIX::Session::sendToTarget(r, session);
+        say("refused " + m.getField(FIX::FIELD::ClOrdID));
+        return;
+      }
       Order o;
       o.clordid = m.getField(FIX::FIELD::ClOrdID);
       o.symbol = m.getField(FIX::FIELD::Symbol);
@@ -247,6 +268,10 @@ void command(const std::string& line) {
     if (one.empty()) holding = false;
   } else if (verb == "lose") {
     losing = true;
+  } else if (verb == "refuse") {
+    refusing = true;
+  } else if (verb == "require") {
+    in >> required;
   } else if (verb == "drop") {
     if (auto* s = FIX::Session::lookupSession(session)) s->disconnect();
   } else if (verb == "dup") {

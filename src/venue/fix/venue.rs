@@ -328,8 +328,12 @@ impl FixVenue {
                     out.push(Execution::Rejected { order: id, reason: Some(reason) });
                 }
             }
-            // A status request the venue cannot answer: the order is unknown there.
-            b'H' => self.unknown_at_venue(id, out),
+            // A status request about an id the venue does not know: the order never got there.
+            b'H' if reason == (VenueReason { kind: ReasonKind::BusinessReject, code: 1 }) => {
+                self.unknown_at_venue(id, out)
+            }
+            // Any other status request refused is asked again in a while.
+            b'H' => {}
             _ => self.mark_unknown(id),
         }
     }
@@ -453,12 +457,7 @@ impl FixVenue {
     fn forget_id(&mut self, id: OrderId) {
         if let Some(w) = self.working.remove(&id) {
             if w.fate != Fate::Known {
-                if let Some(n) = self.unknown.get_mut(&w.order.account) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.unknown.remove(&w.order.account);
-                    }
-                }
+                self.known_again(w.order.account);
             }
         }
     }
