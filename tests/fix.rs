@@ -9,8 +9,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use signalgate::ws::client::{Client, Incoming};
 use support::fix::Acceptor;
 use support::{bearer, Node, JSON};
+use tungstenite::Message;
 
 /// Reconnects at once after a drop.
 const FAST: &str = "reconnect_min_ms = 50\nreconnect_max_ms = 400";
@@ -126,11 +128,22 @@ fn orders_fill_rest_cancel_and_are_refused_at_a_real_fix_engine() {
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("canceled")), "{}", r.body);
     venue.wait_for(&format!("cancel {id}"));
 
-    // Another rests, then fills at the venue later: the report changes the order and position.
+    // Another rests, then fills at the venue later: the report changes the order and position,
+    // and reaches the account's WebSocket stream like a paper fill.
+    let mut stream = Client::connect(node.ws, &format!("format=json&key={key}"), None).unwrap();
+    stream.set_timeout(Duration::from_secs(10));
+    stream.send_raw(Message::text(r#"{"type":"subscribe","channels":["account"]}"#)).unwrap();
     let resting = post(&node, &key, "/v1/orders", &body).json();
     let id = resting["id"].as_u64().unwrap();
     venue.command(&format!("fill {id}"));
     let o = order_until(&node, &key, id, |o| o["status"] == "filled");
+    let filled = loop {
+        let Ok(Incoming::Json(msgs)) = stream.recv() else { panic!("the stream ended before the fill") };
+        if let Some(m) = msgs.into_iter().find(|m| m["event"]["type"] == "fill" && m["event"]["data"]["order"] == id) {
+            break m;
+        }
+    };
+    assert_eq!(filled["event"]["data"]["qty"], 500, "{filled}");
     assert_eq!(o["avg_price"].as_str().unwrap(), limit);
     assert_eq!(btc_position(&node, &key), "0.2600");
 

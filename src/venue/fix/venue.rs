@@ -817,6 +817,38 @@ mod tests {
     }
 
     #[test]
+    fn a_resting_order_expires_or_is_canceled_as_the_venue_reports() {
+        let (mut e, a) = engine();
+        let s = SignalSpec {
+            symbol: SymbolId(0),
+            intent: Intent::Buy(Size::Qty(100)),
+            order_type: OrderType::Limit,
+            limit_price: 9_900,
+            tif: Tif::Day,
+            strategy: Tag::EMPTY,
+            signal_id: None,
+        };
+        let day = e.signal(a, &s, T0).unwrap().answer.order.unwrap().id;
+        let gtc = e.signal(a, &SignalSpec { tif: Tif::Gtc, ..s }, T0).unwrap().answer.order.unwrap().id;
+        let sent = sent(&mut e);
+        assert!(sent.contains("|40=2|44=99|59=0|") && sent.contains("|40=2|44=99|59=1|"), "{sent}");
+        let report = |id: OrderId, exec: &'static str, status: &'static str| {
+            [(11, id.0.to_string()), (150, exec.into()), (39, status.into()), (14, "0".into())]
+        };
+        let reports = [(day, "0", "0"), (gtc, "0", "0"), (day, "C", "C"), (gtc, "4", "4")];
+        for (seq, (id, exec, status)) in (2..).zip(reports) {
+            let r = report(id, exec, status);
+            let fields: Vec<(u32, &str)> = r.iter().map(|(t, v)| (*t, v.as_str())).collect();
+            deliver(&mut e, b"8", seq, &fields);
+        }
+        assert_eq!(e.order(day).unwrap().status, OrderStatus::Expired);
+        assert_eq!(e.order(gtc).unwrap().status, OrderStatus::Canceled);
+        let p = e.account(a).unwrap().positions[0];
+        assert_eq!((p.open_buy, p.qty), (0, 0), "nothing left working");
+        assert_eq!(e.venue().working_orders(), 0);
+    }
+
+    #[test]
     fn orders_of_unknown_fate_are_asked_about_and_hold_their_account_s_new_orders() {
         let (mut e, a) = engine();
         let first = buy(&mut e, a, 10);
