@@ -462,6 +462,19 @@ impl FixVenue {
         }
     }
 
+    /// The session dropped: orders that waited for their account's reconciliation do not go
+    /// out later, stale; they are refused as the session being down. Cancels wait for the next.
+    fn refuse_parked(&mut self, out: &mut Vec<Execution>) {
+        let reason = VenueReason { kind: ReasonKind::VenueDown, code: 0 };
+        self.parked.retain(|p| match p {
+            Parked::Submit(o) => {
+                out.push(Execution::Rejected { order: o.id, reason: Some(reason) });
+                false
+            }
+            Parked::Cancel(_) => true,
+        });
+    }
+
     /// Asks about orders of unknown fate, and lets parked orders go where nothing holds them.
     fn reconcile(&mut self, now: Nanos) {
         if !self.session.in_sync() {
@@ -546,6 +559,9 @@ impl Venue for FixVenue {
     }
 
     fn poll(&mut self, now: Nanos, out: &mut Vec<Execution>) {
+        if self.session.state() == State::Disconnected {
+            self.refuse_parked(out);
+        }
         // The messages are read in place: the buffer is lent out while the session and the
         // venue act on them.
         let inbox = std::mem::take(&mut self.inbox);
@@ -864,11 +880,26 @@ mod tests {
         // A new order of the account waits for the answer.
         let second = buy(&mut e, a, 10);
         assert!(!sent(&mut e).contains("|35=D|"), "held until the account is reconciled");
+        // One that waits when the session drops again is refused, never sent late.
+        let stale = buy(&mut e, a, 10);
+        e.venue_mut().disconnected();
+        e.poll_venue(T0);
+        assert_eq!(e.order(stale).unwrap().status, OrderStatus::Rejected);
+        assert_eq!(e.venue_reason(stale).map(|r| r.kind), Some(ReasonKind::VenueDown));
+        assert_eq!(e.order(second).unwrap().status, OrderStatus::Rejected);
+        let second = buy(&mut e, a, 10);
+        assert_eq!(e.order(second).unwrap().status, OrderStatus::Rejected, "refused while down");
+        e.venue_mut().connected(T0);
+        deliver(&mut e, b"A", 3, &[(98, "0"), (108, "30")]);
+        let asked = sent(&mut e);
+        assert!(asked.contains("|35=H|"), "{asked}");
+        let second = buy(&mut e, a, 10);
+        assert!(!sent(&mut e).contains("|35=D|"), "held again until the account is reconciled");
         // The venue does not know the first: it never got there; the second goes out.
         let unknown =
             [(11, first.0.to_string()), (150, "I".into()), (39, "8".into()), (103, "5".into()), (14, "0".into())];
         let fields: Vec<(u32, &str)> = unknown.iter().map(|(t, v)| (*t, v.as_str())).collect();
-        deliver(&mut e, b"8", 3, &fields);
+        deliver(&mut e, b"8", 4, &fields);
         assert_eq!(e.order(first).unwrap().status, OrderStatus::Rejected);
         assert_eq!(e.venue_reason(first).map(|r| r.kind), Some(ReasonKind::UnknownAtVenue));
         assert!(sent(&mut e).contains("|35=D|"), "the held order goes");
