@@ -114,6 +114,8 @@ pub struct Session {
     reported: Progress,
     /// While a gap is being filled: the highest number seen beyond it.
     gap_until: Option<u64>,
+    /// When the gap was last asked for.
+    gap_asked: Nanos,
     since: Nanos,
     last_in: Nanos,
     last_out: Nanos,
@@ -133,6 +135,7 @@ impl Session {
             reserved: 1,
             reported: Progress { inbound: 1, outbound: 1 },
             gap_until: None,
+            gap_asked: 0,
             since: 0,
             last_in: 0,
             last_out: 0,
@@ -289,12 +292,8 @@ impl Session {
             // A gap: ask for everything from the first missing number on, once per gap; what
             // comes ahead of it comes again, in order.
             if self.gap_until.is_none() {
-                self.counters.resends_asked += 1;
-                let from = self.next_in as i64;
-                log::warn!("fix: gap in the venue's messages ({from} to {seq}); asking for them again");
-                self.send(b"2", now, |r| {
-                    r.int(7, from).int(16, 0);
-                });
+                log::warn!("fix: gap in the venue's messages ({} to {seq}); asking for them again", self.next_in);
+                self.ask_again(now);
             }
             self.gap_until = Some(self.gap_until.unwrap_or(0).max(seq));
             return match msg_type {
@@ -324,6 +323,16 @@ impl Session {
             b"5" => self.logged_out(now),
             _ => Verdict::Deliver,
         }
+    }
+
+    /// ResendRequest from the first missing number on.
+    fn ask_again(&mut self, now: Nanos) {
+        self.counters.resends_asked += 1;
+        self.gap_asked = now;
+        let from = self.next_in as i64;
+        self.send(b"2", now, |r| {
+            r.int(7, from).int(16, 0);
+        });
     }
 
     /// A SequenceReset: the next expected number becomes NewSeqNo (never lower, for a gap fill).
@@ -392,6 +401,12 @@ impl Session {
                         t.int(112, id);
                     });
                     self.test_sent = Some(now);
+                }
+                // A gap still open after a heartbeat interval is asked for again: orders wait
+                // while it is open.
+                if self.gap_until.is_some() && now.saturating_sub(self.gap_asked) >= hb {
+                    log::warn!("fix: the gap from {} is still open; asking for it again", self.next_in);
+                    self.ask_again(now);
                 }
                 if now.saturating_sub(self.last_out) >= hb {
                     self.send(b"0", now, |_| {});
@@ -503,6 +518,12 @@ mod tests {
         assert_eq!(asked.len(), 1, "{asked:?}");
         assert_eq!((asked[0].0.as_str(), field(&asked[0], 7), field(&asked[0], 16)), ("2", Some("2"), Some("0")));
         assert!(!s.in_sync());
+        // Not filled within a heartbeat interval: asked for again.
+        s.tick(NOW + 29 * SECOND);
+        assert!(sent(&mut s).iter().all(|m| m.0 != "2"));
+        s.tick(NOW + 30 * SECOND);
+        let again = sent(&mut s);
+        assert!(again.iter().any(|m| m.0 == "2" && field(m, 7) == Some("2")), "{again:?}");
         // The resend: in order, flagged; the session is in sequence after the last seen.
         for seq in 2..=5 {
             assert_eq!(receive(&mut s, &from_venue(b"8", seq, &[(43, "Y")]), NOW), Verdict::Deliver);
