@@ -211,23 +211,30 @@ fn summary(out: &mut Vec<u8>, name: &str, help: &str, h: &Histogram<u64>) -> std
     writeln!(out, "{name}_count {}", h.len())
 }
 
-/// The session with a FIX venue, as read for one rendering.
+/// What a FIX session counts (kept by the session itself).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct FixSession {
-    /// Its state's name: `disconnected`, `logging_on`, `active` or `logging_out`.
-    pub state: &'static str,
+pub struct FixCounters {
     /// Messages received.
     pub received: u64,
     /// Messages sent.
     pub sent: u64,
-    /// ResendRequests sent.
+    /// ResendRequests sent (gaps found in what the venue sent).
     pub resends_asked: u64,
-    /// ResendRequests answered.
+    /// ResendRequests answered (gaps the venue found in what this side sent).
     pub resends_answered: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
     /// Logons completed.
     pub logons: u64,
+}
+
+/// The session with a FIX venue, as read for one rendering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FixSession {
+    /// Its state's name: `disconnected`, `logging_on`, `active` or `logging_out`.
+    pub state: &'static str,
+    /// Its counters.
+    pub counters: FixCounters,
     /// Orders of unknown fate being reconciled.
     pub reconciling: usize,
     /// Reports about orders the venue layer does not hold, ignored.
@@ -247,25 +254,26 @@ fn render_fix_inner(out: &mut Vec<u8>, s: &FixSession, round_trip: &Histogram<u6
     for state in ["disconnected", "logging_on", "active", "logging_out"] {
         writeln!(out, "signalgate_fix_session_state{{state=\"{state}\"}} {}", u8::from(s.state == state))?;
     }
+    let c = &s.counters;
     let counters: [(&str, &str, u64); 8] = [
-        ("fix_messages_received_total", "Messages received from the FIX venue.", s.received),
-        ("fix_messages_sent_total", "Messages sent to the FIX venue.", s.sent),
+        ("fix_messages_received_total", "Messages received from the FIX venue.", c.received),
+        ("fix_messages_sent_total", "Messages sent to the FIX venue.", c.sent),
         (
             "fix_resend_requests_sent_total",
             "Gaps found in the venue's messages (ResendRequests sent).",
-            s.resends_asked,
+            c.resends_asked,
         ),
         (
             "fix_resend_requests_received_total",
             "Gaps the venue found in this node's messages (answered with a gap fill).",
-            s.resends_answered,
+            c.resends_answered,
         ),
         (
             "fix_duplicates_total",
             "Messages the venue sent again (PossDupFlag) and that were already had.",
-            s.duplicates,
+            c.duplicates,
         ),
-        ("fix_logons_total", "Logons completed.", s.logons),
+        ("fix_logons_total", "Logons completed.", c.logons),
         ("fix_reports_unmatched_total", "ExecutionReports about orders not held, ignored.", s.unmatched),
         ("fix_messages_unreadable_total", "Application messages from the venue that could not be read.", s.unreadable),
     ];

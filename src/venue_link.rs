@@ -157,7 +157,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(node: &Rc<RefCell<Node>>, s
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     fix(&mut node.borrow_mut()).connected(crate::clock::now());
     act(node);
-    let logons = fix(&mut node.borrow_mut()).status().logons;
+    let logons = fix(&mut node.borrow_mut()).status().counters.logons;
     let reader = async {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -196,7 +196,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(node: &Rc<RefCell<Node>>, s
     let writer = write_output(node, &mut wr);
     futures_lite::future::or(futures_lite::future::or(reader, writer), futures_lite::future::or(ticker, stop)).await;
     let _ = wr.close().await;
-    fix(&mut node.borrow_mut()).status().logons > logons
+    fix(&mut node.borrow_mut()).status().counters.logons > logons
 }
 
 /// Writes what the venue sends as it appears, until the connection fails or the session ends

@@ -209,7 +209,11 @@ impl<V: Venue> Engine<V> {
             quotes: self.quotes.clone(),
             idempotency: self.idempotency.records().collect(),
             venue_session: self.venue_session,
-            venue_reasons: self.venue_reasons.iter().map(|(id, r)| (*id, *r)).collect(),
+            venue_reasons: {
+                let mut reasons: Vec<_> = self.venue_reasons.iter().map(|(id, r)| (*id, *r)).collect();
+                reasons.sort_unstable_by_key(|(id, _)| *id);
+                reasons
+            },
         }
     }
 

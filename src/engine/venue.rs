@@ -3,8 +3,7 @@
 //! `crate::venue`, above the engine.
 
 use super::market::Quote;
-use super::order::Order;
-use super::order::OrderStatus;
+use super::order::{Order, OrderStatus};
 use super::symbol::SymbolSpec;
 use super::types::{Nanos, OrderId};
 

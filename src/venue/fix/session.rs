@@ -17,6 +17,7 @@
 //! asks for the numbers skipped and gets a gap fill).
 
 use super::codec::{Encoder, Message};
+use crate::metrics::FixCounters;
 use crate::time::{Nanos, SECOND};
 
 /// Outgoing sequence numbers reserved in the journal at a time.
@@ -84,23 +85,6 @@ pub struct Progress {
     pub outbound: u64,
 }
 
-/// Counters, for the metrics.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    /// Messages received.
-    pub received: u64,
-    /// Messages sent.
-    pub sent: u64,
-    /// ResendRequests sent (gaps found in what the venue sent).
-    pub resends_asked: u64,
-    /// ResendRequests answered (gaps the venue found in what this side sent).
-    pub resends_answered: u64,
-    /// Duplicates dropped.
-    pub duplicates: u64,
-    /// Logons completed.
-    pub logons: u64,
-}
-
 /// One FIX session.
 #[derive(Debug)]
 pub struct Session {
@@ -121,7 +105,7 @@ pub struct Session {
     last_out: Nanos,
     test_sent: Option<Nanos>,
     out: Vec<u8>,
-    counters: Counters,
+    counters: FixCounters,
 }
 
 impl Session {
@@ -141,7 +125,7 @@ impl Session {
             last_out: 0,
             test_sent: None,
             out: Vec::with_capacity(64 * 1024),
-            counters: Counters::default(),
+            counters: FixCounters::default(),
         }
     }
 
@@ -165,7 +149,7 @@ impl Session {
     }
 
     /// The counters.
-    pub fn counters(&self) -> &Counters {
+    pub fn counters(&self) -> &FixCounters {
         &self.counters
     }
 

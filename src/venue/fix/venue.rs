@@ -49,6 +49,9 @@ const ASK_AGAIN: Nanos = 5 * SECOND;
 /// most 64 KiB).
 const MAX_INBOX: usize = 1 << 20;
 
+/// Why an order was refused without leaving: the session was down.
+const VENUE_DOWN: VenueReason = VenueReason { kind: ReasonKind::VenueDown, code: 0 };
+
 /// What is known of an order's fate at the venue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
@@ -70,6 +73,16 @@ struct Working {
     cancel_sent: bool,
     /// When its NewOrderSingle was written, until its first report (the round-trip metric).
     written_at: Option<Instant>,
+}
+
+impl Working {
+    /// Its fate becomes unknown (counted in `unknown` for its account) unless it already is.
+    fn doubt(&mut self, unknown: &mut HashMap<AccountId, u32, IdHash>) {
+        if self.fate == Fate::Known {
+            self.fate = Fate::Unknown;
+            *unknown.entry(self.order.account).or_insert(0) += 1;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,9 +154,8 @@ impl FixVenue {
         self.inbox.clear();
         self.unwritten.clear();
         for w in self.working.values_mut() {
-            if w.awaiting && w.fate == Fate::Known {
-                w.fate = Fate::Unknown;
-                *self.unknown.entry(w.order.account).or_insert(0) += 1;
+            if w.awaiting {
+                w.doubt(&mut self.unknown);
             }
             if let Fate::Asked(_) = w.fate {
                 w.fate = Fate::Unknown;
@@ -201,15 +213,9 @@ impl FixVenue {
 
     /// Counters and gauges.
     pub fn status(&self) -> crate::metrics::FixSession {
-        let c = self.session.counters();
         crate::metrics::FixSession {
             state: self.session.state().as_str(),
-            received: c.received,
-            sent: c.sent,
-            resends_asked: c.resends_asked,
-            resends_answered: c.resends_answered,
-            duplicates: c.duplicates,
-            logons: c.logons,
+            counters: *self.session.counters(),
             reconciling: self.unknown.values().map(|n| *n as usize).sum(),
             unmatched: self.unmatched,
             unreadable: self.unreadable,
@@ -347,7 +353,11 @@ impl FixVenue {
             return Ok(());
         };
         if let Some(at) = w.written_at {
+            // The first report on the order, whatever it says, ends its round trip.
             self.round_trip.saturating_record((at.elapsed().as_nanos() as u64).max(1));
+            if let Some(w) = self.working.get_mut(&id) {
+                w.written_at = None;
+            }
         }
         let spec = &self.specs[usize::from(w.order.symbol.0)];
         let (qd, pd) = (spec.qty_decimals, spec.price_decimals);
@@ -366,11 +376,7 @@ impl FixVenue {
             }
             b'4' => out.push(Execution::Canceled { order }),
             b'C' => out.push(Execution::Expired { order }),
-            b'8' => {
-                let code = m.uint(103).ok().flatten().unwrap_or(99) as u32;
-                let reason = VenueReason { kind: ReasonKind::OrderReject, code };
-                out.push(Execution::Rejected { order, reason: Some(reason) });
-            }
+            b'8' => out.push(Execution::Rejected { order, reason: Some(ord_rej_reason(m)) }),
             b'I' => {
                 // An answer to OrderStatusRequest: the whole state at once.
                 let avg = m.decimal(6, pd).ok().flatten().unwrap_or(0);
@@ -387,13 +393,7 @@ impl FixVenue {
                 match status {
                     b'4' => out.push(Execution::Canceled { order }),
                     b'C' => out.push(Execution::Expired { order }),
-                    b'8' => {
-                        let code = m.uint(103).ok().flatten().unwrap_or(99) as u32;
-                        out.push(Execution::Rejected {
-                            order,
-                            reason: Some(VenueReason { kind: ReasonKind::OrderReject, code }),
-                        });
-                    }
+                    b'8' => out.push(Execution::Rejected { order, reason: Some(ord_rej_reason(m)) }),
                     _ => {}
                 }
             }
@@ -411,7 +411,6 @@ impl FixVenue {
     fn settle(&mut self, id: OrderId) {
         let Some(w) = self.working.get_mut(&id) else { return };
         w.awaiting = false;
-        w.written_at = None;
         if w.fate != Fate::Known {
             w.fate = Fate::Known;
             let account = w.order.account;
@@ -433,10 +432,7 @@ impl FixVenue {
 
     fn mark_unknown(&mut self, id: OrderId) {
         if let Some(w) = self.working.get_mut(&id) {
-            if w.fate == Fate::Known {
-                w.fate = Fate::Unknown;
-                *self.unknown.entry(w.order.account).or_insert(0) += 1;
-            }
+            w.doubt(&mut self.unknown);
         }
     }
 
@@ -446,7 +442,7 @@ impl FixVenue {
         log::warn!("fix: the venue does not know order {id}: it never reached the venue");
         self.settle(id);
         self.forget_id(id);
-        if w.order.status == OrderStatus::PendingCancel || w.cancel_sent {
+        if w.cancel_sent {
             out.push(Execution::Canceled { order: id });
         } else {
             let reason = VenueReason { kind: ReasonKind::UnknownAtVenue, code: 0 };
@@ -465,10 +461,9 @@ impl FixVenue {
     /// The session dropped: orders that waited for their account's reconciliation do not go
     /// out later, stale; they are refused as the session being down. Cancels wait for the next.
     fn refuse_parked(&mut self, out: &mut Vec<Execution>) {
-        let reason = VenueReason { kind: ReasonKind::VenueDown, code: 0 };
         self.parked.retain(|p| match p {
             Parked::Submit(o) => {
-                out.push(Execution::Rejected { order: o.id, reason: Some(reason) });
+                out.push(Execution::Rejected { order: o.id, reason: Some(VENUE_DOWN) });
                 false
             }
             Parked::Cancel(_) => true,
@@ -522,8 +517,7 @@ impl Venue for FixVenue {
     fn submit(&mut self, order: &Order, _: &SymbolSpec, _: Option<&Quote>, now: Nanos, out: &mut Vec<Execution>) {
         if !self.available() {
             // The session dropped after the order was taken: it does not go out later, stale.
-            let reason = VenueReason { kind: ReasonKind::VenueDown, code: 0 };
-            out.push(Execution::Rejected { order: order.id, reason: Some(reason) });
+            out.push(Execution::Rejected { order: order.id, reason: Some(VENUE_DOWN) });
         } else if !self.session.in_sync() || self.unknown.contains_key(&order.account) {
             self.parked.push_back(Parked::Submit(*order));
         } else {
@@ -614,13 +608,15 @@ impl Venue for FixVenue {
     }
 
     fn recover(&mut self, order: &Order, _: &SymbolSpec, _: Option<&Quote>, _: Nanos, _: &mut Vec<Execution>) {
-        let unknown = matches!(order.status, OrderStatus::PendingNew | OrderStatus::PendingCancel);
-        let fate = if unknown { Fate::Unknown } else { Fate::Known };
-        let cancel_sent = order.status == OrderStatus::PendingCancel;
-        let w = Working { order: *order, fate, awaiting: false, cancel_sent, written_at: None };
-        if self.working.insert(order.id, w).is_none() && unknown {
-            *self.unknown.entry(order.account).or_insert(0) += 1;
+        if self.working.contains_key(&order.id) {
+            return;
         }
+        let cancel_sent = order.status == OrderStatus::PendingCancel;
+        let mut w = Working { order: *order, fate: Fate::Known, awaiting: false, cancel_sent, written_at: None };
+        if matches!(order.status, OrderStatus::PendingNew | OrderStatus::PendingCancel) {
+            w.doubt(&mut self.unknown);
+        }
+        self.working.insert(order.id, w);
     }
 
     fn resume_session(&mut self, inbound: u64, outbound: u64) {
@@ -635,8 +631,10 @@ impl Venue for FixVenue {
         self.working.get(&order).is_some_and(|w| w.fate != Fate::Known)
     }
 
+    /// Looked up newest first: the order asked about was written moments ago.
     fn sent_at(&self, order: OrderId) -> Option<Instant> {
-        self.written.iter().find(|(id, _)| *id == order).and_then(|(_, at)| *at)
+        let (older, newer) = self.written.split_at(self.written_next);
+        older.iter().rev().chain(newer.iter().rev()).find(|(id, _)| *id == order).and_then(|(_, at)| *at)
     }
 }
 
@@ -675,6 +673,11 @@ fn clordid(buf: &mut [u8; 41], order: OrderId, seq: u64) -> usize {
     let b = digits.format(seq).as_bytes();
     buf[a.len() + 1..a.len() + 1 + b.len()].copy_from_slice(b);
     a.len() + 1 + b.len()
+}
+
+/// A report's OrdRejReason (103); 99, other, when it gives none.
+fn ord_rej_reason(m: &Message<'_>) -> VenueReason {
+    VenueReason { kind: ReasonKind::OrderReject, code: m.uint(103).ok().flatten().unwrap_or(99) as u32 }
 }
 
 /// Text (58) of a message, for logs.
