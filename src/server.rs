@@ -282,7 +282,7 @@ pub fn run(mut cfg: Config, opts: RunOptions) -> Result<(), String> {
         Some(m) => {
             // Accounts other nodes took while this one was away are let go of first: neither the
             // registry nor the replication sees them as this node's.
-            crate::cluster::failover::release_moved(&cfg, &mut node)?;
+            crate::cluster::failover::release_moved(&cfg, &mut node, &m.status())?;
             let registry =
                 crate::cluster::registry::Registry::start(&cfg, &node.engine, node.journal.watermarks(), m.status())?;
             let offload = public_api.offload.clone();

@@ -215,6 +215,77 @@ fn a_paused_owner_writes_nothing_for_the_accounts_that_moved_and_stops() {
     assert_eq!((r.status, r.header("idempotent-replay")), (201, None), "{}", r.body);
 }
 
+#[test]
+fn a_node_whose_lease_runs_out_as_it_comes_back_takes_it_again_and_lets_its_moved_accounts_go() {
+    let redis = Redis::start();
+    let mut nodes = three(&redis);
+    let (id, key) = account_on(&redis, &nodes[0], "c");
+    nodes[0].wait_for_quote(&key, "BTC-USD");
+    assert_eq!(signal(&nodes[2], &key, &signal_with_id("before")).status, 201);
+    // Node c dies and its account moves: it is noted as taken from node c.
+    let dir = nodes.remove(2).crash();
+    let (r, _) = until_answered(&nodes[0], &key, &signal_with_id("moved"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Node c comes back. Right after it took its lease, and before it let the account go, its
+    // start is held and the lease runs out (Redis loses it): the account taken from its
+    // previous run is still noted, and is no account taken from this run. Its lease thread
+    // takes the lease again; then the start goes on.
+    let url = redis.url();
+    let hook: support::LineHook = Box::new(move |pid, line| {
+        if line.contains("cluster: joined as") {
+            hold_main_thread(pid, || {
+                let client = redis::Client::open(url.as_str()).unwrap();
+                let mut con = client.get_connection().unwrap();
+                let _: () = redis::cmd("DEL").arg("signalgate:lease:c").query(&mut con).unwrap();
+                // Until the lease is taken again (the assertions below tell when it is not).
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if redis::cmd("EXISTS").arg("signalgate:lease:c").query(&mut con) == Ok(true) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    let env = member_env(&redis, "c");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut c = support::Node::start_in_hooked(dir, &env, hook);
+    let log = c.log();
+    let at = |what: &str| log.iter().position(|l| l.contains(what));
+    assert!(at("lease taken again") < at("lets it go") && at("lease taken again").is_some(), "{log:#?}");
+    assert_eq!(at("took some of its accounts"), None, "{log:#?}");
+    // It serves: a member of the cluster again, not stale, and the account stays where it moved.
+    assert_eq!(c.wait(Duration::from_secs(1)), None, "node c stopped: {:#?}", c.log());
+    for n in nodes.iter().chain([&c]) {
+        wait_members(n, &[("a", true), ("b", true), ("c", true)]);
+    }
+    assert_eq!(c.metric("signalgate_cluster_stale"), 0);
+    assert_ne!(owner(&redis, id), "c");
+    let r = signal(&c, &key, &signal_with_id("after"));
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// Holds the main thread of process `pid` (a child of this process) while `meanwhile` runs,
+/// the other threads going on: it is traced and interrupted, then let go.
+fn hold_main_thread(pid: u32, meanwhile: impl FnOnce()) {
+    let tid = pid as libc::pid_t;
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: ptrace(2) and waitpid(2) on the main thread of a process this test started and
+    // has not reaped; the thread is let go (PTRACE_DETACH) before this returns.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, null, null), 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+    }
+    meanwhile();
+    // SAFETY: as above; the thread is in a ptrace stop.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, tid, null, null), 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
 /// One answered signal, as a load worker saw it.
 #[derive(Debug, Clone)]
 struct Answered {

@@ -447,19 +447,21 @@ pub fn entries_of(reply: &redis::Value) -> Result<Vec<Entry>, String> {
 }
 
 /// At start, before the node serves anything or replicates: lets go of the accounts of its
-/// journal that other nodes took while it was away (`moved:{node_id}`), journaling
-/// `AccountReleased` for each, and clears that set. Returns the accounts released. (An account
-/// another node owns that was never taken from this one is refused by the registry.)
-pub fn release_moved(cfg: &Config, node: &mut Node) -> Result<Vec<AccountId>, String> {
+/// journal that other nodes took while it was away (`moved:{node_id}` when it joined, kept in
+/// its [`Status`]), journaling `AccountReleased` for each, and takes them out of
+/// that set. Returns the accounts released. (An account another node owns that was never taken
+/// from this one is refused by the registry.)
+pub fn release_moved(cfg: &Config, node: &mut Node, status: &Status) -> Result<Vec<AccountId>, String> {
     let c = &cfg.cluster;
     let redis_err = |e: redis::RedisError| format!("cluster: Redis at {}: {e}", c.redis_url);
+    let inherited = status.inherited_moves();
+    let mut released = Vec::new();
+    if inherited.is_empty() {
+        return Ok(released);
+    }
     let client = redis::Client::open(c.redis_url.as_str()).map_err(|e| format!("cluster.redis_url: {e}"))?;
     let mut con = connect(&client).map_err(redis_err)?;
-    let moved_key = key(&format!("moved:{}", c.node_id));
-    let moved: std::collections::HashSet<u32> =
-        redis::cmd("SMEMBERS").arg(&moved_key).query(&mut con).map_err(redis_err)?;
-    let accounts: Vec<u32> = node.engine.accounts().iter().map(|a| a.id.0).filter(|a| moved.contains(a)).collect();
-    let mut released = Vec::new();
+    let accounts: Vec<u32> = node.engine.accounts().iter().map(|a| a.id.0).filter(|a| inherited.contains(a)).collect();
     if !accounts.is_empty() {
         let owners: Vec<Option<String>> =
             redis::cmd("HMGET").arg(key("owners")).arg(&accounts).query(&mut con).map_err(redis_err)?;
@@ -477,7 +479,12 @@ pub fn release_moved(cfg: &Config, node: &mut Node) -> Result<Vec<AccountId>, St
             released.push(AccountId(a));
         }
     }
-    let _: () = redis::cmd("DEL").arg(&moved_key).query(&mut con).map_err(redis_err)?;
+    let _: () = redis::cmd("SREM")
+        .arg(key(&format!("moved:{}", c.node_id)))
+        .arg(&inherited)
+        .query(&mut con)
+        .map_err(redis_err)?;
+    status.inherited_moves_released();
     Ok(released)
 }
 

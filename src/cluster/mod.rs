@@ -101,6 +101,10 @@ pub struct Status {
     checkpoints: AtomicU64,
     /// This node found that another node took some of its accounts: it must stop.
     stale: AtomicBool,
+    /// The accounts other nodes took from this node's previous run (`moved:{node_id}` when it
+    /// joined), until [`failover::release_moved`] has let them go: a lease that runs out
+    /// meanwhile does not count them as taken from this run.
+    inherited_moves: Mutex<Vec<u32>>,
     /// Until when (nanoseconds on [`Status::clock`]) this node surely holds its lease: it was
     /// renewed by a call that started `lease_ms` before. Past it, other nodes may have taken its
     /// accounts, and it acts for none.
@@ -231,6 +235,18 @@ impl Status {
 
     fn note_stale(&self) {
         self.stale.store(true, Ordering::Release);
+    }
+
+    /// See `Status::inherited_moves`.
+    fn inherited_moves(&self) -> Vec<u32> {
+        self.inherited_moves.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// [`failover::release_moved`] has let the inherited moves go.
+    fn inherited_moves_released(&self) {
+        if let Ok(mut m) = self.inherited_moves.lock() {
+            m.clear();
+        }
     }
 
     fn note_unreplicated(&self, account: AccountId, seq: u64) {
@@ -402,8 +418,16 @@ const RENEW: &str =
 /// Takes the simulator lease for this node, or renews it; 1 when this node holds it.
 const SIMULATOR: &str = r"local h = redis.call('GET', KEYS[1]); if h == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 elseif not h then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 else return 0 end";
 /// Takes the lease again after it ran out: 1 when taken, 0 when another node holds it, -1 when
-/// other nodes took accounts of this node meanwhile (`moved:{node_id}` is not empty).
-const RETAKE: &str = r"if redis.call('SCARD', KEYS[2]) > 0 then return -1 end; if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end; return 0";
+/// other nodes took accounts of this node meanwhile (`moved:{node_id}` holds an account besides
+/// those taken from its previous run, ARGV[3] on).
+const RETAKE: &str = r"
+local inherited = {}
+for i = 3, #ARGV do inherited[ARGV[i]] = true end
+for _, a in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if not inherited[a] then return -1 end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0";
 /// Lets the lease go when it still holds this node's token.
 const RELEASE: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -540,6 +564,9 @@ impl Membership {
         };
         publish(&mut con, &lease).map_err(unreachable)?;
         let replicated = replicate::replicated_of(&mut con, &c.node_id).map_err(unreachable)?;
+        // What other nodes took from this node's previous run: its start lets it go.
+        let inherited: Vec<u32> =
+            redis::cmd("SMEMBERS").arg(key(&format!("moved:{}", c.node_id))).query(&mut con).map_err(unreachable)?;
         let status = Arc::new(Status {
             node_id: c.node_id.clone(),
             redis_up: AtomicBool::new(true),
@@ -556,6 +583,7 @@ impl Membership {
             refusals: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             stale: AtomicBool::new(false),
+            inherited_moves: Mutex::new(inherited),
             unreplicated: Mutex::new(Vec::new()),
             brought: Mutex::new(HashMap::new()),
             lease_until: AtomicU64::new(0),
@@ -663,12 +691,14 @@ fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status,
                 // Redis restarted empty). Take it back and publish this node again, unless
                 // another node took some of its accounts meanwhile: then this node is stale.
                 status.losses.fetch_add(1, Ordering::Relaxed);
+                let inherited = status.inherited_moves();
                 let taken: redis::RedisResult<i64> = call(&mut con, &lease, status, |c| {
                     let taken: i64 = redis::Script::new(RETAKE)
                         .key(&lease.key)
                         .key(key(&format!("moved:{}", lease.node_id)))
                         .arg(&lease.token)
                         .arg(lease.lease.as_millis() as u64)
+                        .arg(&inherited)
                         .invoke(c)?;
                     if taken == 1 {
                         publish(c, &lease)?;
@@ -678,7 +708,9 @@ fn renew_loop(lease: Lease, mut con: Option<redis::Connection>, status: &Status,
                 match taken {
                     Ok(1) => {
                         status.renewed(started);
-                        log::info!("cluster: lease taken again and this node published after Redis lost them")
+                        log::info!(
+                            "cluster: lease taken again (it had run out, or Redis had lost it) and this node published"
+                        )
                     }
                     Ok(-1) => {
                         log::error!("cluster: this node's lease ran out and other nodes took some of its accounts");

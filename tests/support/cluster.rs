@@ -44,6 +44,16 @@ pub fn member(redis: &Redis, id: &str) -> Node {
 
 /// `GET /admin/cluster` of `node`: node id → alive.
 pub fn members(node: &Node) -> Vec<(String, bool)> {
+    if let Err(e) = std::net::TcpStream::connect(node.admin) {
+        let log = node.log();
+        let pid = node.pid();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        panic!(
+            "node {pid} at {} unreachable ({e}), /proc says {state:?}; its last lines: {:#?}",
+            node.admin,
+            &log[log.len().saturating_sub(30)..]
+        );
+    }
     let r = node.admin("GET", "/admin/cluster", "");
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = r.json();

@@ -45,6 +45,9 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_signalgate")
 }
 
+/// Called with a node's pid and each line it logs (see [`Node::start_in_hooked`]).
+pub type LineHook = Box<dyn FnMut(u32, &str) + Send>;
+
 impl Node {
     /// `GET /ready`: its status and body.
     pub fn ready(&self) -> (u16, Value) {
@@ -102,7 +105,7 @@ impl Node {
 
     fn try_start_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> Result<Node, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        Self::launch(wrapper, &[], env, dir).map_err(|(e, _)| e)
+        Self::launch(wrapper, &[], env, dir, None).map_err(|(e, _)| e)
     }
 
     /// Starts a node on an existing data directory (from [`Node::crash`] or [`Node::stop`]),
@@ -112,7 +115,7 @@ impl Node {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Node, (String, tempfile::TempDir)> {
-        Self::launch(&[], args, env, dir)
+        Self::launch(&[], args, env, dir, None)
     }
 
     /// Like [`Node::try_start_in`], panicking on failure.
@@ -120,11 +123,18 @@ impl Node {
         Self::try_start_in(dir, &[], env).unwrap_or_else(|(e, _)| panic!("node did not restart: {e}"))
     }
 
+    /// Like [`Node::start_in`], calling `hook` with the node's pid and each line it logs, as it
+    /// logs it (before the start is over: e.g. to stop it at a given step).
+    pub fn start_in_hooked(dir: tempfile::TempDir, env: &[(&str, &str)], hook: LineHook) -> Node {
+        Self::launch(&[], &[], env, dir, Some(hook)).unwrap_or_else(|(e, _)| panic!("node did not restart: {e}"))
+    }
+
     fn launch(
         wrapper: &[&str],
         args: &[&str],
         env: &[(&str, &str)],
         dir: tempfile::TempDir,
+        hook: Option<LineHook>,
     ) -> Result<Node, (String, tempfile::TempDir)> {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
@@ -154,7 +164,7 @@ impl Node {
         }
         let demo = !env.iter().any(|(k, v)| *k == "SIGNALGATE_DEMO_ENABLED" && *v == "false");
         let data = dir.path().to_path_buf();
-        Self::attach(cmd, dir, data, demo)
+        Self::attach(cmd, dir, data, demo, hook)
     }
 
     /// Starts the node as a newcomer does: `signalgate run` in `cwd`, with no configuration file
@@ -165,7 +175,7 @@ impl Node {
         cmd.arg("run").current_dir(cwd.path()).env_clear();
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let data = cwd.path().join("signalgate-data");
-        Self::attach(cmd, cwd, data, true).unwrap_or_else(|(e, _)| panic!("node did not start: {e}"))
+        Self::attach(cmd, cwd, data, true, None).unwrap_or_else(|(e, _)| panic!("node did not start: {e}"))
     }
 
     /// Spawns `cmd` (stdout and stderr piped) and reads its banner.
@@ -174,6 +184,7 @@ impl Node {
         dir: tempfile::TempDir,
         data: std::path::PathBuf,
         demo: bool,
+        mut hook: Option<LineHook>,
     ) -> Result<Node, (String, tempfile::TempDir)> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -188,10 +199,14 @@ impl Node {
             }
         });
         let (etx, erx) = mpsc::channel();
+        let pid = child.id();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("SIGNALGATE_TEST_LOG").is_some() {
-                    eprintln!("node: {line}");
+                    eprintln!("node {pid}: {line}");
+                }
+                if let Some(hook) = hook.as_mut() {
+                    hook(pid, &line);
                 }
                 let _ = etx.send(line);
             }
@@ -281,6 +296,11 @@ impl Node {
         let r = self.admin("POST", &format!("/admin/accounts/{id}/keys"), "{}");
         assert_eq!(r.status, 201, "{}", r.body);
         (id, r.json()["key"].as_str().unwrap().to_string())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM.
